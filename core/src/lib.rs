@@ -1,0 +1,16 @@
+//! detcd-core: the pure logic of an etcd-compatible member.
+//!
+//! Nothing here opens a socket, reads a clock, spawns a thread or touches a file by itself:
+//! time comes in as ticks, storage through an injected redb backend, randomness from the
+//! caller. The async node in `detcd-net` drives these pieces; the simulator drives the same node.
+
+pub mod proto;
+
+pub mod bootstrap;
+pub mod config;
+pub mod ids;
+pub mod membership;
+pub mod mvcc;
+pub mod raft_log;
+pub mod raft_logger;
+pub mod tables;

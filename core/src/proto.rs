@@ -1,0 +1,12 @@
+//! Generated protobuf types: etcd's wire messages and detcd's own.
+#![allow(clippy::all, non_snake_case, missing_docs)]
+
+pub mod mvccpb {
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+}
+pub mod etcdserverpb {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+pub mod detcdpb {
+    include!(concat!(env!("OUT_DIR"), "/detcdpb.rs"));
+}

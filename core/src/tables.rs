@@ -1,0 +1,23 @@
+//! The redb tables of a member's data file, in one place so every module agrees on them.
+use redb::TableDefinition;
+
+/// Raft log: index -> eraftpb::Entry (protobuf encoded).
+pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// Small named values: hard state, conf state, snapshot metadata, applied index, IDs.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Replicated membership: member id -> detcdpb::MemberRecord.
+pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// MVCC key-value history, owned by `mvcc`.
+pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+
+pub mod meta_keys {
+    pub const HARD_STATE: &str = "hard_state";
+    pub const CONF_STATE: &str = "conf_state";
+    /// Index and term of the last snapshot (the log's first index is one past it).
+    pub const SNAPSHOT_META: &str = "snapshot_meta";
+    /// Index of the last raft entry whose effects are in this file. Written in the same
+    /// transaction as those effects, so a restart replays exactly what is missing.
+    pub const APPLIED_INDEX: &str = "applied_index";
+    pub const CLUSTER_ID: &str = "cluster_id";
+    pub const MEMBER_ID: &str = "member_id";
+}
