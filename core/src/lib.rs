@@ -11,6 +11,7 @@ pub mod config;
 pub mod ids;
 pub mod membership;
 pub mod mvcc;
+pub mod peer;
 pub mod raft_log;
 pub mod raft_logger;
 pub mod tables;

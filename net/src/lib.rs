@@ -1,1 +1,16 @@
-pub mod proto {}
+//! detcd-net: the async member. It drives detcd-core with real I/O in production and with
+//! madsim's simulated network, clock and disk under `--cfg madsim` (same code, other crates
+//! behind the `tokio` and `tonic` names).
+
+pub mod api;
+pub mod errors;
+#[cfg(not(madsim))]
+pub mod http;
+pub mod member;
+pub mod node;
+pub mod proto;
+pub mod transport;
+
+pub use member::{run_member_with, MemberError};
+#[cfg(not(madsim))]
+pub use member::run_member;

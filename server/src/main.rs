@@ -1,1 +1,56 @@
-fn main() {}
+//! The `detcd` binary: etcd's command line in front of a detcd member.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use cli::Cli;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (cli, warnings) = match cli::parse_with_warnings(std::env::args(), std::env::vars()) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("detcd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli {
+        Cli::Help(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Cli::Version => {
+            print!("{}", cli::version_text());
+            ExitCode::SUCCESS
+        }
+        Cli::Bench(args) => {
+            eprintln!("detcd: bench is not available in this build ({} arguments given)", args.len());
+            ExitCode::FAILURE
+        }
+        Cli::Run(config) => {
+            init_logging(&config.log_level);
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+            match detcd_net::run_member(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("detcd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Logs to stderr at etcd's `--log-level` (`panic` and `fatal` log errors only).
+fn init_logging(level: &str) {
+    let level = match level {
+        "debug" => tracing::Level::DEBUG,
+        "info" => tracing::Level::INFO,
+        "warn" => tracing::Level::WARN,
+        _ => tracing::Level::ERROR,
+    };
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).try_init();
+}

@@ -1,0 +1,262 @@
+//! etcd's v3 client API: the KV, Cluster and Maintenance gRPC services.
+//!
+//! Writes go through raft (`NodeHandle::propose`); reads are served from this member's state,
+//! after a ReadIndex barrier unless the client asked for a serializable read.
+
+use crate::errors::ApiError;
+use crate::node::{Applied, NodeHandle, Shared};
+use crate::proto::etcdserverpb::cluster_server::Cluster;
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use detcd_core::mvcc::{is_txn_readonly, Mvcc, DEFAULT_MAX_TXN_OPS};
+use detcd_core::proto::detcdpb::internal_request::Request as Internal;
+use detcd_core::proto::etcdserverpb::{self as pb, request_op, ResponseHeader};
+use detcd_core::tables::KV;
+use prost::Message as _;
+use redb::ReadableDatabase;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// The etcd API level detcd implements, reported by Status and /version.
+pub const ETCD_VERSION: &str = "3.4.0";
+
+#[derive(Clone)]
+pub struct Api {
+    pub node: NodeHandle,
+    pub max_request_bytes: usize,
+    /// How long a request may wait for raft (etcd: 5 s plus two election timeouts).
+    pub request_timeout: Duration,
+    /// Size of the data file on disk, for Status.
+    pub db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl Api {
+    fn shared(&self) -> &Shared {
+        &self.node.shared
+    }
+
+    fn header(&self, revision: Option<i64>) -> Option<ResponseHeader> {
+        let mut h = self.shared().header();
+        if let Some(r) = revision {
+            h.revision = r;
+        }
+        Some(h)
+    }
+
+    fn fill(&self, h: &mut Option<ResponseHeader>) {
+        let rev = h.as_ref().map(|h| h.revision).filter(|r| *r > 0);
+        *h = self.header(rev);
+    }
+
+    async fn write(&self, req: Internal, encoded_len: usize) -> Result<Applied, Status> {
+        if encoded_len > self.max_request_bytes {
+            return Err(ApiError::TooLarge.into());
+        }
+        Ok(self.node.propose(req, self.request_timeout).await?)
+    }
+
+    /// Serves a range from local state (the caller has done any barrier it needs).
+    fn local_range(&self, r: &pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        let shared = self.shared();
+        let mvcc = shared.mvcc.read().unwrap();
+        let txn = shared
+            .db
+            .begin_read()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut resp = mvcc.range_in(&txn, r).map_err(ApiError::Mvcc)?;
+        drop(mvcc);
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for Api {
+    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = req.into_inner();
+        Mvcc::validate_range(&r).map_err(ApiError::Mvcc)?;
+        if !r.serializable {
+            self.node.read_barrier(self.request_timeout).await?;
+        }
+        Ok(Response::new(self.local_range(&r)?))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let r = req.into_inner();
+        Mvcc::validate_put(&r).map_err(ApiError::Mvcc)?;
+        let len = r.encoded_len();
+        match self.write(Internal::Put(r), len).await? {
+            Applied::Put(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let r = req.into_inner();
+        Mvcc::validate_delete_range(&r).map_err(ApiError::Mvcc)?;
+        let len = r.encoded_len();
+        match self.write(Internal::DeleteRange(r), len).await? {
+            Applied::DeleteRange(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let r = req.into_inner();
+        Mvcc::validate_txn(&r, DEFAULT_MAX_TXN_OPS).map_err(ApiError::Mvcc)?;
+        if is_txn_readonly(&r) {
+            // As etcd: a txn that only reads is served locally, after a ReadIndex unless
+            // every range in it is serializable.
+            if !txn_is_serializable(&r) {
+                self.node.read_barrier(self.request_timeout).await?;
+            }
+            let shared = self.shared();
+            let mvcc = shared.mvcc.read().unwrap();
+            let txn = shared.db.begin_read().map_err(|e| Status::internal(e.to_string()))?;
+            let table = txn.open_table(KV).map_err(|e| Status::internal(e.to_string()))?;
+            let mut resp = mvcc.txn_read(&table, &r).map_err(ApiError::Mvcc)?;
+            drop(mvcc);
+            self.fill(&mut resp.header);
+            return Ok(Response::new(resp));
+        }
+        let len = r.encoded_len();
+        match self.write(Internal::Txn(r), len).await? {
+            Applied::Txn(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let r = req.into_inner();
+        let len = r.encoded_len();
+        match self.write(Internal::Compaction(r), len).await? {
+            Applied::Compact(mut resp) => {
+                self.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+        }
+    }
+}
+
+/// True when every range in the txn (nested ones included) asks for a serializable read.
+fn txn_is_serializable(t: &pb::TxnRequest) -> bool {
+    t.success.iter().chain(t.failure.iter()).all(|op| match &op.request {
+        Some(request_op::Request::RequestRange(r)) => r.serializable,
+        Some(request_op::Request::RequestTxn(inner)) => txn_is_serializable(inner),
+        _ => true,
+    })
+}
+
+fn to_pb_member(m: &detcd_core::proto::detcdpb::MemberRecord) -> pb::Member {
+    pb::Member {
+        id: m.id,
+        name: m.name.clone(),
+        peer_ur_ls: m.peer_urls.clone(),
+        client_ur_ls: m.client_urls.clone(),
+        is_learner: m.is_learner,
+    }
+}
+
+const RECONFIG_MISSING: &str =
+    "runtime reconfiguration (member add/remove/update/promote) is not implemented in detcd yet";
+
+#[tonic::async_trait]
+impl Cluster for Api {
+    async fn member_add(
+        &self,
+        _: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        Err(ApiError::Unimplemented(RECONFIG_MISSING).into())
+    }
+
+    async fn member_remove(
+        &self,
+        _: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        Err(ApiError::Unimplemented(RECONFIG_MISSING).into())
+    }
+
+    async fn member_update(
+        &self,
+        _: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        Err(ApiError::Unimplemented(RECONFIG_MISSING).into())
+    }
+
+    async fn member_list(
+        &self,
+        req: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        if req.into_inner().linearizable {
+            self.node.read_barrier(self.request_timeout).await?;
+        }
+        let members = self
+            .shared()
+            .members
+            .read()
+            .unwrap()
+            .members()
+            .map(to_pb_member)
+            .collect();
+        Ok(Response::new(pb::MemberListResponse {
+            header: self.header(None),
+            members,
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        Err(ApiError::Unimplemented(RECONFIG_MISSING).into())
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for Api {
+    async fn alarm(&self, _: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        // detcd raises no alarms yet (no space quota enforcement, no corruption check).
+        Ok(Response::new(pb::AlarmResponse {
+            header: self.header(None),
+            alarms: vec![],
+        }))
+    }
+
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let st = self.shared().status();
+        let size = (self.db_size)() as i64;
+        let mut errors = Vec::new();
+        if st.leader == 0 {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        Ok(Response::new(pb::StatusResponse {
+            header: self.header(None),
+            version: ETCD_VERSION.to_string(),
+            db_size: size,
+            leader: st.leader,
+            raft_index: st.commit,
+            raft_term: st.term,
+            raft_applied_index: st.applied,
+            errors,
+            db_size_in_use: size,
+            is_learner: false,
+        }))
+    }
+}

@@ -1,0 +1,41 @@
+//! etcd's client-facing errors: the gRPC codes and exact messages etcd 3.4 returns
+//! (etcd's api/v3rpc/rpctypes), so clients that match on them behave the same.
+
+use detcd_core::mvcc::MvccError;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Mvcc(#[from] MvccError),
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: request is too large")]
+    TooLarge,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("{0}")]
+    Unimplemented(&'static str),
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let code = match &e {
+            ApiError::Mvcc(m) => crate::errors::mvcc_code(m),
+            ApiError::NoLeader | ApiError::Timeout | ApiError::Stopped => Code::Unavailable,
+            ApiError::TooLarge => Code::InvalidArgument,
+            ApiError::MemberNotFound => Code::NotFound,
+            ApiError::Unimplemented(_) => Code::Unimplemented,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// etcd's codes for MVCC errors (decided in core, next to the errors).
+pub fn mvcc_code(e: &MvccError) -> Code {
+    Code::from(e.grpc_code())
+}

@@ -1,0 +1,344 @@
+//! Starting a member: open the data dir, take the bootstrap decision, mount the raft driver,
+//! the peer transport and the client services on the configured URLs. The `detcd` binary and
+//! the simulator both call `run_member`.
+
+use crate::api::Api;
+use crate::node::{Node, NodeError, NodeParams};
+use crate::proto::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer};
+use crate::transport::{check_peers_cluster_id, PeerService, Transport};
+use detcd_core::bootstrap::{self, Bootstrap, BootstrapError, DataDirState};
+use detcd_core::config::Config;
+use detcd_core::ids::format_id;
+use detcd_core::membership::Membership;
+use detcd_core::proto::detcdpb::{MemberAttributes, MemberRecord};
+use detcd_core::raft_log::{LogError, RaftLog};
+use detcd_core::tables::{meta_keys, KV, MEMBERS, META};
+use raft::prelude::ConfState;
+use redb::{Durability, ReadableDatabase};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Why a member could not start or had to stop. Each is printed and the process exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberError {
+    #[error("{0}")]
+    Bootstrap(#[from] BootstrapError),
+    #[error("cannot access data dir {path}: {err}")]
+    DataDir { path: String, err: String },
+    #[error("{0}")]
+    Storage(#[from] LogError),
+    #[error("{0}")]
+    Node(#[from] NodeError),
+    #[error("listen tcp {addr}: {err}")]
+    Listen { addr: String, err: String },
+    #[error("cannot resolve listen URL host {0}")]
+    Resolve(String),
+}
+
+/// The data file inside the data dir (etcd keeps `member/snap/db` and `member/wal` there).
+pub fn data_file_path(data_dir: &str) -> PathBuf {
+    Path::new(data_dir).join("member").join("detcd.db")
+}
+
+fn storage_err(e: impl std::fmt::Display) -> MemberError {
+    MemberError::Storage(LogError::Storage(e.to_string()))
+}
+
+/// Opens (creating if needed) the member's data file.
+#[cfg(not(madsim))]
+pub fn open_data_file(data_dir: &str) -> Result<redb::Database, MemberError> {
+    let dir = Path::new(data_dir).join("member");
+    let de = |e: std::io::Error| MemberError::DataDir {
+        path: data_dir.to_string(),
+        err: e.to_string(),
+    };
+    std::fs::create_dir_all(&dir).map_err(de)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(de)?;
+    }
+    redb::Database::create(data_file_path(data_dir)).map_err(storage_err)
+}
+
+/// Host name resolution for the bootstrap comparison of advertised URLs.
+fn resolve_host(host: &str) -> Vec<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    (host, 0)
+        .to_socket_addrs()
+        .map(|it| it.map(|a| a.ip()).collect())
+        .unwrap_or_default()
+}
+
+async fn listen_addr(url: &detcd_core::config::Url) -> Result<SocketAddr, MemberError> {
+    let host = url.host.clone();
+    let mut addrs = tokio::net::lookup_host((host.as_str(), url.port))
+        .await
+        .map_err(|_| MemberError::Resolve(host.clone()))?
+        .collect::<Vec<_>>();
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs.into_iter().next().ok_or(MemberError::Resolve(host))
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs a member until it fails. Never returns Ok in normal operation.
+#[cfg(not(madsim))]
+pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
+    let db = open_data_file(&cfg.data_dir)?;
+    let path = data_file_path(&cfg.data_dir);
+    let db_size = Arc::new(move || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
+    run_member_with(cfg, db, db_size).await
+}
+
+/// Runs a member on an already opened data file (the simulator passes its simulated disk).
+pub async fn run_member_with(
+    cfg: Config,
+    db: redb::Database,
+    db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
+) -> Result<(), MemberError> {
+    let existing = RaftLog::load(&db)?;
+    let state = if existing.is_some() {
+        DataDirState::HasLog
+    } else {
+        DataDirState::Empty
+    };
+    let decision = bootstrap::decide(&cfg, state, &resolve_host)?;
+    let (log, member_id, cluster_id, restarted) = match decision {
+        Bootstrap::Restart => {
+            let log = existing.expect("restart decided from an existing log");
+            let txn = db.begin_read().map_err(storage_err)?;
+            let members = Membership::load(&txn)?;
+            let meta = txn.open_table(META).map_err(storage_err)?;
+            let member_id = meta
+                .get(meta_keys::MEMBER_ID)
+                .map_err(storage_err)?
+                .and_then(|v| v.value().try_into().ok().map(u64::from_be_bytes))
+                .ok_or_else(|| LogError::Corrupt("member id missing from data file".into()))?;
+            tracing::info!(
+                member = %format_id(member_id),
+                cluster = %format_id(members.cluster_id()),
+                data_dir = %cfg.data_dir,
+                "restarting member from its log; --initial-cluster* flags are ignored"
+            );
+            (log, member_id, members.cluster_id(), true)
+        }
+        Bootstrap::NewCluster {
+            cluster_id,
+            local_id,
+            members,
+        } => {
+            let peers: Vec<(u64, Vec<String>)> = members
+                .iter()
+                .map(|m| (m.id, m.peer_urls.iter().map(|u| u.to_string()).collect()))
+                .collect();
+            // Before writing anything: a running cluster of another identity is fatal.
+            check_peers_cluster_id(local_id, cluster_id, &peers).await?;
+            let mut txn = db.begin_write().map_err(storage_err)?;
+            txn.set_durability(Durability::Immediate).map_err(storage_err)?;
+            let mut cs = ConfState::default();
+            cs.voters = members.iter().map(|m| m.id).collect();
+            let log = RaftLog::bootstrap(&txn, cs)?;
+            Membership::bootstrap(
+                &txn,
+                cluster_id,
+                members.iter().map(|m| MemberRecord {
+                    id: m.id,
+                    name: String::new(),
+                    peer_urls: m.peer_urls.iter().map(|u| u.to_string()).collect(),
+                    client_urls: vec![],
+                    is_learner: false,
+                }),
+            )?;
+            txn.open_table(META)
+                .map_err(storage_err)?
+                .insert(meta_keys::MEMBER_ID, local_id.to_be_bytes().as_slice())
+                .map_err(storage_err)?;
+            txn.open_table(KV).map_err(storage_err)?;
+            txn.open_table(MEMBERS).map_err(storage_err)?;
+            txn.commit().map_err(storage_err)?;
+            tracing::info!(
+                member = %format_id(local_id),
+                cluster = %format_id(cluster_id),
+                "starting a new cluster member"
+            );
+            (log, local_id, cluster_id, false)
+        }
+    };
+
+    let db = Arc::new(db);
+    let peers: Vec<(u64, Vec<String>)> = {
+        let txn = db.begin_read().map_err(storage_err)?;
+        Membership::load(&txn)?
+            .members()
+            .map(|m| (m.id, m.peer_urls.clone()))
+            .collect()
+    };
+    let (ev_tx, ev_rx) = mpsc::channel(1024);
+    let shared_cell = Arc::new(OnceLock::new());
+    let transport = Arc::new(Transport::start(member_id, cluster_id, &peers, shared_cell.clone(), ev_tx.clone()));
+    let heartbeat = Duration::from_millis(cfg.heartbeat_interval.max(1));
+    let election_ticks = (cfg.election_timeout / cfg.heartbeat_interval.max(1)).max(2) as usize;
+    let params = NodeParams {
+        member_id,
+        cluster_id,
+        heartbeat,
+        election_ticks,
+        snapshot_count: cfg.snapshot_count,
+        start_unix_ms: now_unix_ms(),
+        attributes: MemberAttributes {
+            member_id,
+            name: cfg.name.clone(),
+            client_urls: cfg.advertise_client_urls.iter().map(|u| u.to_string()).collect(),
+        },
+    };
+    let (node, handle, inputs) = Node::new(params, log, db, transport, (ev_tx, ev_rx), restarted)?;
+    let _ = shared_cell.set(handle.shared.clone());
+
+    let api = Api {
+        node: handle.clone(),
+        max_request_bytes: cfg.max_request_bytes as usize,
+        request_timeout: Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout),
+        db_size,
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    for url in &cfg.listen_peer_urls {
+        let addr = listen_addr(url).await?;
+        let svc = PeerService::new(handle.shared.clone(), &inputs);
+        let listener = bind(addr).await?;
+        servers.spawn(serve_peer(listener, svc));
+    }
+    for url in &cfg.listen_client_urls {
+        let addr = listen_addr(url).await?;
+        let listener = bind(addr).await?;
+        servers.spawn(serve_client(listener, api.clone()));
+    }
+    tracing::info!(
+        name = %cfg.name,
+        member = %format_id(member_id),
+        "serving peers on {} and clients on {}",
+        join_urls(&cfg.listen_peer_urls),
+        join_urls(&cfg.listen_client_urls)
+    );
+    tokio::select! {
+        biased;
+        res = node.run() => { res?; Ok(()) }
+        Some(res) = servers.join_next() => match res {
+            Ok(Err(e)) => Err(e),
+            _ => Ok(()),
+        },
+    }
+}
+
+fn join_urls(urls: &[detcd_core::config::Url]) -> String {
+    urls.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",")
+}
+
+fn client_services(api: Api) -> (KvServer<Api>, ClusterServer<Api>, MaintenanceServer<Api>) {
+    let limit = api.max_request_bytes + 512 * 1024; // etcd's grpcOverheadBytes
+    let kv = KvServer::new(api.clone()).max_decoding_message_size(limit);
+    let cluster = ClusterServer::new(api.clone()).max_decoding_message_size(limit);
+    let maint = MaintenanceServer::new(api).max_decoding_message_size(limit);
+    (kv, cluster, maint)
+}
+
+#[cfg(not(madsim))]
+type Listener = tokio::net::TcpListener;
+#[cfg(madsim)]
+type Listener = SocketAddr;
+
+#[cfg(not(madsim))]
+async fn bind(addr: SocketAddr) -> Result<Listener, MemberError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| MemberError::Listen {
+            addr: addr.to_string(),
+            err: e.to_string(),
+        })
+}
+
+#[cfg(madsim)]
+async fn bind(addr: SocketAddr) -> Result<Listener, MemberError> {
+    Ok(addr)
+}
+
+#[cfg(not(madsim))]
+async fn serve_peer(
+    listener: Listener,
+    svc: crate::proto::detcdpb::peer_server::PeerServer<PeerService>,
+) -> Result<(), MemberError> {
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let incoming = tokio_stream_from(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(svc)
+        .serve_with_incoming(incoming)
+        .await
+        .map_err(|e| MemberError::Listen { addr, err: e.to_string() })
+}
+
+#[cfg(madsim)]
+async fn serve_peer(
+    addr: Listener,
+    svc: crate::proto::detcdpb::peer_server::PeerServer<PeerService>,
+) -> Result<(), MemberError> {
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve(addr)
+        .await
+        .map_err(|e| MemberError::Listen { addr: addr.to_string(), err: e.to_string() })
+}
+
+#[cfg(not(madsim))]
+fn tokio_stream_from(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    async_stream::stream! {
+        loop {
+            let accepted = listener.accept().await.map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                s
+            });
+            yield accepted;
+        }
+    }
+}
+
+/// gRPC and etcd's HTTP endpoints (/health, /version) share the client port, as in etcd.
+#[cfg(not(madsim))]
+async fn serve_client(listener: Listener, api: Api) -> Result<(), MemberError> {
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (kv, cluster, maint) = client_services(api.clone());
+    let routes = tonic::service::Routes::new(kv)
+        .add_service(cluster)
+        .add_service(maint)
+        .into_axum_router();
+    let app = crate::http::routes(api.node.shared.clone(), routes);
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| MemberError::Listen { addr, err: e.to_string() })
+}
+
+#[cfg(madsim)]
+async fn serve_client(addr: Listener, api: Api) -> Result<(), MemberError> {
+    let (kv, cluster, maint) = client_services(api);
+    tonic::transport::Server::builder()
+        .add_service(kv)
+        .add_service(cluster)
+        .add_service(maint)
+        .serve(addr)
+        .await
+        .map_err(|e| MemberError::Listen { addr: addr.to_string(), err: e.to_string() })
+}

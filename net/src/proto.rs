@@ -1,0 +1,9 @@
+//! gRPC service stubs (client and server) over detcd-core's message types.
+#![allow(clippy::all, missing_docs)]
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+pub mod detcdpb {
+    tonic::include_proto!("detcdpb");
+}

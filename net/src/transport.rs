@@ -1,0 +1,379 @@
+//! The peer transport: raft messages between members over gRPC on the peer URLs.
+//!
+//! Outbound, one task per peer owns a bounded queue and one client stream, sending whatever
+//! has queued as one batch. Every connection opens with a handshake that carries both
+//! members' cluster and member IDs; a member of another cluster is refused (and, while this
+//! member is still bootstrapping, is fatal: the guide's "conflicting cluster ID" exit).
+//! Inbound, every batch is checked again before its messages reach raft.
+
+use crate::node::{NodeInputs, Shared};
+use crate::proto::detcdpb::peer_client::PeerClient;
+use crate::proto::detcdpb::peer_server::{Peer, PeerServer};
+use detcd_core::bootstrap::BootstrapError;
+use detcd_core::ids::format_id;
+use detcd_core::peer;
+use detcd_core::proto::detcdpb::{
+    HandshakeRequest, HandshakeResponse, MessageBatch, StreamSummary,
+};
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Messages queued per peer before new ones are dropped (raft retransmits).
+const PEER_QUEUE: usize = 4096;
+/// Messages folded into one batch at most.
+const MAX_BATCH_MESSAGES: usize = 256;
+/// A raft snapshot carries the whole state machine; allow large peer messages.
+pub const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What the transport tells the raft driver.
+#[derive(Debug)]
+pub enum PeerEvent {
+    Unreachable(u64),
+    Snapshot(u64, bool),
+    Fatal(String),
+}
+
+/// Outbound side: routes raft messages to per-peer queues.
+pub struct Transport {
+    peers: HashMap<u64, mpsc::Sender<Message>>,
+}
+
+impl Transport {
+    /// Starts one sender task per peer. `shared` is set once the node exists (the tasks need
+    /// the cluster ID and whether this member has joined yet).
+    pub fn start(
+        member_id: u64,
+        cluster_id: u64,
+        peers: &[(u64, Vec<String>)],
+        shared: Arc<OnceLock<Arc<Shared>>>,
+        events: mpsc::Sender<PeerEvent>,
+    ) -> Transport {
+        let mut map = HashMap::new();
+        for (id, urls) in peers {
+            if *id == member_id {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            map.insert(*id, tx);
+            let sender = PeerSender {
+                member_id,
+                cluster_id,
+                peer_id: *id,
+                urls: urls.clone(),
+                queue: rx,
+                events: events.clone(),
+                shared: shared.clone(),
+            };
+            tokio::spawn(sender.run());
+        }
+        Transport { peers: map }
+    }
+
+    pub fn send(&self, msgs: Vec<Message>) {
+        for m in msgs {
+            let Some(q) = self.peers.get(&m.to) else {
+                continue;
+            };
+            // A full queue means the peer is slow or gone; raft resends what matters.
+            let _ = q.try_send(m);
+        }
+    }
+}
+
+struct PeerSender {
+    member_id: u64,
+    cluster_id: u64,
+    peer_id: u64,
+    urls: Vec<String>,
+    queue: mpsc::Receiver<Message>,
+    events: mpsc::Sender<PeerEvent>,
+    shared: Arc<OnceLock<Arc<Shared>>>,
+}
+
+enum Connect {
+    Ready(PeerClient<tonic::transport::Channel>),
+    Failed,
+    Stop,
+}
+
+impl PeerSender {
+    async fn run(mut self) {
+        let mut backoff = RETRY_MIN;
+        let mut url_index = 0usize;
+        loop {
+            let url = self.urls[url_index % self.urls.len()].clone();
+            url_index += 1;
+            match self.connect(&url).await {
+                Connect::Stop => return,
+                Connect::Failed => {
+                    self.drop_queued();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    continue;
+                }
+                Connect::Ready(client) => {
+                    backoff = RETRY_MIN;
+                    if self.stream(client).await {
+                        return;
+                    }
+                    self.drop_queued();
+                    tokio::time::sleep(RETRY_MIN).await;
+                }
+            }
+        }
+    }
+
+    /// Messages queued while the peer is unreachable are stale by the time it is back.
+    fn drop_queued(&mut self) {
+        let mut dropped = false;
+        while let Ok(m) = self.queue.try_recv() {
+            dropped = true;
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                let _ = self.events.try_send(PeerEvent::Snapshot(self.peer_id, false));
+            }
+        }
+        if dropped {
+            let _ = self.events.try_send(PeerEvent::Unreachable(self.peer_id));
+        }
+    }
+
+    async fn connect(&mut self, url: &str) -> Connect {
+        let endpoint = match tonic::transport::Endpoint::from_shared(url.to_string()) {
+            Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).timeout(Duration::from_secs(5)),
+            Err(e) => {
+                tracing::error!(peer = %format_id(self.peer_id), "bad peer URL {url}: {e}");
+                return Connect::Failed;
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(peer = %format_id(self.peer_id), "connect {url}: {e}");
+                return Connect::Failed;
+            }
+        };
+        let mut client = PeerClient::new(channel)
+            .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+        let hs = HandshakeRequest {
+            cluster_id: self.cluster_id,
+            from: self.member_id,
+            to: self.peer_id,
+        };
+        let resp = match tokio::time::timeout(CONNECT_TIMEOUT * 2, client.handshake(hs)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %format_id(self.peer_id), "handshake with {url}: {e}");
+                return Connect::Failed;
+            }
+            Err(_) => return Connect::Failed,
+        };
+        if resp.cluster_id != self.cluster_id {
+            let joined = self
+                .shared
+                .get()
+                .map(|s| s.joined.load(Ordering::Relaxed))
+                .unwrap_or(false);
+            let err = BootstrapError::ConflictingClusterId {
+                local: self.cluster_id,
+                peer: resp.cluster_id,
+            };
+            if !joined {
+                let _ = self.events.send(PeerEvent::Fatal(err.to_string())).await;
+                return Connect::Stop;
+            }
+            tracing::error!(
+                peer = %format_id(self.peer_id),
+                "request sent was ignored (cluster ID mismatch: peer[{}]={}, local={})",
+                format_id(resp.member_id),
+                format_id(resp.cluster_id),
+                format_id(self.cluster_id)
+            );
+            tokio::time::sleep(RETRY_MAX).await;
+            return Connect::Failed;
+        }
+        if !resp.refused.is_empty() {
+            tracing::warn!(peer = %format_id(self.peer_id), "peer {url} refused us: {}", resp.refused);
+            tokio::time::sleep(RETRY_MAX).await;
+            return Connect::Failed;
+        }
+        Connect::Ready(client)
+    }
+
+    /// Streams batches until the connection breaks (false) or the node is gone (true).
+    async fn stream(&mut self, mut client: PeerClient<tonic::transport::Channel>) -> bool {
+        let (btx, mut brx) = mpsc::channel::<MessageBatch>(16);
+        let outbound = async_stream::stream! {
+            while let Some(b) = brx.recv().await {
+                yield b;
+            }
+        };
+        let call = client.stream(outbound);
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                biased;
+                res = &mut call => {
+                    if let Err(e) = res {
+                        tracing::debug!(peer = %format_id(self.peer_id), "peer stream ended: {e}");
+                    }
+                    return false;
+                }
+                m = self.queue.recv() => {
+                    let Some(first) = m else { return true };
+                    let mut snapshots = 0;
+                    let mut batch = MessageBatch {
+                        cluster_id: self.cluster_id,
+                        from: self.member_id,
+                        messages: Vec::new(),
+                    };
+                    let mut next = Some(first);
+                    while let Some(m) = next.take() {
+                        if m.get_msg_type() == MessageType::MsgSnapshot {
+                            snapshots += 1;
+                        }
+                        match m.write_to_bytes() {
+                            Ok(b) => batch.messages.push(b),
+                            Err(e) => tracing::error!("encoding raft message: {e}"),
+                        }
+                        if batch.messages.len() < MAX_BATCH_MESSAGES {
+                            next = self.queue.try_recv().ok();
+                        }
+                    }
+                    let ok = btx.send(batch).await.is_ok();
+                    for _ in 0..snapshots {
+                        let _ = self.events.try_send(PeerEvent::Snapshot(self.peer_id, ok));
+                    }
+                    if !ok {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Inbound side: the gRPC service on the peer URLs.
+pub struct PeerService {
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Message>,
+}
+
+impl PeerService {
+    pub fn new(shared: Arc<Shared>, inputs: &NodeInputs) -> PeerServer<PeerService> {
+        PeerServer::new(PeerService {
+            shared,
+            inbound: inputs.inbound.clone(),
+        })
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+    }
+
+    fn is_member(&self, id: u64) -> bool {
+        self.shared.members.read().unwrap().contains(id)
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn handshake(
+        &self,
+        req: Request<HandshakeRequest>,
+    ) -> Result<Response<HandshakeResponse>, Status> {
+        let req = req.into_inner();
+        let mut refused = peer::check_sender(req.cluster_id, req.from, self.shared.cluster_id, |id| self.is_member(id))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        if refused.is_empty() && req.to != self.shared.member_id {
+            refused = format!(
+                "this is member {}, not {}",
+                format_id(self.shared.member_id),
+                format_id(req.to)
+            );
+        }
+        if !refused.is_empty() {
+            tracing::warn!(from = %format_id(req.from), "refused peer: {refused}");
+        }
+        Ok(Response::new(HandshakeResponse {
+            cluster_id: self.shared.cluster_id,
+            member_id: self.shared.member_id,
+            refused,
+        }))
+    }
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<MessageBatch>>,
+    ) -> Result<Response<StreamSummary>, Status> {
+        let mut stream = req.into_inner();
+        let mut received = 0u64;
+        while let Some(batch) = stream.message().await? {
+            let msgs = peer::open_batch(&batch, self.shared.cluster_id, self.shared.member_id, |id| self.is_member(id))
+                .map_err(|e| {
+                    tracing::warn!(from = %format_id(batch.from), "refused peer batch: {e}");
+                    Status::permission_denied(e.to_string())
+                })?;
+            for m in msgs {
+                if self.inbound.send(m).await.is_err() {
+                    return Err(Status::unavailable("member stopped"));
+                }
+                received += 1;
+            }
+        }
+        Ok(Response::new(StreamSummary { received }))
+    }
+}
+
+/// Asks each peer for its cluster ID before this member writes anything to its data dir, so a
+/// member started against a running cluster of another identity exits without leaving state.
+/// Peers that do not answer are skipped: in a new cluster they are starting too.
+pub async fn check_peers_cluster_id(
+    member_id: u64,
+    cluster_id: u64,
+    peers: &[(u64, Vec<String>)],
+) -> Result<(), BootstrapError> {
+    let mut checks = Vec::new();
+    for (id, urls) in peers {
+        if *id == member_id {
+            continue;
+        }
+        for url in urls {
+            let url = url.clone();
+            let to = *id;
+            checks.push(async move {
+                let ep = tonic::transport::Endpoint::from_shared(url).ok()?;
+                let ch = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect_timeout(CONNECT_TIMEOUT).connect())
+                    .await
+                    .ok()?
+                    .ok()?;
+                let mut c = PeerClient::new(ch);
+                let req = HandshakeRequest {
+                    cluster_id,
+                    from: member_id,
+                    to,
+                };
+                let r = tokio::time::timeout(CONNECT_TIMEOUT, c.handshake(req)).await.ok()?.ok()?;
+                Some(r.into_inner().cluster_id)
+            });
+        }
+    }
+    for peer_cluster in futures::future::join_all(checks).await.into_iter().flatten() {
+        if peer_cluster != cluster_id {
+            return Err(BootstrapError::ConflictingClusterId {
+                local: cluster_id,
+                peer: peer_cluster,
+            });
+        }
+    }
+    Ok(())
+}
