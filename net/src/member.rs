@@ -5,6 +5,9 @@
 use crate::api::Api;
 use crate::node::{Node, NodeError, NodeParams};
 use crate::proto::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer};
+use crate::proto::detcdpb::peer_server::PeerServer;
+#[cfg(not(madsim))]
+use crate::transport::MAX_PEER_MESSAGE_BYTES;
 use crate::transport::{check_peers_cluster_id, PeerService, Transport};
 use detcd_core::bootstrap::{self, Bootstrap, BootstrapError, DataDirState};
 use detcd_core::config::Config;
@@ -93,10 +96,17 @@ fn now_unix_ms() -> u64 {
 /// Runs a member until it fails. Never returns Ok in normal operation.
 #[cfg(not(madsim))]
 pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
+    let created = !Path::new(&cfg.data_dir).exists();
+    let data_dir = cfg.data_dir.clone();
     let db = open_data_file(&cfg.data_dir)?;
     let path = data_file_path(&cfg.data_dir);
     let db_size = Arc::new(move || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
-    run_member_with(cfg, db, db_size).await
+    let res = run_member_with(cfg, db, db_size).await;
+    if created && matches!(res, Err(MemberError::Bootstrap(_))) {
+        // A refused start leaves nothing behind: the next attempt starts as fresh as this one.
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    res
 }
 
 /// Runs a member on an already opened data file (the simulator passes its simulated disk).
@@ -209,17 +219,29 @@ pub async fn run_member_with(
         request_timeout: Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout),
         db_size,
     };
-    let mut servers = tokio::task::JoinSet::new();
+    // A server that stops (its listener failed) stops the member.
+    let (server_err_tx, mut server_err) = mpsc::channel::<MemberError>(4);
     for url in &cfg.listen_peer_urls {
         let addr = listen_addr(url).await?;
         let svc = PeerService::new(handle.shared.clone(), &inputs);
         let listener = bind(addr).await?;
-        servers.spawn(serve_peer(listener, svc));
+        let errs = server_err_tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_peer(listener, svc).await {
+                let _ = errs.send(e).await;
+            }
+        });
     }
     for url in &cfg.listen_client_urls {
         let addr = listen_addr(url).await?;
         let listener = bind(addr).await?;
-        servers.spawn(serve_client(listener, api.clone()));
+        let errs = server_err_tx.clone();
+        let api = api.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_client(listener, api).await {
+                let _ = errs.send(e).await;
+            }
+        });
     }
     tracing::info!(
         name = %cfg.name,
@@ -231,10 +253,7 @@ pub async fn run_member_with(
     tokio::select! {
         biased;
         res = node.run() => { res?; Ok(()) }
-        Some(res) = servers.join_next() => match res {
-            Ok(Err(e)) => Err(e),
-            _ => Ok(()),
-        },
+        Some(e) = server_err.recv() => Err(e),
     }
 }
 
@@ -242,13 +261,6 @@ fn join_urls(urls: &[detcd_core::config::Url]) -> String {
     urls.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",")
 }
 
-fn client_services(api: Api) -> (KvServer<Api>, ClusterServer<Api>, MaintenanceServer<Api>) {
-    let limit = api.max_request_bytes + 512 * 1024; // etcd's grpcOverheadBytes
-    let kv = KvServer::new(api.clone()).max_decoding_message_size(limit);
-    let cluster = ClusterServer::new(api.clone()).max_decoding_message_size(limit);
-    let maint = MaintenanceServer::new(api).max_decoding_message_size(limit);
-    (kv, cluster, maint)
-}
 
 #[cfg(not(madsim))]
 type Listener = tokio::net::TcpListener;
@@ -271,11 +283,11 @@ async fn bind(addr: SocketAddr) -> Result<Listener, MemberError> {
 }
 
 #[cfg(not(madsim))]
-async fn serve_peer(
-    listener: Listener,
-    svc: crate::proto::detcdpb::peer_server::PeerServer<PeerService>,
-) -> Result<(), MemberError> {
+async fn serve_peer(listener: Listener, svc: PeerService) -> Result<(), MemberError> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let svc = PeerServer::new(svc)
+        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
     let incoming = tokio_stream_from(listener);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -286,12 +298,9 @@ async fn serve_peer(
 }
 
 #[cfg(madsim)]
-async fn serve_peer(
-    addr: Listener,
-    svc: crate::proto::detcdpb::peer_server::PeerServer<PeerService>,
-) -> Result<(), MemberError> {
+async fn serve_peer(addr: Listener, svc: PeerService) -> Result<(), MemberError> {
     tonic::transport::Server::builder()
-        .add_service(svc)
+        .add_service(PeerServer::new(svc))
         .serve(addr)
         .await
         .map_err(|e| MemberError::Listen { addr: addr.to_string(), err: e.to_string() })
@@ -316,7 +325,10 @@ fn tokio_stream_from(
 #[cfg(not(madsim))]
 async fn serve_client(listener: Listener, api: Api) -> Result<(), MemberError> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let (kv, cluster, maint) = client_services(api.clone());
+    let limit = api.max_request_bytes + 512 * 1024; // etcd's grpcOverheadBytes
+    let kv = KvServer::new(api.clone()).max_decoding_message_size(limit);
+    let cluster = ClusterServer::new(api.clone()).max_decoding_message_size(limit);
+    let maint = MaintenanceServer::new(api.clone()).max_decoding_message_size(limit);
     let routes = tonic::service::Routes::new(kv)
         .add_service(cluster)
         .add_service(maint)
@@ -333,11 +345,10 @@ async fn serve_client(listener: Listener, api: Api) -> Result<(), MemberError> {
 
 #[cfg(madsim)]
 async fn serve_client(addr: Listener, api: Api) -> Result<(), MemberError> {
-    let (kv, cluster, maint) = client_services(api);
     tonic::transport::Server::builder()
-        .add_service(kv)
-        .add_service(cluster)
-        .add_service(maint)
+        .add_service(KvServer::new(api.clone()))
+        .add_service(ClusterServer::new(api.clone()))
+        .add_service(MaintenanceServer::new(api))
         .serve(addr)
         .await
         .map_err(|e| MemberError::Listen { addr: addr.to_string(), err: e.to_string() })

@@ -8,7 +8,7 @@
 
 use crate::node::{NodeInputs, Shared};
 use crate::proto::detcdpb::peer_client::PeerClient;
-use crate::proto::detcdpb::peer_server::{Peer, PeerServer};
+use crate::proto::detcdpb::peer_server::Peer;
 use detcd_core::bootstrap::BootstrapError;
 use detcd_core::ids::format_id;
 use detcd_core::peer;
@@ -269,13 +269,11 @@ pub struct PeerService {
 }
 
 impl PeerService {
-    pub fn new(shared: Arc<Shared>, inputs: &NodeInputs) -> PeerServer<PeerService> {
-        PeerServer::new(PeerService {
+    pub fn new(shared: Arc<Shared>, inputs: &NodeInputs) -> PeerService {
+        PeerService {
             shared,
             inbound: inputs.inbound.clone(),
-        })
-        .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
+        }
     }
 
     fn is_member(&self, id: u64) -> bool {

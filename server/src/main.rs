@@ -1,5 +1,6 @@
 //! The `detcd` binary: etcd's command line in front of a detcd member.
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;
@@ -24,10 +25,7 @@ async fn main() -> ExitCode {
             print!("{}", cli::version_text());
             ExitCode::SUCCESS
         }
-        Cli::Bench(args) => {
-            eprintln!("detcd: bench is not available in this build ({} arguments given)", args.len());
-            ExitCode::FAILURE
-        }
+        Cli::Bench(args) => ExitCode::from(bench::run(args).await),
         Cli::Run(config) => {
             init_logging(&config.log_level);
             for w in warnings {
@@ -52,5 +50,10 @@ fn init_logging(level: &str) {
         "warn" => tracing::Level::WARN,
         _ => tracing::Level::ERROR,
     };
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_max_level(level)
+        .try_init();
 }
