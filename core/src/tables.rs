@@ -20,4 +20,6 @@ pub mod meta_keys {
     pub const APPLIED_INDEX: &str = "applied_index";
     pub const CLUSTER_ID: &str = "cluster_id";
     pub const MEMBER_ID: &str = "member_id";
+    /// MVCC: the revision of the last compaction (i64, 8 bytes big-endian); absent if none.
+    pub const MVCC_COMPACT_REVISION: &str = "mvcc_compact_revision";
 }

@@ -1,0 +1,154 @@
+//! The in-memory key index: for every user key, the ordered list of revisions at which it was
+//! written or deleted. It plays the part of etcd's treeIndex/keyIndex; instead of generations
+//! it keeps a flat event list with a tombstone flag, which answers the same questions:
+//! "which revision of this key is visible at main revision R" is the last event whose main is
+//! `<= R`, and the key is absent at R if that event is a tombstone (or there is none).
+//!
+//! Values are not kept here: a revision found in the index is read from the KV table.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// A revision: `main` is bumped once per write transaction, `sub` counts the changes inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision {
+    pub main: i64,
+    pub sub: i64,
+}
+
+/// One change of one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Event {
+    pub rev: Revision,
+    pub tombstone: bool,
+}
+
+/// Which keys a request covers, after etcd's conventions on `range_end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyRange<'a> {
+    /// `range_end` empty: exactly `key`.
+    Single(&'a [u8]),
+    /// `range_end == "\0"`: every key `>= key`.
+    From(&'a [u8]),
+    /// `[key, range_end)`; empty when `range_end <= key`.
+    Between(&'a [u8], &'a [u8]),
+}
+
+impl<'a> KeyRange<'a> {
+    /// etcd's reading of a (key, range_end) pair (`mkGteRange` plus the index's nil-end rule).
+    pub fn new(key: &'a [u8], range_end: &'a [u8]) -> Self {
+        match range_end {
+            [] => KeyRange::Single(key),
+            [0] => KeyRange::From(key),
+            end => KeyRange::Between(key, end),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Index {
+    keys: BTreeMap<Vec<u8>, Vec<Event>>,
+}
+
+/// What a compaction removes: for each affected key, how many leading events go.
+pub(crate) struct CompactPlan {
+    pub drops: Vec<(Vec<u8>, usize)>,
+    /// The KV rows to delete: (revision, tombstone).
+    pub rows: Vec<(Revision, bool)>,
+}
+
+fn visible(events: &[Event], at: i64) -> Option<Revision> {
+    let n = events.partition_point(|e| e.rev.main <= at);
+    match n.checked_sub(1).map(|i| events[i]) {
+        Some(e) if !e.tombstone => Some(e.rev),
+        _ => None,
+    }
+}
+
+impl Index {
+    /// The revision of `key` visible at main revision `at`, if the key exists then.
+    pub fn get(&self, key: &[u8], at: i64) -> Option<Revision> {
+        self.keys.get(key).and_then(|evs| visible(evs, at))
+    }
+
+    /// Every key of the range that exists at `at`, in key order, with its visible revision.
+    pub fn range(&self, range: KeyRange<'_>, at: i64) -> Vec<(&[u8], Revision)> {
+        type Entries<'m> = Box<dyn Iterator<Item = (&'m Vec<u8>, &'m Vec<Event>)> + 'm>;
+        let entries: Entries<'_> = match range {
+            KeyRange::Single(key) => Box::new(self.keys.get_key_value(key).into_iter()),
+            KeyRange::From(key) => Box::new(
+                self.keys
+                    .range::<[u8], _>((Bound::Included(key), Bound::Unbounded)),
+            ),
+            KeyRange::Between(key, end) if key < end => Box::new(
+                self.keys
+                    .range::<[u8], _>((Bound::Included(key), Bound::Excluded(end))),
+            ),
+            KeyRange::Between(..) => Box::new(std::iter::empty()),
+        };
+        entries
+            .filter_map(|(k, evs)| visible(evs, at).map(|rev| (k.as_slice(), rev)))
+            .collect()
+    }
+
+    /// Appends one change (revisions only grow, so the list stays ordered).
+    pub fn push(&mut self, key: &[u8], ev: Event) {
+        let evs = self.keys.entry(key.to_vec()).or_default();
+        debug_assert!(evs.last().is_none_or(|l| l.rev < ev.rev));
+        evs.push(ev);
+    }
+
+    /// Undoes the last `push` for `key`.
+    pub fn pop(&mut self, key: &[u8]) {
+        if let Some(evs) = self.keys.get_mut(key) {
+            evs.pop();
+            if evs.is_empty() {
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    /// etcd's compaction rule, computed without changing anything: for each key, every event
+    /// with main `<= at` goes except the last one, and that one goes too if it is a tombstone.
+    pub fn compact_plan(&self, at: i64) -> CompactPlan {
+        let mut plan = CompactPlan {
+            drops: Vec::new(),
+            rows: Vec::new(),
+        };
+        for (k, evs) in &self.keys {
+            let n = evs.partition_point(|e| e.rev.main <= at);
+            if n == 0 {
+                continue;
+            }
+            let drop = if evs[n - 1].tombstone { n } else { n - 1 };
+            if drop > 0 {
+                plan.rows
+                    .extend(evs[..drop].iter().map(|e| (e.rev, e.tombstone)));
+                plan.drops.push((k.clone(), drop));
+            }
+        }
+        plan
+    }
+
+    pub fn apply_compaction(&mut self, plan: CompactPlan) {
+        for (k, drop) in plan.drops {
+            if let Some(evs) = self.keys.get_mut(&k) {
+                evs.drain(..drop);
+                if evs.is_empty() {
+                    self.keys.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Number of events held (one per KV row).
+    #[cfg(test)]
+    pub fn event_count(&self) -> usize {
+        self.keys.values().map(Vec::len).sum()
+    }
+
+    #[cfg(test)]
+    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Vec<Event>)> {
+        self.keys.iter()
+    }
+}

@@ -1,0 +1,936 @@
+//! The MVCC key-value state machine, with etcd 3.4's semantics.
+//!
+//! # Model
+//! A revision is `(main, sub)`. Every write request that changes something (a Put, a
+//! DeleteRange that deletes at least one key, a Txn whose taken branch writes) gets the next
+//! `main`; `sub` counts the changes inside it. An empty store is at revision 1, as etcd's is,
+//! so the first write is revision 2.
+//!
+//! # Storage
+//! `tables::KV` holds one row per change: the key is the revision (`main` then `sub`, each a
+//! big-endian u64, 16 bytes) followed by `b't'` for a deletion; the value is the encoded
+//! `mvccpb::KeyValue` (for a deletion, only the key is set). `tables::META` holds the compacted
+//! revision under [`meta_keys::MVCC_COMPACT_REVISION`](crate::tables::meta_keys::MVCC_COMPACT_REVISION)
+//! (8 bytes big-endian; absent means never compacted). The current revision is not stored: it
+//! is the largest `main` in the table, or the compacted revision if that is larger (compaction
+//! can remove every row), or 1.
+//!
+//! In memory, an index maps each user key to its list of changes, rebuilt by [`Mvcc::open`].
+//!
+//! # Transactions and failure
+//! Write methods take the caller's `redb::WriteTransaction` and open `KV`/`META` themselves (so
+//! the caller must not hold those tables open during the call). The caller commits, together
+//! with the raft applied index. Several requests may be applied in one redb transaction.
+//!
+//! A method that returns `Err` leaves the in-memory state exactly as it was before the call;
+//! requests are checked before anything is written, so only a storage error can stop one half
+//! way, and then whatever it wrote to the table must be discarded by aborting the redb
+//! transaction (the in-memory undo cannot undo those rows). After a *successful* call, the
+//! in-memory state describes the table as written in that transaction: if the caller aborts the
+//! transaction anyway, it must rebuild the state with [`Mvcc::open`].
+//!
+//! Reads ([`Mvcc::range`]) look revisions up in the index and read them from the table given,
+//! which must show the state the index describes: a read transaction begun after the last
+//! commit of every write this `Mvcc` has applied (or the write transaction itself).
+
+mod index;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use std::cmp::Ordering;
+
+use prost::Message;
+use redb::{ReadTransaction, ReadableTable, TableError, WriteTransaction};
+
+use crate::proto::detcdpb::{MvccRow, SnapshotData};
+use crate::proto::etcdserverpb::{
+    compare::{CompareResult, CompareTarget, TargetUnion},
+    range_request::{SortOrder, SortTarget},
+    request_op::Request,
+    response_op::Response,
+    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use crate::proto::mvccpb::KeyValue;
+use crate::tables::{self, meta_keys};
+
+pub use index::Revision;
+use index::{Event, Index, KeyRange};
+pub use validate::DEFAULT_MAX_TXN_OPS;
+
+/// Errors of the state machine. Display strings are etcd's, byte for byte, for the ones a
+/// client can see; see [`MvccError::grpc_code`] for the status code etcd sends with each.
+#[derive(Debug, thiserror::Error)]
+pub enum MvccError {
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    /// Put with ignore_value/ignore_lease on an absent key; also an empty RequestOp in a txn.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// [`Mvcc::txn_read`] was given a txn with writes (those go through raft).
+    #[error("detcd: txn request is not read-only")]
+    NotReadOnly,
+    #[error("mvcc storage error: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("mvcc data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<redb::StorageError> for MvccError {
+    fn from(e: redb::StorageError) -> Self {
+        MvccError::Storage(e.into())
+    }
+}
+
+impl From<TableError> for MvccError {
+    fn from(e: TableError) -> Self {
+        MvccError::Storage(e.into())
+    }
+}
+
+/// gRPC status codes (numeric, as `tonic::Code::from(i32)` takes them).
+pub mod grpc_code {
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const OUT_OF_RANGE: i32 = 11;
+    pub const INTERNAL: i32 = 13;
+}
+
+impl MvccError {
+    /// The gRPC status code etcd answers this error with (`rpctypes/error.go`): OutOfRange for
+    /// Compacted and FutureRev; InvalidArgument for the request errors, "key not found"
+    /// included (etcd's ErrGRPCKeyNotFound is InvalidArgument, not NotFound); Internal for
+    /// detcd's own storage failures.
+    pub fn grpc_code(&self) -> i32 {
+        use MvccError::*;
+        match self {
+            Compacted | FutureRev => grpc_code::OUT_OF_RANGE,
+            KeyNotFound | EmptyKey | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | InvalidSortOption => grpc_code::INVALID_ARGUMENT,
+            NotReadOnly | Storage(_) | Corrupt(_) => grpc_code::INTERNAL,
+        }
+    }
+}
+
+const REV_LEN: usize = 16;
+const TOMBSTONE_MARK: u8 = b't';
+
+/// The KV-table key of a revision.
+pub fn revision_key(rev: Revision, tombstone: bool) -> Vec<u8> {
+    let mut k = Vec::with_capacity(REV_LEN + 1);
+    k.extend_from_slice(&(rev.main as u64).to_be_bytes());
+    k.extend_from_slice(&(rev.sub as u64).to_be_bytes());
+    if tombstone {
+        k.push(TOMBSTONE_MARK);
+    }
+    k
+}
+
+/// Parses a KV-table key: the revision and whether it marks a deletion.
+pub fn parse_revision_key(k: &[u8]) -> Option<(Revision, bool)> {
+    let tombstone = match k.len() {
+        REV_LEN => false,
+        n if n == REV_LEN + 1 && k[REV_LEN] == TOMBSTONE_MARK => true,
+        _ => return None,
+    };
+    let main = u64::from_be_bytes(k[..8].try_into().ok()?) as i64;
+    let sub = u64::from_be_bytes(k[8..16].try_into().ok()?) as i64;
+    Some((Revision { main, sub }, tombstone))
+}
+
+fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+fn corrupt(what: impl std::fmt::Display) -> MvccError {
+    MvccError::Corrupt(what.to_string())
+}
+
+/// Where revisions found in the index are read from.
+trait Rows {
+    fn row(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MvccError>;
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> Rows for T {
+    fn row(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MvccError> {
+        Ok(self.get(key)?.map(|g| g.value().to_vec()))
+    }
+}
+
+/// The KV table of a database that has never had one: it has no rows, and a consistent index
+/// never asks for any.
+struct NoRows;
+
+impl Rows for NoRows {
+    fn row(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, MvccError> {
+        Ok(None)
+    }
+}
+
+fn read_kv(rows: &impl Rows, rev: Revision) -> Result<KeyValue, MvccError> {
+    let raw = rows
+        .row(&revision_key(rev, false))?
+        .ok_or_else(|| corrupt(format!("no row for revision {}.{}", rev.main, rev.sub)))?;
+    KeyValue::decode(raw.as_slice()).map_err(corrupt)
+}
+
+type KvTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+
+/// One write request in progress.
+struct WriteState {
+    /// The store revision when it began; its writes get `begin + 1`.
+    begin: i64,
+    /// Changes so far (the next change's `sub`).
+    changes: i64,
+    /// Keys whose index lists got an event, in order, to undo on failure.
+    undo: Vec<Vec<u8>>,
+}
+
+impl WriteState {
+    fn next_rev(&mut self) -> Revision {
+        let rev = Revision {
+            main: self.begin + 1,
+            sub: self.changes,
+        };
+        self.changes += 1;
+        rev
+    }
+
+    /// The revision reads inside the request see: etcd's storeTxnWrite.Range.
+    fn view_rev(&self) -> i64 {
+        self.begin + i64::from(self.changes > 0)
+    }
+}
+
+/// The branch each txn (and nested txn) takes, decided against the state before any write.
+struct Plan {
+    succeeded: bool,
+    /// One per nested txn op of the taken branch, in order.
+    children: Vec<Plan>,
+}
+
+fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
+    if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    }
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let int = |v: Option<i64>| v.unwrap_or(0);
+    let u = c.target_union.as_ref();
+    let result = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => {
+            let want: &[u8] = match u {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(want)
+        }
+        Ok(CompareTarget::Create) => kv.create_revision.cmp(&int(match u {
+            Some(TargetUnion::CreateRevision(r)) => Some(*r),
+            _ => None,
+        })),
+        Ok(CompareTarget::Mod) => kv.mod_revision.cmp(&int(match u {
+            Some(TargetUnion::ModRevision(r)) => Some(*r),
+            _ => None,
+        })),
+        Ok(CompareTarget::Version) => kv.version.cmp(&int(match u {
+            Some(TargetUnion::Version(r)) => Some(*r),
+            _ => None,
+        })),
+        Ok(CompareTarget::Lease) => kv.lease.cmp(&int(match u {
+            Some(TargetUnion::Lease(r)) => Some(*r),
+            _ => None,
+        })),
+        Err(_) => Ordering::Equal,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => result == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => result != Ordering::Equal,
+        Ok(CompareResult::Greater) => result == Ordering::Greater,
+        Ok(CompareResult::Less) => result == Ordering::Less,
+        Err(_) => true,
+    }
+}
+
+/// etcd's isTxnReadonly: every op of both branches is a Range (a nested txn counts as a write).
+pub fn is_txn_readonly(req: &TxnRequest) -> bool {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
+}
+
+/// The MVCC state: the in-memory key index and the store's revisions. See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mvcc {
+    index: Index,
+    current_rev: i64,
+    /// -1 until the first compaction, as etcd's compactMainRev.
+    compact_rev: i64,
+}
+
+impl Mvcc {
+    /// Rebuilds the state from the tables; a database without them is an empty store.
+    pub fn open(txn: &ReadTransaction) -> Result<Mvcc, MvccError> {
+        let compact_rev = match txn.open_table(tables::META) {
+            Ok(meta) => match meta.get(meta_keys::MVCC_COMPACT_REVISION)? {
+                Some(v) => decode_i64(v.value())?,
+                None => -1,
+            },
+            Err(TableError::TableDoesNotExist(_)) => -1,
+            Err(e) => return Err(e.into()),
+        };
+        match txn.open_table(tables::KV) {
+            Ok(kv) => Self::rebuild(&kv, compact_rev),
+            Err(TableError::TableDoesNotExist(_)) => Ok(Self::empty(compact_rev)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn empty(compact_rev: i64) -> Mvcc {
+        Mvcc {
+            index: Index::default(),
+            current_rev: compact_rev.max(1),
+            compact_rev,
+        }
+    }
+
+    fn rebuild(
+        kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        compact_rev: i64,
+    ) -> Result<Mvcc, MvccError> {
+        let mut m = Self::empty(compact_rev);
+        for row in kv.iter()? {
+            let (k, v) = row?;
+            let (rev, tombstone) = parse_revision_key(k.value())
+                .ok_or_else(|| corrupt(format!("bad revision key {:?}", k.value())))?;
+            let kvp = KeyValue::decode(v.value()).map_err(corrupt)?;
+            m.index.push(&kvp.key, Event { rev, tombstone });
+            m.current_rev = m.current_rev.max(rev.main);
+        }
+        Ok(m)
+    }
+
+    /// The store revision: that of the last write.
+    pub fn current_revision(&self) -> i64 {
+        self.current_rev
+    }
+
+    /// The last compaction's revision, or -1 if there has been none.
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_rev
+    }
+
+    // ---- reads ----
+
+    /// A Range request (also runs etcd's gRPC-layer checks: empty key, sort options).
+    /// `kv` is the KV table, from a read transaction consistent with this state (module docs).
+    /// The header carries only the revision; the caller fills cluster, member and term.
+    pub fn range(
+        &self,
+        kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        req: &RangeRequest,
+    ) -> Result<RangeResponse, MvccError> {
+        validate::check_range(req)?;
+        self.range_view(kv, req, self.current_rev)
+    }
+
+    /// [`Mvcc::range`] opening the KV table of `txn` itself (a database that never had a write
+    /// has no KV table yet).
+    pub fn range_in(
+        &self,
+        txn: &ReadTransaction,
+        req: &RangeRequest,
+    ) -> Result<RangeResponse, MvccError> {
+        validate::check_range(req)?;
+        match txn.open_table(tables::KV) {
+            Ok(kv) => self.range_view(&kv, req, self.current_rev),
+            Err(TableError::TableDoesNotExist(_)) => {
+                self.range_view(&NoRows, req, self.current_rev)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A read-only txn (see [`is_txn_readonly`]) served without raft, as etcd serves them after
+    /// a ReadIndex. A txn with writes is refused with [`MvccError::NotReadOnly`].
+    pub fn txn_read(
+        &self,
+        kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        req: &TxnRequest,
+    ) -> Result<TxnResponse, MvccError> {
+        validate::check_txn_full(req, usize::MAX)?;
+        if !is_txn_readonly(req) {
+            return Err(MvccError::NotReadOnly);
+        }
+        let at = self.current_rev;
+        let plan = self.plan(kv, req, at)?;
+        self.check_ranges(req, &plan, at)?;
+        let mut responses = Vec::new();
+        for op in branch(req, plan.succeeded) {
+            if let Some(Request::RequestRange(r)) = &op.request {
+                let resp = self.range_view(kv, r, at)?;
+                responses.push(ResponseOp {
+                    response: Some(Response::ResponseRange(resp)),
+                });
+            }
+        }
+        Ok(TxnResponse {
+            header: header(at),
+            succeeded: plan.succeeded,
+            responses,
+        })
+    }
+
+    /// etcd's applierV3backend.Range over a view at store revision `cur_rev`.
+    fn range_view(
+        &self,
+        rows: &impl Rows,
+        req: &RangeRequest,
+        cur_rev: i64,
+    ) -> Result<RangeResponse, MvccError> {
+        let mut rev = req.revision;
+        if rev > cur_rev {
+            return Err(MvccError::FutureRev);
+        }
+        if rev <= 0 {
+            rev = cur_rev;
+        }
+        if rev < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        let hits = self
+            .index
+            .range(KeyRange::new(&req.key, &req.range_end), rev);
+        let mut resp = RangeResponse {
+            header: header(cur_rev),
+            kvs: Vec::new(),
+            more: false,
+            count: hits.len() as i64,
+        };
+        if req.count_only || hits.is_empty() {
+            return Ok(resp);
+        }
+
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        // Fetch everything when sorting or filtering, else one more than the limit (for `more`).
+        let mut fetch = if req.sort_order != SortOrder::None as i32 || filtered {
+            0
+        } else {
+            req.limit
+        };
+        if fetch > 0 {
+            fetch = fetch.wrapping_add(1);
+        }
+        let n = if fetch <= 0 || fetch as u64 > hits.len() as u64 {
+            hits.len()
+        } else {
+            fetch as usize
+        };
+        let mut kvs = hits[..n]
+            .iter()
+            .map(|(_, r)| read_kv(rows, *r))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        if req.max_mod_revision != 0 {
+            kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
+        }
+        if req.min_mod_revision != 0 {
+            kvs.retain(|kv| kv.mod_revision >= req.min_mod_revision);
+        }
+        if req.max_create_revision != 0 {
+            kvs.retain(|kv| kv.create_revision <= req.max_create_revision);
+        }
+        if req.min_create_revision != 0 {
+            kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
+        }
+
+        let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+        let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+        if target != SortTarget::Key && order == SortOrder::None {
+            // The index yields key order already; any other target sorts ascending by default.
+            order = SortOrder::Ascend;
+        }
+        let cmp = |a: &KeyValue, b: &KeyValue| match target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        };
+        // Stable sorts: ties keep key order, in both directions.
+        match order {
+            SortOrder::None => {}
+            SortOrder::Ascend => kvs.sort_by(cmp),
+            SortOrder::Descend => kvs.sort_by(|a, b| cmp(b, a)),
+        }
+
+        if req.limit > 0 && kvs.len() as u64 > req.limit as u64 {
+            kvs.truncate(req.limit as usize);
+            resp.more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        resp.kvs = kvs;
+        Ok(resp)
+    }
+
+    /// Evaluates the compares of a txn and of the nested txns of the branches it takes, all
+    /// against the store at `at` (etcd's compareToPath: before any of the txn's writes).
+    fn plan(&self, rows: &impl Rows, req: &TxnRequest, at: i64) -> Result<Plan, MvccError> {
+        let mut succeeded = true;
+        for c in &req.compare {
+            if !self.compare_holds(rows, c, at)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let mut children = Vec::new();
+        for op in branch(req, succeeded) {
+            if let Some(Request::RequestTxn(t)) = &op.request {
+                children.push(self.plan(rows, t, at)?);
+            }
+        }
+        Ok(Plan {
+            succeeded,
+            children,
+        })
+    }
+
+    /// etcd's applyCompare: every key of the range must satisfy it; with no key, VALUE fails
+    /// and the other targets compare against zero.
+    fn compare_holds(&self, rows: &impl Rows, c: &Compare, at: i64) -> Result<bool, MvccError> {
+        let hits = self.index.range(KeyRange::new(&c.key, &c.range_end), at);
+        if hits.is_empty() {
+            return Ok(
+                c.target != CompareTarget::Value as i32 && compare_kv(c, &KeyValue::default())
+            );
+        }
+        for (_, rev) in hits {
+            if !compare_kv(c, &read_kv(rows, rev)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// etcd's checkRequests(checkPut): ignore_value/ignore_lease need the key to exist before
+    /// the txn.
+    fn check_puts(&self, req: &TxnRequest, plan: &Plan, at: i64) -> Result<(), MvccError> {
+        let mut children = plan.children.iter();
+        for op in branch(req, plan.succeeded) {
+            match &op.request {
+                Some(Request::RequestTxn(t)) => {
+                    self.check_puts(t, children.next().expect("plan matches txn"), at)?
+                }
+                Some(Request::RequestPut(p))
+                    if (p.ignore_value || p.ignore_lease)
+                        && self.index.get(&p.key, at).is_none() =>
+                {
+                    return Err(MvccError::KeyNotFound);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// etcd's checkRequests(checkRange): a range's explicit revision must be neither in the
+    /// future nor compacted, judged against the store before the txn. (Like etcd, a negative
+    /// revision here is "compacted" once a compaction happened.)
+    fn check_ranges(&self, req: &TxnRequest, plan: &Plan, at: i64) -> Result<(), MvccError> {
+        let mut children = plan.children.iter();
+        for op in branch(req, plan.succeeded) {
+            match &op.request {
+                Some(Request::RequestTxn(t)) => {
+                    self.check_ranges(t, children.next().expect("plan matches txn"), at)?
+                }
+                Some(Request::RequestRange(r)) if r.revision != 0 => {
+                    if r.revision > at {
+                        return Err(MvccError::FutureRev);
+                    }
+                    if r.revision < self.compact_rev {
+                        return Err(MvccError::Compacted);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    // ---- writes ----
+
+    fn begin_write(&self) -> WriteState {
+        WriteState {
+            begin: self.current_rev,
+            changes: 0,
+            undo: Vec::new(),
+        }
+    }
+
+    fn end_write<T>(
+        &mut self,
+        ws: WriteState,
+        result: Result<T, MvccError>,
+    ) -> Result<T, MvccError> {
+        match result {
+            Ok(v) => {
+                if ws.changes > 0 {
+                    self.current_rev = ws.begin + 1;
+                }
+                Ok(v)
+            }
+            Err(e) => {
+                for key in ws.undo.iter().rev() {
+                    self.index.pop(key);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        kv: &mut KvTable<'_>,
+        ws: &mut WriteState,
+        value: &KeyValue,
+        tombstone: bool,
+    ) -> Result<(), MvccError> {
+        let rev = ws.next_rev();
+        kv.insert(
+            revision_key(rev, tombstone).as_slice(),
+            value.encode_to_vec().as_slice(),
+        )?;
+        self.index.push(&value.key, Event { rev, tombstone });
+        ws.undo.push(value.key.clone());
+        Ok(())
+    }
+
+    /// A Put. Errors: EmptyKey, ValueProvided, LeaseProvided (request checks), KeyNotFound
+    /// (ignore_value / ignore_lease on an absent key).
+    pub fn put(
+        &mut self,
+        txn: &WriteTransaction,
+        req: &PutRequest,
+    ) -> Result<PutResponse, MvccError> {
+        validate::check_put(req)?;
+        let mut kv = txn.open_table(tables::KV)?;
+        let mut ws = self.begin_write();
+        let r = self.exec_put(&mut kv, &mut ws, req);
+        self.end_write(ws, r)
+    }
+
+    fn exec_put(
+        &mut self,
+        kv: &mut KvTable<'_>,
+        ws: &mut WriteState,
+        req: &PutRequest,
+    ) -> Result<PutResponse, MvccError> {
+        let main = ws.begin + 1;
+        let prev = match self.index.get(&req.key, main) {
+            Some(rev) => Some(read_kv(&*kv, rev)?),
+            None => None,
+        };
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.clone(),
+            _ => req.value.clone(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
+        let new = KeyValue {
+            key: req.key.clone(),
+            create_revision: prev.as_ref().map_or(main, |p| p.create_revision),
+            mod_revision: main,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value,
+            lease,
+        };
+        self.record(kv, ws, &new, false)?;
+        Ok(PutResponse {
+            header: header(main),
+            prev_kv: if req.prev_kv { prev } else { None },
+        })
+    }
+
+    /// A DeleteRange. Deleting nothing does not bump the revision. Error: EmptyKey.
+    pub fn delete_range(
+        &mut self,
+        txn: &WriteTransaction,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MvccError> {
+        validate::check_delete(req)?;
+        let mut kv = txn.open_table(tables::KV)?;
+        let mut ws = self.begin_write();
+        let r = self.exec_delete(&mut kv, &mut ws, req);
+        self.end_write(ws, r)
+    }
+
+    fn exec_delete(
+        &mut self,
+        kv: &mut KvTable<'_>,
+        ws: &mut WriteState,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MvccError> {
+        let hits: Vec<(Vec<u8>, Revision)> = self
+            .index
+            .range(KeyRange::new(&req.key, &req.range_end), ws.begin + 1)
+            .into_iter()
+            .map(|(k, r)| (k.to_vec(), r))
+            .collect();
+        let prev_kvs = if req.prev_kv {
+            hits.iter()
+                .map(|(_, r)| read_kv(&*kv, *r))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        for (key, _) in hits.iter() {
+            self.record(
+                kv,
+                ws,
+                &KeyValue {
+                    key: key.clone(),
+                    ..Default::default()
+                },
+                true,
+            )?;
+        }
+        let deleted = hits.len() as i64;
+        let rev = if deleted != 0 || ws.changes > 0 {
+            ws.begin + 1
+        } else {
+            ws.begin
+        };
+        Ok(DeleteRangeResponse {
+            header: header(rev),
+            deleted,
+            prev_kvs,
+        })
+    }
+
+    /// A Txn: compares, then the ops of the taken branch in order, all writes sharing one main
+    /// revision. Errors: the request checks (EmptyKey, DuplicateKey, ...; the op-count limit is
+    /// the server's, see [`Mvcc::validate_txn`]), KeyNotFound, and FutureRev/Compacted for a
+    /// range op's revision; all found before anything is written.
+    ///
+    /// Nested txn responses carry an empty header, as etcd's do; range/put/delete responses
+    /// inside carry the revision they saw or wrote.
+    pub fn txn(
+        &mut self,
+        txn: &WriteTransaction,
+        req: &TxnRequest,
+    ) -> Result<TxnResponse, MvccError> {
+        validate::check_txn_full(req, usize::MAX)?;
+        let mut kv = txn.open_table(tables::KV)?;
+        let at = self.current_rev;
+        let plan = self.plan(&kv, req, at)?;
+        self.check_puts(req, &plan, at)?;
+        self.check_ranges(req, &plan, at)?;
+        let mut ws = self.begin_write();
+        let r = self.exec_txn(&mut kv, &mut ws, req, &plan).map(|mut resp| {
+            resp.header = header(ws.view_rev());
+            resp
+        });
+        self.end_write(ws, r)
+    }
+
+    fn exec_txn(
+        &mut self,
+        kv: &mut KvTable<'_>,
+        ws: &mut WriteState,
+        req: &TxnRequest,
+        plan: &Plan,
+    ) -> Result<TxnResponse, MvccError> {
+        let mut children = plan.children.iter();
+        let ops = branch(req, plan.succeeded);
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match &op.request {
+                Some(Request::RequestRange(r)) => {
+                    Response::ResponseRange(self.range_view(&*kv, r, ws.view_rev())?)
+                }
+                Some(Request::RequestPut(p)) => Response::ResponsePut(self.exec_put(kv, ws, p)?),
+                Some(Request::RequestDeleteRange(d)) => {
+                    Response::ResponseDeleteRange(self.exec_delete(kv, ws, d)?)
+                }
+                Some(Request::RequestTxn(t)) => {
+                    let child = children.next().expect("plan matches txn");
+                    Response::ResponseTxn(self.exec_txn(kv, ws, t, child)?)
+                }
+                None => return Err(MvccError::KeyNotFound),
+            };
+            responses.push(ResponseOp {
+                response: Some(resp),
+            });
+        }
+        Ok(TxnResponse {
+            header: Some(ResponseHeader::default()),
+            succeeded: plan.succeeded,
+            responses,
+        })
+    }
+
+    /// Compacts: drops every key's history older than `rev`, keeping for each key its latest
+    /// revision `<= rev` unless that is a deletion; persists the compacted revision.
+    /// Errors: Compacted if `rev <=` the last compaction, FutureRev if `rev >` the store revision.
+    pub fn compact(
+        &mut self,
+        txn: &WriteTransaction,
+        rev: i64,
+    ) -> Result<CompactionResponse, MvccError> {
+        if rev <= self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.current_rev {
+            return Err(MvccError::FutureRev);
+        }
+        let plan = self.index.compact_plan(rev);
+        {
+            let mut kv = txn.open_table(tables::KV)?;
+            for (r, tombstone) in &plan.rows {
+                kv.remove(revision_key(*r, *tombstone).as_slice())?;
+            }
+        }
+        {
+            let mut meta = txn.open_table(tables::META)?;
+            meta.insert(
+                meta_keys::MVCC_COMPACT_REVISION,
+                rev.to_be_bytes().as_slice(),
+            )?;
+        }
+        self.index.apply_compaction(plan);
+        self.compact_rev = rev;
+        Ok(CompactionResponse {
+            header: header(self.current_rev),
+        })
+    }
+
+    // ---- checks the server makes before proposing ----
+
+    /// etcd's gRPC-layer checks of a Txn (op-count limit, empty keys, value/lease provided,
+    /// empty ops, duplicate keys). Pure; run it before proposing.
+    pub fn validate_txn(req: &TxnRequest, max_txn_ops: usize) -> Result<(), MvccError> {
+        validate::check_txn_full(req, max_txn_ops)
+    }
+
+    /// etcd's gRPC-layer checks of a Put (empty key, value/lease provided with ignore_*).
+    pub fn validate_put(req: &PutRequest) -> Result<(), MvccError> {
+        validate::check_put(req)
+    }
+
+    /// etcd's gRPC-layer check of a DeleteRange (empty key).
+    pub fn validate_delete_range(req: &DeleteRangeRequest) -> Result<(), MvccError> {
+        validate::check_delete(req)
+    }
+
+    /// etcd's gRPC-layer checks of a Range (empty key, sort options).
+    pub fn validate_range(req: &RangeRequest) -> Result<(), MvccError> {
+        validate::check_range(req)
+    }
+
+    // ---- snapshots ----
+
+    /// Writes the whole MVCC state into `out` (rows, current and compacted revisions); the other
+    /// fields of `out` are left alone. `txn` must be consistent with this state (module docs).
+    pub fn export(&self, txn: &ReadTransaction, out: &mut SnapshotData) -> Result<(), MvccError> {
+        out.rows.clear();
+        match txn.open_table(tables::KV) {
+            Ok(kv) => {
+                for row in kv.iter()? {
+                    let (k, v) = row?;
+                    out.rows.push(MvccRow {
+                        revision: k.value().to_vec(),
+                        value: v.value().to_vec(),
+                    });
+                }
+            }
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        out.current_revision = self.current_rev;
+        out.compact_revision = self.compact_rev;
+        Ok(())
+    }
+
+    /// Replaces the KV table and the compacted revision with a snapshot's, and returns the
+    /// state they describe. A SnapshotData with all MVCC fields at their defaults is an empty
+    /// store. Errors with Corrupt if a row is malformed or the rows disagree with the
+    /// snapshot's current revision.
+    pub fn import(txn: &WriteTransaction, data: &SnapshotData) -> Result<Mvcc, MvccError> {
+        let unset =
+            data.rows.is_empty() && data.current_revision == 0 && data.compact_revision == 0;
+        let compact_rev = if unset { -1 } else { data.compact_revision };
+        {
+            let mut kv = txn.open_table(tables::KV)?;
+            kv.retain(|_, _| false)?;
+            for row in &data.rows {
+                if parse_revision_key(&row.revision).is_none() {
+                    return Err(corrupt(format!(
+                        "bad revision key {:?} in snapshot",
+                        row.revision
+                    )));
+                }
+                kv.insert(row.revision.as_slice(), row.value.as_slice())?;
+            }
+        }
+        {
+            let mut meta = txn.open_table(tables::META)?;
+            if compact_rev >= 0 {
+                meta.insert(
+                    meta_keys::MVCC_COMPACT_REVISION,
+                    compact_rev.to_be_bytes().as_slice(),
+                )?;
+            } else {
+                meta.remove(meta_keys::MVCC_COMPACT_REVISION)?;
+            }
+        }
+        let kv = txn.open_table(tables::KV)?;
+        let m = Self::rebuild(&kv, compact_rev)?;
+        if !unset && m.current_rev != data.current_revision {
+            return Err(corrupt(format!(
+                "snapshot says revision {} but its rows say {}",
+                data.current_revision, m.current_rev
+            )));
+        }
+        Ok(m)
+    }
+}
+
+fn decode_i64(b: &[u8]) -> Result<i64, MvccError> {
+    let arr: [u8; 8] = b
+        .try_into()
+        .map_err(|_| corrupt("compact revision is not 8 bytes"))?;
+    Ok(i64::from_be_bytes(arr))
+}
