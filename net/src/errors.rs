@@ -12,6 +12,8 @@ pub enum ApiError {
     NoLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: request is too large")]
@@ -26,7 +28,7 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let code = match &e {
             ApiError::Mvcc(m) => crate::errors::mvcc_code(m),
-            ApiError::NoLeader | ApiError::Timeout | ApiError::Stopped => Code::Unavailable,
+            ApiError::NoLeader | ApiError::Timeout | ApiError::LeaderChanged | ApiError::Stopped => Code::Unavailable,
             ApiError::TooLarge => Code::InvalidArgument,
             ApiError::MemberNotFound => Code::NotFound,
             ApiError::Unimplemented(_) => Code::Unimplemented,

@@ -46,7 +46,7 @@ pub enum Applied {
     Attributes,
 }
 
-pub type ApplyResult = Result<Applied, MvccError>;
+pub type ApplyResult = Result<Applied, ApiError>;
 
 pub struct Proposal {
     pub request: InternalRequest,
@@ -120,7 +120,7 @@ impl NodeHandle {
             .await
             .map_err(|_| ApiError::Stopped)?;
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(res)) => res.map_err(ApiError::Mvcc),
+            Ok(Ok(res)) => res,
             Ok(Err(_)) => Err(ApiError::Stopped),
             Err(_) => Err(self.timeout_error()),
         }
@@ -491,6 +491,15 @@ impl Node {
 
         if let Some(ss) = rd.ss() {
             let mut st = self.shared.status.lock().unwrap();
+            if st.leader != ss.leader_id && !self.waiters.is_empty() {
+                // Proposals in flight may have died with the old leader (a follower forwards
+                // them, and nothing resends a lost forward). Tell their clients now, as etcd
+                // does, instead of letting them wait out the timeout; an entry that still
+                // commits is applied all the same (the outcome was indeterminate).
+                for (_, w) in self.waiters.drain() {
+                    let _ = w.send(Err(ApiError::LeaderChanged));
+                }
+            }
             st.leader = ss.leader_id;
             st.is_leader = ss.raft_state == StateRole::Leader;
             if ss.leader_id != 0 {
@@ -601,7 +610,7 @@ impl Node {
                     EntryType::EntryNormal if e.data.is_empty() => {}
                     EntryType::EntryNormal => match InternalRequest::decode(e.data.as_ref()) {
                         Ok(req) => {
-                            let result = self.apply_request(&txn, &mut mvcc, &req);
+                            let result = self.apply_request(&txn, &mut mvcc, &req).map_err(ApiError::Mvcc);
                             if let Some(w) = self.waiters.remove(&req.id) {
                                 replies.push((w, result));
                             }
@@ -635,7 +644,7 @@ impl Node {
         txn: &redb::WriteTransaction,
         mvcc: &mut Mvcc,
         req: &InternalRequest,
-    ) -> ApplyResult {
+    ) -> Result<Applied, MvccError> {
         let applied = match &req.request {
             Some(Request::Put(r)) => Applied::Put(mvcc.put(txn, r)?),
             Some(Request::DeleteRange(r)) => Applied::DeleteRange(mvcc.delete_range(txn, r)?),
