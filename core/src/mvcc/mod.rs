@@ -379,17 +379,35 @@ impl Mvcc {
         kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
         req: &TxnRequest,
     ) -> Result<TxnResponse, MvccError> {
+        self.txn_read_rows(kv, req)
+    }
+
+    /// [`Mvcc::txn_read`] opening the KV table of `txn` itself (a database that never had a
+    /// write has no KV table yet).
+    pub fn txn_read_in(
+        &self,
+        txn: &ReadTransaction,
+        req: &TxnRequest,
+    ) -> Result<TxnResponse, MvccError> {
+        match txn.open_table(tables::KV) {
+            Ok(kv) => self.txn_read_rows(&kv, req),
+            Err(TableError::TableDoesNotExist(_)) => self.txn_read_rows(&NoRows, req),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn txn_read_rows(&self, rows: &impl Rows, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
         validate::check_txn_full(req, usize::MAX)?;
         if !is_txn_readonly(req) {
             return Err(MvccError::NotReadOnly);
         }
         let at = self.current_rev;
-        let plan = self.plan(kv, req, at)?;
+        let plan = self.plan(rows, req, at)?;
         self.check_ranges(req, &plan, at)?;
         let mut responses = Vec::new();
         for op in branch(req, plan.succeeded) {
             if let Some(Request::RequestRange(r)) = &op.request {
-                let resp = self.range_view(kv, r, at)?;
+                let resp = self.range_view(rows, r, at)?;
                 responses.push(ResponseOp {
                     response: Some(Response::ResponseRange(resp)),
                 });

@@ -894,7 +894,16 @@ fn txn_read_serves_read_only_txns() {
     let r = h.m.txn_read(&kv, &req).unwrap();
     assert!(r.succeeded);
     assert_eq!(keys(resp_range(&r.responses[0])), ["a"]);
-    assert_eq!(r, h.txn(req).unwrap());
+    assert_eq!(h.m.txn_read_in(&rt, &req).unwrap(), r);
+    assert_eq!(r, h.txn(req.clone()).unwrap());
+    // A database that never had a write has no KV table.
+    let fresh = H::new();
+    let r = fresh
+        .m
+        .txn_read_in(&fresh.db.begin_read().unwrap(), &req)
+        .unwrap();
+    assert!(!r.succeeded && r.responses.is_empty());
+    assert_eq!(rev_of(&r.header), 1);
     let w = TxnRequest {
         failure: vec![op_put("b", "1")],
         ..Default::default()
