@@ -65,10 +65,11 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-/// The server under test: `$DETCD_BIN`, else `<workspace>/target/debug/detcd`.
+/// The server under test: `$DETCD_BIN` (a relative path is taken from the workspace root, since
+/// cargo runs tests in the package dir), else `<workspace>/target/debug/detcd`.
 pub fn detcd_bin() -> PathBuf {
     let bin = match std::env::var_os("DETCD_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
+        Some(p) if !p.is_empty() => workspace_root().join(p),
         _ => workspace_root().join("target/debug/detcd"),
     };
     assert!(
@@ -465,9 +466,9 @@ impl Cluster {
         self.members.iter().map(|m| m.client_url()).collect()
     }
 
-    /// Every member's log tail.
+    /// Every started member's log tail.
     pub fn logs(&self, n: usize) -> String {
-        self.members.iter().map(|m| m.log_tail(n)).collect()
+        self.members.iter().filter(|m| m.starts > 0).map(|m| m.log_tail(n)).collect()
     }
 }
 

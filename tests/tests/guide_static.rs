@@ -97,7 +97,7 @@ fn guide_static() {
         let simple = etcdctl_ok(&ep, &["endpoint", "status"]);
         let cols: Vec<&str> = simple.stdout.trim().split(", ").collect();
         assert!(cols.len() >= 9, "{simple}");
-        assert_eq!(cols[0], m.client_addr(), "{simple}");
+        assert_eq!(cols[0], m.client_url(), "{simple}");
         assert_eq!(cols[1], id, "{simple}");
         if cols[4] == "true" {
             leader_rows.push(id);
