@@ -11,7 +11,6 @@ use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use detcd_core::mvcc::{is_txn_readonly, Mvcc, DEFAULT_MAX_TXN_OPS};
 use detcd_core::proto::detcdpb::internal_request::Request as Internal;
 use detcd_core::proto::etcdserverpb::{self as pb, request_op, ResponseHeader};
-use detcd_core::tables::KV;
 use prost::Message as _;
 use redb::ReadableDatabase;
 use std::sync::Arc;
@@ -123,8 +122,7 @@ impl Kv for Api {
             let shared = self.shared();
             let mvcc = shared.mvcc.read().unwrap();
             let txn = shared.db.begin_read().map_err(|e| Status::internal(e.to_string()))?;
-            let table = txn.open_table(KV).map_err(|e| Status::internal(e.to_string()))?;
-            let mut resp = mvcc.txn_read(&table, &r).map_err(ApiError::Mvcc)?;
+            let mut resp = mvcc.txn_read_in(&txn, &r).map_err(ApiError::Mvcc)?;
             drop(mvcc);
             self.fill(&mut resp.header);
             return Ok(Response::new(resp));

@@ -1,0 +1,201 @@
+//! A simulated disk for one member: redb runs on it through `StorageBackend`.
+//!
+//! It keeps two images: `volatile` (what the member has written) and `durable` (what the last
+//! `sync_data` made safe). A crash throws the volatile image away. Each open gets a generation:
+//! after a crash, the dead member's handles (whose tasks madsim may drop later) can neither read
+//! nor write, so nothing it does after "power loss" reaches the restarted member's disk.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Default)]
+struct Image {
+    volatile: Vec<u8>,
+    durable: Vec<u8>,
+    generation: u64,
+    /// Fault: the next syncs fail (the member must stop, never carry on).
+    fail_sync: bool,
+    /// Fault: a crash keeps a torn prefix of the last unsynced write.
+    torn_write: Option<(u64, Vec<u8>)>,
+    tear_on_crash: bool,
+    syncs: u64,
+}
+
+/// One member's disk, shared by the harness (to crash it) and the member (to use it).
+#[derive(Clone, Debug, Default)]
+pub struct SimDisk {
+    image: Arc<Mutex<Image>>,
+}
+
+impl SimDisk {
+    pub fn new() -> SimDisk {
+        SimDisk::default()
+    }
+
+    /// A backend for a newly started member process.
+    pub fn open(&self) -> SimBackend {
+        let generation = self.image.lock().unwrap().generation;
+        SimBackend {
+            disk: self.clone(),
+            generation,
+        }
+    }
+
+    /// Power loss: everything not synced is gone (or torn, when that fault is on), and the
+    /// old process's handles go dead.
+    pub fn crash(&self) {
+        let mut img = self.image.lock().unwrap();
+        img.generation += 1;
+        let mut survivor = img.durable.clone();
+        if img.tear_on_crash {
+            if let Some((offset, data)) = img.torn_write.take() {
+                // Half of the last unsynced write made it to the platter.
+                let half = &data[..data.len() / 2];
+                let end = offset as usize + half.len();
+                if survivor.len() < end {
+                    survivor.resize(end, 0);
+                }
+                survivor[offset as usize..end].copy_from_slice(half);
+            }
+        }
+        img.volatile = survivor;
+        img.torn_write = None;
+    }
+
+    pub fn set_fail_sync(&self, fail: bool) {
+        self.image.lock().unwrap().fail_sync = fail;
+    }
+
+    pub fn set_tear_on_crash(&self, tear: bool) {
+        self.image.lock().unwrap().tear_on_crash = tear;
+    }
+
+    pub fn syncs(&self) -> u64 {
+        self.image.lock().unwrap().syncs
+    }
+
+    pub fn len(&self) -> u64 {
+        self.image.lock().unwrap().volatile.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// redb's view of a `SimDisk`, bound to one process lifetime (generation).
+#[derive(Debug)]
+pub struct SimBackend {
+    disk: SimDisk,
+    generation: u64,
+}
+
+impl SimBackend {
+    fn with<T>(&self, f: impl FnOnce(&mut Image) -> io::Result<T>) -> io::Result<T> {
+        let mut img = self.disk.image.lock().unwrap();
+        if img.generation != self.generation {
+            return Err(io::Error::other("simulated disk: process crashed"));
+        }
+        f(&mut img)
+    }
+}
+
+impl redb::StorageBackend for SimBackend {
+    fn len(&self) -> io::Result<u64> {
+        self.with(|img| Ok(img.volatile.len() as u64))
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.with(|img| {
+            let end = offset as usize + out.len();
+            if end > img.volatile.len() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of simulated disk"));
+            }
+            out.copy_from_slice(&img.volatile[offset as usize..end]);
+            Ok(())
+        })
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.with(|img| {
+            img.volatile.resize(len as usize, 0);
+            Ok(())
+        })
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.with(|img| {
+            if img.fail_sync {
+                return Err(io::Error::other("simulated fsync failure"));
+            }
+            img.durable = img.volatile.clone();
+            img.torn_write = None;
+            img.syncs += 1;
+            Ok(())
+        })
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.with(|img| {
+            let end = offset as usize + data.len();
+            if img.volatile.len() < end {
+                img.volatile.resize(end, 0);
+            }
+            img.volatile[offset as usize..end].copy_from_slice(data);
+            img.torn_write = Some((offset, data.to_vec()));
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+    const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    fn put(db: &redb::Database, k: u64, durability: redb::Durability) {
+        let mut txn = db.begin_write().unwrap();
+        txn.set_durability(durability).unwrap();
+        txn.open_table(T).unwrap().insert(k, k).unwrap();
+        txn.commit().unwrap();
+    }
+
+    fn keys(db: &redb::Database) -> Vec<u64> {
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(T).unwrap();
+        t.iter().unwrap().map(|r| r.unwrap().0.value()).collect()
+    }
+
+    #[test]
+    fn crash_keeps_only_synced_commits() {
+        let disk = SimDisk::new();
+        {
+            let db = redb::Builder::new().create_with_backend(disk.open()).unwrap();
+            put(&db, 1, redb::Durability::Immediate);
+            put(&db, 2, redb::Durability::None);
+            assert_eq!(keys(&db), vec![1, 2]);
+            disk.crash();
+            // The dead process's database can no longer touch the disk.
+            let mut txn = db.begin_write().unwrap();
+            txn.set_durability(redb::Durability::Immediate).unwrap();
+            txn.open_table(T).unwrap().insert(3, 3).unwrap();
+            assert!(txn.commit().is_err());
+        }
+        let db = redb::Builder::new().create_with_backend(disk.open()).unwrap();
+        assert_eq!(keys(&db), vec![1]);
+    }
+
+    #[test]
+    fn failed_sync_fails_the_commit() {
+        let disk = SimDisk::new();
+        let db = redb::Builder::new().create_with_backend(disk.open()).unwrap();
+        put(&db, 1, redb::Durability::Immediate);
+        disk.set_fail_sync(true);
+        let mut txn = db.begin_write().unwrap();
+        txn.set_durability(redb::Durability::Immediate).unwrap();
+        txn.open_table(T).unwrap().insert(2, 2).unwrap();
+        assert!(txn.commit().is_err());
+    }
+}
