@@ -1,0 +1,79 @@
+//! What every fuzz target checks, one function per target. Shared with detcd-core's
+//! `tests/fuzz_corpus.rs` (which includes this file by path), so `cargo test` replays the
+//! committed corpora through exactly the checks the fuzzer runs.
+//!
+//! Beyond "no panic", each check asserts the parser's own contract: what parses prints back to
+//! a string that parses to the same value (member IDs are hashed from those strings, and peers
+//! re-parse them), and a peer batch that is accepted only carries messages from a member to us.
+
+use detcd_core::config::{format_initial_cluster, format_urls, parse_initial_cluster, parse_urls, Url};
+use detcd_core::peer::decode_batch;
+
+/// The receiving member in `check_peer_batch`: cluster 0x1000, member 1 of members {1, 2, 3}.
+pub const CLUSTER: u64 = 0x1000;
+pub const MEMBER: u64 = 1;
+pub fn is_member(id: u64) -> bool {
+    (1..=3).contains(&id)
+}
+
+/// `url_parse`: `Url::parse` and `parse_urls` on arbitrary UTF-8.
+pub fn check_url(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(u) = Url::parse(s) {
+        let printed = u.to_string();
+        let again = Url::parse(&printed)
+            .unwrap_or_else(|e| panic!("{s:?} parsed to {u:?}, whose string {printed:?} does not parse: {e}"));
+        assert_eq!(again, u, "{s:?} -> {printed:?} parses to something else");
+    }
+    if let Ok(urls) = parse_urls(s) {
+        assert!(!urls.is_empty(), "{s:?}: parse_urls gave no URL and no error");
+        let printed = format_urls(&urls);
+        assert_eq!(parse_urls(&printed).as_ref(), Ok(&urls), "{s:?} -> {printed:?}");
+    }
+}
+
+/// `initial_cluster`: `parse_initial_cluster` on arbitrary UTF-8.
+pub fn check_initial_cluster(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(members) = parse_initial_cluster(s) else {
+        return;
+    };
+    let pairs = |ms: &[detcd_core::config::InitialMember]| {
+        let mut v: Vec<(String, String)> = ms
+            .iter()
+            .flat_map(|m| m.peer_urls.iter().map(move |u| (m.name.clone(), u.to_string())))
+            .collect();
+        v.sort();
+        v
+    };
+    for (i, m) in members.iter().enumerate() {
+        assert!(!m.name.is_empty(), "{s:?}: empty member name");
+        assert!(!m.peer_urls.is_empty(), "{s:?}: member {:?} without URLs", m.name);
+        assert!(
+            members[..i].iter().all(|o| o.name != m.name),
+            "{s:?}: member {:?} listed twice",
+            m.name
+        );
+    }
+    let printed = format_initial_cluster(&members);
+    let again = parse_initial_cluster(&printed)
+        .unwrap_or_else(|e| panic!("{s:?} -> {printed:?} does not parse: {e}"));
+    assert_eq!(pairs(&again), pairs(&members), "{s:?} -> {printed:?}");
+}
+
+/// `peer_batch`: `decode_batch` on arbitrary bytes, as member 1 of cluster 0x1000.
+pub fn check_peer_batch(data: &[u8]) {
+    if let Ok(msgs) = decode_batch(data, CLUSTER, MEMBER, is_member) {
+        if let Some(first) = msgs.first() {
+            assert!(is_member(first.from), "accepted a message from stranger {}", first.from);
+        }
+        for m in &msgs {
+            assert_eq!(m.to, MEMBER, "accepted a message addressed to {}", m.to);
+            assert_eq!(m.from, msgs[0].from, "accepted messages from two senders in one batch");
+        }
+    }
+}
