@@ -533,10 +533,11 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 // ---------------------------------------------------------------------------------------------
 // etcdctl
 
-/// The `etcdctl` to use: `$ETCDCTL_BIN`, else `etcdctl` from PATH.
+/// The `etcdctl` to use: `$DETCD_ETCDCTL` if set (a path; a missing file counts as not
+/// installed), else `etcdctl` from PATH.
 fn etcdctl_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ETCDCTL_BIN").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
+    if let Some(p) = std::env::var_os("DETCD_ETCDCTL").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join("etcdctl")).find(|p| p.is_file())
