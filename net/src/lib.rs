@@ -5,6 +5,8 @@
 pub mod api;
 pub mod errors;
 #[cfg(not(madsim))]
+pub mod h2_authority;
+#[cfg(not(madsim))]
 pub mod http;
 pub mod member;
 pub mod node;

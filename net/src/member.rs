@@ -334,13 +334,41 @@ async fn serve_client(listener: Listener, api: Api) -> Result<(), MemberError> {
         .add_service(maint)
         .into_axum_router();
     let app = crate::http::routes(api.node.shared.clone(), routes);
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .await
-        .map_err(|e| MemberError::Listen { addr, err: e.to_string() })
+    // Our own accept loop rather than axum::serve: each connection's bytes go through
+    // h2_authority::AuthorityFix, so `--endpoints=http://host:port` etcdctl requests
+    // (`:authority: http://host:port`, which h2 resets) are served as etcd serves them.
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                ) {
+                    // E.g. out of file descriptors: give connections time to close.
+                    tracing::error!(addr = %addr, "accept error: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            if let Err(e) = Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::trace!("client connection: {e}");
+            }
+        });
+    }
 }
 
 #[cfg(madsim)]
