@@ -138,6 +138,13 @@ impl RaftLog {
         })
     }
 
+    /// For the simulator's `forget-hardstate` mutation only: drops the persisted term and vote
+    /// from memory, as a store that lost them would.
+    pub fn forget_term_and_vote(&mut self) {
+        self.hard_state.term = self.hard_state.term.min(self.compacted_term);
+        self.hard_state.vote = 0;
+    }
+
     pub fn hard_state(&self) -> &HardState {
         &self.hard_state
     }

@@ -75,7 +75,7 @@ impl Kv for Api {
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let r = req.into_inner();
         Mvcc::validate_range(&r).map_err(ApiError::Mvcc)?;
-        if !r.serializable {
+        if !r.serializable && !crate::mutation::active("stale-read") {
             self.node.read_barrier(self.request_timeout).await?;
         }
         Ok(Response::new(self.local_range(&r)?))
@@ -85,6 +85,14 @@ impl Kv for Api {
         let r = req.into_inner();
         Mvcc::validate_put(&r).map_err(ApiError::Mvcc)?;
         let len = r.encoded_len();
+        if crate::mutation::active("ack-before-commit") {
+            let api = self.clone();
+            let header = self.header(None);
+            tokio::spawn(async move {
+                let _ = api.write(Internal::Put(r), len).await;
+            });
+            return Ok(Response::new(pb::PutResponse { header, prev_kv: None }));
+        }
         match self.write(Internal::Put(r), len).await? {
             Applied::Put(mut resp) => {
                 self.fill(&mut resp.header);

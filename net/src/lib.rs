@@ -9,6 +9,7 @@ pub mod h2_authority;
 #[cfg(not(madsim))]
 pub mod http;
 pub mod member;
+pub mod mutation;
 pub mod node;
 pub mod proto;
 pub mod transport;

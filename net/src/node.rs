@@ -268,6 +268,10 @@ impl Node {
             (mvcc, members, applied)
         };
         let applied = applied.max(log.compacted_index());
+        let mut log = log;
+        if restarted && crate::mutation::active("forget-hardstate") {
+            log.forget_term_and_vote();
+        }
         let cfg = raft::Config {
             id: params.member_id,
             election_tick: params.election_ticks,

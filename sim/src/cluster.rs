@@ -65,6 +65,8 @@ impl SimMember {
 pub struct SimCluster {
     pub handle: Handle,
     pub members: Vec<SimMember>,
+    /// A host for the harness's own queries (who leads?), outside the members.
+    control: NodeHandle,
 }
 
 /// Starts one member process on a new simulated host.
@@ -123,14 +125,66 @@ impl SimCluster {
     }
 
     pub fn start(members: &[(&str, &str)], token: &str) -> SimCluster {
+        SimCluster::start_with(members, token, |_| {})
+    }
+
+    /// Like `start`, with a chance to change each member's flags first.
+    pub fn start_with(members: &[(&str, &str)], token: &str, tweak: impl Fn(&mut Config)) -> SimCluster {
         let handle = Handle::current();
         let members = (0..members.len())
             .map(|i| {
-                let cfg = guide_config(members, i, token);
+                let mut cfg = guide_config(members, i, token);
+                tweak(&mut cfg);
                 start_member(&handle, cfg, members[i].1.parse().unwrap(), SimDisk::new())
             })
             .collect();
-        SimCluster { handle, members }
+        let control = handle
+            .create_node()
+            .name("control")
+            .ip("10.0.1.200".parse().unwrap())
+            .build();
+        SimCluster {
+            handle,
+            members,
+            control,
+        }
+    }
+
+    /// The member ID etcd derives for member `i` from its flags.
+    pub fn member_id(&self, i: usize) -> u64 {
+        let cfg = self.members[i].config.lock().unwrap();
+        detcd_core::ids::member_id(&cfg.initial_advertise_peer_urls, &cfg.initial_cluster_token, None)
+    }
+
+    /// The member most members name as leader right now, if any.
+    pub async fn leader_index(&self) -> Option<usize> {
+        let endpoints = self.endpoints();
+        let leaders = self
+            .control
+            .spawn(async move {
+                let mut seen = Vec::new();
+                for url in endpoints {
+                    let Some(mut c) = Client::connect(&url).await else { continue };
+                    let req = detcd_core::proto::etcdserverpb::StatusRequest {};
+                    if let Ok(Ok(r)) =
+                        madsim::time::timeout(Duration::from_millis(500), c.maintenance.status(req)).await
+                    {
+                        seen.push(r.into_inner().leader);
+                    }
+                }
+                seen
+            })
+            .await
+            .ok()?;
+        let ids: Vec<u64> = (0..self.members.len()).map(|i| self.member_id(i)).collect();
+        let mut best = None;
+        for (i, id) in ids.iter().enumerate() {
+            let votes = leaders.iter().filter(|l| *l == id).count();
+            if votes * 2 > self.members.len() - 1 && self.members[i].alive {
+                best = Some(i);
+            }
+        }
+        best
     }
 
     pub fn node_id(&self, i: usize) -> madsim::task::NodeId {

@@ -1,0 +1,18 @@
+//! Deliberate bugs for proving the simulator's checkers can fail (`DETCD_SIM_MUTATION=<name>
+//! cargo sim`). Compiled in only under `--cfg madsim`; in production `active` is a constant
+//! `false` and every mutated branch disappears.
+//!
+//! - `ack-before-commit`: answer a put as soon as it is proposed, before raft commits it.
+//! - `stale-read`: serve linearizable reads from local state without a ReadIndex.
+//! - `forget-hardstate`: forget the persisted term and vote on restart.
+
+#[cfg(madsim)]
+pub fn active(name: &str) -> bool {
+    std::env::var("DETCD_SIM_MUTATION").is_ok_and(|v| v == name)
+}
+
+#[cfg(not(madsim))]
+#[inline(always)]
+pub fn active(_name: &str) -> bool {
+    false
+}

@@ -1,0 +1,246 @@
+//! Concurrent clients over the real gRPC API, every operation recorded for the checker, and
+//! the cluster invariants watched while they run.
+
+use crate::cluster::Client;
+use crate::history::{History, Op, OpId, Outcome, Output};
+use detcd_core::proto::etcdserverpb::{
+    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, StatusRequest,
+    TxnRequest,
+};
+use madsim::rand::{thread_rng, Rng};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::Code;
+
+/// Nanoseconds of simulated time since `start`.
+pub fn now_ns(start: madsim::time::Instant) -> u64 {
+    madsim::time::Instant::now().duration_since(start).as_nanos() as u64
+}
+
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a failed call means for the history: a request error the server rejected before
+/// proposing did nothing; anything else (timeout, unavailable, leader changed) may have.
+fn classify(status: &tonic::Status) -> Outcome {
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::NotFound | Code::Unimplemented => Outcome::Failed,
+        _ => Outcome::Unknown,
+    }
+}
+
+async fn connect(endpoints: &[String], i: usize) -> Option<Client> {
+    Client::connect(&endpoints[i % endpoints.len()]).await
+}
+
+/// One client: random operations on a small key space against one member at a time,
+/// moving to another member when calls fail.
+pub async fn run_client(
+    id: u32,
+    endpoints: Vec<String>,
+    keys: usize,
+    history: History,
+    start: madsim::time::Instant,
+    stop: Arc<AtomicBool>,
+) {
+    let mut endpoint = id as usize;
+    let mut client: Option<Client> = None;
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let c = match &mut client {
+            Some(c) => c,
+            None => {
+                client = connect(&endpoints, endpoint).await;
+                if client.is_none() {
+                    endpoint += 1;
+                    madsim::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        let key = format!("k{}", thread_rng().gen_range(0..keys));
+        seq += 1;
+        let value = format!("c{id}-{seq}");
+        let choice = thread_rng().gen_range(0..100);
+        let failed = if choice < 35 {
+            let op = history.invoke(id, key.clone(), Op::Put { value: value.clone() }, now_ns(start));
+            let req = PutRequest {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                ..Default::default()
+            };
+            let res = madsim::time::timeout(OP_TIMEOUT, c.kv.put(req)).await;
+            finish(&history, op, start, res, |_| Output::Put)
+        } else if choice < 70 {
+            let op = history.invoke(id, key.clone(), Op::Get, now_ns(start));
+            let req = RangeRequest {
+                key: key.into_bytes(),
+                ..Default::default()
+            };
+            let res = madsim::time::timeout(OP_TIMEOUT, c.kv.range(req)).await;
+            finish(&history, op, start, res, |r| {
+                Output::Get(r.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+            })
+        } else if choice < 80 {
+            let op = history.invoke(id, key.clone(), Op::Delete, now_ns(start));
+            let req = DeleteRangeRequest {
+                key: key.into_bytes(),
+                ..Default::default()
+            };
+            let res = madsim::time::timeout(OP_TIMEOUT, c.kv.delete_range(req)).await;
+            finish(&history, op, start, res, |r| Output::Delete { deleted: r.deleted > 0 })
+        } else {
+            // Compare-and-set on the value through a Txn (absent: create_revision == 0).
+            let expect = if thread_rng().gen_bool(0.3) {
+                None
+            } else {
+                Some(format!("c{}-{}", thread_rng().gen_range(0..4), thread_rng().gen_range(1..seq.max(2))))
+            };
+            let cmp = match &expect {
+                None => Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Create as i32,
+                    key: key.clone().into_bytes(),
+                    target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                    range_end: vec![],
+                },
+                Some(v) => Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Value as i32,
+                    key: key.clone().into_bytes(),
+                    target_union: Some(compare::TargetUnion::Value(v.clone().into_bytes())),
+                    range_end: vec![],
+                },
+            };
+            let op = history.invoke(
+                id,
+                key.clone(),
+                Op::Cas {
+                    expect,
+                    value: value.clone(),
+                },
+                now_ns(start),
+            );
+            let req = TxnRequest {
+                compare: vec![cmp],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: key.into_bytes(),
+                        value: value.into_bytes(),
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![],
+            };
+            let res = madsim::time::timeout(OP_TIMEOUT, c.kv.txn(req)).await;
+            finish(&history, op, start, res, |r| Output::Cas { succeeded: r.succeeded })
+        };
+        if failed {
+            client = None;
+            endpoint += 1;
+        }
+    }
+}
+
+/// Records a call's outcome; returns true when the client should try another member.
+fn finish<T>(
+    history: &History,
+    op: OpId,
+    start: madsim::time::Instant,
+    res: Result<Result<tonic::Response<T>, tonic::Status>, madsim::time::error::Elapsed>,
+    output: impl FnOnce(&T) -> Output,
+) -> bool {
+    let at = now_ns(start);
+    match res {
+        Ok(Ok(r)) => {
+            history.complete(op, Outcome::Ok(output(r.get_ref())), at);
+            false
+        }
+        Ok(Err(status)) => {
+            history.complete(op, classify(&status), at);
+            true
+        }
+        Err(_) => {
+            history.complete(op, Outcome::Unknown, at);
+            true
+        }
+    }
+}
+
+/// Invariants watched while the cluster runs, from every member's own Status answers.
+#[derive(Default, Debug)]
+pub struct Invariants {
+    /// term -> leader reported by some member for that term.
+    leaders: BTreeMap<u64, u64>,
+    cluster_ids: BTreeMap<u64, u64>,
+    /// member -> highest revision reported in its current incarnation.
+    revisions: BTreeMap<u64, i64>,
+    pub violations: Vec<String>,
+    pub samples: u64,
+}
+
+impl Invariants {
+    pub fn observe(&mut self, member: u64, cluster_id: u64, term: u64, leader: u64, revision: i64) {
+        self.samples += 1;
+        if leader != 0 {
+            match self.leaders.insert(term, leader) {
+                Some(prev) if prev != leader => self.violations.push(format!(
+                    "two leaders in term {term}: {prev:x} and {leader:x} (reported by {member:x})"
+                )),
+                _ => {}
+            }
+        }
+        if let Some(prev) = self.cluster_ids.insert(member, cluster_id) {
+            if prev != cluster_id {
+                self.violations
+                    .push(format!("member {member:x} changed cluster ID {prev:x} -> {cluster_id:x}"));
+            }
+        }
+        let first = *self.cluster_ids.values().next().unwrap();
+        if cluster_id != first {
+            self.violations
+                .push(format!("member {member:x} reports cluster {cluster_id:x}, another {first:x}"));
+        }
+        let max = self.revisions.entry(member).or_insert(revision);
+        if revision < *max {
+            self.violations.push(format!(
+                "member {member:x} went back from revision {} to {revision} without restarting",
+                *max
+            ));
+        }
+        *max = (*max).max(revision);
+    }
+
+    /// A restarted member replays its log from what its disk kept: its revision may start lower.
+    pub fn restarted(&mut self, member: u64) {
+        self.revisions.remove(&member);
+    }
+}
+
+/// Polls every member's Status every 50 ms of simulated time until `stop`.
+pub async fn watch(endpoints: Vec<String>, inv: Arc<Mutex<Invariants>>, stop: Arc<AtomicBool>) {
+    let mut clients: Vec<Option<Client>> = vec![None; endpoints.len()];
+    while !stop.load(Ordering::Relaxed) {
+        for (i, url) in endpoints.iter().enumerate() {
+            if clients[i].is_none() {
+                clients[i] = madsim::time::timeout(Duration::from_millis(300), Client::connect(url))
+                    .await
+                    .ok()
+                    .flatten();
+            }
+            let Some(c) = &mut clients[i] else { continue };
+            match madsim::time::timeout(Duration::from_millis(300), c.maintenance.status(StatusRequest {})).await {
+                Ok(Ok(r)) => {
+                    let s = r.into_inner();
+                    let h = s.header.unwrap_or_default();
+                    inv.lock()
+                        .unwrap()
+                        .observe(h.member_id, h.cluster_id, s.raft_term, s.leader, h.revision);
+                }
+                _ => clients[i] = None,
+            }
+        }
+        madsim::time::sleep(Duration::from_millis(50)).await;
+    }
+}
