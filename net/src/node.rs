@@ -27,6 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 /// Entries kept in the log behind a snapshot, so a briefly slow follower catches up from the
 /// log instead of a whole snapshot (etcd's snapshotCatchUpEntries).
 const CATCH_UP_ENTRIES: u64 = 5000;
+/// Snapshots installed from a leader by any member of this process (the simulator checks that
+/// its snapshot scenario really exercised the path).
+pub static SNAPSHOTS_INSTALLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Limits on the driver's queues: a full queue pushes back on clients instead of growing.
 pub const PROPOSAL_QUEUE: usize = 4096;
 pub const READ_QUEUE: usize = 4096;
@@ -697,6 +701,7 @@ impl Node {
             .insert(meta_keys::APPLIED_INDEX, index.to_be_bytes().as_slice())?;
         txn.commit()?;
         tracing::info!(index, "installed snapshot from leader");
+        SNAPSHOTS_INSTALLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.applied = index;
         self.last_snapshot_index = index;
         Ok(())
@@ -725,7 +730,8 @@ impl Node {
         self.raw.mut_store().set_snapshot(snap);
         self.last_snapshot_index = index;
 
-        let compact_to = index.saturating_sub(CATCH_UP_ENTRIES);
+        // A tiny --snapshot-count asks for a small log: keep no more than it as catch-up tail.
+        let compact_to = index.saturating_sub(CATCH_UP_ENTRIES.min(self.snapshot_count));
         if compact_to > self.raw.store().compacted_index() {
             let txn = self.begin_volatile()?;
             self.raw.mut_store().compact(&txn, compact_to)?;

@@ -21,6 +21,8 @@ pub struct Faults {
     pub one_way: bool,
     pub packet_loss: bool,
     pub latency: bool,
+    /// Restart members one after another, each coming back before the next goes.
+    pub rolling: bool,
 }
 
 impl Faults {
@@ -39,6 +41,7 @@ impl Faults {
             one_way: r.gen_bool(0.3),
             packet_loss: r.gen_bool(0.3),
             latency: r.gen_bool(0.3),
+            rolling: r.gen_bool(0.3),
         }
     }
 }
@@ -253,6 +256,7 @@ async fn nemesis(cluster: &mut SimCluster, plan: &Plan, inv: &Arc<Mutex<Invarian
         ("one_way", f.one_way),
         ("packet_loss", f.packet_loss),
         ("latency", f.latency),
+        ("rolling", f.rolling),
     ]
     .into_iter()
     .filter(|(_, on)| *on)
@@ -318,6 +322,19 @@ async fn nemesis(cluster: &mut SimCluster, plan: &Plan, inv: &Arc<Mutex<Invarian
                 madsim::net::NetSim::current()
                     .update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(hi));
                 log.push(format!("latency up to {hi} ms"));
+            }
+            "rolling" => {
+                for j in 0..n {
+                    if !cluster.members[j].alive {
+                        continue;
+                    }
+                    cluster.crash(j);
+                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(100..1500))).await;
+                    inv.lock().unwrap().restarted(cluster.member_id(j));
+                    cluster.restart(j);
+                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(500..2000))).await;
+                }
+                log.push("rolling restart".into());
             }
             _ => unreachable!(),
         }

@@ -69,6 +69,7 @@ async fn lossy_slow_network() {
 
 #[madsim::test]
 async fn snapshot_install_to_lagging_follower() {
+    detcd_net::node::SNAPSHOTS_INSTALLED.store(0, std::sync::atomic::Ordering::Relaxed);
     // A tiny --snapshot-count makes the log compact constantly, so a member that was down
     // or cut off catches up through a snapshot.
     run(Plan {
@@ -80,6 +81,17 @@ async fn snapshot_install_to_lagging_follower() {
         snapshot_count: Some(20),
         ..Plan::default()
     })
+    .await;
+    let installed = detcd_net::node::SNAPSHOTS_INSTALLED.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(installed > 0, "no member installed a snapshot: the scenario missed its point");
+}
+
+#[madsim::test]
+async fn rolling_restarts() {
+    run(plan(Faults {
+        rolling: true,
+        ..Faults::none()
+    }))
     .await;
 }
 
