@@ -138,10 +138,10 @@ impl RaftLog {
         })
     }
 
-    /// For the simulator's `forget-hardstate` mutation only: drops the persisted term and vote
-    /// from memory, as a store that lost them would.
+    /// For the simulator's `forget-hardstate` mutation only: forgets the persisted term and
+    /// vote, as a store that lost its hard state would (the commit index is kept).
     pub fn forget_term_and_vote(&mut self) {
-        self.hard_state.term = self.hard_state.term.min(self.compacted_term);
+        self.hard_state.term = 0;
         self.hard_state.vote = 0;
     }
 

@@ -543,12 +543,16 @@ impl Node {
 
         // 3. Apply what is committed (non-durable commit; made durable by step 4's fsync).
         let committed = rd.take_committed_entries();
-        self.apply_entries(committed)?;
+        self.apply_entries(committed, None)?;
 
-        // 4 + 5. Entries and hard state: one durable commit.
+        // 4 + 5. Entries and hard state in one commit, durable when raft says it must be
+        // (new entries, term or vote); a hard state that only moved its commit index is not
+        // worth an fsync (raft recovers it), as in etcd. A later durable commit makes every
+        // earlier non-durable one durable too.
         if !rd.entries().is_empty() || rd.hs().is_some() {
             let mut txn = self.shared.db.begin_write()?;
-            txn.set_durability(Durability::Immediate)
+            let durability = if rd.must_sync() { Durability::Immediate } else { Durability::None };
+            txn.set_durability(durability)
                 .map_err(|e| NodeError::Fatal(e.to_string()))?;
             self.raw.mut_store().append(&txn, rd.entries())?;
             if let Some(hs) = rd.hs() {
@@ -561,13 +565,12 @@ impl Node {
         self.transport.send(rd.take_persisted_messages());
 
         let mut light = self.raw.advance(rd);
-        if let Some(commit) = light.commit_index() {
-            let txn = self.begin_volatile()?;
-            self.raw.mut_store().set_commit(&txn, commit)?;
-            txn.commit()?;
-        }
         self.transport.send(light.take_messages());
-        self.apply_entries(light.take_committed_entries())?;
+        // The new commit index goes into the same (non-durable) commit as what it lets us
+        // apply, so a stored applied index never exceeds the stored commit index (raft-rs
+        // refuses to start otherwise).
+        let commit = light.commit_index();
+        self.apply_entries(light.take_committed_entries(), commit)?;
         self.raw.advance_apply();
 
         {
@@ -601,8 +604,8 @@ impl Node {
         });
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
-        if entries.is_empty() {
+    fn apply_entries(&mut self, entries: Vec<Entry>, commit: Option<u64>) -> Result<(), NodeError> {
+        if entries.is_empty() && commit.is_none() {
             return Ok(());
         }
         let mut replies = Vec::new();
@@ -637,6 +640,9 @@ impl Node {
             }
             txn.open_table(META)?
                 .insert(meta_keys::APPLIED_INDEX, self.applied.to_be_bytes().as_slice())?;
+            if let Some(c) = commit {
+                self.raw.mut_store().set_commit(&txn, c)?;
+            }
             if let Err(e) = txn.commit() {
                 return Err(e.into());
             }

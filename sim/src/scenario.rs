@@ -23,6 +23,9 @@ pub struct Faults {
     pub latency: bool,
     /// Restart members one after another, each coming back before the next goes.
     pub rolling: bool,
+    /// Elections under fire: leaders cut off and members bounced within an election timeout,
+    /// so restarts land between a vote and the end of the election it was cast in.
+    pub churn: bool,
 }
 
 impl Faults {
@@ -42,6 +45,7 @@ impl Faults {
             packet_loss: r.gen_bool(0.3),
             latency: r.gen_bool(0.3),
             rolling: r.gen_bool(0.3),
+            churn: r.gen_bool(0.3),
         }
     }
 }
@@ -257,6 +261,7 @@ async fn nemesis(cluster: &mut SimCluster, plan: &Plan, inv: &Arc<Mutex<Invarian
         ("packet_loss", f.packet_loss),
         ("latency", f.latency),
         ("rolling", f.rolling),
+        ("churn", f.churn),
     ]
     .into_iter()
     .filter(|(_, on)| *on)
@@ -335,6 +340,25 @@ async fn nemesis(cluster: &mut SimCluster, plan: &Plan, inv: &Arc<Mutex<Invarian
                     madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(500..2000))).await;
                 }
                 log.push("rolling restart".into());
+            }
+            "churn" => {
+                for _ in 0..thread_rng().gen_range(4..12) {
+                    let j = thread_rng().gen_range(0..n);
+                    if thread_rng().gen_bool(0.5) {
+                        if let Some(l) = cluster.leader_index().await {
+                            cluster.isolate(l);
+                            madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(800..1600))).await;
+                            cluster.heal_all();
+                        }
+                    } else if cluster.members[j].alive {
+                        cluster.crash(j);
+                        madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(20..400))).await;
+                        inv.lock().unwrap().restarted(cluster.member_id(j));
+                        cluster.restart(j);
+                    }
+                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(50..600))).await;
+                }
+                log.push("election churn".into());
             }
             _ => unreachable!(),
         }

@@ -96,6 +96,15 @@ async fn rolling_restarts() {
 }
 
 #[madsim::test]
+async fn election_churn() {
+    run(plan(Faults {
+        churn: true,
+        ..Faults::none()
+    }))
+    .await;
+}
+
+#[madsim::test]
 async fn swarm() {
     run(Plan {
         faults: Faults::swarm(),
