@@ -79,6 +79,14 @@ pub struct Config {
     pub quota_backend_bytes: i64,
     pub max_request_bytes: u32,
     pub log_level: String,
+    /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, `--auto-tls`.
+    pub client_tls: crate::tls::TlsInfo,
+    /// The `--peer-*` counterparts, plus `--peer-cert-allowed-cn`.
+    pub peer_tls: crate::tls::TlsInfo,
+    /// `--cipher-suites`: TLS 1.2 suites by their Go names; empty means the library's defaults.
+    pub cipher_suites: Vec<String>,
+    /// `--self-signed-cert-validity`, in years (auto TLS).
+    pub self_signed_cert_validity: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,6 +341,10 @@ impl Default for Config {
             quota_backend_bytes: 0,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             log_level: "info".to_string(),
+            client_tls: Default::default(),
+            peer_tls: Default::default(),
+            cipher_suites: Vec::new(),
+            self_signed_cert_validity: 1,
         }
     }
 }

@@ -15,3 +15,4 @@ pub mod peer;
 pub mod raft_log;
 pub mod raft_logger;
 pub mod tables;
+pub mod tls;

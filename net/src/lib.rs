@@ -12,6 +12,8 @@ pub mod member;
 pub mod mutation;
 pub mod node;
 pub mod proto;
+#[cfg(not(madsim))]
+pub mod tls;
 pub mod transport;
 
 pub use member::{run_member_with, MemberError};

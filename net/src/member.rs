@@ -8,7 +8,7 @@ use crate::proto::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvSer
 use crate::proto::detcdpb::peer_server::PeerServer;
 #[cfg(not(madsim))]
 use crate::transport::MAX_PEER_MESSAGE_BYTES;
-use crate::transport::{check_peers_cluster_id, PeerService, Transport};
+use crate::transport::{check_peers_cluster_id, PeerDialTls, PeerService, Transport};
 use detcd_core::bootstrap::{self, Bootstrap, BootstrapError, DataDirState};
 use detcd_core::config::Config;
 use detcd_core::ids::format_id;
@@ -39,6 +39,8 @@ pub enum MemberError {
     Listen { addr: String, err: String },
     #[error("cannot resolve listen URL host {0}")]
     Resolve(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// The data file inside the data dir (etcd keeps `member/snap/db` and `member/wal` there).
@@ -115,6 +117,19 @@ pub async fn run_member_with(
     db: redb::Database,
     db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
 ) -> Result<(), MemberError> {
+    // TLS first: bad certificate files stop the member before anything else happens.
+    let tls_plan = detcd_core::tls::plan(&cfg).map_err(|e| MemberError::Tls(e.to_string()))?;
+    #[cfg(not(madsim))]
+    let (client_acceptor, peer_acceptor, peer_tls): (Acceptor, Acceptor, PeerDialTls) = {
+        let tls = crate::tls::Tls::setup(&tls_plan).map_err(|e| MemberError::Tls(e.0))?;
+        (tls.client, tls.peer, PeerDialTls { config: Some(tls.peer_dial) })
+    };
+    // The simulated node takes the same decisions and speaks plaintext.
+    #[cfg(madsim)]
+    let (client_acceptor, peer_acceptor, peer_tls): (Acceptor, Acceptor, PeerDialTls) = {
+        let _ = &tls_plan;
+        (None, None, PeerDialTls::default())
+    };
     let existing = RaftLog::load(&db)?;
     let state = if existing.is_some() {
         DataDirState::HasLog
@@ -151,7 +166,7 @@ pub async fn run_member_with(
                 .map(|m| (m.id, m.peer_urls.iter().map(|u| u.to_string()).collect()))
                 .collect();
             // Before writing anything: a running cluster of another identity is fatal.
-            check_peers_cluster_id(local_id, cluster_id, &peers).await?;
+            check_peers_cluster_id(local_id, cluster_id, &peers, &peer_tls).await?;
             let mut txn = db.begin_write().map_err(storage_err)?;
             txn.set_durability(Durability::Immediate).map_err(storage_err)?;
             let mut cs = ConfState::default();
@@ -194,7 +209,7 @@ pub async fn run_member_with(
     };
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     let shared_cell = Arc::new(OnceLock::new());
-    let transport = Arc::new(Transport::start(member_id, cluster_id, &peers, shared_cell.clone(), ev_tx.clone()));
+    let transport = Arc::new(Transport::start(member_id, cluster_id, &peers, shared_cell.clone(), ev_tx.clone(), peer_tls.clone()));
     let heartbeat = Duration::from_millis(cfg.heartbeat_interval.max(1));
     let election_ticks = (cfg.election_timeout / cfg.heartbeat_interval.max(1)).max(2) as usize;
     let params = NodeParams {
@@ -226,8 +241,9 @@ pub async fn run_member_with(
         let svc = PeerService::new(handle.shared.clone(), &inputs);
         let listener = bind(addr).await?;
         let errs = server_err_tx.clone();
+        let acceptor = tls_for(url, &peer_acceptor);
         tokio::spawn(async move {
-            if let Err(e) = serve_peer(listener, svc).await {
+            if let Err(e) = serve_peer(listener, svc, acceptor).await {
                 let _ = errs.send(e).await;
             }
         });
@@ -237,8 +253,9 @@ pub async fn run_member_with(
         let listener = bind(addr).await?;
         let errs = server_err_tx.clone();
         let api = api.clone();
+        let acceptor = tls_for(url, &client_acceptor);
         tokio::spawn(async move {
-            if let Err(e) = serve_client(listener, api).await {
+            if let Err(e) = serve_client(listener, api, acceptor).await {
                 let _ = errs.send(e).await;
             }
         });
@@ -262,6 +279,23 @@ fn join_urls(urls: &[detcd_core::config::Url]) -> String {
 }
 
 
+/// A listener's TLS: the acceptor for `https://` URLs, None for `http://`.
+#[cfg(not(madsim))]
+type Acceptor = Option<tokio_rustls::TlsAcceptor>;
+#[cfg(madsim)]
+type Acceptor = Option<std::convert::Infallible>;
+
+fn tls_for(url: &detcd_core::config::Url, acceptor: &Acceptor) -> Acceptor {
+    match url.scheme {
+        detcd_core::config::Scheme::Https => acceptor.clone(),
+        detcd_core::config::Scheme::Http => None,
+    }
+}
+
+/// How long a TLS handshake may take before the connection is dropped.
+#[cfg(not(madsim))]
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[cfg(not(madsim))]
 type Listener = tokio::net::TcpListener;
 #[cfg(madsim)]
@@ -283,11 +317,19 @@ async fn bind(addr: SocketAddr) -> Result<Listener, MemberError> {
 }
 
 #[cfg(not(madsim))]
-async fn serve_peer(listener: Listener, svc: PeerService) -> Result<(), MemberError> {
+async fn serve_peer(listener: Listener, svc: PeerService, tls: Acceptor) -> Result<(), MemberError> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let svc = PeerServer::new(svc)
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+    if let Some(acceptor) = tls {
+        return tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(svc)
+            .serve_with_incoming(tls_incoming(listener, acceptor))
+            .await
+            .map_err(|e| MemberError::Listen { addr, err: e.to_string() });
+    }
     let incoming = tokio_stream_from(listener);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -298,7 +340,7 @@ async fn serve_peer(listener: Listener, svc: PeerService) -> Result<(), MemberEr
 }
 
 #[cfg(madsim)]
-async fn serve_peer(addr: Listener, svc: PeerService) -> Result<(), MemberError> {
+async fn serve_peer(addr: Listener, svc: PeerService, _tls: Acceptor) -> Result<(), MemberError> {
     tonic::transport::Server::builder()
         .add_service(PeerServer::new(svc))
         .serve(addr)
@@ -321,9 +363,48 @@ fn tokio_stream_from(
     }
 }
 
+/// Accepts TLS connections, each handshake in its own task so a slow or refused client does not
+/// hold up the others; refused handshakes are logged with the reason.
+#[cfg(not(madsim))]
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl futures::Stream<Item = std::io::Result<crate::tls::ServerIo>> {
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!("peer accept error: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(crate::tls::ServerIo(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!("rejected connection from {peer} on the peer port: {e}"),
+                    Err(_) => tracing::warn!("rejected connection from {peer} on the peer port: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    async_stream::stream! {
+        while let Some(c) = rx.recv().await {
+            yield Ok::<_, std::io::Error>(c);
+        }
+    }
+}
+
 /// gRPC and etcd's HTTP endpoints (/health, /version) share the client port, as in etcd.
 #[cfg(not(madsim))]
-async fn serve_client(listener: Listener, api: Api) -> Result<(), MemberError> {
+async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(), MemberError> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let limit = api.max_request_bytes + 512 * 1024; // etcd's grpcOverheadBytes
     let kv = KvServer::new(api.clone()).max_decoding_message_size(limit);
@@ -358,9 +439,33 @@ async fn serve_client(listener: Listener, api: Api) -> Result<(), MemberError> {
             }
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
         let service = TowerToHyperService::new(app.clone());
+        let Some(acceptor) = tls.clone() else {
+            let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
+            tokio::spawn(async move {
+                if let Err(e) = Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::trace!("client connection: {e}");
+                }
+            });
+            continue;
+        };
         tokio::spawn(async move {
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!("rejected connection from {peer} on the client port: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("rejected connection from {peer} on the client port: TLS handshake timed out");
+                    return;
+                }
+            };
+            let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
             if let Err(e) = Builder::new(TokioExecutor::new())
                 .serve_connection(io, service)
                 .await
@@ -372,7 +477,7 @@ async fn serve_client(listener: Listener, api: Api) -> Result<(), MemberError> {
 }
 
 #[cfg(madsim)]
-async fn serve_client(addr: Listener, api: Api) -> Result<(), MemberError> {
+async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), MemberError> {
     tonic::transport::Server::builder()
         .add_service(KvServer::new(api.clone()))
         .add_service(ClusterServer::new(api.clone()))

@@ -34,6 +34,92 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// How `https://` peers are dialed (the TLS decisions are detcd-core's `tls::plan`). Under
+/// madsim the simulated node speaks plaintext and this carries nothing.
+#[derive(Clone, Default)]
+pub struct PeerDialTls {
+    #[cfg(not(madsim))]
+    pub config: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Opens a channel to a peer URL: plaintext for `http://`, TLS for `https://`.
+async fn open_channel(url: &str, tls: &PeerDialTls) -> Result<tonic::transport::Channel, String> {
+    #[cfg(not(madsim))]
+    if url.len() > 8 && url[..8].eq_ignore_ascii_case("https://") {
+        let parsed = detcd_core::config::Url::parse(url).map_err(|e| e.to_string())?;
+        let config = tls
+            .config
+            .clone()
+            .ok_or_else(|| format!("no peer TLS configured to dial {url}"))?;
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", &url[8..]))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(Duration::from_secs(5));
+        let connector = TlsDial {
+            config,
+            host: parsed.host,
+            port: parsed.port,
+        };
+        return endpoint
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| error_chain(&e));
+    }
+    #[cfg(madsim)]
+    let _ = tls;
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(Duration::from_secs(5));
+    endpoint.connect().await.map_err(|e| error_chain(&e))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// tonic's connector for TLS peers: TCP, then the TLS handshake with the peer configuration.
+#[cfg(not(madsim))]
+#[derive(Clone)]
+struct TlsDial {
+    config: Arc<rustls::ClientConfig>,
+    host: String,
+    port: u16,
+}
+
+#[cfg(not(madsim))]
+impl tower_service::Service<tonic::codegen::http::Uri> for TlsDial {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            match crate::tls::connect(this.config, &this.host, this.port).await {
+                Ok(s) => Ok(hyper_util::rt::TokioIo::new(s)),
+                Err(e) => {
+                    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                        tracing::warn!("TLS handshake with peer https://{}:{} failed: {e}", this.host, this.port);
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
 /// What the transport tells the raft driver.
 #[derive(Debug)]
 pub enum PeerEvent {
@@ -56,6 +142,7 @@ impl Transport {
         peers: &[(u64, Vec<String>)],
         shared: Arc<OnceLock<Arc<Shared>>>,
         events: mpsc::Sender<PeerEvent>,
+        tls: PeerDialTls,
     ) -> Transport {
         let mut map = HashMap::new();
         for (id, urls) in peers {
@@ -72,6 +159,7 @@ impl Transport {
                 queue: rx,
                 events: events.clone(),
                 shared: shared.clone(),
+                tls: tls.clone(),
             };
             tokio::spawn(sender.run());
         }
@@ -97,6 +185,7 @@ struct PeerSender {
     queue: mpsc::Receiver<Message>,
     events: mpsc::Sender<PeerEvent>,
     shared: Arc<OnceLock<Arc<Shared>>>,
+    tls: PeerDialTls,
 }
 
 enum Connect {
@@ -147,14 +236,7 @@ impl PeerSender {
     }
 
     async fn connect(&mut self, url: &str) -> Connect {
-        let endpoint = match tonic::transport::Endpoint::from_shared(url.to_string()) {
-            Ok(e) => e.connect_timeout(CONNECT_TIMEOUT).timeout(Duration::from_secs(5)),
-            Err(e) => {
-                tracing::error!(peer = %format_id(self.peer_id), "bad peer URL {url}: {e}");
-                return Connect::Failed;
-            }
-        };
-        let channel = match endpoint.connect().await {
+        let channel = match open_channel(url, &self.tls).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(peer = %format_id(self.peer_id), "connect {url}: {e}");
@@ -172,7 +254,13 @@ impl PeerSender {
         let resp = match tokio::time::timeout(CONNECT_TIMEOUT * 2, client.handshake(hs)).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(e)) => {
-                tracing::debug!(peer = %format_id(self.peer_id), "handshake with {url}: {e}");
+                let why = error_chain(&e);
+                // A peer that refused our certificate closes the connection with a TLS alert.
+                if why.contains("alert") || why.contains("certificate") {
+                    tracing::warn!(peer = %format_id(self.peer_id), "handshake with {url} failed: {why}");
+                } else {
+                    tracing::debug!(peer = %format_id(self.peer_id), "handshake with {url}: {why}");
+                }
                 return Connect::Failed;
             }
             Err(_) => return Connect::Failed,
@@ -339,6 +427,7 @@ pub async fn check_peers_cluster_id(
     member_id: u64,
     cluster_id: u64,
     peers: &[(u64, Vec<String>)],
+    tls: &PeerDialTls,
 ) -> Result<(), BootstrapError> {
     let mut checks = Vec::new();
     for (id, urls) in peers {
@@ -349,8 +438,7 @@ pub async fn check_peers_cluster_id(
             let url = url.clone();
             let to = *id;
             checks.push(async move {
-                let ep = tonic::transport::Endpoint::from_shared(url).ok()?;
-                let ch = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect_timeout(CONNECT_TIMEOUT).connect())
+                let ch = tokio::time::timeout(CONNECT_TIMEOUT, open_channel(&url, tls))
                     .await
                     .ok()?
                     .ok()?;

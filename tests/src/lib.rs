@@ -44,7 +44,15 @@ pub mod subnet {
     pub const BAD_FLAGS: u8 = 9;
     pub const HTTP_ENDPOINTS: u8 = 10;
     pub const GRPC_ERRORS: u8 = 11;
+    // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
+    pub const TLS_GUIDE: u8 = 40;
+    pub const TLS_PEER_OTHER_CA: u8 = 41;
+    pub const TLS_AUTO: u8 = 42;
+    pub const TLS_ROTATION: u8 = 43;
+    pub const TLS_STARTUP_ERRORS: u8 = 44;
 }
+
+pub mod tls;
 
 /// The guide's `--initial-cluster-token`.
 pub const GUIDE_TOKEN: &str = "etcd-cluster-1";
@@ -167,6 +175,9 @@ pub struct Member {
     starts: u32,
     /// The status of the last process that exited (or was killed).
     pub last_exit: Option<ExitStatus>,
+    /// Set when the client port speaks TLS: `client_url` is then `https://` and health checks
+    /// go through curl with these files.
+    pub client_tls: Option<tls::ClientFiles>,
 }
 
 impl Member {
@@ -182,11 +193,13 @@ impl Member {
             child: None,
             starts: 0,
             last_exit: None,
+            client_tls: None,
         }
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.ip)
+        let scheme = if self.client_tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.ip)
     }
     pub fn peer_url(&self) -> String {
         format!("http://{}:{PEER_PORT}", self.ip)
@@ -319,7 +332,12 @@ impl Member {
                     self.log_tail(40)
                 );
             }
-            let last = match http_get(&self.client_addr(), "/health", Duration::from_secs(2)) {
+            let got = match &self.client_tls {
+                Some(files) => tls::curl(&format!("{}/health", self.client_url()), files)
+                    .map_err(std::io::Error::other),
+                None => http_get(&self.client_addr(), "/health", Duration::from_secs(2)),
+            };
+            let last = match got {
                 Ok((200, body)) if is_healthy_body(&body) => return,
                 Ok((code, body)) => format!("HTTP {code} {body:?}"),
                 Err(e) => format!("error: {e}"),

@@ -1,0 +1,460 @@
+//! TLS with rustls for the client and peer ports: turns detcd-core's `TlsPlan` into rustls
+//! configurations. Certificates are checked at start-up (errors name the file), re-read from
+//! disk for new connections when the files change (rotation without restart), and generated
+//! for auto TLS (`<data-dir>/fixtures/{client,peer}/{cert,key}.pem`, reused when present).
+//! Not compiled under madsim: the simulated node takes the same decisions and speaks plaintext.
+
+use detcd_core::tls::{CertSource, ClientAuth, PeerVerify, ServerTls, TlsPlan};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// A start-up TLS problem, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsSetupError(pub String);
+
+fn err(s: impl Into<String>) -> TlsSetupError {
+    TlsSetupError(s.into())
+}
+
+/// The member's TLS, ready to use.
+pub struct Tls {
+    pub client: Option<tokio_rustls::TlsAcceptor>,
+    pub peer: Option<tokio_rustls::TlsAcceptor>,
+    /// For dialing `https://` peers.
+    pub peer_dial: Arc<ClientConfig>,
+}
+
+fn provider(cipher_suites: &[String]) -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    if !cipher_suites.is_empty() {
+        let wanted: Vec<String> = cipher_suites
+            .iter()
+            .map(|n| {
+                if n.ends_with("CHACHA20_POLY1305") {
+                    format!("{n}_SHA256")
+                } else {
+                    n.clone()
+                }
+            })
+            .collect();
+        p.cipher_suites.retain(|s| match s {
+            rustls::SupportedCipherSuite::Tls13(_) => true,
+            _ => wanted.contains(&format!("{:?}", s.suite())),
+        });
+    }
+    Arc::new(p)
+}
+
+/// TLS 1.2 is the minimum (rustls implements nothing older).
+const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+impl Tls {
+    /// Generates auto-TLS certificates, loads and checks every file of `plan`.
+    pub fn setup(plan: &TlsPlan) -> Result<Tls, TlsSetupError> {
+        let provider = provider(&plan.cipher_suites);
+        for w in &plan.warnings {
+            tracing::warn!("{w}");
+        }
+        let mut peer_cert = None;
+        let client = match &plan.client {
+            Some(s) => Some(server_acceptor(s, &provider, &[b"h2".to_vec(), b"http/1.1".to_vec()], "client")?.0),
+            None => None,
+        };
+        let peer = match &plan.peer {
+            Some(s) => {
+                let (acceptor, cert) = server_acceptor(s, &provider, &[b"h2".to_vec()], "peer")?;
+                peer_cert = Some(cert);
+                Some(acceptor)
+            }
+            None => None,
+        };
+        if peer_cert.is_none() {
+            if let Some(src) = &plan.peer_dial.cert {
+                peer_cert = Some(Arc::new(ReloadingCert::open(src, &provider)?));
+            }
+        }
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(VERSIONS)
+            .map_err(|e| err(format!("TLS configuration: {e}")))?;
+        let builder = match &plan.peer_dial.verify {
+            PeerVerify::Ca(ca) => builder.with_root_certificates(load_roots(ca, "--peer-trusted-ca-file")?),
+            PeerVerify::SkipVerify => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(SkipVerify(provider.clone()))),
+            PeerVerify::Unconfigured => builder.with_root_certificates(RootCertStore::empty()),
+        };
+        let mut dial = match peer_cert {
+            Some(c) => builder.with_client_cert_resolver(c),
+            None => builder.with_no_client_auth(),
+        };
+        dial.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Tls { client, peer, peer_dial: Arc::new(dial) })
+    }
+}
+
+fn server_acceptor(
+    s: &ServerTls,
+    provider: &Arc<CryptoProvider>,
+    alpn: &[Vec<u8>],
+    side: &str,
+) -> Result<(tokio_rustls::TlsAcceptor, Arc<ReloadingCert>), TlsSetupError> {
+    let cert = Arc::new(ReloadingCert::open(&s.cert, provider)?);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| err(format!("TLS configuration: {e}")))?;
+    let builder = match &s.client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Require { ca, allowed_cn } => {
+            let flag = if side == "peer" { "--peer-trusted-ca-file" } else { "--trusted-ca-file" };
+            let roots = Arc::new(load_roots(ca, flag)?);
+            let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| err(format!("{flag} {ca}: {e}")))?;
+            builder.with_client_cert_verifier(Arc::new(CnVerifier { inner, allowed_cn: allowed_cn.clone() }))
+        }
+    };
+    let mut cfg = builder.with_cert_resolver(cert.clone());
+    cfg.alpn_protocols = alpn.to_vec();
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), cert))
+}
+
+fn load_roots(path: &str, flag: &str) -> Result<RootCertStore, TlsSetupError> {
+    let certs = read_certs(path, flag)?;
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| err(format!("{flag} {path}: not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+fn read_certs(path: &str, flag: &str) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read {flag} {path}: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("{flag} {path}: not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(err(format!("{flag} {path}: no certificate found (expected PEM \"CERTIFICATE\" blocks)")));
+    }
+    Ok(certs)
+}
+
+fn file_mtime(path: &str) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Loads a certificate and its key, checking that they match and that the certificate is valid now.
+fn load_certified(cert: &str, key: &str, provider: &CryptoProvider) -> Result<CertifiedKey, TlsSetupError> {
+    let chain = read_certs(cert, "certificate file")?;
+    let key_bytes = std::fs::read(key).map_err(|e| err(format!("cannot read key file {key}: {e}")))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_bytes)
+        .map_err(|e| err(format!("key file {key}: no PEM private key found: {e}")))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| err(format!("key file {key}: unsupported private key: {e}")))?;
+    let ck = CertifiedKey::new(chain, signing);
+    if let Err(e) = ck.keys_match() {
+        if !matches!(e, rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) {
+            return Err(err(format!("certificate file {cert} and key file {key} do not match: {e}")));
+        }
+    }
+    let (_, parsed) = x509_parser::parse_x509_certificate(&ck.cert[0])
+        .map_err(|e| err(format!("certificate file {cert}: cannot parse certificate: {e}")))?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let v = parsed.validity();
+    if now > v.not_after.timestamp() {
+        return Err(err(format!("certificate file {cert}: certificate expired at {}", v.not_after)));
+    }
+    if now < v.not_before.timestamp() {
+        return Err(err(format!("certificate file {cert}: certificate not valid before {}", v.not_before)));
+    }
+    Ok(ck)
+}
+
+/// A certificate and key that are re-read when their files change, checked on every new
+/// connection. A rotated pair that does not load is logged and the previous pair kept.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert: String,
+    key: String,
+    provider: Arc<CryptoProvider>,
+    current: Mutex<(Option<SystemTime>, Option<SystemTime>, Arc<CertifiedKey>)>,
+}
+
+impl ReloadingCert {
+    fn open(src: &CertSource, provider: &Arc<CryptoProvider>) -> Result<ReloadingCert, TlsSetupError> {
+        let (cert, key) = match src {
+            CertSource::Files { cert, key } => (cert.clone(), key.clone()),
+            CertSource::Auto { dir, hosts, validity_years } => auto_cert(dir, hosts, *validity_years)?,
+        };
+        let times = (file_mtime(&cert), file_mtime(&key));
+        let ck = load_certified(&cert, &key, provider)?;
+        Ok(ReloadingCert {
+            cert,
+            key,
+            provider: provider.clone(),
+            current: Mutex::new((times.0, times.1, Arc::new(ck))),
+        })
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        let mut cur = self.current.lock().unwrap();
+        let times = (file_mtime(&self.cert), file_mtime(&self.key));
+        if times != (cur.0, cur.1) {
+            match load_certified(&self.cert, &self.key, &self.provider) {
+                Ok(ck) => {
+                    tracing::info!(cert = %self.cert, key = %self.key, "reloaded TLS certificate");
+                    *cur = (times.0, times.1, Arc::new(ck));
+                }
+                Err(e) => {
+                    // Retry on the next connection (a rotation may be half written).
+                    tracing::warn!("keeping the previous TLS certificate: {e}");
+                }
+            }
+        }
+        cur.2.clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Auto TLS: a self-signed ECDSA certificate for `hosts` in `dir`, generated once and reused.
+/// (etcd uses P-521; rustls' ring backend signs with P-256/P-384, so detcd uses P-384.)
+pub fn auto_cert(dir: &str, hosts: &[String], validity_years: u32) -> Result<(String, String), TlsSetupError> {
+    let cert_path = Path::new(dir).join("cert.pem");
+    let key_path = Path::new(dir).join("key.pem");
+    let (c, k) = (cert_path.to_string_lossy().into_owned(), key_path.to_string_lossy().into_owned());
+    if cert_path.exists() && key_path.exists() {
+        tracing::info!(cert = %c, "using existing auto TLS certificate");
+        return Ok((c, k));
+    }
+    let gen_err = |e: rcgen::Error| err(format!("auto TLS: cannot generate a certificate: {e}"));
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+    for h in hosts {
+        let san = match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName(
+                h.clone()
+                    .try_into()
+                    .map_err(|e| err(format!("auto TLS: host {h:?} cannot be a certificate name: {e}")))?,
+            ),
+        };
+        params.subject_alt_names.push(san);
+    }
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::OrganizationName, "etcd");
+    params.distinguished_name = dn;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(365 * validity_years as i64);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).map_err(gen_err)?;
+    let cert = params.self_signed(&key).map_err(gen_err)?;
+    let io = |p: &str, e: std::io::Error| err(format!("auto TLS: cannot write {p}: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    std::fs::write(&cert_path, cert.pem()).map_err(|e| io(&c, e))?;
+    {
+        use std::io::Write;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        let mut f = o.open(&key_path).map_err(|e| io(&k, e))?;
+        f.write_all(key.serialize_pem().as_bytes()).map_err(|e| io(&k, e))?;
+        f.sync_all().map_err(|e| io(&k, e))?;
+    }
+    tracing::info!(cert = %c, hosts = ?hosts, "generated auto TLS certificate");
+    Ok((c, k))
+}
+
+/// Auto TLS peers: encryption without authentication (etcd's InsecureSkipVerify), but the
+/// handshake signatures are still checked against the presented certificate.
+#[derive(Debug)]
+struct SkipVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for SkipVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The CA check of webpki, plus `--peer-cert-allowed-cn`.
+#[derive(Debug)]
+struct CnVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed_cn: Option<String>,
+}
+
+impl ClientCertVerifier for CnVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(want) = &self.allowed_cn {
+            let cn = x509_parser::parse_x509_certificate(end_entity)
+                .ok()
+                .and_then(|(_, c)| {
+                    c.subject()
+                        .iter_common_name()
+                        .next()
+                        .and_then(|cn| cn.as_str().ok().map(str::to_string))
+                })
+                .unwrap_or_default();
+            if &cn != want {
+                return Err(rustls::Error::General(format!(
+                    "CommonName authentication failed: certificate CN {cn:?}, --peer-cert-allowed-cn {want:?}"
+                )));
+            }
+        }
+        Ok(ok)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Dials `host:port` and opens TLS with `cfg`, naming `host` (an IP or a DNS name).
+pub async fn connect(
+    cfg: Arc<ClientConfig>,
+    host: &str,
+    port: u16,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await
+}
+
+/// A peer-port TLS connection as tonic's server takes it.
+pub struct ServerIo(pub tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for ServerIo {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl tokio::io::AsyncRead for ServerIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ServerIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
