@@ -541,24 +541,27 @@ impl Node {
             self.install_snapshot(rd.snapshot().clone())?;
         }
 
-        // 3. Apply what is committed (non-durable commit; made durable by step 4's fsync).
+        // 3-5. Apply what is committed, append the new entries, store the hard state.
+        // Durable only when raft says it must be (new entries, term or vote); a hard state
+        // that only moved its commit index is not worth an fsync (raft recovers it), as in
+        // etcd, and then it rides in the same non-durable commit as the applied effects. With
+        // an fsync due, the applied effects get their own non-durable commit first, so readers
+        // never wait on the disk. A durable commit makes every earlier non-durable one durable.
         let committed = rd.take_committed_entries();
-        self.apply_entries(committed, None)?;
-
-        // 4 + 5. Entries and hard state in one commit, durable when raft says it must be
-        // (new entries, term or vote); a hard state that only moved its commit index is not
-        // worth an fsync (raft recovers it), as in etcd. A later durable commit makes every
-        // earlier non-durable one durable too.
-        if !rd.entries().is_empty() || rd.hs().is_some() {
+        if rd.must_sync() {
+            self.apply_entries(committed, None, None)?;
             let mut txn = self.shared.db.begin_write()?;
-            let durability = if rd.must_sync() { Durability::Immediate } else { Durability::None };
-            txn.set_durability(durability)
+            txn.set_durability(Durability::Immediate)
                 .map_err(|e| NodeError::Fatal(e.to_string()))?;
             self.raw.mut_store().append(&txn, rd.entries())?;
             if let Some(hs) = rd.hs() {
                 self.raw.mut_store().set_hard_state(&txn, hs)?;
             }
             txn.commit()?;
+        } else {
+            debug_assert!(rd.entries().is_empty(), "new entries always need a sync");
+            let hs = rd.hs().cloned();
+            self.apply_entries(committed, None, hs.as_ref())?;
         }
 
         // 6. Messages that must follow persistence (votes, append responses).
@@ -570,7 +573,7 @@ impl Node {
         // apply, so a stored applied index never exceeds the stored commit index (raft-rs
         // refuses to start otherwise).
         let commit = light.commit_index();
-        self.apply_entries(light.take_committed_entries(), commit)?;
+        self.apply_entries(light.take_committed_entries(), commit, None)?;
         self.raw.advance_apply();
 
         {
@@ -604,8 +607,15 @@ impl Node {
         });
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>, commit: Option<u64>) -> Result<(), NodeError> {
-        if entries.is_empty() && commit.is_none() {
+    /// Applies committed entries in one non-durable commit, storing with them a new commit
+    /// index or hard state when given (never ahead of what the log holds durably).
+    fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+        commit: Option<u64>,
+        hard_state: Option<&HardState>,
+    ) -> Result<(), NodeError> {
+        if entries.is_empty() && commit.is_none() && hard_state.is_none() {
             return Ok(());
         }
         let mut replies = Vec::new();
@@ -640,6 +650,9 @@ impl Node {
             }
             txn.open_table(META)?
                 .insert(meta_keys::APPLIED_INDEX, self.applied.to_be_bytes().as_slice())?;
+            if let Some(hs) = hard_state {
+                self.raw.mut_store().set_hard_state(&txn, hs)?;
+            }
             if let Some(c) = commit {
                 self.raw.mut_store().set_commit(&txn, c)?;
             }
