@@ -256,7 +256,15 @@ impl PeerSender {
             Ok(Err(e)) => {
                 let why = error_chain(&e);
                 // A peer that refused our certificate closes the connection with a TLS alert.
-                if why.contains("alert") || why.contains("certificate") {
+                if let Some(alert) = why.split("received fatal alert: ").nth(1) {
+                    let alert = alert.split([' ', ')', '"']).next().unwrap_or(alert);
+                    tracing::warn!(
+                        peer = %format_id(self.peer_id),
+                        "peer {url} refused this member's TLS certificate (alert {alert}): is --peer-cert-file \
+                         signed by a CA in the other members' --peer-trusted-ca-file (and, with \
+                         --peer-cert-allowed-cn, issued to that CN)?"
+                    );
+                } else if why.contains("certificate") {
                     tracing::warn!(peer = %format_id(self.peer_id), "handshake with {url} failed: {why}");
                 } else {
                     tracing::debug!(peer = %format_id(self.peer_id), "handshake with {url}: {why}");

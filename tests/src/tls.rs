@@ -28,6 +28,8 @@ impl ClientFiles {
             a.push(format!("--key={}", p.display()));
         }
         if self.insecure {
+            // etcdctl 3.4 ignores --insecure-skip-tls-verify unless --insecure-transport=false.
+            a.push("--insecure-transport=false".into());
             a.push("--insecure-skip-tls-verify".into());
         }
         a

@@ -164,9 +164,15 @@ fn peer_from_another_ca_cannot_join() {
     c.members[0].wait_healthy(HEALTHY_TIMEOUT);
     c.members[1].wait_healthy(HEALTHY_TIMEOUT);
     let stranger = ip(subnet::TLS_PEER_OTHER_CA, 2);
-    // infra0 refuses infra2's client certificate, and does not trust its server certificate.
-    wait_log(&c.members[0], &format!("rejected connection from {stranger}"), 20);
-    wait_log(&c.members[0], "UnknownIssuer", 20);
+    // infra0 does not trust infra2's server certificate, and refuses its client certificate.
+    wait_log(
+        &c.members[0],
+        &format!("TLS handshake with peer https://{stranger}:{PEER_PORT} failed: invalid peer certificate: UnknownIssuer"),
+        20,
+    );
+    wait_log(&c.members[0], "on the peer port: invalid peer certificate: UnknownIssuer", 20);
+    // infra2 hears why its connections are closed.
+    wait_log(&c.members[2], "refused this member's TLS certificate (alert UnknownCA)", 20);
     // infra2 has no leader: not healthy.
     let got = http_get(&c.members[2].client_addr(), "/health", Duration::from_secs(3));
     assert!(
