@@ -4,7 +4,7 @@
 
 use detcd_core::config::ClusterState;
 use detcd_core::proto::etcdserverpb::{MemberListRequest, PutRequest, RangeRequest};
-use detcd_sim::cluster::{guide_config, start_member, Client, SimCluster, GUIDE_MEMBERS};
+use detcd_sim::cluster::{guide_config, start_member, Client, ExitNote, SimCluster, GUIDE_MEMBERS};
 use detcd_sim::disk::SimDisk;
 use detcd_sim::scenario::wait_serving;
 use madsim::runtime::Handle;
@@ -18,16 +18,28 @@ fn client_host() -> madsim::runtime::NodeHandle {
         .build()
 }
 
-/// Waits until member `i` has exited, returning how.
-async fn exit_within(cluster: &SimCluster, i: usize, bound: Duration) -> Option<String> {
+/// Waits until the member has exited, returning how.
+async fn exit_within(exit: &ExitNote, bound: Duration) -> Option<String> {
     let deadline = madsim::time::Instant::now() + bound;
     while madsim::time::Instant::now() < deadline {
-        if let Some(e) = cluster.exit_of(i) {
+        if let Some(e) = exit.lock().unwrap().clone() {
             return Some(e);
         }
         madsim::time::sleep(Duration::from_millis(50)).await;
     }
     None
+}
+
+/// Starts the guide's cluster and waits until it serves; returns it with a client host and
+/// the member IDs it reports.
+async fn serving_guide_cluster() -> (SimCluster, madsim::runtime::NodeHandle, Vec<u64>) {
+    let cluster = SimCluster::guide();
+    let endpoints = cluster.endpoints();
+    let client = client_host();
+    let eps = endpoints.clone();
+    client.spawn(async move { wait_serving(eps, Duration::from_secs(10)).await.unwrap() }).await.unwrap();
+    let ids = client.spawn(member_ids(endpoints[0].clone())).await.unwrap();
+    (cluster, client, ids)
 }
 
 async fn member_ids(url: String) -> Vec<u64> {
@@ -48,12 +60,8 @@ async fn member_ids(url: String) -> Vec<u64> {
 
 #[madsim::test]
 async fn restart_ignores_changed_initial_flags() {
-    let mut cluster = SimCluster::guide();
+    let (mut cluster, client, before) = serving_guide_cluster().await;
     let endpoints = cluster.endpoints();
-    let client = client_host();
-    let eps = endpoints.clone();
-    client.spawn(async move { wait_serving(eps, Duration::from_secs(10)).await.unwrap() }).await.unwrap();
-    let before = client.spawn(member_ids(endpoints[0].clone())).await.unwrap();
 
     cluster.crash(2);
     {
@@ -104,15 +112,8 @@ async fn not_listed_exits_with_the_guides_message() {
     cfg.initial_cluster.retain(|m| m.name != "infra1");
     let handle = Handle::current();
     let member = start_member(&handle, cfg, "10.0.1.11".parse().unwrap(), SimDisk::new());
-    let deadline = madsim::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(e) = member.exit.lock().unwrap().clone() {
-            assert_eq!(e, "infra1 not listed in the initial cluster config");
-            break;
-        }
-        assert!(madsim::time::Instant::now() < deadline, "infra1 kept running");
-        madsim::time::sleep(Duration::from_millis(50)).await;
-    }
+    let exit = exit_within(&member.exit, Duration::from_secs(5)).await.expect("infra1 kept running");
+    assert_eq!(exit, "infra1 not listed in the initial cluster config");
     let db = redb::Builder::new().create_with_backend(member.disk.open()).unwrap();
     assert!(
         detcd_core::raft_log::RaftLog::load(&db).unwrap().is_none(),
@@ -126,28 +127,19 @@ async fn advertised_url_mismatch_exits_with_the_guides_message() {
     cfg.initial_advertise_peer_urls = detcd_core::config::parse_urls("http://10.0.1.10:2390").unwrap();
     let handle = Handle::current();
     let member = start_member(&handle, cfg, "10.0.1.10".parse().unwrap(), SimDisk::new());
-    let deadline = madsim::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(e) = member.exit.lock().unwrap().clone() {
-            assert!(
-                e.starts_with("error setting up initial cluster: infra0 has different advertised URLs in the cluster and advertised peer URLs list"),
-                "{e}"
-            );
-            break;
-        }
-        assert!(madsim::time::Instant::now() < deadline, "infra0 kept running");
-        madsim::time::sleep(Duration::from_millis(50)).await;
-    }
+    let exit = exit_within(&member.exit, Duration::from_secs(5)).await.expect("infra0 kept running");
+    assert!(
+        exit.starts_with(
+            "error setting up initial cluster: infra0 has different advertised URLs in the cluster and advertised peer URLs list"
+        ),
+        "{exit}"
+    );
 }
 
 #[madsim::test]
 async fn conflicting_cluster_id_exits_and_leaves_the_cluster_undisturbed() {
-    let mut cluster = SimCluster::guide();
+    let (mut cluster, client, before) = serving_guide_cluster().await;
     let endpoints = cluster.endpoints();
-    let client = client_host();
-    let eps = endpoints.clone();
-    client.spawn(async move { wait_serving(eps, Duration::from_secs(10)).await.unwrap() }).await.unwrap();
-    let before = client.spawn(member_ids(endpoints[0].clone())).await.unwrap();
 
     // A fourth process whose --initial-cluster names two running members but another token.
     let intruder_members = [("infra0", "10.0.1.10"), ("infra1", "10.0.1.11"), ("infra3", "10.0.1.13")];
@@ -155,7 +147,7 @@ async fn conflicting_cluster_id_exits_and_leaves_the_cluster_undisturbed() {
     let handle = Handle::current();
     let intruder = start_member(&handle, cfg, "10.0.1.13".parse().unwrap(), SimDisk::new());
     cluster.members.push(intruder);
-    let exit = exit_within(&cluster, 3, Duration::from_secs(10)).await.expect("the intruder kept running");
+    let exit = exit_within(&cluster.members[3].exit, Duration::from_secs(10)).await.expect("the intruder kept running");
     assert!(exit.starts_with("conflicting cluster ID to the target cluster ("), "{exit}");
     assert!(exit.ends_with("). Exiting."), "{exit}");
 
@@ -170,11 +162,8 @@ async fn conflicting_cluster_id_exits_and_leaves_the_cluster_undisturbed() {
 
 #[madsim::test]
 async fn failed_fsync_stops_the_member_and_the_rest_serve() {
-    let mut cluster = SimCluster::guide();
+    let (mut cluster, client, _) = serving_guide_cluster().await;
     let endpoints = cluster.endpoints();
-    let client = client_host();
-    let eps = endpoints.clone();
-    client.spawn(async move { wait_serving(eps, Duration::from_secs(10)).await.unwrap() }).await.unwrap();
 
     cluster.members[1].disk.set_fail_sync(true);
     let eps = endpoints.clone();
@@ -189,7 +178,9 @@ async fn failed_fsync_stops_the_member_and_the_rest_serve() {
         })
         .await
         .unwrap();
-    let exit = exit_within(&cluster, 1, Duration::from_secs(10)).await.expect("infra1 carried on after a failed fsync");
+    let exit = exit_within(&cluster.members[1].exit, Duration::from_secs(10))
+        .await
+        .expect("infra1 carried on after a failed fsync");
     assert!(exit.contains("fsync") || exit.contains("commit"), "{exit}");
 
     let eps = vec![endpoints[0].clone(), endpoints[2].clone()];
