@@ -87,7 +87,20 @@ impl Tls {
             .with_protocol_versions(VERSIONS)
             .map_err(|e| err(format!("TLS configuration: {e}")))?;
         let builder = match &plan.peer_dial.verify {
-            PeerVerify::Ca(ca) => builder.with_root_certificates(load_roots(ca, "--peer-trusted-ca-file")?),
+            PeerVerify::Ca(ca) => {
+                let p = provider.clone();
+                let inner = CaReloader::new(
+                    ca,
+                    "--peer-trusted-ca-file",
+                    Box::new(move |roots| {
+                        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), p.clone())
+                            .build()
+                            .map(|v| v as Arc<dyn ServerCertVerifier>)
+                            .map_err(|e| e.to_string())
+                    }),
+                )?;
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(PeerServerVerifier(inner)))
+            }
             PeerVerify::SkipVerify => builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(SkipVerify(provider.clone()))),
@@ -116,10 +129,16 @@ fn server_acceptor(
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Require { ca, allowed_cn } => {
             let flag = if side == "peer" { "--peer-trusted-ca-file" } else { "--trusted-ca-file" };
-            let roots = Arc::new(load_roots(ca, flag)?);
-            let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| err(format!("{flag} {ca}: {e}")))?;
+            let p = provider.clone();
+            let inner = CaReloader::new(
+                ca,
+                flag,
+                Box::new(move |roots| {
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p.clone())
+                        .build()
+                        .map_err(|e| e.to_string())
+                }),
+            )?;
             builder.with_client_cert_verifier(Arc::new(CnVerifier { inner, allowed_cn: allowed_cn.clone() }))
         }
     };
@@ -342,16 +361,102 @@ impl ServerCertVerifier for SkipVerify {
     }
 }
 
-/// The CA check of webpki, plus `--peer-cert-allowed-cn`.
+type BuildVerifier<T> = Box<dyn Fn(RootCertStore) -> Result<Arc<T>, String> + Send + Sync>;
+
+/// A verifier over the CA certificates of a file, rebuilt when the file changes (so a CA
+/// rotation needs no restart either). A CA file that does not load is logged and the previous
+/// CAs kept.
+struct CaReloader<T: ?Sized> {
+    path: String,
+    flag: &'static str,
+    build: BuildVerifier<T>,
+    current: Mutex<(Option<SystemTime>, Arc<T>)>,
+}
+
+impl<T: ?Sized> std::fmt::Debug for CaReloader<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaReloader({} {})", self.flag, self.path)
+    }
+}
+
+impl<T: ?Sized> CaReloader<T> {
+    fn new(path: &str, flag: &'static str, build: BuildVerifier<T>) -> Result<CaReloader<T>, TlsSetupError> {
+        let mtime = file_mtime(path);
+        let v = build(load_roots(path, flag)?).map_err(|e| err(format!("{flag} {path}: {e}")))?;
+        Ok(CaReloader {
+            path: path.to_string(),
+            flag,
+            build,
+            current: Mutex::new((mtime, v)),
+        })
+    }
+
+    fn get(&self) -> Arc<T> {
+        let mut cur = self.current.lock().unwrap();
+        let mtime = file_mtime(&self.path);
+        if mtime != cur.0 {
+            match load_roots(&self.path, self.flag).and_then(|r| {
+                (self.build)(r).map_err(|e| err(format!("{} {}: {e}", self.flag, self.path)))
+            }) {
+                Ok(v) => {
+                    tracing::info!(file = %self.path, "reloaded {}", self.flag);
+                    *cur = (mtime, v);
+                }
+                Err(e) => tracing::warn!("keeping the previous CA certificates: {e}"),
+            }
+        }
+        cur.1.clone()
+    }
+}
+
+/// webpki's check of a dialed peer against `--peer-trusted-ca-file`, re-read when it changes.
+#[derive(Debug)]
+struct PeerServerVerifier(CaReloader<dyn ServerCertVerifier>);
+
+impl ServerCertVerifier for PeerServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.get().verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.get().verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.get().verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.get().supported_verify_schemes()
+    }
+}
+
+/// The CA check of webpki (CAs re-read when the file changes), plus `--peer-cert-allowed-cn`.
 #[derive(Debug)]
 struct CnVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    inner: CaReloader<dyn ClientCertVerifier>,
     allowed_cn: Option<String>,
 }
 
 impl ClientCertVerifier for CnVerifier {
+    /// No CA names are sent (they would be borrowed from a CA list that may be replaced):
+    /// clients then offer their certificate whatever its issuer, and the check below decides.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
     fn verify_client_cert(
         &self,
@@ -359,7 +464,7 @@ impl ClientCertVerifier for CnVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let ok = self.inner.get().verify_client_cert(end_entity, intermediates, now)?;
         if let Some(want) = &self.allowed_cn {
             let cn = x509_parser::parse_x509_certificate(end_entity)
                 .ok()
@@ -384,7 +489,7 @@ impl ClientCertVerifier for CnVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.inner.get().verify_tls12_signature(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
@@ -392,10 +497,10 @@ impl ClientCertVerifier for CnVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.inner.get().verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.inner.get().supported_verify_schemes()
     }
 }
 
@@ -456,5 +561,159 @@ impl tokio::io::AsyncWrite for ServerIo {
     }
     fn is_write_vectored(&self) -> bool {
         self.0.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(label: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("detcd-tls-unit-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    struct Ca(rcgen::Certificate, rcgen::KeyPair);
+
+    fn ca() -> Ca {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, "unit CA");
+        let k = rcgen::KeyPair::generate().unwrap();
+        Ca(p.self_signed(&k).unwrap(), k)
+    }
+
+    fn leaf(ca: &Ca, cn: &str, expired: bool) -> (String, String) {
+        let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let k = rcgen::KeyPair::generate().unwrap();
+        (p.signed_by(&k, &ca.0, &ca.1).unwrap().pem(), k.serialize_pem())
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    fn provider() -> Arc<CryptoProvider> {
+        super::provider(&[])
+    }
+
+    #[test]
+    fn auto_cert_is_generated_once_with_a_private_key() {
+        let d = tmp("auto");
+        let dir = d.join("fixtures").join("peer").to_string_lossy().into_owned();
+        let hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let (c, k) = auto_cert(&dir, &hosts, 2).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+        let first = std::fs::read(&c).unwrap();
+        let ck = load_certified(&c, &k, &provider()).unwrap();
+        let (_, x) = x509_parser::parse_x509_certificate(&ck.cert[0]).unwrap();
+        assert!(x.subject().to_string().contains("O=etcd"), "{}", x.subject());
+        let years = (x.validity().not_after.timestamp() - x.validity().not_before.timestamp()) / (365 * 86400);
+        assert_eq!(years, 2);
+        let san = x.subject_alternative_name().unwrap().unwrap().value.general_names.len();
+        assert_eq!(san, 2);
+        auto_cert(&dir, &hosts, 2).unwrap();
+        assert_eq!(first, std::fs::read(&c).unwrap(), "reused, not regenerated");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let d = tmp("bad");
+        let ca = ca();
+        let (c1, k1) = leaf(&ca, "one", false);
+        let (_, k2) = leaf(&ca, "two", false);
+        let (c3, k3) = leaf(&ca, "old", true);
+        let (c1, k1, k2) = (write(&d, "c1", &c1), write(&d, "k1", &k1), write(&d, "k2", &k2));
+        let (c3, k3) = (write(&d, "c3", &c3), write(&d, "k3", &k3));
+        let p = provider();
+        assert!(load_certified(&c1, &k1, &p).is_ok());
+        let e = load_certified(&c1, &k2, &p).unwrap_err().0;
+        assert!(e.contains("do not match") && e.contains(&c1) && e.contains(&k2), "{e}");
+        let e = load_certified(&c3, &k3, &p).unwrap_err().0;
+        assert!(e.contains("expired") && e.contains(&c3), "{e}");
+        let missing = d.join("nope").to_string_lossy().into_owned();
+        let e = load_certified(&missing, &k1, &p).unwrap_err().0;
+        assert!(e.contains(&missing), "{e}");
+        let e = load_certified(&c1, &c1, &p).unwrap_err().0;
+        assert!(e.contains("key file") && e.contains(&c1), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn rotated_files_are_served_to_new_connections() {
+        let d = tmp("rotate");
+        let ca = ca();
+        let (c, k) = leaf(&ca, "one", false);
+        let (c, k) = (write(&d, "c", &c), write(&d, "k", &k));
+        let r = ReloadingCert::open(&CertSource::Files { cert: c.clone(), key: k.clone() }, &provider()).unwrap();
+        let first = r.get().cert[0].clone();
+        assert_eq!(r.get().cert[0], first);
+        // A half-written rotation (new cert, old key) keeps the old pair.
+        let (c2, k2) = leaf(&ca, "two", false);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&c, &c2).unwrap();
+        assert_eq!(r.get().cert[0], first);
+        std::fs::write(&k, &k2).unwrap();
+        assert_ne!(r.get().cert[0], first);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn allowed_cn() {
+        let d = tmp("cn");
+        let ca = ca();
+        let ca_path = write(&d, "ca", &ca.0.pem());
+        let p = provider();
+        let verifier = |cn: Option<&str>| {
+            let p2 = p.clone();
+            CnVerifier {
+                inner: CaReloader::new(
+                    &ca_path,
+                    "--peer-trusted-ca-file",
+                    Box::new(move |roots| {
+                        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p2.clone())
+                            .build()
+                            .map_err(|e| e.to_string())
+                    }),
+                )
+                .unwrap(),
+                allowed_cn: cn.map(str::to_string),
+            }
+        };
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let (etcd, _) = leaf(&ca, "etcd", false);
+        let (other, _) = leaf(&ca, "other", false);
+        let (stranger, _) = leaf(&super::tests::ca(), "etcd", false);
+        let now = UnixTime::now();
+        let v = verifier(Some("etcd"));
+        assert!(v.verify_client_cert(&der(&etcd), &[], now).is_ok());
+        let e = v.verify_client_cert(&der(&other), &[], now).unwrap_err().to_string();
+        assert!(e.contains("CommonName"), "{e}");
+        assert!(v.verify_client_cert(&der(&stranger), &[], now).is_err());
+        assert!(verifier(None).verify_client_cert(&der(&other), &[], now).is_ok());
+        // CA rotation: a new CA file is picked up by the running verifier.
+        let new_ca = super::tests::ca();
+        let (rotated, _) = leaf(&new_ca, "etcd", false);
+        assert!(v.verify_client_cert(&der(&rotated), &[], now).is_err());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&ca_path, format!("{}{}", ca.0.pem(), new_ca.0.pem())).unwrap();
+        assert!(v.verify_client_cert(&der(&rotated), &[], now).is_ok());
+        assert!(v.verify_client_cert(&der(&etcd), &[], now).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
