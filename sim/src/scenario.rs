@@ -60,6 +60,8 @@ pub struct Plan {
     pub snapshot_count: Option<u64>,
     /// The cluster must serve again within this much simulated time after healing.
     pub recovery_bound: Duration,
+    /// A crash keeps half of each disk's last unsynced write (a torn write).
+    pub torn_writes: bool,
 }
 
 impl Default for Plan {
@@ -71,6 +73,7 @@ impl Default for Plan {
             keys: 4,
             snapshot_count: None,
             recovery_bound: Duration::from_secs(20),
+            torn_writes: false,
         }
     }
 }
@@ -88,6 +91,11 @@ pub async fn run(plan: Plan) -> Report {
             cfg.snapshot_count = n;
         }
     });
+    if plan.torn_writes {
+        for m in &cluster.members {
+            m.disk.set_tear_on_crash(true);
+        }
+    }
     let endpoints = cluster.endpoints();
     let client_host = cluster
         .handle

@@ -58,6 +58,22 @@ async fn crash_all_loses_no_acknowledged_write() {
 }
 
 #[madsim::test]
+async fn torn_writes_on_crash() {
+    // Crashes that leave half of the last unsynced write on disk: redb must recover to its
+    // last durable commit, and nothing acknowledged may be lost.
+    run(Plan {
+        faults: Faults {
+            crash: true,
+            crash_all: true,
+            ..Faults::none()
+        },
+        torn_writes: true,
+        ..Plan::default()
+    })
+    .await;
+}
+
+#[madsim::test]
 async fn lossy_slow_network() {
     run(plan(Faults {
         packet_loss: true,
