@@ -50,6 +50,7 @@ pub mod subnet {
     pub const TLS_AUTO: u8 = 42;
     pub const TLS_ROTATION: u8 = 43;
     pub const TLS_STARTUP_ERRORS: u8 = 44;
+    pub const TLS_ALLOWED_CN: u8 = 45;
 }
 
 pub mod tls;

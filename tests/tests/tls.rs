@@ -182,6 +182,36 @@ fn peer_from_another_ca_cannot_join() {
     );
 }
 
+/// --peer-cert-allowed-cn: a peer certificate from the right CA but another CN is refused.
+#[test]
+fn peer_cert_allowed_cn() {
+    let mut c = Cluster::guide("tls_cn", subnet::TLS_ALLOWED_CN, 3, GUIDE_TOKEN);
+    let dir = c.dir().to_path_buf();
+    let peer_ca = Ca::new("peer CA");
+    let ca_peer = peer_ca.write(&dir, "ca-peer.crt");
+    for (i, m) in c.members.iter_mut().enumerate() {
+        let me = ip(subnet::TLS_ALLOWED_CN, i);
+        let cn = if i == 2 { "intruder" } else { "etcd-peer" };
+        let pe = peer_ca.issue_to(&dir, &format!("infra{i}-peer"), cn, &[&me], false);
+        for a in m.args.iter_mut() {
+            if a.contains(&format!(":{PEER_PORT}")) {
+                *a = a.replace("http://", "https://");
+            }
+        }
+        m.args.extend([
+            "--peer-client-cert-auth".to_string(),
+            "--peer-cert-allowed-cn=etcd-peer".to_string(),
+            format!("--peer-trusted-ca-file={}", path(&ca_peer)),
+            format!("--peer-cert-file={}", path(pe.cert.as_ref().unwrap())),
+            format!("--peer-key-file={}", path(pe.key.as_ref().unwrap())),
+        ]);
+    }
+    c.start_all();
+    c.members[0].wait_healthy(HEALTHY_TIMEOUT);
+    c.members[1].wait_healthy(HEALTHY_TIMEOUT);
+    wait_log(&c.members[0], "CommonName authentication failed: certificate CN \"intruder\"", 20);
+}
+
 /// The guide's "Automatic certificates" example: encrypted, not authenticated.
 #[test]
 fn guide_automatic_certificates() {
