@@ -47,6 +47,10 @@ pub async fn run_client(
     let mut endpoint = id as usize;
     let mut client: Option<Client> = None;
     let mut seq = 0u64;
+    // The last (value, mod_revision) this client read per key, for CAS on mod_revision.
+    // Every written value is unique, so "mod_revision == r" holds exactly when the key holds
+    // the value read together with r: the register model checks it as a CAS on that value.
+    let mut seen: std::collections::HashMap<String, (Option<String>, i64)> = Default::default();
     while !stop.load(Ordering::Relaxed) {
         let c = match &mut client {
             Some(c) => c,
@@ -75,10 +79,20 @@ pub async fn run_client(
         } else if choice < 70 {
             let op = history.invoke(id, key.clone(), Op::Get, now_ns(start));
             let req = RangeRequest {
-                key: key.into_bytes(),
+                key: key.clone().into_bytes(),
                 ..Default::default()
             };
             let res = madsim::time::timeout(OP_TIMEOUT, c.kv.range(req)).await;
+            if let Ok(Ok(r)) = &res {
+                let kv = r.get_ref().kvs.first();
+                seen.insert(
+                    key.clone(),
+                    (
+                        kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                        kv.map(|kv| kv.mod_revision).unwrap_or(0),
+                    ),
+                );
+            }
             finish(&history, op, start, res, |r| {
                 Output::Get(r.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
             })
@@ -91,21 +105,32 @@ pub async fn run_client(
             let res = madsim::time::timeout(OP_TIMEOUT, c.kv.delete_range(req)).await;
             finish(&history, op, start, res, |r| Output::Delete { deleted: r.deleted > 0 })
         } else {
-            // Compare-and-set on the value through a Txn (absent: create_revision == 0).
-            let expect = if thread_rng().gen_bool(0.3) {
+            // Compare-and-set through a Txn: on mod_revision (what a read returned), on the
+            // value, or on absence (create_revision == 0).
+            let by_revision = seen.get(&key).cloned().filter(|_| thread_rng().gen_bool(0.5));
+            let expect = if let Some((v, _)) = &by_revision {
+                v.clone()
+            } else if thread_rng().gen_bool(0.3) {
                 None
             } else {
                 Some(format!("c{}-{}", thread_rng().gen_range(0..4), thread_rng().gen_range(1..seq.max(2))))
             };
-            let cmp = match &expect {
-                None => Compare {
+            let cmp = match (&by_revision, &expect) {
+                (Some((_, rev)), _) => Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: key.clone().into_bytes(),
+                    target_union: Some(compare::TargetUnion::ModRevision(*rev)),
+                    range_end: vec![],
+                },
+                (None, None) => Compare {
                     result: compare::CompareResult::Equal as i32,
                     target: compare::CompareTarget::Create as i32,
                     key: key.clone().into_bytes(),
                     target_union: Some(compare::TargetUnion::CreateRevision(0)),
                     range_end: vec![],
                 },
-                Some(v) => Compare {
+                (None, Some(v)) => Compare {
                     result: compare::CompareResult::Equal as i32,
                     target: compare::CompareTarget::Value as i32,
                     key: key.clone().into_bytes(),
