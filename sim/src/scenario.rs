@@ -52,6 +52,8 @@ impl Faults {
 
 #[derive(Clone, Debug)]
 pub struct Plan {
+    /// The test's name, for the replay command printed on failure.
+    pub name: &'static str,
     pub faults: Faults,
     /// Simulated time with faults on.
     pub fault_phase: Duration,
@@ -67,6 +69,7 @@ pub struct Plan {
 impl Default for Plan {
     fn default() -> Plan {
         Plan {
+            name: "<test>",
             faults: Faults::none(),
             fault_phase: Duration::from_secs(15),
             clients: 6,
@@ -82,6 +85,15 @@ pub struct Report {
     pub ops: usize,
     pub samples: u64,
     pub faults_injected: Vec<String>,
+}
+
+/// The one command that replays this run exactly (seed and test name), for failure reports.
+pub fn replay_command(test: &str) -> String {
+    let seed = madsim::runtime::Handle::current().seed();
+    let mutation = std::env::var("DETCD_SIM_MUTATION")
+        .map(|m| format!("DETCD_SIM_MUTATION={m} "))
+        .unwrap_or_default();
+    format!("{mutation}MADSIM_TEST_SEED={seed} cargo sim --test faults -- --exact {test}")
 }
 
 /// Runs `plan` on the guide's cluster and panics (with the evidence) on any violation.
@@ -111,7 +123,7 @@ pub async fn run(plan: Plan) -> Report {
     // The cluster must come up before faults begin.
     let up = client_host.spawn(wait_serving(endpoints.clone(), Duration::from_secs(10)));
     if let Err(e) = up.await.unwrap() {
-        panic!("cluster did not start: {e}");
+        panic!("cluster did not start: {e}\nreplay: {}", replay_command(plan.name));
     }
 
     let mut tasks = Vec::new();
@@ -152,8 +164,9 @@ pub async fn run(plan: Plan) -> Report {
     let _ = watcher.await;
     if let Err(e) = healthy {
         panic!(
-            "liveness: the healed cluster did not serve within {:?}: {e}\nfaults: {injected:?}",
-            plan.recovery_bound
+            "liveness: the healed cluster did not serve within {:?}: {e}\nfaults: {injected:?}\nreplay: {}",
+            plan.recovery_bound,
+            replay_command(plan.name)
         );
     }
 
@@ -164,11 +177,20 @@ pub async fn run(plan: Plan) -> Report {
 
     for i in 0..cluster.members.len() {
         if let Some(exit) = cluster.exit_of(i) {
-            panic!("member {} exited during the run: {exit}", cluster.members[i].name);
+            panic!(
+                "member {} exited during the run: {exit}\nreplay: {}",
+                cluster.members[i].name,
+                replay_command(plan.name)
+            );
         }
     }
     let inv = inv.lock().unwrap();
-    assert!(inv.violations.is_empty(), "invariant violations: {:#?}", inv.violations);
+    assert!(
+        inv.violations.is_empty(),
+        "invariant violations: {:#?}\nreplay: {}",
+        inv.violations,
+        replay_command(plan.name)
+    );
     let snap = history.snapshot();
     match check(&snap, Budget::default()) {
         CheckResult::Ok => {}
@@ -176,9 +198,10 @@ pub async fn run(plan: Plan) -> Report {
             tracing::warn!("linearizability check ran out of budget; treated as not failing")
         }
         CheckResult::Illegal(v) => panic!(
-            "history is not linearizable:\n{v}\nhistory of key {:?}:\n{}\nfaults: {injected:?}",
+            "history is not linearizable:\n{v}\nhistory of key {:?}:\n{}\nfaults: {injected:?}\nreplay: {}",
             v.key,
-            snap.dump_key(&v.key)
+            snap.dump_key(&v.key),
+            replay_command(plan.name)
         ),
     }
     Report {

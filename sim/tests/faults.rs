@@ -6,8 +6,9 @@
 use detcd_sim::scenario::{run, Faults, Plan};
 use std::time::Duration;
 
-fn plan(faults: Faults) -> Plan {
+fn plan(name: &'static str, faults: Faults) -> Plan {
     Plan {
+        name,
         faults,
         ..Plan::default()
     }
@@ -15,13 +16,13 @@ fn plan(faults: Faults) -> Plan {
 
 #[madsim::test]
 async fn no_faults_history_is_linearizable() {
-    let r = run(plan(Faults::none())).await;
+    let r = run(plan("no_faults_history_is_linearizable", Faults::none())).await;
     assert!(r.ops > 100, "the workload did too little: {} ops", r.ops);
 }
 
 #[madsim::test]
 async fn leader_kill_under_load() {
-    run(plan(Faults {
+    run(plan("leader_kill_under_load", Faults {
         crash: true,
         isolate_leader: false,
         ..Faults::none()
@@ -31,7 +32,7 @@ async fn leader_kill_under_load() {
 
 #[madsim::test]
 async fn minority_partitions() {
-    run(plan(Faults {
+    run(plan("minority_partitions", Faults {
         isolate: true,
         one_way: true,
         ..Faults::none()
@@ -41,7 +42,7 @@ async fn minority_partitions() {
 
 #[madsim::test]
 async fn leader_isolation() {
-    run(plan(Faults {
+    run(plan("leader_isolation", Faults {
         isolate_leader: true,
         ..Faults::none()
     }))
@@ -50,7 +51,7 @@ async fn leader_isolation() {
 
 #[madsim::test]
 async fn crash_all_loses_no_acknowledged_write() {
-    run(plan(Faults {
+    run(plan("crash_all_loses_no_acknowledged_write", Faults {
         crash_all: true,
         ..Faults::none()
     }))
@@ -62,6 +63,7 @@ async fn torn_writes_on_crash() {
     // Crashes that leave half of the last unsynced write on disk: redb must recover to its
     // last durable commit, and nothing acknowledged may be lost.
     run(Plan {
+        name: "torn_writes_on_crash",
         faults: Faults {
             crash: true,
             crash_all: true,
@@ -75,7 +77,7 @@ async fn torn_writes_on_crash() {
 
 #[madsim::test]
 async fn lossy_slow_network() {
-    run(plan(Faults {
+    run(plan("lossy_slow_network", Faults {
         packet_loss: true,
         latency: true,
         ..Faults::none()
@@ -89,6 +91,7 @@ async fn snapshot_install_to_lagging_follower() {
     // A tiny --snapshot-count makes the log compact constantly, so a member that was down
     // or cut off catches up through a snapshot.
     run(Plan {
+        name: "snapshot_install_to_lagging_follower",
         faults: Faults {
             crash: true,
             isolate: true,
@@ -104,7 +107,7 @@ async fn snapshot_install_to_lagging_follower() {
 
 #[madsim::test]
 async fn rolling_restarts() {
-    run(plan(Faults {
+    run(plan("rolling_restarts", Faults {
         rolling: true,
         ..Faults::none()
     }))
@@ -113,7 +116,7 @@ async fn rolling_restarts() {
 
 #[madsim::test]
 async fn election_churn() {
-    run(plan(Faults {
+    run(plan("election_churn", Faults {
         churn: true,
         ..Faults::none()
     }))
@@ -123,6 +126,7 @@ async fn election_churn() {
 #[madsim::test]
 async fn swarm() {
     run(Plan {
+        name: "swarm",
         faults: Faults::swarm(),
         fault_phase: Duration::from_secs(20),
         ..Plan::default()
