@@ -114,7 +114,10 @@ impl Membership {
     }
 
     /// Replaces the stored membership with a snapshot's.
-    pub fn import(txn: &redb::WriteTransaction, data: &SnapshotData) -> Result<Membership, LogError> {
+    pub fn import(
+        txn: &redb::WriteTransaction,
+        data: &SnapshotData,
+    ) -> Result<Membership, LogError> {
         txn.open_table(MEMBERS)?.retain(|_, _| false)?;
         Membership::bootstrap(txn, data.cluster_id, data.members.iter().cloned())
     }
@@ -136,7 +139,9 @@ mod tests {
             ..Default::default()
         };
         let txn = db.begin_write().unwrap();
-        let mut m = Membership::bootstrap(&txn, 7, [rec(1, "http://a:2380"), rec(2, "http://b:2380")]).unwrap();
+        let mut m =
+            Membership::bootstrap(&txn, 7, [rec(1, "http://a:2380"), rec(2, "http://b:2380")])
+                .unwrap();
         m.set_attributes(
             &txn,
             &MemberAttributes {

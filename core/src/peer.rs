@@ -13,7 +13,11 @@ pub enum PeerRefusal {
     #[error("member {} is not in this cluster", format_id(*.0))]
     UnknownMember(u64),
     #[error("raft message from {} to {} on a stream from {}", format_id(*from), format_id(*to), format_id(*stream_from))]
-    WrongEndpoints { from: u64, to: u64, stream_from: u64 },
+    WrongEndpoints {
+        from: u64,
+        to: u64,
+        stream_from: u64,
+    },
     #[error("undecodable peer message: {0}")]
     Undecodable(String),
 }
@@ -48,7 +52,8 @@ pub fn open_batch(
     check_sender(batch.cluster_id, batch.from, local_cluster, is_member)?;
     let mut out = Vec::with_capacity(batch.messages.len());
     for bytes in &batch.messages {
-        let m = Message::parse_from_bytes(bytes).map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
+        let m = Message::parse_from_bytes(bytes)
+            .map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
         if m.from != batch.from || m.to != local_member {
             return Err(PeerRefusal::WrongEndpoints {
                 from: m.from,
@@ -111,7 +116,10 @@ mod tests {
             open_batch(&batch(8, 2, vec![]), 9, 1, known),
             Err(PeerRefusal::OtherCluster { got: 8, want: 9 })
         );
-        assert_eq!(open_batch(&batch(9, 7, vec![]), 9, 1, known), Err(PeerRefusal::UnknownMember(7)));
+        assert_eq!(
+            open_batch(&batch(9, 7, vec![]), 9, 1, known),
+            Err(PeerRefusal::UnknownMember(7))
+        );
         assert!(matches!(
             open_batch(&batch(9, 2, vec![msg(3, 1)]), 9, 1, known),
             Err(PeerRefusal::WrongEndpoints { .. })
@@ -129,7 +137,13 @@ mod tests {
 
     #[test]
     fn message_matches_etcd_wording_for_cluster_mismatch() {
-        let e = PeerRefusal::OtherCluster { got: 0xc6ab534d07e8fcc4, want: 0xbc25ea2a74fb18b0 };
-        assert_eq!(e.to_string(), "request cluster ID mismatch (got c6ab534d07e8fcc4 want bc25ea2a74fb18b0)");
+        let e = PeerRefusal::OtherCluster {
+            got: 0xc6ab534d07e8fcc4,
+            want: 0xbc25ea2a74fb18b0,
+        };
+        assert_eq!(
+            e.to_string(),
+            "request cluster ID mismatch (got c6ab534d07e8fcc4 want bc25ea2a74fb18b0)"
+        );
     }
 }

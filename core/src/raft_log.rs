@@ -56,7 +56,8 @@ pub struct RaftLog {
 }
 
 fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
-    m.write_to_bytes().expect("protobuf encoding into memory cannot fail")
+    m.write_to_bytes()
+        .expect("protobuf encoding into memory cannot fail")
 }
 
 fn u64_pair(a: u64, b: u64) -> [u8; 16] {
@@ -122,10 +123,16 @@ impl RaftLog {
     }
 
     /// A brand-new member of a new cluster: the voters are known, the log is empty.
-    pub fn bootstrap(txn: &redb::WriteTransaction, conf_state: ConfState) -> Result<RaftLog, LogError> {
+    pub fn bootstrap(
+        txn: &redb::WriteTransaction,
+        conf_state: ConfState,
+    ) -> Result<RaftLog, LogError> {
         let mut meta = txn.open_table(META)?;
         meta.insert(meta_keys::CONF_STATE, encode(&conf_state).as_slice())?;
-        meta.insert(meta_keys::HARD_STATE, encode(&HardState::default()).as_slice())?;
+        meta.insert(
+            meta_keys::HARD_STATE,
+            encode(&HardState::default()).as_slice(),
+        )?;
         txn.open_table(RAFT_LOG)?;
         Ok(RaftLog {
             hard_state: HardState::default(),
@@ -163,7 +170,9 @@ impl RaftLog {
 
     /// Appends entries from a Ready, replacing any conflicting suffix.
     pub fn append(&mut self, txn: &redb::WriteTransaction, ents: &[Entry]) -> Result<(), LogError> {
-        let Some(first) = ents.first() else { return Ok(()) };
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
         if first.index <= self.compacted_index {
             return Err(LogError::Corrupt(format!(
                 "append at {} overlaps compacted log (compacted through {})",
@@ -194,7 +203,11 @@ impl RaftLog {
         Ok(())
     }
 
-    pub fn set_hard_state(&mut self, txn: &redb::WriteTransaction, hs: &HardState) -> Result<(), LogError> {
+    pub fn set_hard_state(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        hs: &HardState,
+    ) -> Result<(), LogError> {
         txn.open_table(META)?
             .insert(meta_keys::HARD_STATE, encode(hs).as_slice())?;
         self.hard_state = hs.clone();
@@ -202,7 +215,11 @@ impl RaftLog {
     }
 
     /// Records a commit index change that came without a new hard state (light ready).
-    pub fn set_commit(&mut self, txn: &redb::WriteTransaction, commit: u64) -> Result<(), LogError> {
+    pub fn set_commit(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        commit: u64,
+    ) -> Result<(), LogError> {
         let mut hs = self.hard_state.clone();
         if commit > hs.commit {
             hs.commit = commit;
@@ -211,7 +228,11 @@ impl RaftLog {
         Ok(())
     }
 
-    pub fn set_conf_state(&mut self, txn: &redb::WriteTransaction, cs: ConfState) -> Result<(), LogError> {
+    pub fn set_conf_state(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        cs: ConfState,
+    ) -> Result<(), LogError> {
         txn.open_table(META)?
             .insert(meta_keys::CONF_STATE, encode(&cs).as_slice())?;
         self.conf_state = cs;
@@ -219,13 +240,23 @@ impl RaftLog {
     }
 
     /// Installs a snapshot received from the leader: the log restarts after it.
-    pub fn install_snapshot(&mut self, txn: &redb::WriteTransaction, snap: &Snapshot) -> Result<(), LogError> {
+    pub fn install_snapshot(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        snap: &Snapshot,
+    ) -> Result<(), LogError> {
         let md = snap.get_metadata();
         let mut table = txn.open_table(RAFT_LOG)?;
         table.retain(|_, _| false)?;
         let mut meta = txn.open_table(META)?;
-        meta.insert(meta_keys::SNAPSHOT_META, u64_pair(md.index, md.term).as_slice())?;
-        meta.insert(meta_keys::CONF_STATE, encode(md.get_conf_state()).as_slice())?;
+        meta.insert(
+            meta_keys::SNAPSHOT_META,
+            u64_pair(md.index, md.term).as_slice(),
+        )?;
+        meta.insert(
+            meta_keys::CONF_STATE,
+            encode(md.get_conf_state()).as_slice(),
+        )?;
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(md.index);
         hs.term = hs.term.max(md.term);
@@ -293,7 +324,10 @@ impl RaftLog {
 
 impl raft::Storage for RaftLog {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
     }
 
     fn entries(
@@ -307,7 +341,10 @@ impl raft::Storage for RaftLog {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         if high > self.last() + 1 {
-            panic!("raft asked for entries [{low}, {high}) beyond last index {}", self.last());
+            panic!(
+                "raft asked for entries [{low}, {high}) beyond last index {}",
+                self.last()
+            );
         }
         let lo = (low - self.compacted_index - 1) as usize;
         let hi = (high - self.compacted_index - 1) as usize;
@@ -342,7 +379,9 @@ impl raft::Storage for RaftLog {
             }
             _ => {
                 self.snapshot_wanted.set(true);
-                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
             }
         }
     }
@@ -384,7 +423,8 @@ mod tests {
         let db = mem_db();
         let txn = db.begin_write().unwrap();
         let mut log = RaftLog::bootstrap(&txn, voters(&[1, 2, 3])).unwrap();
-        log.append(&txn, &(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>()).unwrap();
+        log.append(&txn, &(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
+            .unwrap();
         // A new leader overwrites 8..: the old suffix must vanish from memory and disk.
         log.append(&txn, &[entry(8, 2), entry(9, 2)]).unwrap();
         let mut hs = HardState::default();
@@ -399,15 +439,23 @@ mod tests {
         assert_eq!(log.last_index().unwrap(), 9);
         assert_eq!(log.term(5).unwrap(), 1);
         assert_eq!(log.term(9).unwrap(), 2);
-        assert!(matches!(log.term(4), Err(raft::Error::Store(StorageError::Compacted))));
+        assert!(matches!(
+            log.term(4),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
 
         let again = RaftLog::load(&db).unwrap().unwrap();
         assert_eq!(again.hard_state(), &hs);
         assert_eq!(again.conf_state().voters, vec![1, 2, 3]);
         assert_eq!(again.first_index().unwrap(), 6);
         assert_eq!(again.last_index().unwrap(), 9);
-        let ents = again.entries(6, 10, None, GetEntriesContext::empty(false)).unwrap();
-        assert_eq!(ents.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(6, 1), (7, 1), (8, 2), (9, 2)]);
+        let ents = again
+            .entries(6, 10, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            ents.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            vec![(6, 1), (7, 1), (8, 2), (9, 2)]
+        );
     }
 
     #[test]

@@ -97,9 +97,17 @@ pub enum TlsError {
     #[error("TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {0} with HTTPS scheme")]
     PeerCertMissing(String),
     #[error("--{cert_flag} and --{key_flag} must be given together")]
-    HalfPair { cert_flag: &'static str, key_flag: &'static str },
-    #[error("--{auth_flag} requires --{ca_flag} (detcd does not use the system's root certificates)")]
-    AuthWithoutCa { auth_flag: &'static str, ca_flag: &'static str },
+    HalfPair {
+        cert_flag: &'static str,
+        key_flag: &'static str,
+    },
+    #[error(
+        "--{auth_flag} requires --{ca_flag} (detcd does not use the system's root certificates)"
+    )]
+    AuthWithoutCa {
+        auth_flag: &'static str,
+        ca_flag: &'static str,
+    },
     #[error("--peer-cert-file without --peer-trusted-ca-file: peers could not be verified (detcd does not use the system's root certificates)")]
     PeerWithoutCa,
     #[error("unexpected TLS cipher suite {name:?}; supported: {}", SUPPORTED_CIPHER_SUITES.join(", "))]
@@ -125,7 +133,9 @@ pub fn parse_cipher_suites(s: &str) -> Result<Vec<String>, TlsError> {
     let mut out = Vec::new();
     for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         if !SUPPORTED_CIPHER_SUITES.contains(&name) {
-            return Err(TlsError::CipherSuite { name: name.to_string() });
+            return Err(TlsError::CipherSuite {
+                name: name.to_string(),
+            });
         }
         out.push(name.to_string());
     }
@@ -144,7 +154,11 @@ pub fn san_hosts(urls: &[Url]) -> Vec<String> {
 }
 
 fn join(dir: &str, sub: &str) -> String {
-    std::path::Path::new(dir).join("fixtures").join(sub).to_string_lossy().into_owned()
+    std::path::Path::new(dir)
+        .join("fixtures")
+        .join(sub)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A side's certificate: files win over auto TLS; auto TLS generates into
@@ -158,7 +172,10 @@ fn cert_source(
     warnings: &mut Vec<String>,
 ) -> Result<Option<CertSource>, TlsError> {
     if info.cert_file.is_empty() != info.key_file.is_empty() {
-        return Err(TlsError::HalfPair { cert_flag: flags.0, key_flag: flags.1 });
+        return Err(TlsError::HalfPair {
+            cert_flag: flags.0,
+            key_flag: flags.1,
+        });
     }
     if !info.empty() {
         if info.auto_tls {
@@ -190,7 +207,10 @@ fn client_auth(
         return Ok(ClientAuth::None);
     }
     if info.trusted_ca_file.is_empty() {
-        return Err(TlsError::AuthWithoutCa { auth_flag: flags.0, ca_flag: flags.1 });
+        return Err(TlsError::AuthWithoutCa {
+            auth_flag: flags.0,
+            ca_flag: flags.1,
+        });
     }
     Ok(ClientAuth::Require {
         ca: info.trusted_ca_file.clone(),
@@ -254,7 +274,10 @@ pub fn plan(cfg: &Config) -> Result<TlsPlan, TlsError> {
     Ok(TlsPlan {
         client,
         peer,
-        peer_dial: PeerDial { verify, cert: peer_cert },
+        peer_dial: PeerDial {
+            verify,
+            cert: peer_cert,
+        },
         cipher_suites: cfg.cipher_suites.clone(),
         warnings,
     })
@@ -295,7 +318,10 @@ mod tests {
 
     #[test]
     fn guide_self_signed() {
-        let mut c = cfg("https://10.0.1.10:2379,https://127.0.0.1:2379", "https://10.0.1.10:2380");
+        let mut c = cfg(
+            "https://10.0.1.10:2379,https://127.0.0.1:2379",
+            "https://10.0.1.10:2380",
+        );
         c.client_tls = TlsInfo {
             cert_file: "c.crt".into(),
             key_file: "c.key".into(),
@@ -313,20 +339,44 @@ mod tests {
         };
         let p = plan(&c).unwrap();
         let client = p.client.unwrap();
-        assert_eq!(client.cert, CertSource::Files { cert: "c.crt".into(), key: "c.key".into() });
-        assert_eq!(client.client_auth, ClientAuth::Require { ca: "ca.crt".into(), allowed_cn: None });
+        assert_eq!(
+            client.cert,
+            CertSource::Files {
+                cert: "c.crt".into(),
+                key: "c.key".into()
+            }
+        );
+        assert_eq!(
+            client.client_auth,
+            ClientAuth::Require {
+                ca: "ca.crt".into(),
+                allowed_cn: None
+            }
+        );
         let peer = p.peer.unwrap();
         assert_eq!(
             peer.client_auth,
-            ClientAuth::Require { ca: "ca-peer.crt".into(), allowed_cn: Some("etcd".into()) }
+            ClientAuth::Require {
+                ca: "ca-peer.crt".into(),
+                allowed_cn: Some("etcd".into())
+            }
         );
         assert_eq!(p.peer_dial.verify, PeerVerify::Ca("ca-peer.crt".into()));
-        assert_eq!(p.peer_dial.cert, Some(CertSource::Files { cert: "p.crt".into(), key: "p.key".into() }));
+        assert_eq!(
+            p.peer_dial.cert,
+            Some(CertSource::Files {
+                cert: "p.crt".into(),
+                key: "p.key".into()
+            })
+        );
     }
 
     #[test]
     fn auto_tls() {
-        let mut c = cfg("https://10.0.1.10:2379,https://127.0.0.1:2379", "https://10.0.1.10:2380");
+        let mut c = cfg(
+            "https://10.0.1.10:2379,https://127.0.0.1:2379",
+            "https://10.0.1.10:2380",
+        );
         c.client_tls.auto_tls = true;
         c.peer_tls.auto_tls = true;
         let p = plan(&c).unwrap();
@@ -340,7 +390,11 @@ mod tests {
         );
         assert_eq!(
             p.peer.unwrap().cert,
-            CertSource::Auto { dir: "/d/fixtures/peer".into(), hosts: vec!["10.0.1.10".into()], validity_years: 1 }
+            CertSource::Auto {
+                dir: "/d/fixtures/peer".into(),
+                hosts: vec!["10.0.1.10".into()],
+                validity_years: 1
+            }
         );
         assert_eq!(p.peer_dial.verify, PeerVerify::SkipVerify);
     }
@@ -348,7 +402,12 @@ mod tests {
     #[test]
     fn files_win_over_auto_tls() {
         let mut c = cfg("https://127.0.0.1:2379", "https://127.0.0.1:2380");
-        c.client_tls = TlsInfo { cert_file: "c".into(), key_file: "k".into(), auto_tls: true, ..Default::default() };
+        c.client_tls = TlsInfo {
+            cert_file: "c".into(),
+            key_file: "k".into(),
+            auto_tls: true,
+            ..Default::default()
+        };
         c.peer_tls = TlsInfo {
             cert_file: "pc".into(),
             key_file: "pk".into(),
@@ -357,7 +416,13 @@ mod tests {
             ..Default::default()
         };
         let p = plan(&c).unwrap();
-        assert_eq!(p.client.unwrap().cert, CertSource::Files { cert: "c".into(), key: "k".into() });
+        assert_eq!(
+            p.client.unwrap().cert,
+            CertSource::Files {
+                cert: "c".into(),
+                key: "k".into()
+            }
+        );
         assert_eq!(p.peer_dial.verify, PeerVerify::Ca("ca".into()));
         assert_eq!(p.warnings.len(), 2);
     }
@@ -365,14 +430,21 @@ mod tests {
     #[test]
     fn refusals() {
         let mut c = cfg("https://127.0.0.1:2379", "http://127.0.0.1:2380");
-        c.client_tls = TlsInfo { cert_file: "c".into(), ..Default::default() };
+        c.client_tls = TlsInfo {
+            cert_file: "c".into(),
+            ..Default::default()
+        };
         assert!(matches!(plan(&c), Err(TlsError::HalfPair { .. })));
         c.client_tls.key_file = "k".into();
         c.client_tls.client_cert_auth = true;
         assert!(matches!(plan(&c), Err(TlsError::AuthWithoutCa { .. })));
         assert!(parse_cipher_suites("TLS_RSA_WITH_RC4_128_SHA").is_err());
         assert_eq!(
-            parse_cipher_suites("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384").unwrap().len(),
+            parse_cipher_suites(
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"
+            )
+            .unwrap()
+            .len(),
             2
         );
     }

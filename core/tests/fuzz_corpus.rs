@@ -9,7 +9,9 @@ mod checks;
 use std::path::{Path, PathBuf};
 
 fn corpus(target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -67,6 +69,7 @@ fn initial_cluster_corpus() {
 #[test]
 fn peer_batch_corpus() {
     replay("peer_batch", checks::check_peer_batch, |d| {
-        detcd_core::peer::decode_batch(d, checks::CLUSTER, checks::MEMBER, checks::is_member).is_ok()
+        detcd_core::peer::decode_batch(d, checks::CLUSTER, checks::MEMBER, checks::is_member)
+            .is_ok()
     });
 }

@@ -72,7 +72,10 @@ impl Api {
 
 #[tonic::async_trait]
 impl Kv for Api {
-    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
         let r = req.into_inner();
         Mvcc::validate_range(&r).map_err(ApiError::Mvcc)?;
         if !r.serializable && !crate::mutation::active("stale-read") {
@@ -91,14 +94,19 @@ impl Kv for Api {
             tokio::spawn(async move {
                 let _ = api.write(Internal::Put(r), len).await;
             });
-            return Ok(Response::new(pb::PutResponse { header, prev_kv: None }));
+            return Ok(Response::new(pb::PutResponse {
+                header,
+                prev_kv: None,
+            }));
         }
         match self.write(Internal::Put(r), len).await? {
             Applied::Put(mut resp) => {
                 self.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }
-            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
@@ -114,7 +122,9 @@ impl Kv for Api {
                 self.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }
-            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
@@ -129,7 +139,10 @@ impl Kv for Api {
             }
             let shared = self.shared();
             let mvcc = shared.mvcc.read().unwrap();
-            let txn = shared.db.begin_read().map_err(|e| Status::internal(e.to_string()))?;
+            let txn = shared
+                .db
+                .begin_read()
+                .map_err(|e| Status::internal(e.to_string()))?;
             let mut resp = mvcc.txn_read_in(&txn, &r).map_err(ApiError::Mvcc)?;
             drop(mvcc);
             self.fill(&mut resp.header);
@@ -141,7 +154,9 @@ impl Kv for Api {
                 self.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }
-            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 
@@ -156,18 +171,23 @@ impl Kv for Api {
                 self.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }
-            other => Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
     }
 }
 
 /// True when every range in the txn (nested ones included) asks for a serializable read.
 fn txn_is_serializable(t: &pb::TxnRequest) -> bool {
-    t.success.iter().chain(t.failure.iter()).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(r)) => r.serializable,
-        Some(request_op::Request::RequestTxn(inner)) => txn_is_serializable(inner),
-        _ => true,
-    })
+    t.success
+        .iter()
+        .chain(t.failure.iter())
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => r.serializable,
+            Some(request_op::Request::RequestTxn(inner)) => txn_is_serializable(inner),
+            _ => true,
+        })
 }
 
 fn to_pb_member(m: &detcd_core::proto::detcdpb::MemberRecord) -> pb::Member {
@@ -237,7 +257,10 @@ impl Cluster for Api {
 
 #[tonic::async_trait]
 impl Maintenance for Api {
-    async fn alarm(&self, _: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        _: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
         // detcd raises no alarms yet (no space quota enforcement, no corruption check).
         Ok(Response::new(pb::AlarmResponse {
             header: self.header(None),
@@ -245,7 +268,10 @@ impl Maintenance for Api {
         }))
     }
 
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.shared().status();
         let size = (self.db_size)() as i64;
         let mut errors = Vec::new();

@@ -28,7 +28,10 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let code = match &e {
             ApiError::Mvcc(m) => crate::errors::mvcc_code(m),
-            ApiError::NoLeader | ApiError::Timeout | ApiError::LeaderChanged | ApiError::Stopped => Code::Unavailable,
+            ApiError::NoLeader
+            | ApiError::Timeout
+            | ApiError::LeaderChanged
+            | ApiError::Stopped => Code::Unavailable,
             ApiError::TooLarge => Code::InvalidArgument,
             ApiError::MemberNotFound => Code::NotFound,
             ApiError::Unimplemented(_) => Code::Unimplemented,

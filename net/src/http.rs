@@ -24,8 +24,10 @@ pub fn routes(shared: Arc<Shared>, grpc: Router) -> Router {
         }
     };
     let version = || async {
-        let body = serde_json::json!({ "etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION }).to_string();
+        let body = serde_json::json!({ "etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION })
+            .to_string();
         (StatusCode::OK, [("content-type", "application/json")], body)
     };
-    grpc.route("/health", get(health)).route("/version", get(version))
+    grpc.route("/health", get(health))
+        .route("/version", get(version))
 }

@@ -16,6 +16,6 @@ pub mod proto;
 pub mod tls;
 pub mod transport;
 
-pub use member::{run_member_with, MemberError};
 #[cfg(not(madsim))]
 pub use member::run_member;
+pub use member::{run_member_with, MemberError};

@@ -4,8 +4,10 @@
 
 use crate::api::Api;
 use crate::node::{Node, NodeError, NodeParams};
-use crate::proto::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer};
 use crate::proto::detcdpb::peer_server::PeerServer;
+use crate::proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
 #[cfg(not(madsim))]
 use crate::transport::MAX_PEER_MESSAGE_BYTES;
 use crate::transport::{check_peers_cluster_id, PeerDialTls, PeerService, Transport};
@@ -122,7 +124,13 @@ pub async fn run_member_with(
     #[cfg(not(madsim))]
     let (client_acceptor, peer_acceptor, peer_tls): (Acceptor, Acceptor, PeerDialTls) = {
         let tls = crate::tls::Tls::setup(&tls_plan).map_err(|e| MemberError::Tls(e.0))?;
-        (tls.client, tls.peer, PeerDialTls { config: Some(tls.peer_dial) })
+        (
+            tls.client,
+            tls.peer,
+            PeerDialTls {
+                config: Some(tls.peer_dial),
+            },
+        )
     };
     // The simulated node takes the same decisions and speaks plaintext.
     #[cfg(madsim)]
@@ -168,7 +176,8 @@ pub async fn run_member_with(
             // Before writing anything: a running cluster of another identity is fatal.
             check_peers_cluster_id(local_id, cluster_id, &peers, &peer_tls).await?;
             let mut txn = db.begin_write().map_err(storage_err)?;
-            txn.set_durability(Durability::Immediate).map_err(storage_err)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(storage_err)?;
             let mut cs = ConfState::default();
             cs.voters = members.iter().map(|m| m.id).collect();
             let log = RaftLog::bootstrap(&txn, cs)?;
@@ -209,7 +218,14 @@ pub async fn run_member_with(
     };
     let (ev_tx, ev_rx) = mpsc::channel(1024);
     let shared_cell = Arc::new(OnceLock::new());
-    let transport = Arc::new(Transport::start(member_id, cluster_id, &peers, shared_cell.clone(), ev_tx.clone(), peer_tls.clone()));
+    let transport = Arc::new(Transport::start(
+        member_id,
+        cluster_id,
+        &peers,
+        shared_cell.clone(),
+        ev_tx.clone(),
+        peer_tls.clone(),
+    ));
     let heartbeat = Duration::from_millis(cfg.heartbeat_interval.max(1));
     let election_ticks = (cfg.election_timeout / cfg.heartbeat_interval.max(1)).max(2) as usize;
     let params = NodeParams {
@@ -222,7 +238,11 @@ pub async fn run_member_with(
         attributes: MemberAttributes {
             member_id,
             name: cfg.name.clone(),
-            client_urls: cfg.advertise_client_urls.iter().map(|u| u.to_string()).collect(),
+            client_urls: cfg
+                .advertise_client_urls
+                .iter()
+                .map(|u| u.to_string())
+                .collect(),
         },
     };
     let (node, handle, inputs) = Node::new(params, log, db, transport, (ev_tx, ev_rx), restarted)?;
@@ -275,9 +295,11 @@ pub async fn run_member_with(
 }
 
 fn join_urls(urls: &[detcd_core::config::Url]) -> String {
-    urls.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(",")
+    urls.iter()
+        .map(|u| u.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
-
 
 /// A listener's TLS: the acceptor for `https://` URLs, None for `http://`.
 #[cfg(not(madsim))]
@@ -317,8 +339,15 @@ async fn bind(addr: SocketAddr) -> Result<Listener, MemberError> {
 }
 
 #[cfg(not(madsim))]
-async fn serve_peer(listener: Listener, svc: PeerService, tls: Acceptor) -> Result<(), MemberError> {
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+async fn serve_peer(
+    listener: Listener,
+    svc: PeerService,
+    tls: Acceptor,
+) -> Result<(), MemberError> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let svc = PeerServer::new(svc)
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
@@ -328,7 +357,10 @@ async fn serve_peer(listener: Listener, svc: PeerService, tls: Acceptor) -> Resu
             .add_service(svc)
             .serve_with_incoming(tls_incoming(listener, acceptor))
             .await
-            .map_err(|e| MemberError::Listen { addr, err: e.to_string() });
+            .map_err(|e| MemberError::Listen {
+                addr,
+                err: e.to_string(),
+            });
     }
     let incoming = tokio_stream_from(listener);
     tonic::transport::Server::builder()
@@ -336,7 +368,10 @@ async fn serve_peer(listener: Listener, svc: PeerService, tls: Acceptor) -> Resu
         .add_service(svc)
         .serve_with_incoming(incoming)
         .await
-        .map_err(|e| MemberError::Listen { addr, err: e.to_string() })
+        .map_err(|e| MemberError::Listen {
+            addr,
+            err: e.to_string(),
+        })
 }
 
 #[cfg(madsim)]
@@ -345,7 +380,10 @@ async fn serve_peer(addr: Listener, svc: PeerService, _tls: Acceptor) -> Result<
         .add_service(PeerServer::new(svc))
         .serve(addr)
         .await
-        .map_err(|e| MemberError::Listen { addr: addr.to_string(), err: e.to_string() })
+        .map_err(|e| MemberError::Listen {
+            addr: addr.to_string(),
+            err: e.to_string(),
+        })
 }
 
 #[cfg(not(madsim))]
@@ -389,8 +427,12 @@ fn tls_incoming(
                     Ok(Ok(tls)) => {
                         let _ = tx.send(crate::tls::ServerIo(tls)).await;
                     }
-                    Ok(Err(e)) => tracing::warn!("rejected connection from {peer} on the peer port: {e}"),
-                    Err(_) => tracing::warn!("rejected connection from {peer} on the peer port: TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        tracing::warn!("rejected connection from {peer} on the peer port: {e}")
+                    }
+                    Err(_) => tracing::warn!(
+                        "rejected connection from {peer} on the peer port: TLS handshake timed out"
+                    ),
                 }
             });
         }
@@ -405,7 +447,10 @@ fn tls_incoming(
 /// gRPC and etcd's HTTP endpoints (/health, /version) share the client port, as in etcd.
 #[cfg(not(madsim))]
 async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(), MemberError> {
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let limit = api.max_request_bytes + 512 * 1024; // etcd's grpcOverheadBytes
     let kv = KvServer::new(api.clone()).max_decoding_message_size(limit);
     let cluster = ClusterServer::new(api.clone()).max_decoding_message_size(limit);
@@ -453,8 +498,13 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
             continue;
         };
         tokio::spawn(async move {
-            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::warn!("rejected connection from {peer} on the client port: {e}");
@@ -484,5 +534,8 @@ async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), Me
         .add_service(MaintenanceServer::new(api))
         .serve(addr)
         .await
-        .map_err(|e| MemberError::Listen { addr: addr.to_string(), err: e.to_string() })
+        .map_err(|e| MemberError::Listen {
+            addr: addr.to_string(),
+            err: e.to_string(),
+        })
 }

@@ -305,7 +305,10 @@ impl Node {
         let (ptx, prx) = mpsc::channel(PROPOSAL_QUEUE);
         let (rtx, rrx) = mpsc::channel(READ_QUEUE);
         let (itx, irx) = mpsc::channel(INBOUND_QUEUE);
-        let ids = Arc::new(Mutex::new(IdGen::new(params.member_id, params.start_unix_ms)));
+        let ids = Arc::new(Mutex::new(IdGen::new(
+            params.member_id,
+            params.start_unix_ms,
+        )));
         let node = Node {
             raw,
             shared: shared.clone(),
@@ -385,7 +388,9 @@ impl Node {
             if self.raw.has_ready() {
                 self.handle_ready()?;
             }
-            if self.raw.store().take_snapshot_wanted() || self.applied >= self.last_snapshot_index + self.snapshot_count {
+            if self.raw.store().take_snapshot_wanted()
+                || self.applied >= self.last_snapshot_index + self.snapshot_count
+            {
                 self.snapshot_and_compact()?;
             }
         }
@@ -631,7 +636,9 @@ impl Node {
                     EntryType::EntryNormal if e.data.is_empty() => {}
                     EntryType::EntryNormal => match InternalRequest::decode(e.data.as_ref()) {
                         Ok(req) => {
-                            let result = self.apply_request(&txn, &mut mvcc, &req).map_err(ApiError::Mvcc);
+                            let result = self
+                                .apply_request(&txn, &mut mvcc, &req)
+                                .map_err(ApiError::Mvcc);
                             if let Some(w) = self.waiters.remove(&req.id) {
                                 replies.push((w, result));
                             }
@@ -639,7 +646,10 @@ impl Node {
                         Err(err) => {
                             // Only members write entries; an undecodable one is a bug or
                             // corruption, and every member skips it the same way.
-                            tracing::error!(index = e.index, "undecodable raft entry skipped: {err}");
+                            tracing::error!(
+                                index = e.index,
+                                "undecodable raft entry skipped: {err}"
+                            );
                         }
                     },
                     EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -648,8 +658,10 @@ impl Node {
                 }
                 self.applied = e.index;
             }
-            txn.open_table(META)?
-                .insert(meta_keys::APPLIED_INDEX, self.applied.to_be_bytes().as_slice())?;
+            txn.open_table(META)?.insert(
+                meta_keys::APPLIED_INDEX,
+                self.applied.to_be_bytes().as_slice(),
+            )?;
             if let Some(hs) = hard_state {
                 self.raw.mut_store().set_hard_state(&txn, hs)?;
             }
@@ -688,7 +700,11 @@ impl Node {
         Ok(applied)
     }
 
-    fn apply_conf_change(&mut self, txn: &redb::WriteTransaction, e: &Entry) -> Result<(), NodeError> {
+    fn apply_conf_change(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        e: &Entry,
+    ) -> Result<(), NodeError> {
         // Membership changes arrive with runtime reconfiguration; until then raft still has to
         // see any conf change entry applied so its view stays consistent.
         let cs = if e.get_entry_type() == EntryType::EntryConfChangeV2 {

@@ -10,7 +10,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use std::path::Path;
@@ -56,7 +59,8 @@ fn provider(cipher_suites: &[String]) -> Arc<CryptoProvider> {
 }
 
 /// TLS 1.2 is the minimum (rustls implements nothing older).
-const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 impl Tls {
     /// Generates auto-TLS certificates, loads and checks every file of `plan`.
@@ -67,7 +71,15 @@ impl Tls {
         }
         let mut peer_cert = None;
         let client = match &plan.client {
-            Some(s) => Some(server_acceptor(s, &provider, &[b"h2".to_vec(), b"http/1.1".to_vec()], "client")?.0),
+            Some(s) => Some(
+                server_acceptor(
+                    s,
+                    &provider,
+                    &[b"h2".to_vec(), b"http/1.1".to_vec()],
+                    "client",
+                )?
+                .0,
+            ),
             None => None,
         };
         let peer = match &plan.peer {
@@ -93,13 +105,18 @@ impl Tls {
                     ca,
                     "--peer-trusted-ca-file",
                     Box::new(move |roots| {
-                        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), p.clone())
-                            .build()
-                            .map(|v| v as Arc<dyn ServerCertVerifier>)
-                            .map_err(|e| e.to_string())
+                        rustls::client::WebPkiServerVerifier::builder_with_provider(
+                            Arc::new(roots),
+                            p.clone(),
+                        )
+                        .build()
+                        .map(|v| v as Arc<dyn ServerCertVerifier>)
+                        .map_err(|e| e.to_string())
                     }),
                 )?;
-                builder.dangerous().with_custom_certificate_verifier(Arc::new(PeerServerVerifier(inner)))
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(PeerServerVerifier(inner)))
             }
             PeerVerify::SkipVerify => builder
                 .dangerous()
@@ -111,7 +128,11 @@ impl Tls {
             None => builder.with_no_client_auth(),
         };
         dial.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Tls { client, peer, peer_dial: Arc::new(dial) })
+        Ok(Tls {
+            client,
+            peer,
+            peer_dial: Arc::new(dial),
+        })
     }
 }
 
@@ -128,7 +149,11 @@ fn server_acceptor(
     let builder = match &s.client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Require { ca, allowed_cn } => {
-            let flag = if side == "peer" { "--peer-trusted-ca-file" } else { "--trusted-ca-file" };
+            let flag = if side == "peer" {
+                "--peer-trusted-ca-file"
+            } else {
+                "--trusted-ca-file"
+            };
             let p = provider.clone();
             let inner = CaReloader::new(
                 ca,
@@ -139,7 +164,10 @@ fn server_acceptor(
                         .map_err(|e| e.to_string())
                 }),
             )?;
-            builder.with_client_cert_verifier(Arc::new(CnVerifier { inner, allowed_cn: allowed_cn.clone() }))
+            builder.with_client_cert_verifier(Arc::new(CnVerifier {
+                inner,
+                allowed_cn: allowed_cn.clone(),
+            }))
         }
     };
     let mut cfg = builder.with_cert_resolver(cert.clone());
@@ -164,7 +192,9 @@ fn read_certs(path: &str, flag: &str) -> Result<Vec<CertificateDer<'static>>, Tl
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(format!("{flag} {path}: not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
-        return Err(err(format!("{flag} {path}: no certificate found (expected PEM \"CERTIFICATE\" blocks)")));
+        return Err(err(format!(
+            "{flag} {path}: no certificate found (expected PEM \"CERTIFICATE\" blocks)"
+        )));
     }
     Ok(certs)
 }
@@ -174,9 +204,14 @@ fn file_mtime(path: &str) -> Option<SystemTime> {
 }
 
 /// Loads a certificate and its key, checking that they match and that the certificate is valid now.
-fn load_certified(cert: &str, key: &str, provider: &CryptoProvider) -> Result<CertifiedKey, TlsSetupError> {
+fn load_certified(
+    cert: &str,
+    key: &str,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsSetupError> {
     let chain = read_certs(cert, "certificate file")?;
-    let key_bytes = std::fs::read(key).map_err(|e| err(format!("cannot read key file {key}: {e}")))?;
+    let key_bytes =
+        std::fs::read(key).map_err(|e| err(format!("cannot read key file {key}: {e}")))?;
     let key_der = PrivateKeyDer::from_pem_slice(&key_bytes)
         .map_err(|e| err(format!("key file {key}: no PEM private key found: {e}")))?;
     let signing = provider
@@ -185,22 +220,36 @@ fn load_certified(cert: &str, key: &str, provider: &CryptoProvider) -> Result<Ce
         .map_err(|e| err(format!("key file {key}: unsupported private key: {e}")))?;
     let ck = CertifiedKey::new(chain, signing);
     if let Err(e) = ck.keys_match() {
-        if !matches!(e, rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) {
-            return Err(err(format!("certificate file {cert} and key file {key} do not match: {e}")));
+        if !matches!(
+            e,
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)
+        ) {
+            return Err(err(format!(
+                "certificate file {cert} and key file {key} do not match: {e}"
+            )));
         }
     }
-    let (_, parsed) = x509_parser::parse_x509_certificate(&ck.cert[0])
-        .map_err(|e| err(format!("certificate file {cert}: cannot parse certificate: {e}")))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&ck.cert[0]).map_err(|e| {
+        err(format!(
+            "certificate file {cert}: cannot parse certificate: {e}"
+        ))
+    })?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let v = parsed.validity();
     if now > v.not_after.timestamp() {
-        return Err(err(format!("certificate file {cert}: certificate expired at {}", v.not_after)));
+        return Err(err(format!(
+            "certificate file {cert}: certificate expired at {}",
+            v.not_after
+        )));
     }
     if now < v.not_before.timestamp() {
-        return Err(err(format!("certificate file {cert}: certificate not valid before {}", v.not_before)));
+        return Err(err(format!(
+            "certificate file {cert}: certificate not valid before {}",
+            v.not_before
+        )));
     }
     Ok(ck)
 }
@@ -216,10 +265,17 @@ pub struct ReloadingCert {
 }
 
 impl ReloadingCert {
-    fn open(src: &CertSource, provider: &Arc<CryptoProvider>) -> Result<ReloadingCert, TlsSetupError> {
+    fn open(
+        src: &CertSource,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<ReloadingCert, TlsSetupError> {
         let (cert, key) = match src {
             CertSource::Files { cert, key } => (cert.clone(), key.clone()),
-            CertSource::Auto { dir, hosts, validity_years } => auto_cert(dir, hosts, *validity_years)?,
+            CertSource::Auto {
+                dir,
+                hosts,
+                validity_years,
+            } => auto_cert(dir, hosts, *validity_years)?,
         };
         let times = (file_mtime(&cert), file_mtime(&key));
         let ck = load_certified(&cert, &key, provider)?;
@@ -267,10 +323,17 @@ impl rustls::client::ResolvesClientCert for ReloadingCert {
 
 /// Auto TLS: a self-signed ECDSA certificate for `hosts` in `dir`, generated once and reused.
 /// (etcd uses P-521; rustls' ring backend signs with P-256/P-384, so detcd uses P-384.)
-pub fn auto_cert(dir: &str, hosts: &[String], validity_years: u32) -> Result<(String, String), TlsSetupError> {
+pub fn auto_cert(
+    dir: &str,
+    hosts: &[String],
+    validity_years: u32,
+) -> Result<(String, String), TlsSetupError> {
     let cert_path = Path::new(dir).join("cert.pem");
     let key_path = Path::new(dir).join("key.pem");
-    let (c, k) = (cert_path.to_string_lossy().into_owned(), key_path.to_string_lossy().into_owned());
+    let (c, k) = (
+        cert_path.to_string_lossy().into_owned(),
+        key_path.to_string_lossy().into_owned(),
+    );
     if cert_path.exists() && key_path.exists() {
         tracing::info!(cert = %c, "using existing auto TLS certificate");
         return Ok((c, k));
@@ -280,11 +343,11 @@ pub fn auto_cert(dir: &str, hosts: &[String], validity_years: u32) -> Result<(St
     for h in hosts {
         let san = match h.parse::<std::net::IpAddr>() {
             Ok(ip) => rcgen::SanType::IpAddress(ip),
-            Err(_) => rcgen::SanType::DnsName(
-                h.clone()
-                    .try_into()
-                    .map_err(|e| err(format!("auto TLS: host {h:?} cannot be a certificate name: {e}")))?,
-            ),
+            Err(_) => rcgen::SanType::DnsName(h.clone().try_into().map_err(|e| {
+                err(format!(
+                    "auto TLS: host {h:?} cannot be a certificate name: {e}"
+                ))
+            })?),
         };
         params.subject_alt_names.push(san);
     }
@@ -317,7 +380,8 @@ pub fn auto_cert(dir: &str, hosts: &[String], validity_years: u32) -> Result<(St
             o.mode(0o600);
         }
         let mut f = o.open(&key_path).map_err(|e| io(&k, e))?;
-        f.write_all(key.serialize_pem().as_bytes()).map_err(|e| io(&k, e))?;
+        f.write_all(key.serialize_pem().as_bytes())
+            .map_err(|e| io(&k, e))?;
         f.sync_all().map_err(|e| io(&k, e))?;
     }
     tracing::info!(cert = %c, hosts = ?hosts, "generated auto TLS certificate");
@@ -346,7 +410,12 @@ impl ServerCertVerifier for SkipVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -354,7 +423,12 @@ impl ServerCertVerifier for SkipVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -380,7 +454,11 @@ impl<T: ?Sized> std::fmt::Debug for CaReloader<T> {
 }
 
 impl<T: ?Sized> CaReloader<T> {
-    fn new(path: &str, flag: &'static str, build: BuildVerifier<T>) -> Result<CaReloader<T>, TlsSetupError> {
+    fn new(
+        path: &str,
+        flag: &'static str,
+        build: BuildVerifier<T>,
+    ) -> Result<CaReloader<T>, TlsSetupError> {
         let mtime = file_mtime(path);
         let v = build(load_roots(path, flag)?).map_err(|e| err(format!("{flag} {path}: {e}")))?;
         Ok(CaReloader {
@@ -422,7 +500,9 @@ impl ServerCertVerifier for PeerServerVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0.get().verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        self.0
+            .get()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
     }
     fn verify_tls12_signature(
         &self,
@@ -464,7 +544,10 @@ impl ClientCertVerifier for CnVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self.inner.get().verify_client_cert(end_entity, intermediates, now)?;
+        let ok = self
+            .inner
+            .get()
+            .verify_client_cert(end_entity, intermediates, now)?;
         if let Some(want) = &self.allowed_cn {
             let cn = x509_parser::parse_x509_certificate(end_entity)
                 .ok()
@@ -514,7 +597,9 @@ pub async fn connect(
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(host.to_string())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
 }
 
 /// A peer-port TLS connection as tonic's server takes it.
@@ -543,7 +628,10 @@ impl tokio::io::AsyncWrite for ServerIo {
     ) -> std::task::Poll<std::io::Result<usize>> {
         std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
     }
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.0).poll_flush(cx)
     }
     fn poll_shutdown(
@@ -580,7 +668,8 @@ mod tests {
     fn ca() -> Ca {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, "unit CA");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "unit CA");
         let k = rcgen::KeyPair::generate().unwrap();
         Ca(p.self_signed(&k).unwrap(), k)
     }
@@ -597,7 +686,10 @@ mod tests {
             p.not_after = rcgen::date_time_ymd(2001, 1, 1);
         }
         let k = rcgen::KeyPair::generate().unwrap();
-        (p.signed_by(&k, &ca.0, &ca.1).unwrap().pem(), k.serialize_pem())
+        (
+            p.signed_by(&k, &ca.0, &ca.1).unwrap().pem(),
+            k.serialize_pem(),
+        )
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -613,18 +705,36 @@ mod tests {
     #[test]
     fn auto_cert_is_generated_once_with_a_private_key() {
         let d = tmp("auto");
-        let dir = d.join("fixtures").join("peer").to_string_lossy().into_owned();
+        let dir = d
+            .join("fixtures")
+            .join("peer")
+            .to_string_lossy()
+            .into_owned();
         let hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
         let (c, k) = auto_cert(&dir, &hosts, 2).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let first = std::fs::read(&c).unwrap();
         let ck = load_certified(&c, &k, &provider()).unwrap();
         let (_, x) = x509_parser::parse_x509_certificate(&ck.cert[0]).unwrap();
-        assert!(x.subject().to_string().contains("O=etcd"), "{}", x.subject());
-        let years = (x.validity().not_after.timestamp() - x.validity().not_before.timestamp()) / (365 * 86400);
+        assert!(
+            x.subject().to_string().contains("O=etcd"),
+            "{}",
+            x.subject()
+        );
+        let years = (x.validity().not_after.timestamp() - x.validity().not_before.timestamp())
+            / (365 * 86400);
         assert_eq!(years, 2);
-        let san = x.subject_alternative_name().unwrap().unwrap().value.general_names.len();
+        let san = x
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .len();
         assert_eq!(san, 2);
         auto_cert(&dir, &hosts, 2).unwrap();
         assert_eq!(first, std::fs::read(&c).unwrap(), "reused, not regenerated");
@@ -638,12 +748,19 @@ mod tests {
         let (c1, k1) = leaf(&ca, "one", false);
         let (_, k2) = leaf(&ca, "two", false);
         let (c3, k3) = leaf(&ca, "old", true);
-        let (c1, k1, k2) = (write(&d, "c1", &c1), write(&d, "k1", &k1), write(&d, "k2", &k2));
+        let (c1, k1, k2) = (
+            write(&d, "c1", &c1),
+            write(&d, "k1", &k1),
+            write(&d, "k2", &k2),
+        );
         let (c3, k3) = (write(&d, "c3", &c3), write(&d, "k3", &k3));
         let p = provider();
         assert!(load_certified(&c1, &k1, &p).is_ok());
         let e = load_certified(&c1, &k2, &p).unwrap_err().0;
-        assert!(e.contains("do not match") && e.contains(&c1) && e.contains(&k2), "{e}");
+        assert!(
+            e.contains("do not match") && e.contains(&c1) && e.contains(&k2),
+            "{e}"
+        );
         let e = load_certified(&c3, &k3, &p).unwrap_err().0;
         assert!(e.contains("expired") && e.contains(&c3), "{e}");
         let missing = d.join("nope").to_string_lossy().into_owned();
@@ -660,7 +777,14 @@ mod tests {
         let ca = ca();
         let (c, k) = leaf(&ca, "one", false);
         let (c, k) = (write(&d, "c", &c), write(&d, "k", &k));
-        let r = ReloadingCert::open(&CertSource::Files { cert: c.clone(), key: k.clone() }, &provider()).unwrap();
+        let r = ReloadingCert::open(
+            &CertSource::Files {
+                cert: c.clone(),
+                key: k.clone(),
+            },
+            &provider(),
+        )
+        .unwrap();
         let first = r.get().cert[0].clone();
         assert_eq!(r.get().cert[0], first);
         // A half-written rotation (new cert, old key) keeps the old pair.
@@ -702,10 +826,15 @@ mod tests {
         let now = UnixTime::now();
         let v = verifier(Some("etcd"));
         assert!(v.verify_client_cert(&der(&etcd), &[], now).is_ok());
-        let e = v.verify_client_cert(&der(&other), &[], now).unwrap_err().to_string();
+        let e = v
+            .verify_client_cert(&der(&other), &[], now)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("CommonName"), "{e}");
         assert!(v.verify_client_cert(&der(&stranger), &[], now).is_err());
-        assert!(verifier(None).verify_client_cert(&der(&other), &[], now).is_ok());
+        assert!(verifier(None)
+            .verify_client_cert(&der(&other), &[], now)
+            .is_ok());
         // CA rotation: a new CA file is picked up by the running verifier.
         let new_ca = super::tests::ca();
         let (rotated, _) = leaf(&new_ca, "etcd", false);

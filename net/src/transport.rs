@@ -105,9 +105,14 @@ struct TlsDial {
 impl tower_service::Service<tonic::codegen::http::Uri> for TlsDial {
     type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
     type Error = std::io::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
 
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -118,7 +123,11 @@ impl tower_service::Service<tonic::codegen::http::Uri> for TlsDial {
                 Ok(s) => Ok(hyper_util::rt::TokioIo::new(s)),
                 Err(e) => {
                     if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-                        tracing::warn!("TLS handshake with peer https://{}:{} failed: {e}", this.host, this.port);
+                        tracing::warn!(
+                            "TLS handshake with peer https://{}:{} failed: {e}",
+                            this.host,
+                            this.port
+                        );
                     }
                     Err(e)
                 }
@@ -234,7 +243,9 @@ impl PeerSender {
         while let Ok(m) = self.queue.try_recv() {
             dropped = true;
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                let _ = self.events.try_send(PeerEvent::Snapshot(self.peer_id, false));
+                let _ = self
+                    .events
+                    .try_send(PeerEvent::Snapshot(self.peer_id, false));
             }
         }
         if dropped {
@@ -391,7 +402,10 @@ impl Peer for PeerService {
         req: Request<HandshakeRequest>,
     ) -> Result<Response<HandshakeResponse>, Status> {
         let req = req.into_inner();
-        let mut refused = peer::check_sender(req.cluster_id, req.from, self.shared.cluster_id, |id| self.is_member(id))
+        let mut refused =
+            peer::check_sender(req.cluster_id, req.from, self.shared.cluster_id, |id| {
+                self.is_member(id)
+            })
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -419,11 +433,16 @@ impl Peer for PeerService {
         let mut stream = req.into_inner();
         let mut received = 0u64;
         while let Some(batch) = stream.message().await? {
-            let msgs = peer::open_batch(&batch, self.shared.cluster_id, self.shared.member_id, |id| self.is_member(id))
-                .map_err(|e| {
-                    tracing::warn!(from = %format_id(batch.from), "refused peer batch: {e}");
-                    Status::permission_denied(e.to_string())
-                })?;
+            let msgs = peer::open_batch(
+                &batch,
+                self.shared.cluster_id,
+                self.shared.member_id,
+                |id| self.is_member(id),
+            )
+            .map_err(|e| {
+                tracing::warn!(from = %format_id(batch.from), "refused peer batch: {e}");
+                Status::permission_denied(e.to_string())
+            })?;
             for m in msgs {
                 if self.inbound.send(m).await.is_err() {
                     return Err(Status::unavailable("member stopped"));
@@ -463,12 +482,19 @@ pub async fn check_peers_cluster_id(
                     from: member_id,
                     to,
                 };
-                let r = tokio::time::timeout(CONNECT_TIMEOUT, c.handshake(req)).await.ok()?.ok()?;
+                let r = tokio::time::timeout(CONNECT_TIMEOUT, c.handshake(req))
+                    .await
+                    .ok()?
+                    .ok()?;
                 Some(r.into_inner().cluster_id)
             });
         }
     }
-    for peer_cluster in futures::future::join_all(checks).await.into_iter().flatten() {
+    for peer_cluster in futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+    {
         if peer_cluster != cluster_id {
             return Err(BootstrapError::ConflictingClusterId {
                 local: cluster_id,

@@ -115,9 +115,10 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
             positional.extend(args[i..].iter().cloned());
             break;
         }
-        let Some(stripped) = arg.strip_prefix("--").or_else(|| {
-            arg.strip_prefix('-').filter(|s| !s.is_empty())
-        }) else {
+        let Some(stripped) = arg
+            .strip_prefix("--")
+            .or_else(|| arg.strip_prefix('-').filter(|s| !s.is_empty()))
+        else {
             positional.push(arg.clone());
             continue;
         };
@@ -447,7 +448,9 @@ async fn drive(args: &BenchArgs) -> Result<(Vec<Outcome>, Duration), String> {
                     Req::Range(r) => kv.range(r).await.map(|_| ()),
                 };
                 let secs = t.elapsed().as_secs_f64();
-                let err = res.err().map(|s| format!("rpc error: code = {:?} desc = {}", s.code(), s.message()));
+                let err = res
+                    .err()
+                    .map(|s| format!("rpc error: code = {:?} desc = {}", s.code(), s.message()));
                 if otx.send(Outcome { secs, err }).is_err() {
                     break;
                 }
@@ -460,7 +463,8 @@ async fn drive(args: &BenchArgs) -> Result<(Vec<Outcome>, Duration), String> {
     let total = args.total;
     let rate = args.rate;
     let producer = tokio::spawn(async move {
-        let mut rng = Rng(0x5eed ^ (std::process::id() as u64) << 32 ^ start.elapsed().as_nanos() as u64);
+        let mut rng =
+            Rng(0x5eed ^ (std::process::id() as u64) << 32 ^ start.elapsed().as_nanos() as u64);
         let val: Vec<u8> = match &load {
             Load::Put { val_size, .. } => (0..*val_size).map(|_| rng.next() as u8).collect(),
             _ => Vec::new(),
@@ -494,7 +498,10 @@ async fn drive(args: &BenchArgs) -> Result<(Vec<Outcome>, Duration), String> {
                     serializable,
                 } => Req::Range(RangeRequest {
                     key: key.as_bytes().to_vec(),
-                    range_end: end.as_ref().map(|e| e.as_bytes().to_vec()).unwrap_or_default(),
+                    range_end: end
+                        .as_ref()
+                        .map(|e| e.as_bytes().to_vec())
+                        .unwrap_or_default(),
                     serializable: *serializable,
                     ..Default::default()
                 }),
@@ -654,7 +661,13 @@ mod tests {
         assert_eq!(p(&[]).unwrap(), Parsed::Help);
         assert_eq!(p(&["put", "--help"]).unwrap(), Parsed::Help);
         let a = run_args(&["put", "--sequential-keys=false", "--dial-timeout", "500ms"]);
-        assert!(matches!(a.load, Load::Put { sequential_keys: false, .. }));
+        assert!(matches!(
+            a.load,
+            Load::Put {
+                sequential_keys: false,
+                ..
+            }
+        ));
         assert_eq!(a.dial_timeout, Some(Duration::from_millis(500)));
     }
 
@@ -662,7 +675,10 @@ mod tests {
     fn percentiles_match_etcds_rank_rule() {
         let lats: Vec<f64> = (1..=1000).map(|i| i as f64).collect();
         // rank i*100/n >= p first at i = p*n/100, i.e. sample number i+1.
-        assert_eq!(percentiles(&lats), [101.0, 251.0, 501.0, 751.0, 901.0, 951.0, 991.0, 1000.0]);
+        assert_eq!(
+            percentiles(&lats),
+            [101.0, 251.0, 501.0, 751.0, 901.0, 951.0, 991.0, 1000.0]
+        );
         let lats: Vec<f64> = (1..=10).map(|i| i as f64).collect();
         // 99.9 needs rank >= 99.9, never reached with 10 samples: left 0 (and not printed).
         let d = percentiles(&lats);

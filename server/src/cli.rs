@@ -275,7 +275,10 @@ pub fn version_text() -> String {
 fn normalize_args(args: Vec<String>) -> Result<Vec<String>, CliError> {
     let takes_value = |name: &str| FLAGS.iter().any(|f| f.name == name);
     let known = |name: &str| {
-        takes_value(name) || BOOL_FLAGS.iter().any(|f| f.name == name) || name == "version" || name == "help"
+        takes_value(name)
+            || BOOL_FLAGS.iter().any(|f| f.name == name)
+            || name == "version"
+            || name == "help"
     };
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.into_iter();
@@ -416,7 +419,10 @@ pub fn parse_with_warnings(
     let env: Vec<(String, String)> = env.into_iter().collect();
     let mut warnings = Vec::new();
     let known_env = |var: &str| {
-        FLAGS.iter().chain(BOOL_FLAGS).any(|f| flag_to_env(f.name) == var)
+        FLAGS
+            .iter()
+            .chain(BOOL_FLAGS)
+            .any(|f| flag_to_env(f.name) == var)
             || var == flag_to_env("version")
     };
     for (var, value) in &env {
@@ -564,7 +570,8 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
         allowed_cn: text("peer-cert-allowed-cn"),
     };
     if let Some(g) = given("cipher-suites") {
-        c.cipher_suites = parse_cipher_suites(&g.value).map_err(|e| g.invalid("cipher-suites", e))?;
+        c.cipher_suites =
+            parse_cipher_suites(&g.value).map_err(|e| g.invalid("cipher-suites", e))?;
     }
     if let Some(v) = uint("self-signed-cert-validity", u32::MAX as u64)? {
         c.self_signed_cert_validity = v as u32;
@@ -916,11 +923,23 @@ mod tests {
             &[
                 "--listen-client-urls=https://127.0.0.1:2379",
                 "--advertise-client-urls=https://127.0.0.1:2379",
-                "--cert-file", "c.crt", "--key-file=c.key", "--trusted-ca-file", "ca.crt", "--client-cert-auth",
-                "-peer-auto-tls", "--peer-client-cert-auth=false", "--peer-cert-allowed-cn", "etcd",
-                "--self-signed-cert-validity", "3",
+                "--cert-file",
+                "c.crt",
+                "--key-file=c.key",
+                "--trusted-ca-file",
+                "ca.crt",
+                "--client-cert-auth",
+                "-peer-auto-tls",
+                "--peer-client-cert-auth=false",
+                "--peer-cert-allowed-cn",
+                "etcd",
+                "--self-signed-cert-validity",
+                "3",
             ],
-            &[("ETCD_CIPHER_SUITES", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256")],
+            &[(
+                "ETCD_CIPHER_SUITES",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            )],
         );
         assert_eq!(c.client_tls.cert_file, "c.crt");
         assert_eq!(c.client_tls.key_file, "c.key");
@@ -931,7 +950,10 @@ mod tests {
         assert!(!c.peer_tls.client_cert_auth);
         assert_eq!(c.peer_tls.allowed_cn, "etcd");
         assert_eq!(c.self_signed_cert_validity, 3);
-        assert_eq!(c.cipher_suites, vec!["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".to_string()]);
+        assert_eq!(
+            c.cipher_suites,
+            vec!["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".to_string()]
+        );
         let c = config(&[], &[("ETCD_AUTO_TLS", "true")]);
         assert!(c.client_tls.auto_tls);
         assert_eq!(

@@ -96,7 +96,9 @@ pub fn start_member(handle: &Handle, cfg: Config, ip: IpAddr, disk: SimDisk) -> 
                         }
                     };
                     let size_disk = disk.clone();
-                    let res = detcd_net::run_member_with(cfg, db, Arc::new(move || size_disk.len())).await;
+                    let res =
+                        detcd_net::run_member_with(cfg, db, Arc::new(move || size_disk.len()))
+                            .await;
                     let note = match res {
                         Ok(()) => "stopped".to_string(),
                         Err(e) => e.to_string(),
@@ -129,7 +131,11 @@ impl SimCluster {
     }
 
     /// Like `start`, with a chance to change each member's flags first.
-    pub fn start_with(members: &[(&str, &str)], token: &str, tweak: impl Fn(&mut Config)) -> SimCluster {
+    pub fn start_with(
+        members: &[(&str, &str)],
+        token: &str,
+        tweak: impl Fn(&mut Config),
+    ) -> SimCluster {
         let handle = Handle::current();
         let members = (0..members.len())
             .map(|i| {
@@ -153,7 +159,11 @@ impl SimCluster {
     /// The member ID etcd derives for member `i` from its flags.
     pub fn member_id(&self, i: usize) -> u64 {
         let cfg = self.members[i].config.lock().unwrap();
-        detcd_core::ids::member_id(&cfg.initial_advertise_peer_urls, &cfg.initial_cluster_token, None)
+        detcd_core::ids::member_id(
+            &cfg.initial_advertise_peer_urls,
+            &cfg.initial_cluster_token,
+            None,
+        )
     }
 
     /// The member most members name as leader right now, if any.
@@ -164,10 +174,13 @@ impl SimCluster {
             .spawn(async move {
                 let mut seen = Vec::new();
                 for url in endpoints {
-                    let Some(mut c) = Client::connect(&url).await else { continue };
+                    let Some(mut c) = Client::connect(&url).await else {
+                        continue;
+                    };
                     let req = detcd_core::proto::etcdserverpb::StatusRequest {};
                     if let Ok(Ok(r)) =
-                        madsim::time::timeout(Duration::from_millis(500), c.maintenance.status(req)).await
+                        madsim::time::timeout(Duration::from_millis(500), c.maintenance.status(req))
+                            .await
                     {
                         seen.push(r.into_inner().leader);
                     }

@@ -109,7 +109,10 @@ impl redb::StorageBackend for SimBackend {
         self.with(|img| {
             let end = offset as usize + out.len();
             if end > img.volatile.len() {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of simulated disk"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "read past end of simulated disk",
+                ));
             }
             out.copy_from_slice(&img.volatile[offset as usize..end]);
             Ok(())
@@ -172,7 +175,9 @@ mod tests {
     fn crash_keeps_only_synced_commits() {
         let disk = SimDisk::new();
         {
-            let db = redb::Builder::new().create_with_backend(disk.open()).unwrap();
+            let db = redb::Builder::new()
+                .create_with_backend(disk.open())
+                .unwrap();
             put(&db, 1, redb::Durability::Immediate);
             put(&db, 2, redb::Durability::None);
             assert_eq!(keys(&db), vec![1, 2]);
@@ -183,14 +188,18 @@ mod tests {
             txn.open_table(T).unwrap().insert(3, 3).unwrap();
             assert!(txn.commit().is_err());
         }
-        let db = redb::Builder::new().create_with_backend(disk.open()).unwrap();
+        let db = redb::Builder::new()
+            .create_with_backend(disk.open())
+            .unwrap();
         assert_eq!(keys(&db), vec![1]);
     }
 
     #[test]
     fn failed_sync_fails_the_commit() {
         let disk = SimDisk::new();
-        let db = redb::Builder::new().create_with_backend(disk.open()).unwrap();
+        let db = redb::Builder::new()
+            .create_with_backend(disk.open())
+            .unwrap();
         put(&db, 1, redb::Durability::Immediate);
         disk.set_fail_sync(true);
         let mut txn = db.begin_write().unwrap();

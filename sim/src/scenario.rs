@@ -123,7 +123,10 @@ pub async fn run(plan: Plan) -> Report {
     // The cluster must come up before faults begin.
     let up = client_host.spawn(wait_serving(endpoints.clone(), Duration::from_secs(10)));
     if let Err(e) = up.await.unwrap() {
-        panic!("cluster did not start: {e}\nreplay: {}", replay_command(plan.name));
+        panic!(
+            "cluster did not start: {e}\nreplay: {}",
+            replay_command(plan.name)
+        );
     }
 
     let mut tasks = Vec::new();
@@ -172,7 +175,12 @@ pub async fn run(plan: Plan) -> Report {
 
     // Final reads of every key through every member join the history: an acknowledged write
     // lost in a crash shows up here as a read the checker cannot explain.
-    let final_reads = client_host.spawn(final_reads(endpoints.clone(), plan.keys, history.clone(), start));
+    let final_reads = client_host.spawn(final_reads(
+        endpoints.clone(),
+        plan.keys,
+        history.clone(),
+        start,
+    ));
     final_reads.await.unwrap();
 
     for i in 0..cluster.members.len() {
@@ -254,10 +262,17 @@ pub async fn wait_serving(endpoints: Vec<String>, bound: Duration) -> Result<(),
     }
 }
 
-async fn final_reads(endpoints: Vec<String>, keys: usize, history: History, start: madsim::time::Instant) {
+async fn final_reads(
+    endpoints: Vec<String>,
+    keys: usize,
+    history: History,
+    start: madsim::time::Instant,
+) {
     use crate::history::{Op, Outcome, Output};
     for url in &endpoints {
-        let Some(mut c) = Client::connect(url).await else { continue };
+        let Some(mut c) = Client::connect(url).await else {
+            continue;
+        };
         for k in 0..keys {
             let key = format!("k{k}");
             let op = history.invoke(1000, key.clone(), Op::Get, crate::workload::now_ns(start));
@@ -265,7 +280,8 @@ async fn final_reads(endpoints: Vec<String>, keys: usize, history: History, star
                 key: key.into_bytes(),
                 ..Default::default()
             };
-            let outcome = match madsim::time::timeout(Duration::from_secs(3), c.kv.range(req)).await {
+            let outcome = match madsim::time::timeout(Duration::from_secs(3), c.kv.range(req)).await
+            {
                 Ok(Ok(r)) => Outcome::Ok(Output::Get(
                     r.into_inner()
                         .kvs
@@ -280,7 +296,11 @@ async fn final_reads(endpoints: Vec<String>, keys: usize, history: History, star
 }
 
 /// Injects faults for the fault phase; returns what it did, for the failure report.
-async fn nemesis(cluster: &mut SimCluster, plan: &Plan, inv: &Arc<Mutex<Invariants>>) -> Vec<String> {
+async fn nemesis(
+    cluster: &mut SimCluster,
+    plan: &Plan,
+    inv: &Arc<Mutex<Invariants>>,
+) -> Vec<String> {
     let f = plan.faults;
     let mut log = Vec::new();
     let kinds: Vec<&str> = [
@@ -346,7 +366,10 @@ async fn nemesis(cluster: &mut SimCluster, plan: &Plan, inv: &Arc<Mutex<Invarian
             "one_way" => {
                 let j = (i + 1 + thread_rng().gen_range(0..n - 1)) % n;
                 cluster.cut_link(i, j);
-                log.push(format!("cut {} -> {}", cluster.members[i].name, cluster.members[j].name));
+                log.push(format!(
+                    "cut {} -> {}",
+                    cluster.members[i].name, cluster.members[j].name
+                ));
             }
             "packet_loss" => {
                 let rate = thread_rng().gen_range(0.01..0.2);
@@ -355,8 +378,9 @@ async fn nemesis(cluster: &mut SimCluster, plan: &Plan, inv: &Arc<Mutex<Invarian
             }
             "latency" => {
                 let hi = thread_rng().gen_range(10..200);
-                madsim::net::NetSim::current()
-                    .update_config(|c| c.send_latency = Duration::from_millis(1)..Duration::from_millis(hi));
+                madsim::net::NetSim::current().update_config(|c| {
+                    c.send_latency = Duration::from_millis(1)..Duration::from_millis(hi)
+                });
                 log.push(format!("latency up to {hi} ms"));
             }
             "rolling" => {
@@ -365,10 +389,12 @@ async fn nemesis(cluster: &mut SimCluster, plan: &Plan, inv: &Arc<Mutex<Invarian
                         continue;
                     }
                     cluster.crash(j);
-                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(100..1500))).await;
+                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(100..1500)))
+                        .await;
                     inv.lock().unwrap().restarted(cluster.member_id(j));
                     cluster.restart(j);
-                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(500..2000))).await;
+                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(500..2000)))
+                        .await;
                 }
                 log.push("rolling restart".into());
             }
@@ -378,16 +404,21 @@ async fn nemesis(cluster: &mut SimCluster, plan: &Plan, inv: &Arc<Mutex<Invarian
                     if thread_rng().gen_bool(0.5) {
                         if let Some(l) = cluster.leader_index().await {
                             cluster.isolate(l);
-                            madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(800..1600))).await;
+                            madsim::time::sleep(Duration::from_millis(
+                                thread_rng().gen_range(800..1600),
+                            ))
+                            .await;
                             cluster.heal_all();
                         }
                     } else if cluster.members[j].alive {
                         cluster.crash(j);
-                        madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(20..400))).await;
+                        madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(20..400)))
+                            .await;
                         inv.lock().unwrap().restarted(cluster.member_id(j));
                         cluster.restart(j);
                     }
-                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(50..600))).await;
+                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(50..600)))
+                        .await;
                 }
                 log.push("election churn".into());
             }

@@ -4,8 +4,8 @@
 use crate::cluster::Client;
 use crate::history::{History, Op, OpId, Outcome, Output};
 use detcd_core::proto::etcdserverpb::{
-    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, StatusRequest,
-    TxnRequest,
+    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    StatusRequest, TxnRequest,
 };
 use madsim::rand::{thread_rng, Rng};
 use std::collections::BTreeMap;
@@ -16,7 +16,9 @@ use tonic::Code;
 
 /// Nanoseconds of simulated time since `start`.
 pub fn now_ns(start: madsim::time::Instant) -> u64 {
-    madsim::time::Instant::now().duration_since(start).as_nanos() as u64
+    madsim::time::Instant::now()
+        .duration_since(start)
+        .as_nanos() as u64
 }
 
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -25,7 +27,9 @@ const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// proposing did nothing; anything else (timeout, unavailable, leader changed) may have.
 fn classify(status: &tonic::Status) -> Outcome {
     match status.code() {
-        Code::InvalidArgument | Code::OutOfRange | Code::NotFound | Code::Unimplemented => Outcome::Failed,
+        Code::InvalidArgument | Code::OutOfRange | Code::NotFound | Code::Unimplemented => {
+            Outcome::Failed
+        }
         _ => Outcome::Unknown,
     }
 }
@@ -68,7 +72,14 @@ pub async fn run_client(
         let value = format!("c{id}-{seq}");
         let choice = thread_rng().gen_range(0..100);
         let failed = if choice < 35 {
-            let op = history.invoke(id, key.clone(), Op::Put { value: value.clone() }, now_ns(start));
+            let op = history.invoke(
+                id,
+                key.clone(),
+                Op::Put {
+                    value: value.clone(),
+                },
+                now_ns(start),
+            );
             let req = PutRequest {
                 key: key.into_bytes(),
                 value: value.into_bytes(),
@@ -94,7 +105,11 @@ pub async fn run_client(
                 );
             }
             finish(&history, op, start, res, |r| {
-                Output::Get(r.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+                Output::Get(
+                    r.kvs
+                        .first()
+                        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+                )
             })
         } else if choice < 80 {
             let op = history.invoke(id, key.clone(), Op::Delete, now_ns(start));
@@ -103,17 +118,26 @@ pub async fn run_client(
                 ..Default::default()
             };
             let res = madsim::time::timeout(OP_TIMEOUT, c.kv.delete_range(req)).await;
-            finish(&history, op, start, res, |r| Output::Delete { deleted: r.deleted > 0 })
+            finish(&history, op, start, res, |r| Output::Delete {
+                deleted: r.deleted > 0,
+            })
         } else {
             // Compare-and-set through a Txn: on mod_revision (what a read returned), on the
             // value, or on absence (create_revision == 0).
-            let by_revision = seen.get(&key).cloned().filter(|_| thread_rng().gen_bool(0.5));
+            let by_revision = seen
+                .get(&key)
+                .cloned()
+                .filter(|_| thread_rng().gen_bool(0.5));
             let expect = if let Some((v, _)) = &by_revision {
                 v.clone()
             } else if thread_rng().gen_bool(0.3) {
                 None
             } else {
-                Some(format!("c{}-{}", thread_rng().gen_range(0..4), thread_rng().gen_range(1..seq.max(2))))
+                Some(format!(
+                    "c{}-{}",
+                    thread_rng().gen_range(0..4),
+                    thread_rng().gen_range(1..seq.max(2))
+                ))
             };
             let cmp = match (&by_revision, &expect) {
                 (Some((_, rev)), _) => Compare {
@@ -159,7 +183,9 @@ pub async fn run_client(
                 failure: vec![],
             };
             let res = madsim::time::timeout(OP_TIMEOUT, c.kv.txn(req)).await;
-            finish(&history, op, start, res, |r| Output::Cas { succeeded: r.succeeded })
+            finish(&history, op, start, res, |r| Output::Cas {
+                succeeded: r.succeeded,
+            })
         };
         if failed {
             client = None;
@@ -218,14 +244,16 @@ impl Invariants {
         }
         if let Some(prev) = self.cluster_ids.insert(member, cluster_id) {
             if prev != cluster_id {
-                self.violations
-                    .push(format!("member {member:x} changed cluster ID {prev:x} -> {cluster_id:x}"));
+                self.violations.push(format!(
+                    "member {member:x} changed cluster ID {prev:x} -> {cluster_id:x}"
+                ));
             }
         }
         let first = *self.cluster_ids.values().next().unwrap();
         if cluster_id != first {
-            self.violations
-                .push(format!("member {member:x} reports cluster {cluster_id:x}, another {first:x}"));
+            self.violations.push(format!(
+                "member {member:x} reports cluster {cluster_id:x}, another {first:x}"
+            ));
         }
         let max = self.revisions.entry(member).or_insert(revision);
         if revision < *max {
@@ -249,19 +277,29 @@ pub async fn watch(endpoints: Vec<String>, inv: Arc<Mutex<Invariants>>, stop: Ar
     while !stop.load(Ordering::Relaxed) {
         for (i, url) in endpoints.iter().enumerate() {
             if clients[i].is_none() {
-                clients[i] = madsim::time::timeout(Duration::from_millis(300), Client::connect(url))
-                    .await
-                    .ok()
-                    .flatten();
+                clients[i] =
+                    madsim::time::timeout(Duration::from_millis(300), Client::connect(url))
+                        .await
+                        .ok()
+                        .flatten();
             }
             let Some(c) = &mut clients[i] else { continue };
-            match madsim::time::timeout(Duration::from_millis(300), c.maintenance.status(StatusRequest {})).await {
+            match madsim::time::timeout(
+                Duration::from_millis(300),
+                c.maintenance.status(StatusRequest {}),
+            )
+            .await
+            {
                 Ok(Ok(r)) => {
                     let s = r.into_inner();
                     let h = s.header.unwrap_or_default();
-                    inv.lock()
-                        .unwrap()
-                        .observe(h.member_id, h.cluster_id, s.raft_term, s.leader, h.revision);
+                    inv.lock().unwrap().observe(
+                        h.member_id,
+                        h.cluster_id,
+                        s.raft_term,
+                        s.leader,
+                        h.revision,
+                    );
                 }
                 _ => clients[i] = None,
             }

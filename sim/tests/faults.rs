@@ -22,39 +22,51 @@ async fn no_faults_history_is_linearizable() {
 
 #[madsim::test]
 async fn leader_kill_under_load() {
-    run(plan("leader_kill_under_load", Faults {
-        crash: true,
-        isolate_leader: false,
-        ..Faults::none()
-    }))
+    run(plan(
+        "leader_kill_under_load",
+        Faults {
+            crash: true,
+            isolate_leader: false,
+            ..Faults::none()
+        },
+    ))
     .await;
 }
 
 #[madsim::test]
 async fn minority_partitions() {
-    run(plan("minority_partitions", Faults {
-        isolate: true,
-        one_way: true,
-        ..Faults::none()
-    }))
+    run(plan(
+        "minority_partitions",
+        Faults {
+            isolate: true,
+            one_way: true,
+            ..Faults::none()
+        },
+    ))
     .await;
 }
 
 #[madsim::test]
 async fn leader_isolation() {
-    run(plan("leader_isolation", Faults {
-        isolate_leader: true,
-        ..Faults::none()
-    }))
+    run(plan(
+        "leader_isolation",
+        Faults {
+            isolate_leader: true,
+            ..Faults::none()
+        },
+    ))
     .await;
 }
 
 #[madsim::test]
 async fn crash_all_loses_no_acknowledged_write() {
-    run(plan("crash_all_loses_no_acknowledged_write", Faults {
-        crash_all: true,
-        ..Faults::none()
-    }))
+    run(plan(
+        "crash_all_loses_no_acknowledged_write",
+        Faults {
+            crash_all: true,
+            ..Faults::none()
+        },
+    ))
     .await;
 }
 
@@ -77,11 +89,14 @@ async fn torn_writes_on_crash() {
 
 #[madsim::test]
 async fn lossy_slow_network() {
-    run(plan("lossy_slow_network", Faults {
-        packet_loss: true,
-        latency: true,
-        ..Faults::none()
-    }))
+    run(plan(
+        "lossy_slow_network",
+        Faults {
+            packet_loss: true,
+            latency: true,
+            ..Faults::none()
+        },
+    ))
     .await;
 }
 
@@ -102,24 +117,33 @@ async fn snapshot_install_to_lagging_follower() {
     })
     .await;
     let installed = detcd_net::node::SNAPSHOTS_INSTALLED.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(installed > 0, "no member installed a snapshot: the scenario missed its point");
+    assert!(
+        installed > 0,
+        "no member installed a snapshot: the scenario missed its point"
+    );
 }
 
 #[madsim::test]
 async fn rolling_restarts() {
-    run(plan("rolling_restarts", Faults {
-        rolling: true,
-        ..Faults::none()
-    }))
+    run(plan(
+        "rolling_restarts",
+        Faults {
+            rolling: true,
+            ..Faults::none()
+        },
+    ))
     .await;
 }
 
 #[madsim::test]
 async fn election_churn() {
-    run(plan("election_churn", Faults {
-        churn: true,
-        ..Faults::none()
-    }))
+    run(plan(
+        "election_churn",
+        Faults {
+            churn: true,
+            ..Faults::none()
+        },
+    ))
     .await;
 }
 

@@ -71,7 +71,10 @@ pub fn ip(subnet: u8, index: usize) -> String {
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The server under test: `$DETCD_BIN` (a relative path is taken from the workspace root, since
@@ -98,7 +101,11 @@ pub struct Deadline {
 
 impl Deadline {
     pub fn new(timeout: Duration, what: impl Into<String>) -> Self {
-        Deadline { end: Instant::now() + timeout, what: what.into(), timeout }
+        Deadline {
+            end: Instant::now() + timeout,
+            what: what.into(),
+            timeout,
+        }
     }
     pub fn expired(&self) -> bool {
         Instant::now() >= self.end
@@ -106,7 +113,10 @@ impl Deadline {
     /// Panics (with `last`, the most recent observation) once the deadline has passed.
     pub fn check(&self, last: &dyn std::fmt::Display) {
         if self.expired() {
-            panic!("timed out after {:?} waiting for {}; last observation: {last}", self.timeout, self.what);
+            panic!(
+                "timed out after {:?} waiting for {}; last observation: {last}",
+                self.timeout, self.what
+            );
         }
     }
     /// The pause between two polls.
@@ -124,7 +134,10 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     pub fn new(label: &str) -> Self {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let path = std::env::temp_dir().join(format!(
             "detcd-e2e-{label}-{}-{}-{nanos}",
             std::process::id(),
@@ -182,7 +195,13 @@ pub struct Member {
 }
 
 impl Member {
-    fn new(dir: &Path, name: &str, ip: String, args: Vec<String>, env: Vec<(String, String)>) -> Self {
+    fn new(
+        dir: &Path,
+        name: &str,
+        ip: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Self {
         Member {
             name: name.to_string(),
             ip,
@@ -199,7 +218,11 @@ impl Member {
     }
 
     pub fn client_url(&self) -> String {
-        let scheme = if self.client_tls.is_some() { "https" } else { "http" };
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}:{CLIENT_PORT}", self.ip)
     }
     pub fn peer_url(&self) -> String {
@@ -221,7 +244,10 @@ impl Member {
             "===== start #{} of {}: {}{} {}\n",
             self.starts,
             self.name,
-            self.env.iter().map(|(k, v)| format!("{k}={v} ")).collect::<String>(),
+            self.env
+                .iter()
+                .map(|(k, v)| format!("{k}={v} "))
+                .collect::<String>(),
             bin.display(),
             self.args.join(" ")
         );
@@ -235,12 +261,17 @@ impl Member {
             f
         };
         let mut cmd = Command::new(&bin);
-        cmd.args(&self.args).stdin(Stdio::null()).stdout(open(&self.stdout_path)).stderr(open(&self.stderr_path));
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(open(&self.stdout_path))
+            .stderr(open(&self.stderr_path));
         scrub_env(&mut cmd);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
         self.child = Some(child);
     }
 
@@ -269,7 +300,9 @@ impl Member {
 
     /// Whether the process is alive (reaps it if it has exited).
     pub fn is_running(&mut self) -> bool {
-        let Some(child) = self.child.as_mut() else { return false };
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
         match child.try_wait() {
             Ok(None) => true,
             Ok(Some(status)) => {
@@ -287,7 +320,9 @@ impl Member {
         let deadline = Deadline::new(timeout, format!("{} to exit", self.name));
         loop {
             if !self.is_running() {
-                return self.last_exit.expect("a process that was started has an exit status");
+                return self
+                    .last_exit
+                    .expect("a process that was started has an exit status");
             }
             if deadline.expired() {
                 self.kill();
@@ -323,7 +358,10 @@ impl Member {
     /// Polls `GET /health` until it answers 200 with `"health":"true"`. Panics if the process
     /// exits or the deadline passes.
     pub fn wait_healthy(&mut self, timeout: Duration) {
-        let deadline = Deadline::new(timeout, format!("{} ({}) to report healthy", self.name, self.client_url()));
+        let deadline = Deadline::new(
+            timeout,
+            format!("{} ({}) to report healthy", self.name, self.client_url()),
+        );
         loop {
             if !self.is_running() {
                 panic!(
@@ -414,7 +452,10 @@ pub fn guide_args(dir: &Path, subnet: u8, index: usize, size: usize, token: &str
 
 /// Replaces the value of `--flag` in `args` (which must contain it).
 pub fn set_flag(args: &mut [String], flag: &str, value: &str) {
-    let i = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag} not in {args:?}"));
+    let i = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("{flag} not in {args:?}"));
     args[i + 1] = value.to_string();
 }
 
@@ -430,7 +471,11 @@ pub struct Cluster {
 impl Cluster {
     /// No members yet.
     pub fn empty(label: &str, subnet: u8) -> Self {
-        Cluster { members: Vec::new(), subnet, dir: TempDir::new(label) }
+        Cluster {
+            members: Vec::new(),
+            subnet,
+            dir: TempDir::new(label),
+        }
     }
 
     /// The guide's static cluster of `size` members (infra0..), configured but not started.
@@ -444,7 +489,13 @@ impl Cluster {
     }
 
     /// Starts the guide's static cluster and waits until every member is healthy.
-    pub fn start_guide(label: &str, subnet: u8, size: usize, token: &str, extra_args: &[&str]) -> Self {
+    pub fn start_guide(
+        label: &str,
+        subnet: u8,
+        size: usize,
+        token: &str,
+        extra_args: &[&str],
+    ) -> Self {
         let mut c = Cluster::guide(label, subnet, size, token);
         for m in &mut c.members {
             m.args.extend(extra_args.iter().map(|s| s.to_string()));
@@ -459,8 +510,15 @@ impl Cluster {
     }
 
     /// Adds a member (not started) and returns its index.
-    pub fn add(&mut self, name: &str, ip: String, args: Vec<String>, env: Vec<(String, String)>) -> usize {
-        self.members.push(Member::new(self.dir.path(), name, ip, args, env));
+    pub fn add(
+        &mut self,
+        name: &str,
+        ip: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> usize {
+        self.members
+            .push(Member::new(self.dir.path(), name, ip, args, env));
         self.members.len() - 1
     }
 
@@ -475,7 +533,11 @@ impl Cluster {
         let start = Instant::now();
         for m in &mut self.members {
             if m.child.is_some() {
-                m.wait_healthy(timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(1)));
+                m.wait_healthy(
+                    timeout
+                        .saturating_sub(start.elapsed())
+                        .max(Duration::from_secs(1)),
+                );
             }
         }
     }
@@ -487,7 +549,11 @@ impl Cluster {
 
     /// Every started member's log tail.
     pub fn logs(&self, n: usize) -> String {
-        self.members.iter().filter(|m| m.starts > 0).map(|m| m.log_tail(n)).collect()
+        self.members
+            .iter()
+            .filter(|m| m.starts > 0)
+            .map(|m| m.log_tail(n))
+            .collect()
     }
 }
 
@@ -497,7 +563,11 @@ impl Drop for Cluster {
             m.kill();
         }
         if std::thread::panicking() {
-            eprintln!("\n===== member logs (test failed; dir {}) =====\n{}", self.dir.path().display(), self.logs(60));
+            eprintln!(
+                "\n===== member logs (test failed; dir {}) =====\n{}",
+                self.dir.path().display(),
+                self.logs(60)
+            );
         }
     }
 }
@@ -506,30 +576,46 @@ impl Drop for Cluster {
 /// (de-chunked if needed).
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
     use std::io::{Error, ErrorKind};
-    let sock: SocketAddr = addr.parse().map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let sock: SocketAddr = addr
+        .parse()
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
     let mut s = TcpStream::connect_timeout(&sock, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| Error::new(ErrorKind::InvalidData, format!("no end of headers in {:?}", String::from_utf8_lossy(&raw))))?;
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidData,
+                format!("no end of headers in {:?}", String::from_utf8_lossy(&raw)),
+            )
+        })?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut body = raw[split + 4..].to_vec();
     let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| Error::new(ErrorKind::InvalidData, format!("bad status line in {head:?}")))?;
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidData,
+                format!("bad status line in {head:?}"),
+            )
+        })?;
     let chunked = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
     if chunked {
-        body = dechunk(&body).ok_or_else(|| Error::new(ErrorKind::InvalidData, "bad chunked body"))?;
+        body =
+            dechunk(&body).ok_or_else(|| Error::new(ErrorKind::InvalidData, "bad chunked body"))?;
     }
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }
@@ -559,7 +645,9 @@ fn etcdctl_path() -> Option<PathBuf> {
         return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("etcdctl")).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join("etcdctl"))
+        .find(|p| p.is_file())
 }
 
 /// Whether a test that needs etcdctl can run. With `CI=true` a missing etcdctl fails the test;
@@ -592,7 +680,11 @@ impl CtlOutput {
 
 impl std::fmt::Display for CtlOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "`{}` -> {}\nstdout:\n{}\nstderr:\n{}", self.command, self.status, self.stdout, self.stderr)
+        write!(
+            f,
+            "`{}` -> {}\nstdout:\n{}\nstderr:\n{}",
+            self.command, self.status, self.stdout, self.stderr
+        )
     }
 }
 
@@ -610,7 +702,9 @@ pub fn etcdctl_stdin(endpoints: &[String], args: &[&str], stdin: &str) -> CtlOut
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_string();
     let writer = std::thread::spawn(move || {
@@ -638,7 +732,12 @@ pub fn etcdctl_stdin(endpoints: &[String], args: &[&str], stdin: &str) -> CtlOut
         std::thread::sleep(Duration::from_millis(20));
     };
     let _ = writer.join();
-    CtlOutput { status, stdout: out.join().unwrap(), stderr: err.join().unwrap(), command }
+    CtlOutput {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        command,
+    }
 }
 
 /// Runs etcdctl with no input.
@@ -676,7 +775,11 @@ pub fn json_u64s(json: &str, key: &str) -> Vec<u64> {
 
 /// A tokio runtime for a (synchronous) test's client calls.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// Connection options with short timeouts, so a dead member fails a call instead of hanging it.
@@ -688,7 +791,10 @@ pub fn client_options() -> etcd_client::ConnectOptions {
 
 /// An etcd-client connected to `endpoints` (`http://ip:2379`); retried until a 15 s deadline.
 pub async fn connect(endpoints: &[String]) -> etcd_client::Client {
-    let deadline = Deadline::new(Duration::from_secs(15), format!("etcd-client to connect to {endpoints:?}"));
+    let deadline = Deadline::new(
+        Duration::from_secs(15),
+        format!("etcd-client to connect to {endpoints:?}"),
+    );
     loop {
         let err = match tokio::time::timeout(
             Duration::from_secs(5),

@@ -37,7 +37,11 @@ impl ClientFiles {
 
     fn curl_args(&self) -> Vec<String> {
         let mut a = Vec::new();
-        for (flag, p) in [("--cacert", &self.ca), ("--cert", &self.cert), ("--key", &self.key)] {
+        for (flag, p) in [
+            ("--cacert", &self.ca),
+            ("--cert", &self.cert),
+            ("--key", &self.key),
+        ] {
             if let Some(p) = p {
                 a.push(flag.to_string());
                 a.push(p.display().to_string());
@@ -80,7 +84,11 @@ pub fn s_client(addr: &str, extra: &[&str]) -> (bool, String) {
         .stdin(Stdio::null())
         .output()
         .expect("running openssl s_client");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -136,12 +144,24 @@ impl Ca {
     }
 
     /// `issue`, written to `dir/<name>.crt` and `dir/<name>.key`.
-    pub fn issue_to(&self, dir: &Path, name: &str, cn: &str, hosts: &[&str], expired: bool) -> ClientFiles {
+    pub fn issue_to(
+        &self,
+        dir: &Path,
+        name: &str,
+        cn: &str,
+        hosts: &[&str],
+        expired: bool,
+    ) -> ClientFiles {
         let (c, k) = self.issue(cn, hosts, expired);
         let cert = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
         std::fs::write(&cert, c).unwrap();
         std::fs::write(&key, k).unwrap();
-        ClientFiles { ca: None, cert: Some(cert), key: Some(key), insecure: false }
+        ClientFiles {
+            ca: None,
+            cert: Some(cert),
+            key: Some(key),
+            insecure: false,
+        }
     }
 }

@@ -27,7 +27,10 @@ fn run(label: &str, extra: &[&str]) -> (Option<i32>, String, String) {
             format!("http://{me}:{CLIENT_PORT}"),
         ]);
     } else {
-        args.extend(["--advertise-client-urls".into(), format!("http://{me}:{CLIENT_PORT}")]);
+        args.extend([
+            "--advertise-client-urls".into(),
+            format!("http://{me}:{CLIENT_PORT}"),
+        ]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let i = c.add("infra0", me, args, vec![]);
@@ -58,14 +61,31 @@ fn check_rejected(label: &str, extra: &[&str], flag: &str) -> Option<String> {
 fn bad_flags_exit_1_naming_the_flag() {
     let failures: Vec<String> = [
         check_rejected("unknown_flag", &["--no-such-flag", "x"], "no-such-flag"),
-        check_rejected("snapshot_count", &["--snapshot-count", "abc"], "snapshot-count"),
-        check_rejected("initial_cluster", &["--initial-cluster", "infra0"], "initial-cluster"),
-        check_rejected("listen_client_urls", &["--listen-client-urls", "notaurl"], "listen-client-urls"),
+        check_rejected(
+            "snapshot_count",
+            &["--snapshot-count", "abc"],
+            "snapshot-count",
+        ),
+        check_rejected(
+            "initial_cluster",
+            &["--initial-cluster", "infra0"],
+            "initial-cluster",
+        ),
+        check_rejected(
+            "listen_client_urls",
+            &["--listen-client-urls", "notaurl"],
+            "listen-client-urls",
+        ),
     ]
     .into_iter()
     .flatten()
     .collect();
-    assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

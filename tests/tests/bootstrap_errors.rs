@@ -12,7 +12,12 @@ fn run_expect_exit_1(c: &mut Cluster, index: usize, edit: impl FnOnce(&mut Vec<S
     let i = c.add(&format!("infra{index}"), ip(c.subnet, index), args, vec![]);
     c.members[i].start();
     let status = c.members[i].wait_exit(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(1), "exit status\n{}", c.members[i].log_tail(40));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit status\n{}",
+        c.members[i].log_tail(40)
+    );
     c.members[i].stderr()
 }
 
@@ -22,10 +27,17 @@ fn local_name_not_in_initial_cluster() {
     let s = c.subnet;
     let stderr = run_expect_exit_1(&mut c, 1, |args| {
         // infra1 starts with an --initial-cluster that lists infra0 and infra2 only.
-        let cluster = format!("infra0=http://{}:{PEER_PORT},infra2=http://{}:{PEER_PORT}", ip(s, 0), ip(s, 2));
+        let cluster = format!(
+            "infra0=http://{}:{PEER_PORT},infra2=http://{}:{PEER_PORT}",
+            ip(s, 0),
+            ip(s, 2)
+        );
         set_flag(args, "--initial-cluster", &cluster);
     });
-    assert!(stderr.contains("infra1 not listed in the initial cluster config"), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("infra1 not listed in the initial cluster config"),
+        "stderr:\n{stderr}"
+    );
 }
 
 #[test]
@@ -56,7 +68,14 @@ async fn members(client: &mut Client) -> (u64, Vec<(u64, String, Vec<String>, Ve
     let mut v: Vec<_> = r
         .members()
         .iter()
-        .map(|m| (m.id(), m.name().to_string(), m.peer_urls().to_vec(), m.client_urls().to_vec()))
+        .map(|m| {
+            (
+                m.id(),
+                m.name().to_string(),
+                m.peer_urls().to_vec(),
+                m.client_urls().to_vec(),
+            )
+        })
         .collect();
     v.sort();
     (r.header().expect("header").cluster_id(), v)
@@ -65,7 +84,13 @@ async fn members(client: &mut Client) -> (u64, Vec<(u64, String, Vec<String>, Ve
 #[test]
 fn conflicting_cluster_id() {
     // A healthy cluster made with token A ...
-    let mut c = Cluster::start_guide("cluster_id_conflict", subnet::BOOTSTRAP_CLUSTER_ID_CONFLICT, 3, "token-a", &[]);
+    let mut c = Cluster::start_guide(
+        "cluster_id_conflict",
+        subnet::BOOTSTRAP_CLUSTER_ID_CONFLICT,
+        3,
+        "token-a",
+        &[],
+    );
     let s = c.subnet;
     let rt = runtime();
     let urls = c.client_urls();
@@ -98,11 +123,21 @@ fn conflicting_cluster_id() {
     c.members[i].start();
     let status = c.members[i].wait_exit(Duration::from_secs(10));
     let stderr = c.members[i].stderr();
-    assert_eq!(status.code(), Some(1), "infra3's exit status after {:?}; stderr:\n{stderr}", started.elapsed());
-    assert!(stderr.contains("conflicting cluster ID to the target cluster ("), "stderr:\n{stderr}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "infra3's exit status after {:?}; stderr:\n{stderr}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("conflicting cluster ID to the target cluster ("),
+        "stderr:\n{stderr}"
+    );
 
     // The running cluster is unaffected (wait_healthy skips the exited infra3).
     c.wait_healthy(Duration::from_secs(10));
-    let after = rt.block_on(within(30, "member list after", async { members(&mut connect(&urls).await).await }));
+    let after = rt.block_on(within(30, "member list after", async {
+        members(&mut connect(&urls).await).await
+    }));
     assert_eq!(after, before, "the running cluster's member list changed");
 }

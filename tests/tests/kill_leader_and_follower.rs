@@ -9,7 +9,12 @@ use std::time::Duration;
 const TOKEN: &str = "kill-test-cluster";
 
 /// One put with a 5 s bound; records the key if acknowledged.
-async fn put(client: &mut Client, key: &str, value: &str, acked: &mut BTreeMap<String, String>) -> Result<(), String> {
+async fn put(
+    client: &mut Client,
+    key: &str,
+    value: &str,
+    acked: &mut BTreeMap<String, String>,
+) -> Result<(), String> {
     match tokio::time::timeout(Duration::from_secs(5), client.put(key, value, None)).await {
         Ok(Ok(_)) => {
             acked.insert(key.to_string(), value.to_string());
@@ -21,7 +26,13 @@ async fn put(client: &mut Client, key: &str, value: &str, acked: &mut BTreeMap<S
 }
 
 /// Puts, retrying until `timeout` (for the moments right after a leader is lost).
-async fn put_eventually(client: &mut Client, key: &str, value: &str, acked: &mut BTreeMap<String, String>, timeout: Duration) {
+async fn put_eventually(
+    client: &mut Client,
+    key: &str,
+    value: &str,
+    acked: &mut BTreeMap<String, String>,
+    timeout: Duration,
+) {
     let deadline = Deadline::new(timeout, format!("put {key}={value} to succeed"));
     loop {
         match put(client, key, value, acked).await {
@@ -43,8 +54,16 @@ async fn status(client: &mut Client) -> Result<(u64, u64), String> {
 
 /// Polls the members in `live` until all of them name the same leader, which is one of them and
 /// not `not`; returns its index.
-async fn agreed_leader(clients: &mut [Client], ids: &[u64], live: &[usize], not: Option<u64>) -> usize {
-    let deadline = Deadline::new(Duration::from_secs(30), format!("members {live:?} to agree on a leader among themselves"));
+async fn agreed_leader(
+    clients: &mut [Client],
+    ids: &[u64],
+    live: &[usize],
+    not: Option<u64>,
+) -> usize {
+    let deadline = Deadline::new(
+        Duration::from_secs(30),
+        format!("members {live:?} to agree on a leader among themselves"),
+    );
     loop {
         let mut seen = Vec::new();
         for &i in live {
@@ -65,7 +84,10 @@ async fn agreed_leader(clients: &mut [Client], ids: &[u64], live: &[usize], not:
 
 /// Polls a serializable (member-local) get until it returns `value`.
 async fn wait_local_value(client: &mut Client, who: &str, key: &str, value: &str) {
-    let deadline = Deadline::new(Duration::from_secs(20), format!("{who} to catch up: serializable get {key} == {value}"));
+    let deadline = Deadline::new(
+        Duration::from_secs(20),
+        format!("{who} to catch up: serializable get {key} == {value}"),
+    );
     loop {
         let got = match tokio::time::timeout(
             Duration::from_secs(5),
@@ -110,7 +132,9 @@ fn kill_leader_and_follower() {
     rt.block_on(within(60, "writes with all members up", async {
         for _ in 0..10 {
             let k = next_key();
-            put(&mut clients[leader], &k, &format!("v-{k}"), &mut acked).await.expect("put with all members up");
+            put(&mut clients[leader], &k, &format!("v-{k}"), &mut acked)
+                .await
+                .expect("put with all members up");
         }
     }));
 
@@ -135,10 +159,28 @@ fn kill_leader_and_follower() {
         m.wait_healthy(HEALTHY_TIMEOUT);
     }
     rt.block_on(within(60, "the restarted follower catching up", async {
-        put(&mut clients[leader], "latest", "after-follower-restart", &mut acked).await.expect("put latest");
-        wait_local_value(&mut clients[follower], "the restarted follower", "latest", "after-follower-restart").await;
-        let (id, _) = status(&mut clients[follower]).await.expect("status of the restarted follower");
-        assert_eq!(id, ids[follower], "the restarted follower's member ID changed");
+        put(
+            &mut clients[leader],
+            "latest",
+            "after-follower-restart",
+            &mut acked,
+        )
+        .await
+        .expect("put latest");
+        wait_local_value(
+            &mut clients[follower],
+            "the restarted follower",
+            "latest",
+            "after-follower-restart",
+        )
+        .await;
+        let (id, _) = status(&mut clients[follower])
+            .await
+            .expect("status of the restarted follower");
+        assert_eq!(
+            id, ids[follower],
+            "the restarted follower's member ID changed"
+        );
     }));
 
     // 2. kill -9 the leader (as endpoint status reports it): the other two elect a new one and
@@ -149,16 +191,32 @@ fn kill_leader_and_follower() {
     let new_leader = rt.block_on(agreed_leader(&mut clients, &ids, &rest, Some(ids[leader])));
     rt.block_on(within(90, "writes after the leader was killed", async {
         let k = next_key();
-        put_eventually(&mut clients[new_leader], &k, &format!("v-{k}"), &mut acked, Duration::from_secs(20)).await;
+        put_eventually(
+            &mut clients[new_leader],
+            &k,
+            &format!("v-{k}"),
+            &mut acked,
+            Duration::from_secs(20),
+        )
+        .await;
         for i in 0..20 {
             // alternate between the new leader and the remaining follower (which forwards)
             let via = rest[i % 2];
             let k = next_key();
             put(&mut clients[via], &k, &format!("v-{k}"), &mut acked)
                 .await
-                .unwrap_or_else(|e| panic!("put {k} via member {via} after the leader was killed: {e}"));
+                .unwrap_or_else(|e| {
+                    panic!("put {k} via member {via} after the leader was killed: {e}")
+                });
         }
-        put(&mut clients[rest[0]], "latest", "after-leader-kill", &mut acked).await.expect("put latest");
+        put(
+            &mut clients[rest[0]],
+            "latest",
+            "after-leader-kill",
+            &mut acked,
+        )
+        .await
+        .expect("put latest");
     }));
 
     // Restart the old leader: it rejoins and catches up.
@@ -166,12 +224,20 @@ fn kill_leader_and_follower() {
     c.members[leader].start();
     c.members[leader].wait_healthy(HEALTHY_TIMEOUT);
     rt.block_on(within(60, "the old leader catching up", async {
-        wait_local_value(&mut clients[leader], "the restarted old leader", "latest", "after-leader-kill").await;
+        wait_local_value(
+            &mut clients[leader],
+            "the restarted old leader",
+            "latest",
+            "after-leader-kill",
+        )
+        .await;
         for i in 0..9 {
             let k = next_key();
             put(&mut clients[i % 3], &k, &format!("v-{k}"), &mut acked)
                 .await
-                .unwrap_or_else(|e| panic!("put {k} via member {} with all members back: {e}", i % 3));
+                .unwrap_or_else(|e| {
+                    panic!("put {k} via member {} with all members back: {e}", i % 3)
+                });
         }
     }));
 
@@ -184,36 +250,59 @@ fn kill_leader_and_follower() {
         m.start();
     }
     c.wait_healthy(HEALTHY_TIMEOUT);
-    rt.block_on(within(60, "checking acknowledged writes after a full restart", async {
-        let after = member_ids(&mut clients).await;
-        assert_eq!(after, ids, "member IDs changed across the full restart");
-        for (i, cl) in clients.iter_mut().enumerate() {
-            let deadline = Deadline::new(Duration::from_secs(20), format!("a linearizable read via member {i}"));
-            let got: BTreeMap<String, String> = loop {
-                match cl.get("", Some(GetOptions::new().with_all_keys())).await {
-                    Ok(r) => {
-                        break r
-                            .kvs()
-                            .iter()
-                            .map(|kv| (kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string()))
-                            .collect()
+    rt.block_on(within(
+        60,
+        "checking acknowledged writes after a full restart",
+        async {
+            let after = member_ids(&mut clients).await;
+            assert_eq!(after, ids, "member IDs changed across the full restart");
+            for (i, cl) in clients.iter_mut().enumerate() {
+                let deadline = Deadline::new(
+                    Duration::from_secs(20),
+                    format!("a linearizable read via member {i}"),
+                );
+                let got: BTreeMap<String, String> = loop {
+                    match cl.get("", Some(GetOptions::new().with_all_keys())).await {
+                        Ok(r) => {
+                            break r
+                                .kvs()
+                                .iter()
+                                .map(|kv| {
+                                    (
+                                        kv.key_str().unwrap().to_string(),
+                                        kv.value_str().unwrap().to_string(),
+                                    )
+                                })
+                                .collect()
+                        }
+                        Err(e) => deadline.check(&e),
                     }
-                    Err(e) => deadline.check(&e),
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                for (k, v) in &acked {
+                    assert_eq!(
+                        got.get(k),
+                        Some(v),
+                        "acknowledged write {k}={v} missing or wrong via member {i}"
+                    );
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
-            for (k, v) in &acked {
-                assert_eq!(got.get(k), Some(v), "acknowledged write {k}={v} missing or wrong via member {i}");
             }
-        }
-    }));
-    assert!(acked.len() >= 60, "only {} writes acknowledged", acked.len());
+        },
+    ));
+    assert!(
+        acked.len() >= 60,
+        "only {} writes acknowledged",
+        acked.len()
+    );
 }
 
 async fn member_ids(clients: &mut [Client]) -> Vec<u64> {
     let mut ids = Vec::new();
     for (i, cl) in clients.iter_mut().enumerate() {
-        let deadline = Deadline::new(Duration::from_secs(20), format!("status of member {i} after the restart"));
+        let deadline = Deadline::new(
+            Duration::from_secs(20),
+            format!("status of member {i} after the restart"),
+        );
         loop {
             match status(cl).await {
                 Ok((id, _)) => {

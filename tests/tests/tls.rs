@@ -5,8 +5,8 @@
 
 use detcd_tests::tls::{s_client, Ca, ClientFiles};
 use detcd_tests::{
-    etcdctl, have_etcdctl, http_get, ip, subnet, Cluster, CtlOutput, Deadline, Member, CLIENT_PORT, GUIDE_TOKEN,
-    HEALTHY_TIMEOUT, PEER_PORT,
+    etcdctl, have_etcdctl, http_get, ip, subnet, Cluster, CtlOutput, Deadline, Member, CLIENT_PORT,
+    GUIDE_TOKEN, HEALTHY_TIMEOUT, PEER_PORT,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -37,7 +37,10 @@ fn path(p: &Path) -> String {
 
 /// Waits until `m`'s log contains `needle`.
 fn wait_log(m: &Member, needle: &str, secs: u64) {
-    let deadline = Deadline::new(Duration::from_secs(secs), format!("{}'s log to contain {needle:?}", m.name));
+    let deadline = Deadline::new(
+        Duration::from_secs(secs),
+        format!("{}'s log to contain {needle:?}", m.name),
+    );
     loop {
         let log = format!("{}{}", m.stderr(), m.stdout());
         if log.contains(needle) {
@@ -65,8 +68,20 @@ fn guide_self_signed_certificates() {
     admin.ca = Some(ca_client.clone());
     for (i, m) in c.members.iter_mut().enumerate() {
         let me = ip(subnet::TLS_GUIDE, i);
-        let cl = client_ca.issue_to(&dir, &format!("infra{i}-client"), &format!("infra{i}"), &[&me, "127.0.0.1"], false);
-        let pe = peer_ca.issue_to(&dir, &format!("infra{i}-peer"), &format!("infra{i}"), &[&me], false);
+        let cl = client_ca.issue_to(
+            &dir,
+            &format!("infra{i}-client"),
+            &format!("infra{i}"),
+            &[&me, "127.0.0.1"],
+            false,
+        );
+        let pe = peer_ca.issue_to(
+            &dir,
+            &format!("infra{i}-peer"),
+            &format!("infra{i}"),
+            &[&me],
+            false,
+        );
         https_args(&mut m.args);
         m.args.extend([
             "--client-cert-auth".to_string(),
@@ -96,9 +111,17 @@ fn guide_self_signed_certificates() {
     }
     for (i, ep) in all.iter().enumerate() {
         let key = format!("k{i}");
-        assert_eq!(ctl_ok(&admin, &[ep.clone()], &["put", &key, "v"]).stdout.trim(), "OK");
+        assert_eq!(
+            ctl_ok(&admin, &[ep.clone()], &["put", &key, "v"])
+                .stdout
+                .trim(),
+            "OK"
+        );
         let other = vec![all[(i + 1) % 3].clone()];
-        assert_eq!(ctl_ok(&admin, &other, &["get", &key, "--print-value-only"]).stdout, "v\n");
+        assert_eq!(
+            ctl_ok(&admin, &other, &["get", &key, "--print-value-only"]).stdout,
+            "v\n"
+        );
     }
     let (code, body) = detcd_tests::tls::curl(&format!("{}/version", all[0]), &admin).unwrap();
     assert_eq!(code, 200, "{body}");
@@ -106,33 +129,78 @@ fn guide_self_signed_certificates() {
 
     // Refused: no client certificate, one from another CA, an expired one, plaintext.
     let ep = vec![all[0].clone()];
-    let no_cert = ClientFiles { ca: Some(ca_client.clone()), ..Default::default() };
-    let out = ctl(&no_cert, &ep, &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"]);
-    assert!(!out.success(), "a client without a certificate was served: {out}");
+    let no_cert = ClientFiles {
+        ca: Some(ca_client.clone()),
+        ..Default::default()
+    };
+    let out = ctl(
+        &no_cert,
+        &ep,
+        &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"],
+    );
+    assert!(
+        !out.success(),
+        "a client without a certificate was served: {out}"
+    );
     let other_ca = Ca::new("another CA");
     let mut stranger = other_ca.issue_to(&dir, "stranger", "admin", &[], false);
     stranger.ca = Some(ca_client.clone());
-    let out = ctl(&stranger, &ep, &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"]);
-    assert!(!out.success(), "a client certificate from another CA was accepted: {out}");
+    let out = ctl(
+        &stranger,
+        &ep,
+        &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"],
+    );
+    assert!(
+        !out.success(),
+        "a client certificate from another CA was accepted: {out}"
+    );
     let mut expired = client_ca.issue_to(&dir, "expired", "admin", &[], true);
     expired.ca = Some(ca_client.clone());
-    let out = ctl(&expired, &ep, &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"]);
-    assert!(!out.success(), "an expired client certificate was accepted: {out}");
+    let out = ctl(
+        &expired,
+        &ep,
+        &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"],
+    );
+    assert!(
+        !out.success(),
+        "an expired client certificate was accepted: {out}"
+    );
     assert!(detcd_tests::tls::curl(&format!("{}/health", all[0]), &expired).is_err());
     let plain = vec![format!("http://{}:{CLIENT_PORT}", ip(subnet::TLS_GUIDE, 0))];
-    let out = etcdctl(&plain, &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"]);
-    assert!(!out.success(), "plaintext was served on an https listener: {out}");
-    assert!(http_get(&c.members[0].client_addr(), "/health", Duration::from_secs(2)).map(|r| r.0).unwrap_or(0) != 200);
+    let out = etcdctl(
+        &plain,
+        &["--dial-timeout=2s", "--command-timeout=3s", "get", "k0"],
+    );
+    assert!(
+        !out.success(),
+        "plaintext was served on an https listener: {out}"
+    );
+    assert!(
+        http_get(
+            &c.members[0].client_addr(),
+            "/health",
+            Duration::from_secs(2)
+        )
+        .map(|r| r.0)
+        .unwrap_or(0)
+            != 200
+    );
     wait_log(&c.members[0], "on the client port", 10);
 
     // Refused: a peer without a certificate (curl speaks TLS to the peer port, presents nothing).
     let peer_addr = format!("https://{}:{PEER_PORT}/", ip(subnet::TLS_GUIDE, 0));
-    let anonymous = ClientFiles { ca: Some(ca_peer.clone()), ..Default::default() };
+    let anonymous = ClientFiles {
+        ca: Some(ca_peer.clone()),
+        ..Default::default()
+    };
     assert!(detcd_tests::tls::curl(&peer_addr, &anonymous).is_err());
     wait_log(&c.members[0], "on the peer port", 10);
 
     // Still serving after all that.
-    assert_eq!(ctl_ok(&admin, &ep, &["get", "k2", "--print-value-only"]).stdout, "v\n");
+    assert_eq!(
+        ctl_ok(&admin, &ep, &["get", "k2", "--print-value-only"]).stdout,
+        "v\n"
+    );
 }
 
 /// A member whose peer certificate comes from another CA cannot join; the logs say why.
@@ -146,7 +214,13 @@ fn peer_from_another_ca_cannot_join() {
     for (i, m) in c.members.iter_mut().enumerate() {
         let me = ip(subnet::TLS_PEER_OTHER_CA, i);
         let issuer = if i == 2 { &other_ca } else { &peer_ca };
-        let pe = issuer.issue_to(&dir, &format!("infra{i}-peer"), &format!("infra{i}"), &[&me], false);
+        let pe = issuer.issue_to(
+            &dir,
+            &format!("infra{i}-peer"),
+            &format!("infra{i}"),
+            &[&me],
+            false,
+        );
         // Peer URLs https, client URLs stay http.
         for a in m.args.iter_mut() {
             if a.contains(&format!(":{PEER_PORT}")) {
@@ -170,11 +244,23 @@ fn peer_from_another_ca_cannot_join() {
         &format!("TLS handshake with peer https://{stranger}:{PEER_PORT} failed: invalid peer certificate: UnknownIssuer"),
         20,
     );
-    wait_log(&c.members[0], "on the peer port: invalid peer certificate: UnknownIssuer", 20);
+    wait_log(
+        &c.members[0],
+        "on the peer port: invalid peer certificate: UnknownIssuer",
+        20,
+    );
     // infra2 hears why its connections are closed.
-    wait_log(&c.members[2], "refused this member's TLS certificate (alert UnknownCA)", 20);
+    wait_log(
+        &c.members[2],
+        "refused this member's TLS certificate (alert UnknownCA)",
+        20,
+    );
     // infra2 has no leader: not healthy.
-    let got = http_get(&c.members[2].client_addr(), "/health", Duration::from_secs(3));
+    let got = http_get(
+        &c.members[2].client_addr(),
+        "/health",
+        Duration::from_secs(3),
+    );
     assert!(
         !matches!(&got, Ok((200, body)) if detcd_tests::is_healthy_body(body)),
         "infra2 reports healthy: {got:?}\n{}",
@@ -209,7 +295,11 @@ fn peer_cert_allowed_cn() {
     c.start_all();
     c.members[0].wait_healthy(HEALTHY_TIMEOUT);
     c.members[1].wait_healthy(HEALTHY_TIMEOUT);
-    wait_log(&c.members[0], "CommonName authentication failed: certificate CN \"intruder\"", 20);
+    wait_log(
+        &c.members[0],
+        "CommonName authentication failed: certificate CN \"intruder\"",
+        20,
+    );
 }
 
 /// The guide's "Automatic certificates" example: encrypted, not authenticated.
@@ -219,17 +309,29 @@ fn guide_automatic_certificates() {
         return;
     }
     let mut c = Cluster::guide("tls_auto", subnet::TLS_AUTO, 3, GUIDE_TOKEN);
-    let insecure = ClientFiles { insecure: true, ..Default::default() };
+    let insecure = ClientFiles {
+        insecure: true,
+        ..Default::default()
+    };
     for m in c.members.iter_mut() {
         https_args(&mut m.args);
-        m.args.extend(["--auto-tls".to_string(), "--peer-auto-tls".to_string()]);
+        m.args
+            .extend(["--auto-tls".to_string(), "--peer-auto-tls".to_string()]);
         m.client_tls = Some(insecure.clone());
     }
     c.start_all();
     c.wait_healthy(HEALTHY_TIMEOUT);
     let all = c.client_urls();
-    assert_eq!(ctl_ok(&insecure, &all[..1], &["put", "auto", "tls"]).stdout.trim(), "OK");
-    assert_eq!(ctl_ok(&insecure, &all[2..], &["get", "auto", "--print-value-only"]).stdout, "tls\n");
+    assert_eq!(
+        ctl_ok(&insecure, &all[..1], &["put", "auto", "tls"])
+            .stdout
+            .trim(),
+        "OK"
+    );
+    assert_eq!(
+        ctl_ok(&insecure, &all[2..], &["get", "auto", "--print-value-only"]).stdout,
+        "tls\n"
+    );
 
     // Certificates in <data-dir>/fixtures/{client,peer}, keys 0600.
     let fixtures = c.members[0].data_dir.join("fixtures");
@@ -245,17 +347,31 @@ fn guide_automatic_certificates() {
     let peer = format!("{}:{PEER_PORT}", ip(subnet::TLS_AUTO, 0));
     let (ok, text) = s_client(&peer, &["-servername", "x"]);
     assert!(ok, "no TLS handshake on the peer port:\n{text}");
-    assert!(text.contains("O = etcd") || text.contains("O=etcd"), "{text}");
+    assert!(
+        text.contains("O = etcd") || text.contains("O=etcd"),
+        "{text}"
+    );
     // Plaintext is not served there.
-    assert!(http_get(&peer, "/", Duration::from_secs(2)).map(|r| r.0).unwrap_or(0) != 200);
+    assert!(
+        http_get(&peer, "/", Duration::from_secs(2))
+            .map(|r| r.0)
+            .unwrap_or(0)
+            != 200
+    );
 
     // Restart: the same certificate is reused and the cluster comes back.
     let before = std::fs::read(fixtures.join("peer").join("cert.pem")).unwrap();
     c.members[0].kill();
     c.members[0].start();
     c.members[0].wait_healthy(HEALTHY_TIMEOUT);
-    assert_eq!(before, std::fs::read(fixtures.join("peer").join("cert.pem")).unwrap());
-    assert_eq!(ctl_ok(&insecure, &all[..1], &["get", "auto", "--print-value-only"]).stdout, "tls\n");
+    assert_eq!(
+        before,
+        std::fs::read(fixtures.join("peer").join("cert.pem")).unwrap()
+    );
+    assert_eq!(
+        ctl_ok(&insecure, &all[..1], &["get", "auto", "--print-value-only"]).stdout,
+        "tls\n"
+    );
 }
 
 /// Certificates are re-read for new connections; --cipher-suites; http and https listeners on
@@ -271,7 +387,10 @@ fn rotation_cipher_suites_and_mixed_listeners() {
     let ca_path = ca.write(&dir, "ca.crt");
     let me = ip(subnet::TLS_ROTATION, 0);
     let server = ca.issue_to(&dir, "server", "leaf-one", &[&me], false);
-    let files = ClientFiles { ca: Some(ca_path.clone()), ..Default::default() };
+    let files = ClientFiles {
+        ca: Some(ca_path.clone()),
+        ..Default::default()
+    };
     {
         let m = &mut c.members[0];
         let urls = format!("https://{me}:{CLIENT_PORT},http://{me}:2381");
@@ -298,9 +417,18 @@ fn rotation_cipher_suites_and_mixed_listeners() {
 
     // TLS 1.2 with a suite not in --cipher-suites is refused, with the listed one accepted;
     // TLS 1.1 is refused.
-    let (ok, text) = s_client(&addr, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"]);
-    assert!(!ok, "a suite outside --cipher-suites was negotiated:\n{text}");
-    let (ok, text) = s_client(&addr, &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"]);
+    let (ok, text) = s_client(
+        &addr,
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"],
+    );
+    assert!(
+        !ok,
+        "a suite outside --cipher-suites was negotiated:\n{text}"
+    );
+    let (ok, text) = s_client(
+        &addr,
+        &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+    );
     assert!(ok, "{text}");
     let (ok, text) = s_client(&addr, &["-tls1_1"]);
     assert!(!ok, "TLS 1.1 was negotiated:\n{text}");
@@ -309,7 +437,10 @@ fn rotation_cipher_suites_and_mixed_listeners() {
     let (cert, key) = ca.issue("leaf-two", &[&me], false);
     std::fs::write(server.key.as_ref().unwrap(), key).unwrap();
     std::fs::write(server.cert.as_ref().unwrap(), cert).unwrap();
-    let deadline = Deadline::new(Duration::from_secs(10), "the rotated certificate to be served");
+    let deadline = Deadline::new(
+        Duration::from_secs(10),
+        "the rotated certificate to be served",
+    );
     loop {
         let (ok, text) = s_client(&addr, &[&ca_arg]);
         if ok && text.contains("leaf-two") {
@@ -318,7 +449,10 @@ fn rotation_cipher_suites_and_mixed_listeners() {
         deadline.check(&text);
         deadline.pause();
     }
-    assert_eq!(ctl_ok(&files, &ep, &["get", "r", "--print-value-only"]).stdout, "1\n");
+    assert_eq!(
+        ctl_ok(&files, &ep, &["get", "r", "--print-value-only"]).stdout,
+        "1\n"
+    );
     assert!(c.members[0].is_running());
 }
 
@@ -338,13 +472,43 @@ fn startup_errors_name_the_file() {
     let cert = |f: &ClientFiles| path(f.cert.as_ref().unwrap());
     let key = |f: &ClientFiles| path(f.key.as_ref().unwrap());
     let cases: Vec<(Vec<String>, String)> = vec![
-        (vec![format!("--cert-file={}", path(&missing)), format!("--key-file={}", key(&good))], path(&missing)),
-        (vec![format!("--cert-file={}", path(&garbage)), format!("--key-file={}", key(&good))], path(&garbage)),
-        (vec![format!("--cert-file={}", cert(&good)), format!("--key-file={}", key(&other))], "do not match".into()),
-        (vec![format!("--cert-file={}", cert(&old)), format!("--key-file={}", key(&old))], "expired".into()),
-        (vec![], "TLS key/cert (--cert-file, --key-file) must be provided".into()),
         (
-            vec!["--cipher-suites=TLS_RSA_WITH_RC4_128_SHA".into(), "--auto-tls".into()],
+            vec![
+                format!("--cert-file={}", path(&missing)),
+                format!("--key-file={}", key(&good)),
+            ],
+            path(&missing),
+        ),
+        (
+            vec![
+                format!("--cert-file={}", path(&garbage)),
+                format!("--key-file={}", key(&good)),
+            ],
+            path(&garbage),
+        ),
+        (
+            vec![
+                format!("--cert-file={}", cert(&good)),
+                format!("--key-file={}", key(&other)),
+            ],
+            "do not match".into(),
+        ),
+        (
+            vec![
+                format!("--cert-file={}", cert(&old)),
+                format!("--key-file={}", key(&old)),
+            ],
+            "expired".into(),
+        ),
+        (
+            vec![],
+            "TLS key/cert (--cert-file, --key-file) must be provided".into(),
+        ),
+        (
+            vec![
+                "--cipher-suites=TLS_RSA_WITH_RC4_128_SHA".into(),
+                "--auto-tls".into(),
+            ],
             "unexpected TLS cipher suite".into(),
         ),
         (
