@@ -6,7 +6,9 @@
 //! a string that parses to the same value (member IDs are hashed from those strings, and peers
 //! re-parse them), and a peer batch that is accepted only carries messages from a member to us.
 
-use detcd_core::config::{format_initial_cluster, format_urls, parse_initial_cluster, parse_urls, Url};
+use detcd_core::config::{
+    format_initial_cluster, format_urls, parse_initial_cluster, parse_urls, Url,
+};
 use detcd_core::peer::decode_batch;
 
 /// The receiving member in `check_peer_batch`: cluster 0x1000, member 1 of members {1, 2, 3}.
@@ -23,14 +25,22 @@ pub fn check_url(data: &[u8]) {
     };
     if let Ok(u) = Url::parse(s) {
         let printed = u.to_string();
-        let again = Url::parse(&printed)
-            .unwrap_or_else(|e| panic!("{s:?} parsed to {u:?}, whose string {printed:?} does not parse: {e}"));
+        let again = Url::parse(&printed).unwrap_or_else(|e| {
+            panic!("{s:?} parsed to {u:?}, whose string {printed:?} does not parse: {e}")
+        });
         assert_eq!(again, u, "{s:?} -> {printed:?} parses to something else");
     }
     if let Ok(urls) = parse_urls(s) {
-        assert!(!urls.is_empty(), "{s:?}: parse_urls gave no URL and no error");
+        assert!(
+            !urls.is_empty(),
+            "{s:?}: parse_urls gave no URL and no error"
+        );
         let printed = format_urls(&urls);
-        assert_eq!(parse_urls(&printed).as_ref(), Ok(&urls), "{s:?} -> {printed:?}");
+        assert_eq!(
+            parse_urls(&printed).as_ref(),
+            Ok(&urls),
+            "{s:?} -> {printed:?}"
+        );
     }
 }
 
@@ -45,14 +55,22 @@ pub fn check_initial_cluster(data: &[u8]) {
     let pairs = |ms: &[detcd_core::config::InitialMember]| {
         let mut v: Vec<(String, String)> = ms
             .iter()
-            .flat_map(|m| m.peer_urls.iter().map(move |u| (m.name.clone(), u.to_string())))
+            .flat_map(|m| {
+                m.peer_urls
+                    .iter()
+                    .map(move |u| (m.name.clone(), u.to_string()))
+            })
             .collect();
         v.sort();
         v
     };
     for (i, m) in members.iter().enumerate() {
         assert!(!m.name.is_empty(), "{s:?}: empty member name");
-        assert!(!m.peer_urls.is_empty(), "{s:?}: member {:?} without URLs", m.name);
+        assert!(
+            !m.peer_urls.is_empty(),
+            "{s:?}: member {:?} without URLs",
+            m.name
+        );
         assert!(
             members[..i].iter().all(|o| o.name != m.name),
             "{s:?}: member {:?} listed twice",
@@ -69,11 +87,18 @@ pub fn check_initial_cluster(data: &[u8]) {
 pub fn check_peer_batch(data: &[u8]) {
     if let Ok(msgs) = decode_batch(data, CLUSTER, MEMBER, is_member) {
         if let Some(first) = msgs.first() {
-            assert!(is_member(first.from), "accepted a message from stranger {}", first.from);
+            assert!(
+                is_member(first.from),
+                "accepted a message from stranger {}",
+                first.from
+            );
         }
         for m in &msgs {
             assert_eq!(m.to, MEMBER, "accepted a message addressed to {}", m.to);
-            assert_eq!(m.from, msgs[0].from, "accepted messages from two senders in one batch");
+            assert_eq!(
+                m.from, msgs[0].from,
+                "accepted messages from two senders in one batch"
+            );
         }
     }
 }
