@@ -19,7 +19,7 @@ use protobuf::Message as _;
 use raft::prelude::*;
 use raft::{RawNode, StateRole};
 use redb::{Durability, ReadableDatabase};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -230,11 +230,11 @@ pub struct Node {
     reads: mpsc::Receiver<oneshot::Sender<()>>,
     inbound: mpsc::Receiver<Message>,
     peer_events: mpsc::Receiver<PeerEvent>,
-    waiters: HashMap<u64, oneshot::Sender<ApplyResult>>,
+    waiters: BTreeMap<u64, oneshot::Sender<ApplyResult>>,
     waiting_for_leader: VecDeque<Proposal>,
     /// Reads not yet sent to raft, and those waiting for their read index.
     pending_reads: Vec<oneshot::Sender<()>>,
-    read_batches: HashMap<u64, Vec<oneshot::Sender<()>>>,
+    read_batches: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
     /// Read batches whose index is known, waiting for apply to reach it.
     ready_reads: Vec<(u64, Vec<oneshot::Sender<()>>)>,
     next_read_ctx: u64,
@@ -317,10 +317,10 @@ impl Node {
             reads: rrx,
             inbound: irx,
             peer_events: peer_events.1,
-            waiters: HashMap::new(),
+            waiters: BTreeMap::new(),
             waiting_for_leader: VecDeque::new(),
             pending_reads: Vec::new(),
-            read_batches: HashMap::new(),
+            read_batches: BTreeMap::new(),
             ready_reads: Vec::new(),
             next_read_ctx: 1,
             applied,
@@ -509,7 +509,7 @@ impl Node {
                 // them, and nothing resends a lost forward). Tell their clients now, as etcd
                 // does, instead of letting them wait out the timeout; an entry that still
                 // commits is applied all the same (the outcome was indeterminate).
-                for (_, w) in self.waiters.drain() {
+                for (_, w) in std::mem::take(&mut self.waiters) {
                     let _ = w.send(Err(ApiError::LeaderChanged));
                 }
             }

@@ -17,7 +17,7 @@ use detcd_core::proto::detcdpb::{
 };
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -146,7 +146,7 @@ pub enum PeerEvent {
 
 /// Outbound side: routes raft messages to per-peer queues.
 pub struct Transport {
-    peers: HashMap<u64, mpsc::Sender<Message>>,
+    peers: BTreeMap<u64, mpsc::Sender<Message>>,
 }
 
 impl Transport {
@@ -160,7 +160,7 @@ impl Transport {
         events: mpsc::Sender<PeerEvent>,
         tls: PeerDialTls,
     ) -> Transport {
-        let mut map = HashMap::new();
+        let mut map = BTreeMap::new();
         for (id, urls) in peers {
             if *id == member_id {
                 continue;
