@@ -55,6 +55,24 @@ impl Api {
         Ok(self.node.propose(req, self.request_timeout).await?)
     }
 
+    /// Proposes a write and answers with the response `pick` finds in its applied result.
+    async fn write_as<T: WithHeader>(
+        &self,
+        req: Internal,
+        encoded_len: usize,
+        pick: fn(Applied) -> Result<T, Applied>,
+    ) -> Result<Response<T>, Status> {
+        match pick(self.write(req, encoded_len).await?) {
+            Ok(mut resp) => {
+                self.fill(resp.header_mut());
+                Ok(Response::new(resp))
+            }
+            Err(other) => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
+        }
+    }
+
     /// Serves a range from local state (the caller has done any barrier it needs).
     fn local_range(&self, r: &pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
         let shared = self.shared();
@@ -69,6 +87,27 @@ impl Api {
         Ok(resp)
     }
 }
+
+/// The write responses, whose headers the API fills (cluster, member, term).
+trait WithHeader {
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
+}
+
+macro_rules! with_header {
+    ($($t:ty),*) => {$(
+        impl WithHeader for $t {
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        }
+    )*};
+}
+with_header!(
+    pb::PutResponse,
+    pb::DeleteRangeResponse,
+    pb::TxnResponse,
+    pb::CompactionResponse
+);
 
 #[tonic::async_trait]
 impl Kv for Api {
@@ -99,15 +138,11 @@ impl Kv for Api {
                 prev_kv: None,
             }));
         }
-        match self.write(Internal::Put(r), len).await? {
-            Applied::Put(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
-        }
+        self.write_as(Internal::Put(r), len, |a| match a {
+            Applied::Put(resp) => Ok(resp),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn delete_range(
@@ -117,15 +152,11 @@ impl Kv for Api {
         let r = req.into_inner();
         Mvcc::validate_delete_range(&r).map_err(ApiError::Mvcc)?;
         let len = r.encoded_len();
-        match self.write(Internal::DeleteRange(r), len).await? {
-            Applied::DeleteRange(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
-        }
+        self.write_as(Internal::DeleteRange(r), len, |a| match a {
+            Applied::DeleteRange(resp) => Ok(resp),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
@@ -149,15 +180,11 @@ impl Kv for Api {
             return Ok(Response::new(resp));
         }
         let len = r.encoded_len();
-        match self.write(Internal::Txn(r), len).await? {
-            Applied::Txn(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
-        }
+        self.write_as(Internal::Txn(r), len, |a| match a {
+            Applied::Txn(resp) => Ok(resp),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn compact(
@@ -166,15 +193,11 @@ impl Kv for Api {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let r = req.into_inner();
         let len = r.encoded_len();
-        match self.write(Internal::Compaction(r), len).await? {
-            Applied::Compact(mut resp) => {
-                self.fill(&mut resp.header);
-                Ok(Response::new(resp))
-            }
-            other => Err(Status::internal(format!(
-                "unexpected apply result {other:?}"
-            ))),
-        }
+        self.write_as(Internal::Compaction(r), len, |a| match a {
+            Applied::Compact(resp) => Ok(resp),
+            other => Err(other),
+        })
+        .await
     }
 }
 
