@@ -1162,7 +1162,10 @@ pub fn fuzz_check(data: &[u8]) {
     let is_h2 = input.len() >= PREFACE.len() && input[..PREFACE.len()] == PREFACE[..];
     let could_be_h2 = input.len() < PREFACE.len() && input == &PREFACE[..input.len()];
     if !is_h2 && !could_be_h2 {
-        assert_eq!(out, input, "a non-HTTP/2 stream must pass through unchanged");
+        assert_eq!(
+            out, input,
+            "a non-HTTP/2 stream must pass through unchanged"
+        );
     }
     // Re-encoding without the dynamic table can grow a header block, but only boundedly:
     // every header field is at most its literal encoding plus a few length bytes.
