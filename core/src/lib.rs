@@ -1,7 +1,7 @@
 //! detcd-core: the pure logic of an etcd-compatible member.
 //!
 //! Nothing here opens a socket, reads a clock, spawns a thread or touches a file by itself:
-//! time comes in as ticks, storage through an injected redb backend, randomness from the
+//! time comes in as ticks, storage through an injected redb backend and log file (`wal::LogFile`), randomness from the
 //! caller. The async node in `detcd-net` drives these pieces; the simulator drives the same node.
 
 pub mod proto;
@@ -16,3 +16,4 @@ pub mod raft_log;
 pub mod raft_logger;
 pub mod tables;
 pub mod tls;
+pub mod wal;

@@ -1,10 +1,14 @@
-//! The raft log as raft-rs sees it (`raft::Storage`), kept in memory and mirrored into redb.
+//! The raft log as raft-rs sees it (`raft::Storage`): kept in memory, written through to an
+//! append-only log file (`wal`), one write and one sync per Ready.
 //!
-//! Every mutation takes the caller's redb write transaction, so the driver can put a Ready's
-//! entries, hard state and applied effects in one durable commit. If that commit fails the
-//! member must stop (an fsync error is fatal), so memory never outlives a lost write.
+//! What lives where: entries and hard state in the log file; the conf state, the applied index
+//! and the snapshot a follower installed in redb with the state machine they describe. A log
+//! file is rewritten (atomically) only when it is compacted or replaced by a snapshot, and
+//! only after the state machine is durable past the point it drops. If a write or sync fails
+//! the member must stop (an fsync error is fatal), so memory never outlives a lost write.
 
-use crate::tables::{meta_keys, META, RAFT_LOG};
+use crate::tables::{meta_keys, META};
+use crate::wal::{self, LogFile, Record};
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -40,6 +44,18 @@ impl From<protobuf::ProtobufError> for LogError {
     }
 }
 
+impl From<std::io::Error> for LogError {
+    fn from(e: std::io::Error) -> Self {
+        LogError::Storage(format!("raft log file: {e}"))
+    }
+}
+
+impl From<wal::WalError> for LogError {
+    fn from(e: wal::WalError) -> Self {
+        LogError::Corrupt(e.to_string())
+    }
+}
+
 /// Raft's persistent view: hard state, conf state, and the entries after the last compaction.
 pub struct RaftLog {
     hard_state: HardState,
@@ -53,6 +69,9 @@ pub struct RaftLog {
     snapshot: Option<Snapshot>,
     /// Set when raft asked for a snapshot we do not have; the driver builds one.
     snapshot_wanted: Cell<bool>,
+    file: Box<dyn LogFile>,
+    /// Records encoded since the last `sync`.
+    pending: Vec<u8>,
 }
 
 fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
@@ -67,73 +86,147 @@ fn u64_pair(a: u64, b: u64) -> [u8; 16] {
     out
 }
 
-impl RaftLog {
-    /// Reads the raft state from the data file. `None` when the file holds no log yet.
-    pub fn load(db: &redb::Database) -> Result<Option<RaftLog>, LogError> {
-        let txn = db.begin_read()?;
-        let meta = match txn.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let Some(cs) = meta.get(meta_keys::CONF_STATE)? else {
-            return Ok(None);
-        };
-        let conf_state = ConfState::parse_from_bytes(cs.value())?;
-        let hard_state = match meta.get(meta_keys::HARD_STATE)? {
-            Some(v) => HardState::parse_from_bytes(v.value())?,
-            None => HardState::default(),
-        };
-        let (compacted_index, compacted_term) = match meta.get(meta_keys::SNAPSHOT_META)? {
-            Some(v) => {
-                let b = v.value();
-                if b.len() != 16 {
-                    return Err(LogError::Corrupt("snapshot metadata".into()));
-                }
-                (
-                    u64::from_be_bytes(b[..8].try_into().unwrap()),
-                    u64::from_be_bytes(b[8..].try_into().unwrap()),
-                )
-            }
-            None => (0, 0),
-        };
-        let mut entries = Vec::new();
-        let log = txn.open_table(RAFT_LOG)?;
-        for row in log.range(compacted_index + 1..)? {
-            let (k, v) = row?;
-            let e = Entry::parse_from_bytes(v.value())?;
-            let want = compacted_index + 1 + entries.len() as u64;
-            if k.value() != want || e.index != want {
+fn meta_u64_pair(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<(u64, u64)>, LogError> {
+    match meta.get(key)? {
+        Some(v) => {
+            let b = v.value();
+            if b.len() != 16 {
                 return Err(LogError::Corrupt(format!(
-                    "raft log gap: expected index {want}, found {}",
-                    k.value()
+                    "{key} is {} bytes, not 16",
+                    b.len()
                 )));
             }
-            entries.push(e);
+            Ok(Some((
+                u64::from_be_bytes(b[..8].try_into().unwrap()),
+                u64::from_be_bytes(b[8..].try_into().unwrap()),
+            )))
         }
-        Ok(Some(RaftLog {
+        None => Ok(None),
+    }
+}
+
+impl RaftLog {
+    /// True when the data file holds a member's state (it bootstrapped before).
+    pub fn exists(db: &redb::Database) -> Result<bool, LogError> {
+        let txn = db.begin_read()?;
+        match txn.open_table(META) {
+            Ok(t) => Ok(t.get(meta_keys::CONF_STATE)?.is_some()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads the raft state of a member that `exists`: the conf state and applied index from
+    /// the data file, entries and hard state from the log file (cutting off a torn tail).
+    pub fn load(db: &redb::Database, mut file: Box<dyn LogFile>) -> Result<RaftLog, LogError> {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let Some(cs) = meta.get(meta_keys::CONF_STATE)? else {
+            return Err(LogError::Corrupt("no conf state in data file".into()));
+        };
+        let conf_state = ConfState::parse_from_bytes(cs.value())?;
+        let installed = meta_u64_pair(&meta, meta_keys::SNAPSHOT_META)?;
+        let applied = match meta.get(meta_keys::APPLIED_INDEX)? {
+            Some(v) => v
+                .value()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| LogError::Corrupt("applied index is not 8 bytes".into()))?,
+            None => 0,
+        };
+
+        let bytes = file.read_all()?;
+        let scan = wal::scan(&bytes)?;
+        if scan.records.is_empty() {
+            return Err(LogError::Corrupt(
+                "the raft log file is missing or empty, but the data file has a member".into(),
+            ));
+        }
+        if scan.valid_len < bytes.len() as u64 {
+            // Only an unsynced (never acknowledged) tail can be torn.
+            tracing::warn!(
+                dropped_bytes = bytes.len() as u64 - scan.valid_len,
+                "raft log file ends in a torn record; cutting it off"
+            );
+            file.truncate(scan.valid_len)?;
+        }
+        let (mut base_index, mut base_term) = (0, 0);
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut hard_state = HardState::default();
+        for rec in scan.records {
+            match rec {
+                Record::Base { index, term } => {
+                    (base_index, base_term) = (index, term);
+                    entries.clear();
+                }
+                Record::Entry(e) => {
+                    let next = base_index + 1 + entries.len() as u64;
+                    if e.index <= base_index || e.index > next {
+                        return Err(LogError::Corrupt(format!(
+                            "raft log file: entry {} after base {base_index} and {} entries",
+                            e.index,
+                            entries.len()
+                        )));
+                    }
+                    // A later entry at an index already seen replaces it and its suffix.
+                    entries.truncate((e.index - base_index - 1) as usize);
+                    entries.push(e);
+                }
+                Record::HardState(hs) => hard_state = hs,
+            }
+        }
+        // A crash between installing a snapshot (data file) and rewriting the log file leaves
+        // the log behind the state machine: the log starts at the snapshot, keeping later
+        // entries only if they continue it.
+        if let Some((index, term)) = installed.filter(|(i, _)| *i > base_index) {
+            let at = index.checked_sub(base_index + 1).map(|i| i as usize);
+            let continues = at.and_then(|i| entries.get(i)).map(|e| e.term) == Some(term);
+            if continues {
+                entries.drain(..=at.unwrap());
+            } else {
+                entries.clear();
+            }
+            (base_index, base_term) = (index, term);
+        }
+        let last = base_index + entries.len() as u64;
+        if applied > last {
+            return Err(LogError::Corrupt(format!(
+                "the state machine applied index {applied} is past the raft log's last index {last}"
+            )));
+        }
+        // The commit index is written only with entries or votes; what was applied was
+        // committed, and so is the base.
+        hard_state.commit = hard_state.commit.max(applied).max(base_index);
+        hard_state.term = hard_state.term.max(base_term);
+        Ok(RaftLog {
             hard_state,
             conf_state,
-            compacted_index,
-            compacted_term,
+            compacted_index: base_index,
+            compacted_term: base_term,
             entries,
             snapshot: None,
             snapshot_wanted: Cell::new(false),
-        }))
+            file,
+            pending: Vec::new(),
+        })
     }
 
-    /// A brand-new member of a new cluster: the voters are known, the log is empty.
+    /// A brand-new member of a new cluster: the voters are known, the log is empty. The log
+    /// file is written (durably) now; the conf state goes into the caller's transaction.
     pub fn bootstrap(
         txn: &redb::WriteTransaction,
         conf_state: ConfState,
+        mut file: Box<dyn LogFile>,
     ) -> Result<RaftLog, LogError> {
+        file.replace(&wal::new_file(&[
+            Record::Base { index: 0, term: 0 },
+            Record::HardState(HardState::default()),
+        ]))?;
         let mut meta = txn.open_table(META)?;
         meta.insert(meta_keys::CONF_STATE, encode(&conf_state).as_slice())?;
-        meta.insert(
-            meta_keys::HARD_STATE,
-            encode(&HardState::default()).as_slice(),
-        )?;
-        txn.open_table(RAFT_LOG)?;
         Ok(RaftLog {
             hard_state: HardState::default(),
             conf_state,
@@ -142,6 +235,8 @@ impl RaftLog {
             entries: Vec::new(),
             snapshot: None,
             snapshot_wanted: Cell::new(false),
+            file,
+            pending: Vec::new(),
         })
     }
 
@@ -168,8 +263,9 @@ impl RaftLog {
         self.compacted_index + self.entries.len() as u64
     }
 
-    /// Appends entries from a Ready, replacing any conflicting suffix.
-    pub fn append(&mut self, txn: &redb::WriteTransaction, ents: &[Entry]) -> Result<(), LogError> {
+    /// Appends entries from a Ready, replacing any conflicting suffix (in the file, a later
+    /// record at an index replaces the earlier ones). Durable after `sync`.
+    pub fn append(&mut self, ents: &[Entry]) -> Result<(), LogError> {
         let Some(first) = ents.first() else {
             return Ok(());
         };
@@ -186,45 +282,29 @@ impl RaftLog {
                 self.last()
             )));
         }
-        let mut table = txn.open_table(RAFT_LOG)?;
-        // Drop the conflicting suffix, in memory and on disk.
-        let keep = (first.index - self.compacted_index - 1) as usize;
-        if keep < self.entries.len() {
-            let old_last = self.last();
-            for idx in first.index..=old_last {
-                table.remove(idx)?;
-            }
-            self.entries.truncate(keep);
-        }
+        self.entries
+            .truncate((first.index - self.compacted_index - 1) as usize);
         for e in ents {
-            table.insert(e.index, encode(e).as_slice())?;
+            wal::encode_entry(e, &mut self.pending);
             self.entries.push(e.clone());
         }
         Ok(())
     }
 
-    pub fn set_hard_state(
-        &mut self,
-        txn: &redb::WriteTransaction,
-        hs: &HardState,
-    ) -> Result<(), LogError> {
-        txn.open_table(META)?
-            .insert(meta_keys::HARD_STATE, encode(hs).as_slice())?;
+    /// Records a new hard state. Durable after `sync`.
+    pub fn set_hard_state(&mut self, hs: &HardState) {
+        wal::encode_hard_state(hs, &mut self.pending);
         self.hard_state = hs.clone();
-        Ok(())
     }
 
-    /// Records a commit index change that came without a new hard state (light ready).
-    pub fn set_commit(
-        &mut self,
-        txn: &redb::WriteTransaction,
-        commit: u64,
-    ) -> Result<(), LogError> {
-        let mut hs = self.hard_state.clone();
-        if commit > hs.commit {
-            hs.commit = commit;
-            self.set_hard_state(txn, &hs)?;
+    /// Writes what was appended since the last call and waits for it to reach the disk.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
+        self.file.append(&self.pending)?;
+        self.file.sync()?;
+        self.pending.clear();
         Ok(())
     }
 
@@ -239,15 +319,15 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Installs a snapshot received from the leader: the log restarts after it.
+    /// Installs a snapshot received from the leader: the log restarts after it. Writes the
+    /// snapshot's point into the caller's transaction (with the state machine it replaces);
+    /// once that is durable the caller calls `rewrite`.
     pub fn install_snapshot(
         &mut self,
         txn: &redb::WriteTransaction,
         snap: &Snapshot,
     ) -> Result<(), LogError> {
         let md = snap.get_metadata();
-        let mut table = txn.open_table(RAFT_LOG)?;
-        table.retain(|_, _| false)?;
         let mut meta = txn.open_table(META)?;
         meta.insert(
             meta_keys::SNAPSHOT_META,
@@ -260,7 +340,6 @@ impl RaftLog {
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(md.index);
         hs.term = hs.term.max(md.term);
-        meta.insert(meta_keys::HARD_STATE, encode(&hs).as_slice())?;
         self.hard_state = hs;
         self.conf_state = md.get_conf_state().clone();
         self.compacted_index = md.index;
@@ -270,8 +349,9 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Drops entries through `index` (already applied, and covered by the state machine).
-    pub fn compact(&mut self, txn: &redb::WriteTransaction, index: u64) -> Result<(), LogError> {
+    /// Drops entries through `index` and rewrites the log file without them. The caller must
+    /// have made the state machine durable through `index` first.
+    pub fn compact(&mut self, index: u64) -> Result<(), LogError> {
         if index <= self.compacted_index {
             return Ok(());
         }
@@ -282,16 +362,27 @@ impl RaftLog {
             )));
         }
         let term = self.term_of(index).expect("index within the log");
-        let mut table = txn.open_table(RAFT_LOG)?;
-        for idx in self.compacted_index + 1..=index {
-            table.remove(idx)?;
-        }
-        txn.open_table(META)?
-            .insert(meta_keys::SNAPSHOT_META, u64_pair(index, term).as_slice())?;
         let drop = (index - self.compacted_index) as usize;
         self.entries.drain(..drop);
         self.compacted_index = index;
         self.compacted_term = term;
+        self.rewrite()
+    }
+
+    /// Replaces the log file with the log as it is in memory (atomically, durably).
+    pub fn rewrite(&mut self) -> Result<(), LogError> {
+        let mut bytes = wal::new_file(&[
+            Record::Base {
+                index: self.compacted_index,
+                term: self.compacted_term,
+            },
+            Record::HardState(self.hard_state.clone()),
+        ]);
+        for e in &self.entries {
+            wal::encode_entry(e, &mut bytes);
+        }
+        self.file.replace(&bytes)?;
+        self.pending.clear();
         Ok(())
     }
 
@@ -390,6 +481,7 @@ impl raft::Storage for RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::MemFile;
     use raft::Storage;
 
     fn mem_db() -> redb::Database {
@@ -412,29 +504,74 @@ mod tests {
         cs
     }
 
+    fn bootstrapped(ids: &[u64]) -> (redb::Database, MemFile, RaftLog) {
+        let db = mem_db();
+        let file = MemFile::default();
+        let txn = db.begin_write().unwrap();
+        let log = RaftLog::bootstrap(&txn, voters(ids), Box::new(file.clone())).unwrap();
+        txn.commit().unwrap();
+        (db, file, log)
+    }
+
+    fn set_applied(db: &redb::Database, applied: u64) {
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(meta_keys::APPLIED_INDEX, applied.to_be_bytes().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+
+    fn indexes_and_terms(log: &RaftLog) -> Vec<(u64, u64)> {
+        let (lo, hi) = (log.first_index().unwrap(), log.last_index().unwrap() + 1);
+        log.entries(lo, hi, None, GetEntriesContext::empty(false))
+            .unwrap()
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect()
+    }
+
     #[test]
     fn fresh_file_has_no_log() {
-        let db = mem_db();
-        assert!(RaftLog::load(&db).unwrap().is_none());
+        assert!(!RaftLog::exists(&mem_db()).unwrap());
+        let (db, _, _) = bootstrapped(&[1]);
+        assert!(RaftLog::exists(&db).unwrap());
     }
 
     #[test]
     fn append_truncate_compact_and_reload() {
-        let db = mem_db();
-        let txn = db.begin_write().unwrap();
-        let mut log = RaftLog::bootstrap(&txn, voters(&[1, 2, 3])).unwrap();
-        log.append(&txn, &(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
+        let (db, file, mut log) = bootstrapped(&[1, 2, 3]);
+        log.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
             .unwrap();
-        // A new leader overwrites 8..: the old suffix must vanish from memory and disk.
-        log.append(&txn, &[entry(8, 2), entry(9, 2)]).unwrap();
+        log.sync().unwrap();
+        // A new leader overwrites 8..: the old suffix must vanish from memory and file.
+        log.append(&[entry(8, 2), entry(9, 2)]).unwrap();
         let mut hs = HardState::default();
         hs.term = 2;
         hs.vote = 3;
         hs.commit = 9;
-        log.set_hard_state(&txn, &hs).unwrap();
-        log.compact(&txn, 5).unwrap();
-        txn.commit().unwrap();
+        log.set_hard_state(&hs);
+        log.sync().unwrap();
 
+        let again = RaftLog::load(&db, Box::new(file.clone())).unwrap();
+        assert_eq!(again.hard_state(), &hs);
+        assert_eq!(again.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(
+            indexes_and_terms(&again),
+            vec![
+                (1, 1),
+                (2, 1),
+                (3, 1),
+                (4, 1),
+                (5, 1),
+                (6, 1),
+                (7, 1),
+                (8, 2),
+                (9, 2)
+            ]
+        );
+
+        log.compact(5).unwrap();
         assert_eq!(log.first_index().unwrap(), 6);
         assert_eq!(log.last_index().unwrap(), 9);
         assert_eq!(log.term(5).unwrap(), 1);
@@ -443,27 +580,65 @@ mod tests {
             log.term(4),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
-
-        let again = RaftLog::load(&db).unwrap().unwrap();
+        let again = RaftLog::load(&db, Box::new(file)).unwrap();
         assert_eq!(again.hard_state(), &hs);
-        assert_eq!(again.conf_state().voters, vec![1, 2, 3]);
         assert_eq!(again.first_index().unwrap(), 6);
-        assert_eq!(again.last_index().unwrap(), 9);
-        let ents = again
-            .entries(6, 10, None, GetEntriesContext::empty(false))
-            .unwrap();
         assert_eq!(
-            ents.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+            indexes_and_terms(&again),
             vec![(6, 1), (7, 1), (8, 2), (9, 2)]
         );
     }
 
     #[test]
+    fn unsynced_records_are_not_in_the_file() {
+        let (db, file, mut log) = bootstrapped(&[1]);
+        log.append(&[entry(1, 1)]).unwrap();
+        log.sync().unwrap();
+        log.append(&[entry(2, 1)]).unwrap();
+        let again = RaftLog::load(&db, Box::new(file)).unwrap();
+        assert_eq!(again.last_index().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_appending_goes_on_after_it() {
+        let (db, file, mut log) = bootstrapped(&[1]);
+        log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+        log.sync().unwrap();
+        let len = file.bytes.lock().unwrap().len();
+        file.bytes.lock().unwrap().truncate(len - 3);
+        let mut again = RaftLog::load(&db, Box::new(file.clone())).unwrap();
+        assert_eq!(again.last_index().unwrap(), 1);
+        again.append(&[entry(2, 2)]).unwrap();
+        again.sync().unwrap();
+        let third = RaftLog::load(&db, Box::new(file)).unwrap();
+        assert_eq!(indexes_and_terms(&third), vec![(1, 1), (2, 2)]);
+    }
+
+    #[test]
+    fn commit_index_is_at_least_the_applied_index() {
+        let (db, file, mut log) = bootstrapped(&[1]);
+        log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+        log.sync().unwrap();
+        set_applied(&db, 2);
+        let again = RaftLog::load(&db, Box::new(file)).unwrap();
+        assert_eq!(again.hard_state().commit, 2);
+    }
+
+    #[test]
+    fn applied_past_the_log_is_corruption() {
+        let (db, file, mut log) = bootstrapped(&[1]);
+        log.append(&[entry(1, 1)]).unwrap();
+        log.sync().unwrap();
+        set_applied(&db, 5);
+        assert!(matches!(
+            RaftLog::load(&db, Box::new(file)),
+            Err(LogError::Corrupt(_))
+        ));
+    }
+
+    #[test]
     fn missing_snapshot_is_requested_once() {
-        let db = mem_db();
-        let txn = db.begin_write().unwrap();
-        let mut log = RaftLog::bootstrap(&txn, voters(&[1])).unwrap();
-        txn.commit().unwrap();
+        let (_db, _file, mut log) = bootstrapped(&[1]);
         assert!(log.snapshot(0, 2).is_err());
         assert!(log.take_snapshot_wanted());
         assert!(!log.take_snapshot_wanted());
@@ -473,22 +648,52 @@ mod tests {
         assert!(log.snapshot(0, 2).is_ok());
     }
 
+    fn snapshot_at(index: u64, term: u64) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().set_conf_state(voters(&[1, 2, 3]));
+        snap
+    }
+
     #[test]
     fn installed_snapshot_resets_the_log() {
-        let db = mem_db();
+        let (db, file, mut log) = bootstrapped(&[1, 2, 3]);
+        log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
+        log.sync().unwrap();
         let txn = db.begin_write().unwrap();
-        let mut log = RaftLog::bootstrap(&txn, voters(&[1, 2, 3])).unwrap();
-        log.append(&txn, &[entry(1, 1), entry(2, 1)]).unwrap();
-        let mut snap = Snapshot::default();
-        snap.mut_metadata().index = 50;
-        snap.mut_metadata().term = 4;
-        snap.mut_metadata().set_conf_state(voters(&[1, 2, 3]));
-        log.install_snapshot(&txn, &snap).unwrap();
+        log.install_snapshot(&txn, &snapshot_at(50, 4)).unwrap();
         txn.commit().unwrap();
-        let again = RaftLog::load(&db).unwrap().unwrap();
+        log.rewrite().unwrap();
+        let again = RaftLog::load(&db, Box::new(file)).unwrap();
         assert_eq!(again.first_index().unwrap(), 51);
         assert_eq!(again.last_index().unwrap(), 50);
         assert_eq!(again.term(50).unwrap(), 4);
         assert_eq!(again.hard_state().commit, 50);
+    }
+
+    #[test]
+    fn a_crash_between_snapshot_install_and_log_rewrite_starts_the_log_at_the_snapshot() {
+        // Entries 1..=3 in the log file; the snapshot (at 2, term 1) reached only the data file.
+        let (db, file, mut log) = bootstrapped(&[1, 2, 3]);
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+            .unwrap();
+        log.sync().unwrap();
+        let txn = db.begin_write().unwrap();
+        log.install_snapshot(&txn, &snapshot_at(2, 1)).unwrap();
+        txn.commit().unwrap();
+        let again = RaftLog::load(&db, Box::new(file.clone())).unwrap();
+        assert_eq!(again.first_index().unwrap(), 3);
+        assert_eq!(indexes_and_terms(&again), vec![(3, 1)]);
+
+        // A snapshot the log does not continue drops the whole log.
+        let txn = db.begin_write().unwrap();
+        log.install_snapshot(&txn, &snapshot_at(3, 7)).unwrap();
+        txn.commit().unwrap();
+        let again = RaftLog::load(&db, Box::new(file)).unwrap();
+        assert_eq!(again.first_index().unwrap(), 4);
+        assert_eq!(again.last_index().unwrap(), 3);
+        assert_eq!(again.term(3).unwrap(), 7);
+        assert_eq!(again.hard_state().term, 7);
     }
 }

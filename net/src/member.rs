@@ -18,6 +18,7 @@ use detcd_core::membership::Membership;
 use detcd_core::proto::detcdpb::{MemberAttributes, MemberRecord};
 use detcd_core::raft_log::{LogError, RaftLog};
 use detcd_core::tables::{meta_keys, KV, MEMBERS, META};
+use detcd_core::wal::LogFile;
 use raft::prelude::ConfState;
 use redb::{Durability, ReadableDatabase};
 use std::net::SocketAddr;
@@ -48,6 +49,11 @@ pub enum MemberError {
 /// The data file inside the data dir (etcd keeps `member/snap/db` and `member/wal` there).
 pub fn data_file_path(data_dir: &str) -> PathBuf {
     Path::new(data_dir).join("member").join("detcd.db")
+}
+
+/// The raft log file beside it.
+pub fn log_file_path(data_dir: &str) -> PathBuf {
+    Path::new(data_dir).join("member").join("detcd.wal")
 }
 
 fn storage_err(e: impl std::fmt::Display) -> MemberError {
@@ -103,9 +109,15 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
     let created = !Path::new(&cfg.data_dir).exists();
     let data_dir = cfg.data_dir.clone();
     let db = open_data_file(&cfg.data_dir)?;
+    let log_file = crate::log_file::FileLog::open(&log_file_path(&cfg.data_dir)).map_err(|e| {
+        MemberError::DataDir {
+            path: data_dir.clone(),
+            err: e.to_string(),
+        }
+    })?;
     let path = data_file_path(&cfg.data_dir);
     let db_size = Arc::new(move || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
-    let res = run_member_with(cfg, db, db_size).await;
+    let res = run_member_with(cfg, db, Box::new(log_file), db_size).await;
     if created && matches!(res, Err(MemberError::Bootstrap(_))) {
         // A refused start leaves nothing behind: the next attempt starts as fresh as this one.
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -113,10 +125,12 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
     res
 }
 
-/// Runs a member on an already opened data file (the simulator passes its simulated disk).
+/// Runs a member on an already opened data file and raft log file (the simulator passes its
+/// simulated disks).
 pub async fn run_member_with(
     cfg: Config,
     db: redb::Database,
+    log_file: Box<dyn LogFile>,
     db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
 ) -> Result<(), MemberError> {
     // TLS first: bad certificate files stop the member before anything else happens.
@@ -138,8 +152,7 @@ pub async fn run_member_with(
         let _ = &tls_plan;
         (None, None, PeerDialTls::default())
     };
-    let existing = RaftLog::load(&db)?;
-    let state = if existing.is_some() {
+    let state = if RaftLog::exists(&db)? {
         DataDirState::HasLog
     } else {
         DataDirState::Empty
@@ -147,7 +160,7 @@ pub async fn run_member_with(
     let decision = bootstrap::decide(&cfg, state, &resolve_host)?;
     let (log, member_id, cluster_id, restarted) = match decision {
         Bootstrap::Restart => {
-            let log = existing.expect("restart decided from an existing log");
+            let log = RaftLog::load(&db, log_file)?;
             let txn = db.begin_read().map_err(storage_err)?;
             let members = Membership::load(&txn)?;
             let meta = txn.open_table(META).map_err(storage_err)?;
@@ -180,7 +193,7 @@ pub async fn run_member_with(
                 .map_err(storage_err)?;
             let mut cs = ConfState::default();
             cs.voters = members.iter().map(|m| m.id).collect();
-            let log = RaftLog::bootstrap(&txn, cs)?;
+            let log = RaftLog::bootstrap(&txn, cs, log_file)?;
             Membership::bootstrap(
                 &txn,
                 cluster_id,

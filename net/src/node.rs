@@ -1,10 +1,11 @@
 //! The raft driver: one task that owns the raft-rs `RawNode`, feeds it ticks, peer messages,
 //! proposals and read requests, and carries out each `Ready` in raft-rs's documented order.
 //!
-//! Durability: a Ready's applied effects go into a non-durable redb commit (visible to readers
-//! at once), then its entries and hard state into one durable commit, which also makes the
-//! applied effects durable. One fsync per Ready, whatever its size. Responses go to clients
-//! only after the entries they answer are committed by raft and applied.
+//! Durability, etcd's way: a Ready's entries and hard state are appended to the raft log file
+//! with one fsync, whatever the Ready's size. Applied effects go into non-durable redb commits
+//! (visible to readers at once) and are made durable every heartbeat and before the log drops
+//! entries, so a restart replays the log from the durable applied index. Responses go to
+//! clients only after the entries they answer are committed by raft and applied.
 
 use crate::errors::ApiError;
 use crate::transport::{PeerEvent, Transport};
@@ -239,6 +240,8 @@ pub struct Node {
     ready_reads: Vec<(u64, Vec<oneshot::Sender<()>>)>,
     next_read_ctx: u64,
     applied: u64,
+    /// The applied index the data file holds durably (the log replays from there).
+    durable_applied: u64,
     last_snapshot_index: u64,
     snapshot_count: u64,
     attributes: detcdpb::MemberAttributes,
@@ -324,6 +327,7 @@ impl Node {
             ready_reads: Vec::new(),
             next_read_ctx: 1,
             applied,
+            durable_applied: applied,
             last_snapshot_index: applied,
             snapshot_count: params.snapshot_count.max(1),
             attributes: params.attributes,
@@ -363,7 +367,10 @@ impl Node {
                         }
                     }
                 }
-                _ = ticker.tick() => self.tick(),
+                _ = ticker.tick() => {
+                    self.tick();
+                    self.persist_applied()?;
+                }
                 Some(p) = self.proposals.recv() => {
                     self.handle_proposal(p);
                     for _ in 0..MAX_BATCH {
@@ -546,27 +553,20 @@ impl Node {
             self.install_snapshot(rd.snapshot().clone())?;
         }
 
-        // 3-5. Apply what is committed, append the new entries, store the hard state.
-        // Durable only when raft says it must be (new entries, term or vote); a hard state
-        // that only moved its commit index is not worth an fsync (raft recovers it), as in
-        // etcd, and then it rides in the same non-durable commit as the applied effects. With
-        // an fsync due, the applied effects get their own non-durable commit first, so readers
-        // never wait on the disk. A durable commit makes every earlier non-durable one durable.
-        let committed = rd.take_committed_entries();
+        // 3-5. Apply what is committed (readers see it at once), then append the new entries
+        // and hard state to the log file with one fsync. Only when raft says it must (new
+        // entries, term or vote): a hard state that only moved its commit index is not worth
+        // an fsync, as in etcd; a restart takes the commit index from the applied index.
+        self.apply_entries(rd.take_committed_entries())?;
         if rd.must_sync() {
-            self.apply_entries(committed, None, None)?;
-            let mut txn = self.shared.db.begin_write()?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(|e| NodeError::Fatal(e.to_string()))?;
-            self.raw.mut_store().append(&txn, rd.entries())?;
+            let store = self.raw.mut_store();
+            store.append(rd.entries())?;
             if let Some(hs) = rd.hs() {
-                self.raw.mut_store().set_hard_state(&txn, hs)?;
+                store.set_hard_state(hs);
             }
-            txn.commit()?;
+            store.sync()?;
         } else {
             debug_assert!(rd.entries().is_empty(), "new entries always need a sync");
-            let hs = rd.hs().cloned();
-            self.apply_entries(committed, None, hs.as_ref())?;
         }
 
         // 6. Messages that must follow persistence (votes, append responses).
@@ -574,11 +574,7 @@ impl Node {
 
         let mut light = self.raw.advance(rd);
         self.transport.send(light.take_messages());
-        // The new commit index goes into the same (non-durable) commit as what it lets us
-        // apply, so a stored applied index never exceeds the stored commit index (raft-rs
-        // refuses to start otherwise).
-        let commit = light.commit_index();
-        self.apply_entries(light.take_committed_entries(), commit, None)?;
+        self.apply_entries(light.take_committed_entries())?;
         self.raw.advance_apply();
 
         {
@@ -612,15 +608,26 @@ impl Node {
         });
     }
 
-    /// Applies committed entries in one non-durable commit, storing with them a new commit
-    /// index or hard state when given (never ahead of what the log holds durably).
-    fn apply_entries(
-        &mut self,
-        entries: Vec<Entry>,
-        commit: Option<u64>,
-        hard_state: Option<&HardState>,
-    ) -> Result<(), NodeError> {
-        if entries.is_empty() && commit.is_none() && hard_state.is_none() {
+    /// Makes the applied effects durable, so a restart replays the log only from here.
+    fn persist_applied(&mut self) -> Result<(), NodeError> {
+        if self.applied == self.durable_applied {
+            return Ok(());
+        }
+        let mut txn = self.shared.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| NodeError::Fatal(e.to_string()))?;
+        txn.open_table(META)?.insert(
+            meta_keys::APPLIED_INDEX,
+            self.applied.to_be_bytes().as_slice(),
+        )?;
+        txn.commit()?;
+        self.durable_applied = self.applied;
+        Ok(())
+    }
+
+    /// Applies committed entries in one non-durable commit (with the applied index).
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
+        if entries.is_empty() {
             return Ok(());
         }
         let mut replies = Vec::new();
@@ -662,12 +669,6 @@ impl Node {
                 meta_keys::APPLIED_INDEX,
                 self.applied.to_be_bytes().as_slice(),
             )?;
-            if let Some(hs) = hard_state {
-                self.raw.mut_store().set_hard_state(&txn, hs)?;
-            }
-            if let Some(c) = commit {
-                self.raw.mut_store().set_commit(&txn, c)?;
-            }
             if let Err(e) = txn.commit() {
                 return Err(e.into());
             }
@@ -735,9 +736,13 @@ impl Node {
         txn.open_table(META)?
             .insert(meta_keys::APPLIED_INDEX, index.to_be_bytes().as_slice())?;
         txn.commit()?;
+        drop(mvcc);
+        // Only now that the state machine holds the snapshot durably may the log drop entries.
+        self.raw.mut_store().rewrite()?;
         tracing::info!(index, "installed snapshot from leader");
         SNAPSHOTS_INSTALLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.applied = index;
+        self.durable_applied = index;
         self.last_snapshot_index = index;
         Ok(())
     }
@@ -768,9 +773,9 @@ impl Node {
         // A tiny --snapshot-count asks for a small log: keep no more than it as catch-up tail.
         let compact_to = index.saturating_sub(CATCH_UP_ENTRIES.min(self.snapshot_count));
         if compact_to > self.raw.store().compacted_index() {
-            let txn = self.begin_volatile()?;
-            self.raw.mut_store().compact(&txn, compact_to)?;
-            txn.commit()?;
+            // The log may drop only what the data file holds durably.
+            self.persist_applied()?;
+            self.raw.mut_store().compact(compact_to)?;
             tracing::info!(index, compact_to, "snapshot taken, raft log compacted");
         }
         Ok(())

@@ -96,9 +96,13 @@ pub fn start_member(handle: &Handle, cfg: Config, ip: IpAddr, disk: SimDisk) -> 
                         }
                     };
                     let size_disk = disk.clone();
-                    let res =
-                        detcd_net::run_member_with(cfg, db, Arc::new(move || size_disk.len()))
-                            .await;
+                    let res = detcd_net::run_member_with(
+                        cfg,
+                        db,
+                        Box::new(disk.open_log()),
+                        Arc::new(move || size_disk.len()),
+                    )
+                    .await;
                     let note = match res {
                         Ok(()) => "stopped".to_string(),
                         Err(e) => e.to_string(),

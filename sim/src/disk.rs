@@ -1,7 +1,10 @@
-//! A simulated disk for one member: redb runs on it through `StorageBackend`.
+//! A simulated disk for one member: redb runs on it through `StorageBackend`, the raft log
+//! file through `LogFile`.
 //!
-//! It keeps two images: `volatile` (what the member has written) and `durable` (what the last
-//! `sync_data` made safe). A crash throws the volatile image away. Each open gets a generation:
+//! The data file keeps two images: `volatile` (what the member has written) and `durable`
+//! (what the last `sync_data` made safe). The log file, append-only between atomic
+//! replacements, keeps its bytes and how many of them are synced. A crash throws away what was
+//! not synced in both (or keeps a torn half of the last unsynced write, when that fault is on). Each open gets a generation:
 //! after a crash, the dead member's handles (whose tasks madsim may drop later) can neither read
 //! nor write, so nothing it does after "power loss" reaches the restarted member's disk.
 
@@ -19,6 +22,14 @@ struct Image {
     torn_write: Option<(u64, Vec<u8>)>,
     tear_on_crash: bool,
     syncs: u64,
+    log: LogImage,
+}
+
+#[derive(Debug, Default)]
+struct LogImage {
+    bytes: Vec<u8>,
+    /// `bytes[..synced]` survives a crash.
+    synced: usize,
 }
 
 /// One member's disk, shared by the harness (to crash it) and the member (to use it).
@@ -60,6 +71,21 @@ impl SimDisk {
         }
         img.volatile = survivor;
         img.torn_write = None;
+        let tear = img.tear_on_crash;
+        let log = &mut img.log;
+        let unsynced = log.bytes.len() - log.synced;
+        let keep = if tear {
+            log.synced + unsynced / 2
+        } else {
+            log.synced
+        };
+        log.bytes.truncate(keep);
+        log.synced = keep;
+    }
+
+    /// The raft log file for a newly started member process.
+    pub fn open_log(&self) -> SimLogFile {
+        SimLogFile(self.open())
     }
 
     pub fn set_fail_sync(&self, fail: bool) {
@@ -97,6 +123,54 @@ impl SimBackend {
             return Err(io::Error::other("simulated disk: process crashed"));
         }
         f(&mut img)
+    }
+}
+
+/// The raft log file on a `SimDisk`, bound to one process lifetime.
+#[derive(Debug)]
+pub struct SimLogFile(SimBackend);
+
+impl detcd_core::wal::LogFile for SimLogFile {
+    fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        self.0.with(|img| Ok(img.log.bytes.clone()))
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.with(|img| {
+            img.log.bytes.extend_from_slice(bytes);
+            Ok(())
+        })
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.with(|img| {
+            if img.fail_sync {
+                return Err(io::Error::other("simulated fsync failure"));
+            }
+            img.log.synced = img.log.bytes.len();
+            img.syncs += 1;
+            Ok(())
+        })
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.0.with(|img| {
+            img.log.bytes.truncate(len as usize);
+            img.log.synced = img.log.synced.min(len as usize);
+            Ok(())
+        })
+    }
+
+    fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.with(|img| {
+            if img.fail_sync {
+                return Err(io::Error::other("simulated fsync failure"));
+            }
+            img.log.bytes = bytes.to_vec();
+            img.log.synced = bytes.len();
+            img.syncs += 1;
+            Ok(())
+        })
     }
 }
 

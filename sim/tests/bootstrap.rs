@@ -149,7 +149,7 @@ async fn not_listed_exits_with_the_guides_message() {
         .create_with_backend(member.disk.open())
         .unwrap();
     assert!(
-        detcd_core::raft_log::RaftLog::load(&db).unwrap().is_none(),
+        !detcd_core::raft_log::RaftLog::exists(&db).unwrap(),
         "a refused member wrote a raft log"
     );
 }
