@@ -24,13 +24,14 @@
 //! frame interleaved into a header block, bad padding, a header block over
 //! [`MAX_HEADER_BLOCK`]) ends the connection with a read error.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::hpack::{Decoder, STATIC_TABLE};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -122,7 +123,7 @@ pub struct Rewriter {
     /// Payload bytes of the current pass-through frame still to forward.
     passthrough_left: usize,
     block: Option<PendingBlock>,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: Decoder,
 }
 
 impl Default for Rewriter {
@@ -133,8 +134,7 @@ impl Default for Rewriter {
 
 impl Rewriter {
     pub fn new() -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(MAX_DYNAMIC_TABLE);
+        let decoder = Decoder::new(MAX_DYNAMIC_TABLE);
         Rewriter {
             mode: Mode::Sniff,
             inbuf: Vec::new(),
@@ -310,20 +310,20 @@ impl Rewriter {
 /// Decodes a complete header block, fixes `:authority`, re-encodes it statelessly and
 /// writes it out as HEADERS (+ CONTINUATION) frames.
 fn emit_block(
-    decoder: &mut loona_hpack::Decoder<'static>,
+    decoder: &mut Decoder,
     block: PendingBlock,
     out: &mut Vec<u8>,
 ) -> Result<(), RewriteError> {
     let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut list_size = 0usize;
     decoder
-        .decode_with_cb(&block.fragment, |name: Cow<[u8]>, value: Cow<[u8]>| {
+        .decode(&block.fragment, |name, value| {
             list_size = list_size.saturating_add(name.len() + value.len() + 32);
             if list_size <= MAX_HEADER_BLOCK {
-                fields.push((name.into_owned(), value.into_owned()));
+                fields.push((name.to_vec(), value.to_vec()));
             }
         })
-        .map_err(|e| RewriteError::Hpack(format!("{e:?}")))?;
+        .map_err(|e| RewriteError::Hpack(e.to_string()))?;
     if list_size > MAX_HEADER_BLOCK {
         return Err(RewriteError::HeaderBlockTooLarge);
     }
@@ -385,71 +385,6 @@ fn write_header_frames(
         rest = &rest[n..];
     }
 }
-
-/// HPACK's static table (RFC 7541 Appendix A); entry i is index i + 1.
-const STATIC_TABLE: [(&[u8], &[u8]); 61] = [
-    (b":authority", b""),
-    (b":method", b"GET"),
-    (b":method", b"POST"),
-    (b":path", b"/"),
-    (b":path", b"/index.html"),
-    (b":scheme", b"http"),
-    (b":scheme", b"https"),
-    (b":status", b"200"),
-    (b":status", b"204"),
-    (b":status", b"206"),
-    (b":status", b"304"),
-    (b":status", b"400"),
-    (b":status", b"404"),
-    (b":status", b"500"),
-    (b"accept-charset", b""),
-    (b"accept-encoding", b"gzip, deflate"),
-    (b"accept-language", b""),
-    (b"accept-ranges", b""),
-    (b"accept", b""),
-    (b"access-control-allow-origin", b""),
-    (b"age", b""),
-    (b"allow", b""),
-    (b"authorization", b""),
-    (b"cache-control", b""),
-    (b"content-disposition", b""),
-    (b"content-encoding", b""),
-    (b"content-language", b""),
-    (b"content-length", b""),
-    (b"content-location", b""),
-    (b"content-range", b""),
-    (b"content-type", b""),
-    (b"cookie", b""),
-    (b"date", b""),
-    (b"etag", b""),
-    (b"expect", b""),
-    (b"expires", b""),
-    (b"from", b""),
-    (b"host", b""),
-    (b"if-match", b""),
-    (b"if-modified-since", b""),
-    (b"if-none-match", b""),
-    (b"if-range", b""),
-    (b"if-unmodified-since", b""),
-    (b"last-modified", b""),
-    (b"link", b""),
-    (b"location", b""),
-    (b"max-forwards", b""),
-    (b"proxy-authenticate", b""),
-    (b"proxy-authorization", b""),
-    (b"range", b""),
-    (b"referer", b""),
-    (b"refresh", b""),
-    (b"retry-after", b""),
-    (b"server", b""),
-    (b"set-cookie", b""),
-    (b"strict-transport-security", b""),
-    (b"transfer-encoding", b""),
-    (b"user-agent", b""),
-    (b"vary", b""),
-    (b"via", b""),
-    (b"www-authenticate", b""),
-];
 
 /// HPACK integer with an `prefix_bits`-bit prefix, `first` holding the representation's
 /// leading bits (RFC 7541 §5.1).

@@ -7,6 +7,7 @@ pub mod errors;
 #[cfg(not(madsim))]
 pub mod h2_authority;
 #[cfg(not(madsim))]
+pub mod hpack;
 pub mod http;
 pub mod log_file;
 pub mod member;
