@@ -146,15 +146,11 @@ impl RaftLog {
             ));
         }
         if scan.valid_len < bytes.len() as u64 {
-            // Zeros are space allocated ahead; anything else is a torn tail, which only an
-            // unsynced (never acknowledged) write can leave.
-            let tail = &bytes[scan.valid_len as usize..];
-            if tail.iter().any(|&b| b != 0) {
-                tracing::warn!(
-                    dropped_bytes = tail.len(),
-                    "raft log file ends in a torn record; cutting it off"
-                );
-            }
+            // Only an unsynced (never acknowledged) tail can be torn.
+            tracing::warn!(
+                dropped_bytes = bytes.len() as u64 - scan.valid_len,
+                "raft log file ends in a torn record; cutting it off"
+            );
             file.truncate(scan.valid_len)?;
         }
         let (mut base_index, mut base_term) = (0, 0);

@@ -1,9 +1,4 @@
 //! The raft log file on a real disk: `<data-dir>/member/detcd.wal`.
-//!
-//! Space is allocated ahead in zero-filled chunks, synced once: an fdatasync after an append
-//! inside the file's size then has no size change to journal (measured on this machine's ext4:
-//! 0.060 ms per append+fdatasync instead of 0.099 ms on a growing file). The zeros after the
-//! last record read as the end of the log (`wal::scan`), and are cut off on load.
 
 use detcd_core::wal::LogFile;
 use std::fs::{File, OpenOptions};
@@ -11,16 +6,11 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Zero-filled space allocated at a time (~13,000 puts of 300 bytes).
-const ALLOCATE_CHUNK: u64 = 4 << 20;
-
 pub struct FileLog {
     path: PathBuf,
     file: Option<File>,
     /// Where the next append goes.
     len: u64,
-    /// The file's size: `len..allocated` is zeros.
-    allocated: u64,
 }
 
 impl FileLog {
@@ -39,7 +29,6 @@ impl FileLog {
             path: path.to_path_buf(),
             file,
             len,
-            allocated: len,
         })
     }
 
@@ -59,20 +48,6 @@ impl LogFile for FileLog {
     }
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let end = self.len + bytes.len() as u64;
-        if end > self.allocated {
-            let target = end.div_ceil(ALLOCATE_CHUNK) * ALLOCATE_CHUNK;
-            let zeros = vec![0u8; 1 << 20];
-            let f = self.file()?;
-            let mut at = self.allocated;
-            while at < target {
-                let n = (target - at).min(zeros.len() as u64);
-                f.write_all_at(&zeros[..n as usize], at)?;
-                at += n;
-            }
-            f.sync_all()?;
-            self.allocated = target;
-        }
         self.file()?.write_all_at(bytes, self.len)?;
         self.len += bytes.len() as u64;
         Ok(())
@@ -87,7 +62,6 @@ impl LogFile for FileLog {
         f.set_len(len)?;
         f.sync_all()?;
         self.len = len;
-        self.allocated = len;
         Ok(())
     }
 
@@ -105,7 +79,6 @@ impl LogFile for FileLog {
         }
         self.file = Some(OpenOptions::new().read(true).write(true).open(&self.path)?);
         self.len = bytes.len() as u64;
-        self.allocated = self.len;
         Ok(())
     }
 }
@@ -125,22 +98,12 @@ mod tests {
         f.replace(b"head").unwrap();
         f.append(b"-one").unwrap();
         f.sync().unwrap();
-        let on_disk = std::fs::read(&path).unwrap();
-        assert!(on_disk.starts_with(b"head-one"));
-        assert!(
-            on_disk[8..].iter().all(|&b| b == 0),
-            "allocated space is zeros"
-        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"head-one");
         let mut again = FileLog::open(&path).unwrap();
-        again.truncate(8).unwrap(); // as a load does after scanning
         again.append(b"-two").unwrap();
         again.truncate(6).unwrap();
         again.append(b"ne").unwrap();
-        // Allocated ahead: the file is the log, then zeros.
-        let all = again.read_all().unwrap();
-        assert_eq!(all.len() as u64, ALLOCATE_CHUNK);
-        assert_eq!(&all[..8], b"head-one");
-        assert!(all[8..].iter().all(|&b| b == 0));
+        assert_eq!(again.read_all().unwrap(), b"head-one");
         again.replace(b"new").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         assert!(!path.with_extension("wal.tmp").exists());
