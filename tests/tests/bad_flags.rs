@@ -90,7 +90,7 @@ fn bad_flags_exit_1_naming_the_flag() {
 
 #[test]
 fn version_exits_0() {
-    let mut c = Cluster::empty("version", subnet::BAD_FLAGS);
+    let mut c = Cluster::empty("version", subnet::VERSION);
     let i = c.add("version", ip(c.subnet, 0), vec!["--version".into()], vec![]);
     c.members[i].start();
     let status = c.members[i].wait_exit(Duration::from_secs(10));
