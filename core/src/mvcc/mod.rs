@@ -22,16 +22,21 @@
 //! the caller must not hold those tables open during the call). The caller commits, together
 //! with the raft applied index. Several requests may be applied in one redb transaction.
 //!
-//! A method that returns `Err` leaves the in-memory state exactly as it was before the call;
-//! requests are checked before anything is written, so only a storage error can stop one half
-//! way, and then whatever it wrote to the table must be discarded by aborting the redb
-//! transaction (the in-memory undo cannot undo those rows). After a *successful* call, the
+//! A method that returns `Err` leaves the in-memory state and the table exactly as they were
+//! before the call: most requests are checked before anything is written, and one that fails
+//! part way (a txn whose later op fails) is undone. Only a storage error can leave rows behind;
+//! then the caller must abort the redb transaction. After a *successful* call, the
 //! in-memory state describes the table as written in that transaction: if the caller aborts the
 //! transaction anyway, it must rebuild the state with [`Mvcc::open`].
 //!
-//! Reads ([`Mvcc::range`]) look revisions up in the index and read them from the table given,
-//! which must show the state the index describes: a read transaction begun after the last
-//! commit of every write this `Mvcc` has applied (or the write transaction itself).
+//! The caller may keep one write transaction open across many requests and commit it later
+//! (the server commits every heartbeat, as etcd's backend commits its batch): until the caller
+//! reports the commit with [`Mvcc::committed`], the rows written are also kept in memory, so
+//! readers see every applied write at once.
+//!
+//! Reads ([`Mvcc::range`]) look revisions up in the index and read them from those in-memory
+//! rows or from the table given, which must show the state the index describes up to the last
+//! commit: a read transaction begun after it (or the write transaction itself).
 
 mod index;
 #[cfg(test)]
@@ -39,6 +44,7 @@ mod tests;
 mod validate;
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use prost::Message;
 use redb::{ReadTransaction, ReadableTable, TableError, WriteTransaction};
@@ -184,6 +190,21 @@ impl Rows for NoRows {
     }
 }
 
+/// Rows not yet committed, in front of a table's.
+struct Layered<'a, B> {
+    uncommitted: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+    table: &'a B,
+}
+
+impl<B: Rows> Rows for Layered<'_, B> {
+    fn row(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MvccError> {
+        match self.uncommitted.get(key) {
+            Some(v) => Ok(Some(v.clone())),
+            None => self.table.row(key),
+        }
+    }
+}
+
 fn read_kv(rows: &impl Rows, rev: Revision) -> Result<KeyValue, MvccError> {
     let raw = rows
         .row(&revision_key(rev, false))?
@@ -201,6 +222,8 @@ struct WriteState {
     changes: i64,
     /// Keys whose index lists got an event, in order, to undo on failure.
     undo: Vec<Vec<u8>>,
+    /// Revision keys of the rows written, to forget on failure.
+    rows: Vec<Vec<u8>>,
 }
 
 impl WriteState {
@@ -284,6 +307,9 @@ pub fn is_txn_readonly(req: &TxnRequest) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mvcc {
     index: Index,
+    /// Rows written since the caller last reported a commit ([`Mvcc::committed`]): a read
+    /// transaction cannot see them yet. Revision key to encoded KeyValue, as in the table.
+    uncommitted: BTreeMap<Vec<u8>, Vec<u8>>,
     current_rev: i64,
     /// -1 until the first compaction, as etcd's compactMainRev.
     compact_rev: i64,
@@ -310,6 +336,7 @@ impl Mvcc {
     fn empty(compact_rev: i64) -> Mvcc {
         Mvcc {
             index: Index::default(),
+            uncommitted: BTreeMap::new(),
             current_rev: compact_rev.max(1),
             compact_rev,
         }
@@ -341,6 +368,24 @@ impl Mvcc {
         self.compact_rev
     }
 
+    /// The caller committed the write transaction holding every write applied so far: reads
+    /// find those rows in the table from now on.
+    pub fn committed(&mut self) {
+        self.uncommitted.clear();
+    }
+
+    /// Rows written and not yet reported committed (the caller bounds this by committing).
+    pub fn uncommitted_rows(&self) -> usize {
+        self.uncommitted.len()
+    }
+
+    fn layered<'a, B: Rows>(&'a self, table: &'a B) -> Layered<'a, B> {
+        Layered {
+            uncommitted: &self.uncommitted,
+            table,
+        }
+    }
+
     // ---- reads ----
 
     /// A Range request (also runs etcd's gRPC-layer checks: empty key, sort options).
@@ -352,7 +397,7 @@ impl Mvcc {
         req: &RangeRequest,
     ) -> Result<RangeResponse, MvccError> {
         validate::check_range(req)?;
-        self.range_view(kv, req, self.current_rev)
+        self.range_view(&self.layered(kv), req, self.current_rev)
     }
 
     /// [`Mvcc::range`] opening the KV table of `txn` itself (a database that never had a write
@@ -364,9 +409,9 @@ impl Mvcc {
     ) -> Result<RangeResponse, MvccError> {
         validate::check_range(req)?;
         match txn.open_table(tables::KV) {
-            Ok(kv) => self.range_view(&kv, req, self.current_rev),
+            Ok(kv) => self.range_view(&self.layered(&kv), req, self.current_rev),
             Err(TableError::TableDoesNotExist(_)) => {
-                self.range_view(&NoRows, req, self.current_rev)
+                self.range_view(&self.layered(&NoRows), req, self.current_rev)
             }
             Err(e) => Err(e.into()),
         }
@@ -379,7 +424,7 @@ impl Mvcc {
         kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
         req: &TxnRequest,
     ) -> Result<TxnResponse, MvccError> {
-        self.txn_read_rows(kv, req)
+        self.txn_read_rows(&self.layered(kv), req)
     }
 
     /// [`Mvcc::txn_read`] opening the KV table of `txn` itself (a database that never had a
@@ -390,8 +435,10 @@ impl Mvcc {
         req: &TxnRequest,
     ) -> Result<TxnResponse, MvccError> {
         match txn.open_table(tables::KV) {
-            Ok(kv) => self.txn_read_rows(&kv, req),
-            Err(TableError::TableDoesNotExist(_)) => self.txn_read_rows(&NoRows, req),
+            Ok(kv) => self.txn_read_rows(&self.layered(&kv), req),
+            Err(TableError::TableDoesNotExist(_)) => {
+                self.txn_read_rows(&self.layered(&NoRows), req)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -610,11 +657,16 @@ impl Mvcc {
             begin: self.current_rev,
             changes: 0,
             undo: Vec::new(),
+            rows: Vec::new(),
         }
     }
 
+    /// Finishes a write request: on failure, undoes all it did, in memory and in the table
+    /// (a txn can fail part way: a nested put with ignore_value whose key an earlier op of the
+    /// same txn deleted; etcd 3.4 panics there).
     fn end_write<T>(
         &mut self,
+        kv: &mut KvTable<'_>,
         ws: WriteState,
         result: Result<T, MvccError>,
     ) -> Result<T, MvccError> {
@@ -629,6 +681,10 @@ impl Mvcc {
                 for key in ws.undo.iter().rev() {
                     self.index.pop(key);
                 }
+                for row in &ws.rows {
+                    self.uncommitted.remove(row);
+                    kv.remove(row.as_slice())?;
+                }
                 Err(e)
             }
         }
@@ -642,10 +698,11 @@ impl Mvcc {
         tombstone: bool,
     ) -> Result<(), MvccError> {
         let rev = ws.next_rev();
-        kv.insert(
-            revision_key(rev, tombstone).as_slice(),
-            value.encode_to_vec().as_slice(),
-        )?;
+        let key = revision_key(rev, tombstone);
+        let row = value.encode_to_vec();
+        kv.insert(key.as_slice(), row.as_slice())?;
+        self.uncommitted.insert(key.clone(), row);
+        ws.rows.push(key);
         self.index.push(&value.key, Event { rev, tombstone });
         ws.undo.push(value.key.clone());
         Ok(())
@@ -662,7 +719,7 @@ impl Mvcc {
         let mut kv = txn.open_table(tables::KV)?;
         let mut ws = self.begin_write();
         let r = self.exec_put(&mut kv, &mut ws, req);
-        self.end_write(ws, r)
+        self.end_write(&mut kv, ws, r)
     }
 
     fn exec_put(
@@ -712,7 +769,7 @@ impl Mvcc {
         let mut kv = txn.open_table(tables::KV)?;
         let mut ws = self.begin_write();
         let r = self.exec_delete(&mut kv, &mut ws, req);
-        self.end_write(ws, r)
+        self.end_write(&mut kv, ws, r)
     }
 
     fn exec_delete(
@@ -781,7 +838,7 @@ impl Mvcc {
             resp.header = header(ws.view_rev());
             resp
         });
-        self.end_write(ws, r)
+        self.end_write(&mut kv, ws, r)
     }
 
     fn exec_txn(
@@ -838,7 +895,9 @@ impl Mvcc {
         {
             let mut kv = txn.open_table(tables::KV)?;
             for (r, tombstone) in &plan.rows {
-                kv.remove(revision_key(*r, *tombstone).as_slice())?;
+                let key = revision_key(*r, *tombstone);
+                kv.remove(key.as_slice())?;
+                self.uncommitted.remove(&key);
             }
         }
         {
@@ -882,7 +941,11 @@ impl Mvcc {
 
     /// Writes the whole MVCC state into `out` (rows, current and compacted revisions); the other
     /// fields of `out` are left alone. `txn` must be consistent with this state (module docs).
+    /// Every write must have been committed first ([`Mvcc::committed`]).
     pub fn export(&self, txn: &ReadTransaction, out: &mut SnapshotData) -> Result<(), MvccError> {
+        if !self.uncommitted.is_empty() {
+            return Err(corrupt("export asked for with writes not yet committed"));
+        }
         out.rows.clear();
         match txn.open_table(tables::KV) {
             Ok(kv) => {

@@ -380,6 +380,7 @@ fn run_real(h: &mut H, op: &Op) -> Result<String, MvccError> {
         Op::Range(r) => h.range(r.clone()).map(|r| format!("{r:?}")),
         Op::Compact(rev) => h.compact(*rev).map(|r| format!("{r:?}")),
         Op::Reopen => {
+            h.flush();
             h.m = h.reopen();
             Ok(String::new())
         }
@@ -573,13 +574,35 @@ proptest! {
 
     #[test]
     fn matches_the_naive_model(ops in prop::collection::vec(any_op(), 1..60)) {
-        let mut h = H::new();
-        let mut model = Model::new();
+        run_against_model(H::new(), &ops, &[])?;
+    }
+
+    /// As the server runs it: many writes in one open transaction, committed now and then,
+    /// while reads come from read transactions that see only what is committed.
+    #[test]
+    fn batched_commits_match_the_naive_model(
+        ops in prop::collection::vec(any_op(), 1..60),
+        commits in prop::collection::vec(any::<bool>(), 60),
+    ) {
+        run_against_model(H::batched(), &ops, &commits)?;
+    }
+}
+
+/// Runs `ops` on the store and on the model, comparing every answer; after step `i`, commits
+/// the open transaction if `commits[i]` (batched mode).
+fn run_against_model(mut h: H, ops: &[Op], commits: &[bool]) -> Result<(), TestCaseError> {
+    let mut model = Model::new();
+    {
         for (i, op) in ops.iter().enumerate() {
             let op = &fit(op.clone(), model.cur());
             let real = run_real(&mut h, op);
             if let (Op::Txn(t), Err(MvccError::DuplicateKey)) = (op, &real) {
-                prop_assert!(has_conflict(t), "step {}: txn refused as duplicate without a conflict: {:?}", i, t);
+                prop_assert!(
+                    has_conflict(t),
+                    "step {}: txn refused as duplicate without a conflict: {:?}",
+                    i,
+                    t
+                );
                 continue;
             }
             let want = model.apply(op);
@@ -589,7 +612,13 @@ proptest! {
             };
             prop_assert_eq!(show(&real), show(&want), "step {}: {:?}", i, op);
             prop_assert_eq!(h.m.current_revision(), model.cur());
+            if commits.get(i).copied().unwrap_or(false) {
+                h.flush();
+            }
             h.check_invariants();
         }
     }
+    h.flush();
+    h.check_invariants();
+    Ok(())
 }
