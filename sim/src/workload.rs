@@ -227,12 +227,31 @@ pub struct Invariants {
     cluster_ids: BTreeMap<u64, u64>,
     /// member -> highest revision reported in its current incarnation.
     revisions: BTreeMap<u64, i64>,
+    /// Restarts so far: an answer to a request sent before a restart may come from the
+    /// incarnation that restart ended (its reply was already on the wire), so it is dropped.
+    restarts: u64,
     pub violations: Vec<String>,
     pub samples: u64,
 }
 
 impl Invariants {
-    pub fn observe(&mut self, member: u64, cluster_id: u64, term: u64, leader: u64, revision: i64) {
+    /// Restarts so far; pass it back to `observe` with the answer to a request sent now.
+    pub fn restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    pub fn observe(
+        &mut self,
+        asked_at_restarts: u64,
+        member: u64,
+        cluster_id: u64,
+        term: u64,
+        leader: u64,
+        revision: i64,
+    ) {
+        if asked_at_restarts != self.restarts {
+            return;
+        }
         self.samples += 1;
         if leader != 0 {
             match self.leaders.insert(term, leader) {
@@ -267,6 +286,7 @@ impl Invariants {
 
     /// A restarted member replays its log from what its disk kept: its revision may start lower.
     pub fn restarted(&mut self, member: u64) {
+        self.restarts += 1;
         self.revisions.remove(&member);
     }
 }
@@ -284,6 +304,7 @@ pub async fn watch(endpoints: Vec<String>, inv: Arc<Mutex<Invariants>>, stop: Ar
                         .flatten();
             }
             let Some(c) = &mut clients[i] else { continue };
+            let asked_at_restarts = inv.lock().unwrap().restarts();
             match madsim::time::timeout(
                 Duration::from_millis(300),
                 c.maintenance.status(StatusRequest {}),
@@ -294,6 +315,7 @@ pub async fn watch(endpoints: Vec<String>, inv: Arc<Mutex<Invariants>>, stop: Ar
                     let s = r.into_inner();
                     let h = s.header.unwrap_or_default();
                     inv.lock().unwrap().observe(
+                        asked_at_restarts,
                         h.member_id,
                         h.cluster_id,
                         s.raft_term,
