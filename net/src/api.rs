@@ -36,11 +36,10 @@ impl Api {
     }
 
     fn header(&self, revision: Option<i64>) -> Option<ResponseHeader> {
-        let mut h = self.shared().header();
-        if let Some(r) = revision {
-            h.revision = r;
-        }
-        Some(h)
+        Some(match revision {
+            Some(r) => self.shared().header_at(r),
+            None => self.shared().header(),
+        })
     }
 
     fn fill(&self, h: &mut Option<ResponseHeader>) {

@@ -300,10 +300,20 @@ pub async fn run_member_with(
         join_urls(&cfg.listen_peer_urls),
         join_urls(&cfg.listen_client_urls)
     );
+    // The driver is a task on the runtime's workers, not this thread: the tasks it wakes
+    // (peer senders, waiting clients) then usually run on the same worker without a
+    // cross-thread wake-up, which is most of a single client's latency.
+    let mut driver = tokio::spawn(node.run());
     tokio::select! {
         biased;
-        res = node.run() => { res?; Ok(()) }
-        Some(e) = server_err.recv() => Err(e),
+        res = &mut driver => match res {
+            Ok(res) => { res?; Ok(()) }
+            Err(e) => Err(MemberError::Node(NodeError::Fatal(format!("raft driver failed: {e}")))),
+        },
+        Some(e) = server_err.recv() => {
+            driver.abort();
+            Err(e)
+        }
     }
 }
 

@@ -2,10 +2,12 @@
 //! proposals and read requests, and carries out each `Ready` in raft-rs's documented order.
 //!
 //! Durability, etcd's way: a Ready's entries and hard state are appended to the raft log file
-//! with one fsync, whatever the Ready's size. Applied effects go into non-durable redb commits
-//! (visible to readers at once) and are made durable every heartbeat and before the log drops
-//! entries, so a restart replays the log from the durable applied index. Responses go to
-//! clients only after the entries they answer are committed by raft and applied.
+//! with one fsync, whatever the Ready's size. Applied effects go into one open redb write
+//! transaction (readers see them at once through the MVCC store's uncommitted rows), committed
+//! durably every heartbeat, every `MAX_UNCOMMITTED_ROWS` rows and before the log drops entries,
+//! as etcd's backend commits its batch; a restart replays the log from the committed applied
+//! index. Responses go to clients only after the entries they answer are committed by raft
+//! and applied.
 
 use crate::errors::ApiError;
 use crate::transport::{PeerEvent, Transport};
@@ -40,6 +42,9 @@ pub const INBOUND_QUEUE: usize = 4096;
 const MAX_BATCH: usize = 512;
 /// Proposals held while no leader is known.
 const MAX_WAITING_FOR_LEADER: usize = 4096;
+/// Applied rows held in the open write transaction (and in memory) before it is committed
+/// ahead of the next heartbeat (etcd's backend batch limit).
+const MAX_UNCOMMITTED_ROWS: usize = 10_000;
 
 /// What applying one request produced.
 #[derive(Debug)]
@@ -88,13 +93,20 @@ impl Shared {
         *self.status.lock().unwrap()
     }
 
+    /// A response header at the current revision.
     pub fn header(&self) -> pb::ResponseHeader {
-        let st = self.status();
+        let revision = self.mvcc.read().unwrap().current_revision();
+        self.header_at(revision)
+    }
+
+    /// A response header at a revision the caller already knows (a write's own revision):
+    /// no wait for the MVCC lock, which the driver may hold while it commits.
+    pub fn header_at(&self, revision: i64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
-            revision: self.mvcc.read().unwrap().current_revision(),
-            raft_term: st.term,
+            revision,
+            raft_term: self.status().term,
         }
     }
 }
@@ -242,6 +254,8 @@ pub struct Node {
     applied: u64,
     /// The applied index the data file holds durably (the log replays from there).
     durable_applied: u64,
+    /// The write transaction holding what was applied after `durable_applied`.
+    open_txn: Option<redb::WriteTransaction>,
     last_snapshot_index: u64,
     snapshot_count: u64,
     attributes: detcdpb::MemberAttributes,
@@ -328,6 +342,7 @@ impl Node {
             next_read_ctx: 1,
             applied,
             durable_applied: applied,
+            open_txn: None,
             last_snapshot_index: applied,
             snapshot_count: params.snapshot_count.max(1),
             attributes: params.attributes,
@@ -393,7 +408,7 @@ impl Node {
             }
             self.flush_waiting();
             if self.raw.has_ready() {
-                self.handle_ready()?;
+                self.handle_ready().await?;
             }
             if self.raw.store().take_snapshot_wanted()
                 || self.applied >= self.last_snapshot_index + self.snapshot_count
@@ -506,7 +521,7 @@ impl Node {
         }
     }
 
-    fn handle_ready(&mut self) -> Result<(), NodeError> {
+    async fn handle_ready(&mut self) -> Result<(), NodeError> {
         let mut rd = self.raw.ready();
 
         if let Some(ss) = rd.ss() {
@@ -546,7 +561,15 @@ impl Node {
         }
 
         // 1. A leader sends its messages while it persists (raft thesis 10.2.1).
-        self.transport.send(rd.take_messages());
+        let msgs = rd.take_messages();
+        let sent_any = !msgs.is_empty();
+        self.transport.send(msgs);
+        if sent_any && rd.must_sync() {
+            // The peer senders just woke sit in this worker's LIFO slot, which no other
+            // worker may take: let them put the messages on the wire before the fsync below
+            // blocks this worker.
+            tokio::task::yield_now().await;
+        }
 
         // 2. A snapshot from the leader replaces the state machine.
         if !rd.snapshot().is_empty() {
@@ -587,13 +610,6 @@ impl Node {
         Ok(())
     }
 
-    fn begin_volatile(&self) -> Result<redb::WriteTransaction, NodeError> {
-        let mut txn = self.shared.db.begin_write()?;
-        txn.set_durability(Durability::None)
-            .map_err(|e| NodeError::Fatal(e.to_string()))?;
-        Ok(txn)
-    }
-
     fn release_reads(&mut self) {
         let applied = self.applied;
         self.ready_reads.retain_mut(|(index, batch)| {
@@ -608,12 +624,15 @@ impl Node {
         });
     }
 
-    /// Makes the applied effects durable, so a restart replays the log only from here.
+    /// Commits the applied effects durably, so a restart replays the log only from here.
     fn persist_applied(&mut self) -> Result<(), NodeError> {
-        if self.applied == self.durable_applied {
+        if self.applied == self.durable_applied && self.open_txn.is_none() {
             return Ok(());
         }
-        let mut txn = self.shared.db.begin_write()?;
+        let mut txn = match self.open_txn.take() {
+            Some(txn) => txn,
+            None => self.shared.db.begin_write()?,
+        };
         txn.set_durability(Durability::Immediate)
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
         txn.open_table(META)?.insert(
@@ -621,6 +640,8 @@ impl Node {
             self.applied.to_be_bytes().as_slice(),
         )?;
         txn.commit()?;
+        // Only after the commit: a reader that began before it still finds the rows in memory.
+        self.shared.mvcc.write().unwrap().committed();
         self.durable_applied = self.applied;
         Ok(())
     }
@@ -631,10 +652,14 @@ impl Node {
             return Ok(());
         }
         let mut replies = Vec::new();
+        let uncommitted;
         {
             let shared = self.shared.clone();
             let mut mvcc = shared.mvcc.write().unwrap();
-            let txn = self.begin_volatile()?;
+            let txn = match self.open_txn.take() {
+                Some(txn) => txn,
+                None => self.shared.db.begin_write()?,
+            };
             for e in &entries {
                 if e.index <= self.applied {
                     continue;
@@ -665,16 +690,14 @@ impl Node {
                 }
                 self.applied = e.index;
             }
-            txn.open_table(META)?.insert(
-                meta_keys::APPLIED_INDEX,
-                self.applied.to_be_bytes().as_slice(),
-            )?;
-            if let Err(e) = txn.commit() {
-                return Err(e.into());
-            }
+            self.open_txn = Some(txn);
+            uncommitted = mvcc.uncommitted_rows();
         }
         for (w, r) in replies {
             let _ = w.send(r);
+        }
+        if uncommitted >= MAX_UNCOMMITTED_ROWS {
+            self.persist_applied()?;
         }
         Ok(())
     }
@@ -727,7 +750,11 @@ impl Node {
         let index = snap.get_metadata().index;
         let shared = self.shared.clone();
         let mut mvcc = shared.mvcc.write().unwrap();
-        let mut txn = self.shared.db.begin_write()?;
+        // The snapshot replaces whatever the open transaction holds.
+        let mut txn = match self.open_txn.take() {
+            Some(txn) => txn,
+            None => self.shared.db.begin_write()?,
+        };
         txn.set_durability(Durability::Immediate)
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
         *mvcc = Mvcc::import(&txn, &data)?;
@@ -754,6 +781,8 @@ impl Node {
         let Some(term) = self.raw.store().entry_term(index) else {
             return Ok(());
         };
+        // The snapshot is read from the data file: commit what is applied first.
+        self.persist_applied()?;
         let mut data = SnapshotData::default();
         {
             let mvcc = self.shared.mvcc.read().unwrap();
