@@ -1,5 +1,8 @@
 //! The `detcd` binary: etcd's command line in front of a detcd member.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod cli;
 
