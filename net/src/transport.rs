@@ -24,6 +24,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Peer streams this process has opened (the simulator checks that a healthy cluster keeps
+/// its streams instead of reopening them).
+pub static PEER_STREAMS_OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Messages queued per peer before new ones are dropped (raft retransmits).
 const PEER_QUEUE: usize = 4096;
 /// Messages folded into one batch at most.
@@ -31,6 +35,11 @@ const MAX_BATCH_MESSAGES: usize = 256;
 /// A raft snapshot carries the whole state machine; allow large peer messages.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+// A dead peer connection is found by HTTP/2 pings (etcd: a 5 s read timeout on its peer
+// streams). Not a per-request timeout on the channel: that would also end the long-lived
+// stream (it did, every 5 s, and replication paused ~100 ms while the sender reconnected).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
@@ -54,7 +63,9 @@ async fn open_channel(url: &str, tls: &PeerDialTls) -> Result<tonic::transport::
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", &url[8..]))
             .map_err(|e| e.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let connector = TlsDial {
             config,
             host: parsed.host,
@@ -77,7 +88,9 @@ async fn open_channel(url: &str, tls: &PeerDialTls) -> Result<tonic::transport::
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| e.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(Duration::from_secs(5));
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     endpoint.connect().await.map_err(|e| error_chain(&e))
 }
 
@@ -333,6 +346,7 @@ impl PeerSender {
         };
         let call = client.stream(outbound);
         tokio::pin!(call);
+        PEER_STREAMS_OPENED.fetch_add(1, Ordering::Relaxed);
         loop {
             tokio::select! {
                 biased;
