@@ -100,7 +100,7 @@ impl Shared {
     }
 
     /// A response header at a revision the caller already knows (a write's own revision):
-    /// no wait for the MVCC lock, which the driver may hold while it commits.
+    /// no wait for the MVCC lock, which the driver holds while it applies.
     pub fn header_at(&self, revision: i64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             cluster_id: self.cluster_id,
@@ -624,15 +624,20 @@ impl Node {
         });
     }
 
+    /// The open write transaction, or a new one.
+    fn take_txn(&mut self) -> Result<redb::WriteTransaction, NodeError> {
+        match self.open_txn.take() {
+            Some(txn) => Ok(txn),
+            None => Ok(self.shared.db.begin_write()?),
+        }
+    }
+
     /// Commits the applied effects durably, so a restart replays the log only from here.
     fn persist_applied(&mut self) -> Result<(), NodeError> {
         if self.applied == self.durable_applied && self.open_txn.is_none() {
             return Ok(());
         }
-        let mut txn = match self.open_txn.take() {
-            Some(txn) => txn,
-            None => self.shared.db.begin_write()?,
-        };
+        let mut txn = self.take_txn()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
         txn.open_table(META)?.insert(
@@ -656,10 +661,7 @@ impl Node {
         {
             let shared = self.shared.clone();
             let mut mvcc = shared.mvcc.write().unwrap();
-            let txn = match self.open_txn.take() {
-                Some(txn) => txn,
-                None => self.shared.db.begin_write()?,
-            };
+            let txn = self.take_txn()?;
             for e in &entries {
                 if e.index <= self.applied {
                     continue;
@@ -751,10 +753,7 @@ impl Node {
         let shared = self.shared.clone();
         let mut mvcc = shared.mvcc.write().unwrap();
         // The snapshot replaces whatever the open transaction holds.
-        let mut txn = match self.open_txn.take() {
-            Some(txn) => txn,
-            None => self.shared.db.begin_write()?,
-        };
+        let mut txn = self.take_txn()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| NodeError::Fatal(e.to_string()))?;
         *mvcc = Mvcc::import(&txn, &data)?;
