@@ -8,8 +8,10 @@
 //! A file is a magic header, then records: `len: u32 LE | crc32c: u32 LE | kind: u8 | payload`,
 //! where `len` counts the payload and the CRC covers kind and payload. The first record is
 //! always a `Base` (the index and term the log starts after). A crash can tear only the
-//! unsynced tail, so scanning stops at the first incomplete or garbled record and the caller
-//! truncates the file there.
+//! unsynced tail: when the first incomplete or garbled record is followed by nothing intact,
+//! scanning stops there and the caller truncates the file. When an intact record follows the
+//! damage, the damage is in the middle of the log (synced, acknowledged data), and cutting
+//! there would silently drop every record after it, so the file is refused instead.
 
 use protobuf::Message as _;
 use raft::prelude::{Entry, HardState};
@@ -46,6 +48,13 @@ pub enum WalError {
     BadRecord(usize, String),
     #[error("raft log file has no base record")]
     NoBase,
+    /// A record is incomplete or garbled but an intact one follows it: not a torn tail.
+    #[error(
+        "raft log file is damaged at byte offset {offset} and intact records follow at offset \
+         {intact_after}: refusing to cut it (restore the file or remove the member and add it \
+         again)"
+    )]
+    DamagedRecord { offset: u64, intact_after: u64 },
 }
 
 /// The file a `RaftLog` writes through. The member uses a real file; the simulator a disk
@@ -97,7 +106,7 @@ fn write_record(kind: u8, out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>))
     out[start + 8] = kind;
     payload(out);
     let len = out.len() - start - HEADER;
-    let crc = crc32c(0, &out[start + 8..]);
+    let crc = crc32c::crc32c(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
@@ -120,6 +129,10 @@ pub struct Scan {
 }
 
 /// Reads a file's records, stopping at a torn tail. An empty input is a file never written.
+///
+/// The first incomplete or garbled record ends the intact records. If an intact record can be
+/// found at any byte offset after it, the damage is not a torn tail and the file is refused
+/// with `DamagedRecord`; otherwise the rest is the torn tail and `valid_len` is where it starts.
 pub fn scan(bytes: &[u8]) -> Result<Scan, WalError> {
     if bytes.is_empty() {
         return Ok(Scan {
@@ -132,36 +145,25 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, WalError> {
     }
     let mut pos = MAGIC.len();
     let mut records = Vec::new();
-    while bytes.len() - pos >= HEADER {
-        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap());
-        let kind = bytes[pos + 8];
-        if len > MAX_RECORD || bytes.len() - pos - HEADER < len {
-            break;
-        }
-        let payload = &bytes[pos + HEADER..pos + HEADER + len];
-        if crc32c(crc32c(0, &[kind]), payload) != crc {
-            break;
-        }
-        let n = records.len();
-        let bad = |e: String| WalError::BadRecord(n, e);
-        // A record whose checksum holds but which does not decode was written that way:
-        // that is a bug or corruption, never a torn write.
-        let rec = match kind {
-            KIND_BASE if len == 16 => Record::Base {
-                index: u64::from_le_bytes(payload[..8].try_into().unwrap()),
-                term: u64::from_le_bytes(payload[8..].try_into().unwrap()),
-            },
-            KIND_ENTRY => {
-                Record::Entry(Entry::parse_from_bytes(payload).map_err(|e| bad(e.to_string()))?)
+    while pos < bytes.len() {
+        match read_record(bytes, pos) {
+            Read::Intact(rec, size) => {
+                records.push(rec);
+                pos += size;
             }
-            KIND_HARD_STATE => Record::HardState(
-                HardState::parse_from_bytes(payload).map_err(|e| bad(e.to_string()))?,
-            ),
-            other => return Err(bad(format!("unknown kind {other} or length {len}"))),
-        };
-        records.push(rec);
-        pos += HEADER + len;
+            // A record whose checksum holds but which does not decode was written that way:
+            // that is a bug or corruption, never a torn write.
+            Read::Undecodable(e) => return Err(WalError::BadRecord(records.len(), e)),
+            Read::Damaged => {
+                if let Some(intact_after) = find_intact_record(bytes, pos + 1) {
+                    return Err(WalError::DamagedRecord {
+                        offset: pos as u64,
+                        intact_after: intact_after as u64,
+                    });
+                }
+                break;
+            }
+        }
     }
     if !matches!(records.first(), Some(Record::Base { .. })) {
         return Err(WalError::NoBase);
@@ -170,6 +172,71 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, WalError> {
         records,
         valid_len: pos as u64,
     })
+}
+
+/// What is at one byte offset of a file.
+enum Read {
+    /// A whole record with a matching checksum, and its size on disk (header included).
+    Intact(Record, usize),
+    /// The checksum holds but the record does not decode.
+    Undecodable(String),
+    /// Incomplete (runs past the end), an impossible length, or a checksum mismatch.
+    Damaged,
+}
+
+/// The header of the record at `pos`, if a whole header and the payload it announces fit
+/// (`pos + HEADER + len` never overflows: `len` is checked against what is left).
+fn header_at(bytes: &[u8], pos: usize) -> Option<(usize, u32, u8)> {
+    let left = bytes.len().checked_sub(pos)?.checked_sub(HEADER)?;
+    let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap());
+    let kind = bytes[pos + 8];
+    (len <= MAX_RECORD && len <= left).then_some((len, crc, kind))
+}
+
+fn read_record(bytes: &[u8], pos: usize) -> Read {
+    let Some((len, crc, kind)) = header_at(bytes, pos) else {
+        return Read::Damaged;
+    };
+    let payload = &bytes[pos + HEADER..pos + HEADER + len];
+    if record_crc(kind, payload) != crc {
+        return Read::Damaged;
+    }
+    let rec = match kind {
+        KIND_BASE if len == 16 => Record::Base {
+            index: u64::from_le_bytes(payload[..8].try_into().unwrap()),
+            term: u64::from_le_bytes(payload[8..].try_into().unwrap()),
+        },
+        KIND_ENTRY => match Entry::parse_from_bytes(payload) {
+            Ok(e) => Record::Entry(e),
+            Err(e) => return Read::Undecodable(e.to_string()),
+        },
+        KIND_HARD_STATE => match HardState::parse_from_bytes(payload) {
+            Ok(hs) => Record::HardState(hs),
+            Err(e) => return Read::Undecodable(e.to_string()),
+        },
+        other => return Read::Undecodable(format!("unknown kind {other} or length {len}")),
+    };
+    Read::Intact(rec, HEADER + len)
+}
+
+/// The first byte offset at or after `from` holding an intact, decodable record. Only run on
+/// the damaged path at start-up: each offset costs a header check, and only headers of a known
+/// kind whose length fits get their checksum computed (a random 9-byte window passes the
+/// checksum about once in 2^32, and must decode as well).
+fn find_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len()).find(|&q| {
+        header_at(bytes, q).is_some_and(|(len, _, kind)| match kind {
+            KIND_BASE => len == 16,
+            KIND_ENTRY | KIND_HARD_STATE => true,
+            _ => false,
+        }) && matches!(read_record(bytes, q), Read::Intact(..))
+    })
+}
+
+/// CRC-32C (Castagnoli, as etcd's WAL uses) of a record's kind then payload.
+fn record_crc(kind: u8, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&[kind]), payload)
 }
 
 /// A log file in memory (tests, and tools that need no disk). Syncs are no-ops.
@@ -199,34 +266,6 @@ impl LogFile for MemFile {
     }
 }
 
-/// CRC-32C (Castagnoli), as etcd's WAL uses; continues from `crc` (0 to start).
-pub fn crc32c(crc: u32, bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0x82F6_3B78 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    };
-    let mut c = !crc;
-    for &b in bytes {
-        c = TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,8 +280,19 @@ mod tests {
 
     #[test]
     fn crc32c_matches_the_standard_check_value() {
-        assert_eq!(crc32c(0, b"123456789"), 0xE306_9283);
-        assert_eq!(crc32c(crc32c(0, b"1234"), b"56789"), 0xE306_9283);
+        // Pins the polynomial (Castagnoli) and the record layout: a change is a format change.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(record_crc(b'1', b"23456789"), 0xE306_9283);
+        let mut base = Vec::new();
+        encode_base(5, 2, &mut base);
+        let want: &[u8] = &[
+            0x10, 0, 0, 0, // len 16
+            0xed, 0x24, 0x79, 0x23, // crc32c(kind, payload) = 0x237924ed
+            1,    // kind: base
+            5, 0, 0, 0, 0, 0, 0, 0, // index
+            2, 0, 0, 0, 0, 0, 0, 0, // term
+        ];
+        assert_eq!(base, want);
     }
 
     #[test]
@@ -288,5 +338,197 @@ mod tests {
         assert!(matches!(scan(b"not a log file"), Err(WalError::BadMagic)));
         assert!(matches!(scan(MAGIC), Err(WalError::NoBase)));
         assert!(scan(&[]).unwrap().records.is_empty());
+    }
+
+    /// Base, four entries and a hard state, and the byte offset each record starts at.
+    fn sample() -> (Vec<Record>, Vec<u8>, Vec<usize>) {
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.commit = 3;
+        let recs = vec![
+            Record::Base { index: 0, term: 0 },
+            Record::Entry(entry(1, 1)),
+            Record::Entry(entry(2, 1)),
+            Record::Entry(entry(3, 1)),
+            Record::HardState(hs),
+            Record::Entry(entry(4, 1)),
+        ];
+        let starts = (0..recs.len())
+            .map(|n| new_file(&recs[..n]).len())
+            .collect();
+        (recs.clone(), new_file(&recs), starts)
+    }
+
+    #[test]
+    fn garbage_after_the_last_record_is_a_torn_tail() {
+        let (recs, full, _) = sample();
+        for junk in [
+            vec![0u8; 1],
+            vec![0u8; 9],
+            vec![0u8; 4096],
+            vec![0xff; 100],
+            (0..=255u8).cycle().take(3000).collect(),
+            // A header announcing more payload than follows.
+            [
+                &200u32.to_le_bytes()[..],
+                &[0, 0, 0, 0, KIND_ENTRY, 1, 2, 3],
+            ]
+            .concat(),
+        ] {
+            let mut bytes = full.clone();
+            bytes.extend_from_slice(&junk);
+            let s = scan(&bytes).unwrap();
+            assert_eq!(s.records, recs, "junk of {} bytes", junk.len());
+            assert_eq!(s.valid_len, full.len() as u64);
+        }
+    }
+
+    #[test]
+    fn a_flipped_payload_byte_before_intact_records_is_refused() {
+        let (_, full, starts) = sample();
+        for damaged in 1..starts.len() - 1 {
+            let mut bytes = full.clone();
+            bytes[starts[damaged] + HEADER + 3] ^= 0x40;
+            match scan(&bytes) {
+                Err(WalError::DamagedRecord {
+                    offset,
+                    intact_after,
+                }) => {
+                    assert_eq!(offset, starts[damaged] as u64);
+                    assert_eq!(intact_after, starts[damaged + 1] as u64);
+                }
+                other => panic!("record {damaged} damaged: {other:?}"),
+            }
+        }
+        // Damage to the base record is refused the same way.
+        let mut bytes = full.clone();
+        bytes[starts[0] + HEADER] ^= 1;
+        assert!(matches!(
+            scan(&bytes),
+            Err(WalError::DamagedRecord { offset: 8, .. })
+        ));
+        // The message names the offset and says why the file is not cut.
+        let mut bytes = full.clone();
+        bytes[starts[2] + HEADER + 3] ^= 0x40;
+        let msg = scan(&bytes).unwrap_err().to_string();
+        assert!(msg.contains(&format!("byte offset {}", starts[2])), "{msg}");
+        assert!(msg.contains("intact records follow"), "{msg}");
+    }
+
+    #[test]
+    fn a_flipped_length_byte_before_intact_records_is_refused() {
+        let (_, full, starts) = sample();
+        let damaged = 2;
+        // Every length byte, flipped to a smaller, larger, too-large-for-the-file and
+        // over-MAX_RECORD length; and the checksum and kind bytes too.
+        for (at, flip) in [
+            (0, 0x01),
+            (0, 0x80),
+            (1, 0x01),
+            (2, 0x40),
+            (3, 0x80),
+            (4, 1),
+            (8, 3),
+        ] {
+            let mut bytes = full.clone();
+            bytes[starts[damaged] + at] ^= flip;
+            match scan(&bytes) {
+                Err(WalError::DamagedRecord {
+                    offset,
+                    intact_after,
+                }) => {
+                    assert_eq!(offset, starts[damaged] as u64, "byte {at} ^ {flip:#x}");
+                    assert_eq!(intact_after, starts[damaged + 1] as u64);
+                }
+                other => panic!("byte {at} ^ {flip:#x}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn damage_in_the_last_record_with_nothing_intact_after_is_a_torn_tail() {
+        let (recs, full, starts) = sample();
+        let last = starts[starts.len() - 1];
+        for at in [0, 3, 4, 8, HEADER, full.len() - last - 1] {
+            let mut bytes = full.clone();
+            bytes[last + at] ^= 0x10;
+            bytes.extend_from_slice(&[0; 64]);
+            let s = scan(&bytes).unwrap();
+            assert_eq!(s.records, recs[..recs.len() - 1], "byte {at}");
+            assert_eq!(s.valid_len, last as u64);
+        }
+    }
+
+    #[test]
+    fn a_record_whose_checksum_holds_but_does_not_decode_is_refused() {
+        let mut bytes = new_file(&[Record::Base { index: 0, term: 0 }]);
+        write_record(9, &mut bytes, |p| p.extend_from_slice(b"future"));
+        assert!(matches!(scan(&bytes), Err(WalError::BadRecord(1, _))));
+        let mut bytes = new_file(&[Record::Base { index: 0, term: 0 }]);
+        write_record(KIND_ENTRY, &mut bytes, |p| p.extend_from_slice(&[0xff; 5]));
+        assert!(matches!(scan(&bytes), Err(WalError::BadRecord(1, _))));
+    }
+
+    fn any_record() -> impl proptest::strategy::Strategy<Value = Record> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..48)
+            )
+                .prop_map(|(index, term, data)| {
+                    let mut e = Entry::default();
+                    e.index = index;
+                    e.term = term;
+                    e.data = data.into();
+                    Record::Entry(e)
+                }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(term, vote, commit)| {
+                let mut hs = HardState::default();
+                hs.term = term;
+                hs.vote = vote;
+                hs.commit = commit;
+                Record::HardState(hs)
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(index, term)| Record::Base { index, term }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// A crash can leave any prefix of the file: each is accepted as the records it holds
+        /// whole, never refused as damage (also with junk after the cut).
+        #[test]
+        fn every_prefix_of_a_log_is_accepted(
+            base in (proptest::prelude::any::<u64>(), proptest::prelude::any::<u64>()),
+            rest in proptest::collection::vec(any_record(), 0..8),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+        ) {
+            let mut recs = vec![Record::Base { index: base.0, term: base.1 }];
+            recs.extend(rest);
+            let full = new_file(&recs);
+            let ends: Vec<usize> = (0..=recs.len()).map(|n| new_file(&recs[..n]).len()).collect();
+            for cut in 0..=full.len() {
+                for tail in [&[][..], &junk[..]] {
+                    let bytes = [&full[..cut], tail].concat();
+                    // The records held whole (junk may happen to complete the cut record).
+                    let whole = ends
+                        .iter()
+                        .rposition(|&e| e <= bytes.len() && bytes[..e] == full[..e])
+                        .unwrap_or(0);
+                    match scan(&bytes) {
+                        Ok(s) if bytes.is_empty() => proptest::prop_assert!(s.records.is_empty()),
+                        Ok(s) => {
+                            proptest::prop_assert_eq!(&s.records[..], &recs[..whole]);
+                            proptest::prop_assert_eq!(s.valid_len, ends[whole] as u64);
+                        }
+                        // Only a cut inside the magic or the base record is not a log.
+                        Err(WalError::BadMagic) => proptest::prop_assert!(cut < MAGIC.len()),
+                        Err(WalError::NoBase) => proptest::prop_assert!(whole == 0),
+                        Err(e) => proptest::prop_assert!(false, "cut at {}: {}", cut, e),
+                    }
+                }
+            }
+        }
     }
 }
