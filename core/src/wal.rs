@@ -8,10 +8,11 @@
 //! A file is a magic header, then records: `len: u32 LE | crc32c: u32 LE | kind: u8 | payload`,
 //! where `len` counts the payload and the CRC covers kind and payload. The first record is
 //! always a `Base` (the index and term the log starts after). A crash can tear only the
-//! unsynced tail: when the first incomplete or garbled record is followed by nothing intact,
-//! scanning stops there and the caller truncates the file. When an intact record follows the
-//! damage, the damage is in the middle of the log (synced, acknowledged data), and cutting
-//! there would silently drop every record after it, so the file is refused instead.
+//! unsynced tail: scanning stops at the first damaged record and the caller truncates the file
+//! there, unless an intact record follows the damage where a torn write cannot have put one.
+//! Such damage is in the middle of the log (synced, acknowledged data), and cutting there would
+//! silently drop every record after it, so the file is refused instead. See `scan` for which
+//! damage is which.
 
 use protobuf::Message as _;
 use raft::prelude::{Entry, HardState};
@@ -130,9 +131,27 @@ pub struct Scan {
 
 /// Reads a file's records, stopping at a torn tail. An empty input is a file never written.
 ///
-/// The first incomplete or garbled record ends the intact records. If an intact record can be
-/// found at any byte offset after it, the damage is not a torn tail and the file is refused
-/// with `DamagedRecord`; otherwise the rest is the torn tail and `valid_len` is where it starts.
+/// The first record that is not intact ends the intact records, and `valid_len` is where it
+/// starts. What it is decides whether the rest is a torn tail or the file is refused with
+/// `DamagedRecord`:
+/// - Its header is cut short, or its length is sane (`<= MAX_RECORD`) but runs past the end of
+///   the file: everything after it is its own unsynced payload, a torn tail. Nothing inside it
+///   is searched for records (user data can hold bytes that form one).
+/// - Its length is sane and the record fits but its checksum fails: a torn tail unless an
+///   intact record is found at or after the record's claimed end (never inside its payload).
+///   Except when all its bytes are zero (see below): a torn tail whatever follows.
+/// - Its length is impossible (`> MAX_RECORD`), so where it ends is unknown: a torn tail unless
+///   an intact record is found at any byte offset after its start.
+///
+/// Zero-filled damage: an unsynced write can reach the disk out of order, its first sectors
+/// coming back as zeros (never written) while later ones landed, so intact records can follow
+/// such a gap. etcd's WAL decoder makes the same call (a checksum mismatch over zero-filled
+/// sectors is a torn write). Every record written has a nonzero kind, so nine zero bytes are
+/// never a record we wrote (an all-zero header claims length 0, so this is the case where the
+/// damaged record's bytes are all zero). The records after the gap were never acknowledged:
+/// acknowledgement waits for a sync, and a sync that covered them would have covered the gap
+/// before them too. So the file is cut at the gap, dropping them. The cost: a synced header
+/// later zeroed by the disk is taken for a torn tail too (as it is in etcd).
 pub fn scan(bytes: &[u8]) -> Result<Scan, WalError> {
     if bytes.is_empty() {
         return Ok(Scan {
@@ -154,13 +173,16 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, WalError> {
             // A record whose checksum holds but which does not decode was written that way:
             // that is a bug or corruption, never a torn write.
             Read::Undecodable(e) => return Err(WalError::BadRecord(records.len(), e)),
-            Read::Damaged => {
-                if let Some(intact_after) = find_intact_record(bytes, pos + 1) {
-                    return Err(WalError::DamagedRecord {
-                        offset: pos as u64,
-                        intact_after: intact_after as u64,
-                    });
-                }
+            // Its own torn payload runs to the end of the file.
+            Read::Incomplete => break,
+            Read::Garbled(end) if bytes[pos..end].iter().all(|&b| b == 0) => break,
+            Read::Garbled(end) => {
+                refuse_if_intact_from(bytes, pos, end)?;
+                break;
+            }
+            // (Its length bytes are not all zero, so it is never a zero-filled gap.)
+            Read::BadLength => {
+                refuse_if_intact_from(bytes, pos, pos + 1)?;
                 break;
             }
         }
@@ -174,33 +196,59 @@ pub fn scan(bytes: &[u8]) -> Result<Scan, WalError> {
     })
 }
 
+/// Refuses the file as damaged at `pos` if an intact record starts at or after `from`.
+fn refuse_if_intact_from(bytes: &[u8], pos: usize, from: usize) -> Result<(), WalError> {
+    match find_intact_record(bytes, from) {
+        Some(intact_after) => Err(WalError::DamagedRecord {
+            offset: pos as u64,
+            intact_after: intact_after as u64,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// What is at one byte offset of a file.
 enum Read {
     /// A whole record with a matching checksum, and its size on disk (header included).
     Intact(Record, usize),
     /// The checksum holds but the record does not decode.
     Undecodable(String),
-    /// Incomplete (runs past the end), an impossible length, or a checksum mismatch.
-    Damaged,
+    /// The header is cut short, or a sane length runs past the end of the file.
+    Incomplete,
+    /// A sane length that fits, but the checksum fails; the record's claimed end.
+    Garbled(usize),
+    /// A length over `MAX_RECORD` (or one whose end overflows): where it ends is unknown.
+    BadLength,
 }
 
-/// The header of the record at `pos`, if a whole header and the payload it announces fit
-/// (`pos + HEADER + len` never overflows: `len` is checked against what is left).
+/// The header of the record at `pos` (length, checksum, kind), if all its bytes are there.
 fn header_at(bytes: &[u8], pos: usize) -> Option<(usize, u32, u8)> {
-    let left = bytes.len().checked_sub(pos)?.checked_sub(HEADER)?;
-    let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-    let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap());
-    let kind = bytes[pos + 8];
-    (len <= MAX_RECORD && len <= left).then_some((len, crc, kind))
+    let h = bytes.get(pos..pos.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(h[..4].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(h[4..8].try_into().unwrap());
+    Some((len, crc, h[8]))
+}
+
+/// Where the record at `pos` with payload length `len` ends, if the length is sane.
+fn record_end(pos: usize, len: usize) -> Option<usize> {
+    (len <= MAX_RECORD)
+        .then(|| pos.checked_add(HEADER)?.checked_add(len))
+        .flatten()
 }
 
 fn read_record(bytes: &[u8], pos: usize) -> Read {
     let Some((len, crc, kind)) = header_at(bytes, pos) else {
-        return Read::Damaged;
+        return Read::Incomplete;
     };
-    let payload = &bytes[pos + HEADER..pos + HEADER + len];
+    let Some(end) = record_end(pos, len) else {
+        return Read::BadLength;
+    };
+    if end > bytes.len() {
+        return Read::Incomplete;
+    }
+    let payload = &bytes[pos + HEADER..end];
     if record_crc(kind, payload) != crc {
-        return Read::Damaged;
+        return Read::Garbled(end);
     }
     let rec = match kind {
         KIND_BASE if len == 16 => Record::Base {
@@ -226,10 +274,13 @@ fn read_record(bytes: &[u8], pos: usize) -> Read {
 /// checksum about once in 2^32, and must decode as well).
 fn find_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
     (from..bytes.len()).find(|&q| {
-        header_at(bytes, q).is_some_and(|(len, _, kind)| match kind {
-            KIND_BASE => len == 16,
-            KIND_ENTRY | KIND_HARD_STATE => true,
-            _ => false,
+        header_at(bytes, q).is_some_and(|(len, _, kind)| {
+            record_end(q, len).is_some_and(|end| end <= bytes.len())
+                && match kind {
+                    KIND_BASE => len == 16,
+                    KIND_ENTRY | KIND_HARD_STATE => true,
+                    _ => false,
+                }
         }) && matches!(read_record(bytes, q), Read::Intact(..))
     })
 }
@@ -419,28 +470,146 @@ mod tests {
     fn a_flipped_length_byte_before_intact_records_is_refused() {
         let (_, full, starts) = sample();
         let damaged = 2;
-        // Every length byte, flipped to a smaller, larger, too-large-for-the-file and
-        // over-MAX_RECORD length; and the checksum and kind bytes too.
-        for (at, flip) in [
-            (0, 0x01),
-            (0, 0x80),
-            (1, 0x01),
-            (2, 0x40),
-            (3, 0x80),
-            (4, 1),
-            (8, 3),
+        assert_eq!(
+            starts[3] - starts[2],
+            HEADER + 46,
+            "entry(2, 1) has a 46-byte payload"
+        );
+        // A length that still ends inside the file is searched for intact records from where
+        // it claims the record ends; an impossible one from the next byte. The checksum and
+        // kind bytes too.
+        for (at, flip, intact_after) in [
+            (0, 0x02, starts[3]), // 44: ends 2 bytes short of record 3
+            (0, 0x01, starts[4]), // 47: ends 1 byte into record 3
+            (3, 0x80, starts[3]), // over MAX_RECORD
+            (3, 0x10, starts[3]), // MAX_RECORD + 46
+            (4, 1, starts[3]),
+            (8, 3, starts[3]),
         ] {
             let mut bytes = full.clone();
             bytes[starts[damaged] + at] ^= flip;
             match scan(&bytes) {
                 Err(WalError::DamagedRecord {
                     offset,
-                    intact_after,
+                    intact_after: found,
                 }) => {
                     assert_eq!(offset, starts[damaged] as u64, "byte {at} ^ {flip:#x}");
-                    assert_eq!(intact_after, starts[damaged + 1] as u64);
+                    assert_eq!(found, intact_after as u64, "byte {at} ^ {flip:#x}");
                 }
                 other => panic!("byte {at} ^ {flip:#x}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_length_that_runs_past_the_end_of_the_file_is_a_torn_tail() {
+        // What follows is that record's own payload, whatever it looks like (before 17d117b's
+        // rule was narrowed these were refused: records 3 to 5 lie inside the claimed length).
+        let (recs, full, starts) = sample();
+        for (at, flip) in [(0, 0x80), (1, 0x01), (2, 0x40)] {
+            let mut bytes = full.clone();
+            bytes[starts[2] + at] ^= flip;
+            let s = scan(&bytes).unwrap();
+            assert_eq!(s.records, recs[..2], "byte {at} ^ {flip:#x}");
+            assert_eq!(s.valid_len, starts[2] as u64);
+        }
+    }
+
+    /// The sample log, then an entry whose data holds a whole encoded record (a client can put
+    /// any bytes), and the offsets where that entry and the record inside it start.
+    fn sample_with_a_record_inside_an_entry() -> (Vec<Record>, Vec<u8>, usize, usize) {
+        let (recs, full, _) = sample();
+        let mut inner = Vec::new();
+        encode_entry(&entry(9, 9), &mut inner);
+        let mut e = entry(5, 1);
+        e.data = [&[1u8; 7][..], &inner, &[2u8; 30]].concat().into();
+        let mut bytes = full.clone();
+        encode_entry(&e, &mut bytes);
+        let at = bytes.windows(inner.len()).position(|w| w == inner).unwrap();
+        assert!(matches!(read_record(&bytes, at), Read::Intact(..)));
+        (recs, bytes, full.len(), at)
+    }
+
+    #[test]
+    fn a_torn_last_record_whose_payload_holds_a_record_is_a_torn_tail() {
+        let (recs, bytes, outer, inner) = sample_with_a_record_inside_an_entry();
+        let inner_end = inner + HEADER + 46;
+        for cut in inner_end..bytes.len() {
+            let torn = &bytes[..cut];
+            // Searching inside the torn record would find one (and refuse the file).
+            assert_eq!(find_intact_record(torn, outer + 1), Some(inner));
+            let s = scan(torn).unwrap();
+            assert_eq!(s.records, recs, "cut at {cut}");
+            assert_eq!(s.valid_len, outer as u64);
+        }
+    }
+
+    #[test]
+    fn a_garbled_record_is_searched_for_intact_ones_only_after_its_end() {
+        let (recs, mut bytes, outer, _) = sample_with_a_record_inside_an_entry();
+        // A flipped payload byte outside the record it holds, and nothing after: torn tail.
+        *bytes.last_mut().unwrap() ^= 0x40;
+        let s = scan(&bytes).unwrap();
+        assert_eq!(s.records, recs);
+        assert_eq!(s.valid_len, outer as u64);
+        // A complete record with a flipped payload byte followed by an intact record is
+        // still refused, and the intact record named is the one after it.
+        let end = bytes.len();
+        encode_entry(&entry(6, 1), &mut bytes);
+        match scan(&bytes) {
+            Err(WalError::DamagedRecord {
+                offset,
+                intact_after,
+            }) => {
+                assert_eq!(offset, outer as u64);
+                assert_eq!(intact_after, end as u64);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_zero_filled_gap_before_intact_records_is_a_torn_tail() {
+        let (recs, full, starts) = sample();
+        let zeroed = |from: usize, to: usize| {
+            let mut bytes = full.clone();
+            bytes[from..to].fill(0);
+            bytes
+        };
+        for (bytes, keep) in [
+            // Records 2 and 3 never reached the disk, 4 and 5 did.
+            (zeroed(starts[2], starts[4]), 2),
+            (zeroed(starts[2], starts[3]), 2),
+            // The landed data starts inside record 3.
+            (zeroed(starts[2], starts[3] + 20), 2),
+            // A whole zero sector between records 3 and 4.
+            (
+                [&full[..starts[3]], &[0; 512][..], &full[starts[3]..]].concat(),
+                3,
+            ),
+        ] {
+            let valid = starts[keep];
+            // The search would find intact records after the gap.
+            assert!(find_intact_record(&bytes, valid + 1).is_some());
+            let s = scan(&bytes).unwrap();
+            assert_eq!(s.records, recs[..keep]);
+            assert_eq!(s.valid_len, valid as u64);
+        }
+        // Only an all-zero record is taken for a write that did not land: the same gap filled
+        // with 0xff, or a zeroed payload under an intact header, is refused.
+        let mut ff = full.clone();
+        ff[starts[2]..starts[4]].fill(0xff);
+        let payload_zeroed = zeroed(starts[2] + HEADER, starts[3]);
+        for (bytes, intact_after) in [(ff, starts[4]), (payload_zeroed, starts[3])] {
+            match scan(&bytes) {
+                Err(WalError::DamagedRecord {
+                    offset,
+                    intact_after: found,
+                }) => {
+                    assert_eq!(offset, starts[2] as u64);
+                    assert_eq!(found, intact_after as u64);
+                }
+                other => panic!("{other:?}"),
             }
         }
     }
