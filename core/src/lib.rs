@@ -14,6 +14,8 @@ pub mod mvcc;
 pub mod peer;
 pub mod raft_log;
 pub mod raft_logger;
+pub mod server;
+pub mod state;
 pub mod tables;
 pub mod tls;
 pub mod wal;

@@ -1,11 +1,13 @@
-//! The raft log as raft-rs sees it (`raft::Storage`): kept in memory, written through to an
-//! append-only log file (`wal`), one write and one sync per Ready.
+//! The raft log as raft-rs sees it (`raft::Storage`): kept in memory, and encoded as records
+//! of the append-only log file (`wal`) for the executor to write, one write and one sync per
+//! Ready ([`RaftLog::take_pending`]).
 //!
 //! What lives where: entries and hard state in the log file; the conf state, the applied index
 //! and the snapshot a follower installed in redb with the state machine they describe. A log
-//! file is rewritten (atomically) only when it is compacted or replaced by a snapshot, and
-//! only after the state machine is durable past the point it drops. If a write or sync fails
-//! the member must stop (an fsync error is fatal), so memory never outlives a lost write.
+//! file is replaced (atomically) only when it is compacted or replaced by a snapshot, and
+//! only after the state machine is durable past the point it drops ([`RaftLog::file_image`]).
+//! If a write or sync fails the member must stop (an fsync error is fatal), so memory never
+//! outlives a lost write. Only start-up reads and repairs the file itself (`load`, `bootstrap`).
 
 use crate::tables::{meta_keys, META};
 use crate::wal::{self, LogFile, Record};
@@ -69,8 +71,7 @@ pub struct RaftLog {
     snapshot: Option<Snapshot>,
     /// Set when raft asked for a snapshot we do not have; the driver builds one.
     snapshot_wanted: Cell<bool>,
-    file: Box<dyn LogFile>,
-    /// Records encoded since the last `sync`.
+    /// Records encoded since the last `take_pending`.
     pending: Vec<u8>,
 }
 
@@ -121,7 +122,7 @@ impl RaftLog {
 
     /// Reads the raft state of a member that `exists`: the conf state and applied index from
     /// the data file, entries and hard state from the log file (cutting off a torn tail).
-    pub fn load(db: &redb::Database, mut file: Box<dyn LogFile>) -> Result<RaftLog, LogError> {
+    pub fn load(db: &redb::Database, file: &mut dyn LogFile) -> Result<RaftLog, LogError> {
         let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         let Some(cs) = meta.get(meta_keys::CONF_STATE)? else {
@@ -209,7 +210,6 @@ impl RaftLog {
             entries,
             snapshot: None,
             snapshot_wanted: Cell::new(false),
-            file,
             pending: Vec::new(),
         })
     }
@@ -219,7 +219,7 @@ impl RaftLog {
     pub fn bootstrap(
         txn: &redb::WriteTransaction,
         conf_state: ConfState,
-        mut file: Box<dyn LogFile>,
+        file: &mut dyn LogFile,
     ) -> Result<RaftLog, LogError> {
         file.replace(&wal::new_file(&[
             Record::Base { index: 0, term: 0 },
@@ -235,7 +235,6 @@ impl RaftLog {
             entries: Vec::new(),
             snapshot: None,
             snapshot_wanted: Cell::new(false),
-            file,
             pending: Vec::new(),
         })
     }
@@ -297,46 +296,22 @@ impl RaftLog {
         self.hard_state = hs.clone();
     }
 
-    /// Writes what was appended since the last call and waits for it to reach the disk.
-    pub fn sync(&mut self) -> Result<(), LogError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        self.file.append(&self.pending)?;
-        self.file.sync()?;
-        self.pending.clear();
-        Ok(())
+    /// The records appended since the last call, to be appended to the log file and synced.
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
     }
 
-    pub fn set_conf_state(
-        &mut self,
-        txn: &redb::WriteTransaction,
-        cs: ConfState,
-    ) -> Result<(), LogError> {
-        txn.open_table(META)?
-            .insert(meta_keys::CONF_STATE, encode(&cs).as_slice())?;
+    /// Raft's configuration after a conf change (the state machine stores it durably).
+    pub fn set_conf_state(&mut self, cs: ConfState) {
         self.conf_state = cs;
-        Ok(())
     }
 
-    /// Installs a snapshot received from the leader: the log restarts after it. Writes the
-    /// snapshot's point into the caller's transaction (with the state machine it replaces);
-    /// once that is durable the caller calls `rewrite`.
-    pub fn install_snapshot(
-        &mut self,
-        txn: &redb::WriteTransaction,
-        snap: &Snapshot,
-    ) -> Result<(), LogError> {
+    /// Installs a snapshot received from the leader: the log restarts after it. The state
+    /// machine stores the snapshot's point durably with its contents
+    /// ([`write_snapshot_meta`]); after that the caller replaces the log file with
+    /// [`RaftLog::file_image`].
+    pub fn install_snapshot(&mut self, snap: &Snapshot) {
         let md = snap.get_metadata();
-        let mut meta = txn.open_table(META)?;
-        meta.insert(
-            meta_keys::SNAPSHOT_META,
-            u64_pair(md.index, md.term).as_slice(),
-        )?;
-        meta.insert(
-            meta_keys::CONF_STATE,
-            encode(md.get_conf_state()).as_slice(),
-        )?;
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(md.index);
         hs.term = hs.term.max(md.term);
@@ -346,11 +321,10 @@ impl RaftLog {
         self.compacted_term = md.term;
         self.entries.clear();
         self.snapshot = Some(snap.clone());
-        Ok(())
     }
 
-    /// Drops entries through `index` and rewrites the log file without them. The caller must
-    /// have made the state machine durable through `index` first.
+    /// Drops entries through `index`; the caller then replaces the log file with
+    /// [`RaftLog::file_image`]. The state machine must be durable through `index` first.
     pub fn compact(&mut self, index: u64) -> Result<(), LogError> {
         if index <= self.compacted_index {
             return Ok(());
@@ -366,11 +340,12 @@ impl RaftLog {
         self.entries.drain(..drop);
         self.compacted_index = index;
         self.compacted_term = term;
-        self.rewrite()
+        Ok(())
     }
 
-    /// Replaces the log file with the log as it is in memory (atomically, durably).
-    pub fn rewrite(&mut self) -> Result<(), LogError> {
+    /// The whole log file for the log as it is in memory (to replace the file atomically and
+    /// durably). Records pending for an append are in it, so those are dropped.
+    pub fn file_image(&mut self) -> Vec<u8> {
         let mut bytes = wal::new_file(&[
             Record::Base {
                 index: self.compacted_index,
@@ -381,9 +356,8 @@ impl RaftLog {
         for e in &self.entries {
             wal::encode_entry(e, &mut bytes);
         }
-        self.file.replace(&bytes)?;
         self.pending.clear();
-        Ok(())
+        bytes
     }
 
     fn term_of(&self, idx: u64) -> Option<u64> {
@@ -411,6 +385,21 @@ impl RaftLog {
     pub fn take_snapshot_wanted(&self) -> bool {
         self.snapshot_wanted.replace(false)
     }
+}
+
+/// Stores a snapshot's point (index, term) and conf state in the state machine's transaction.
+pub fn write_snapshot_meta(txn: &redb::WriteTransaction, snap: &Snapshot) -> Result<(), LogError> {
+    let md = snap.get_metadata();
+    let mut meta = txn.open_table(META)?;
+    meta.insert(
+        meta_keys::SNAPSHOT_META,
+        u64_pair(md.index, md.term).as_slice(),
+    )?;
+    meta.insert(
+        meta_keys::CONF_STATE,
+        encode(md.get_conf_state()).as_slice(),
+    )?;
+    Ok(())
 }
 
 impl raft::Storage for RaftLog {
@@ -481,7 +470,7 @@ impl raft::Storage for RaftLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::MemFile;
+    use crate::wal::{LogFile, MemFile};
     use raft::Storage;
 
     fn mem_db() -> redb::Database {
@@ -504,11 +493,18 @@ mod tests {
         cs
     }
 
+    /// What the executor does with a Ready's records: append them and sync.
+    fn sync(log: &mut RaftLog, file: &MemFile) {
+        let mut f = file.clone();
+        f.append(&log.take_pending()).unwrap();
+        f.sync().unwrap();
+    }
+
     fn bootstrapped(ids: &[u64]) -> (redb::Database, MemFile, RaftLog) {
         let db = mem_db();
         let file = MemFile::default();
         let txn = db.begin_write().unwrap();
-        let log = RaftLog::bootstrap(&txn, voters(ids), Box::new(file.clone())).unwrap();
+        let log = RaftLog::bootstrap(&txn, voters(ids), &mut file.clone()).unwrap();
         txn.commit().unwrap();
         (db, file, log)
     }
@@ -543,7 +539,7 @@ mod tests {
         let (db, file, mut log) = bootstrapped(&[1, 2, 3]);
         log.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>())
             .unwrap();
-        log.sync().unwrap();
+        sync(&mut log, &file);
         // A new leader overwrites 8..: the old suffix must vanish from memory and file.
         log.append(&[entry(8, 2), entry(9, 2)]).unwrap();
         let mut hs = HardState::default();
@@ -551,9 +547,9 @@ mod tests {
         hs.vote = 3;
         hs.commit = 9;
         log.set_hard_state(&hs);
-        log.sync().unwrap();
+        sync(&mut log, &file);
 
-        let again = RaftLog::load(&db, Box::new(file.clone())).unwrap();
+        let again = RaftLog::load(&db, &mut file.clone()).unwrap();
         assert_eq!(again.hard_state(), &hs);
         assert_eq!(again.conf_state().voters, vec![1, 2, 3]);
         assert_eq!(
@@ -572,6 +568,7 @@ mod tests {
         );
 
         log.compact(5).unwrap();
+        file.clone().replace(&log.file_image()).unwrap();
         assert_eq!(log.first_index().unwrap(), 6);
         assert_eq!(log.last_index().unwrap(), 9);
         assert_eq!(log.term(5).unwrap(), 1);
@@ -580,7 +577,7 @@ mod tests {
             log.term(4),
             Err(raft::Error::Store(StorageError::Compacted))
         ));
-        let again = RaftLog::load(&db, Box::new(file)).unwrap();
+        let again = RaftLog::load(&db, &mut file.clone()).unwrap();
         assert_eq!(again.hard_state(), &hs);
         assert_eq!(again.first_index().unwrap(), 6);
         assert_eq!(
@@ -593,9 +590,9 @@ mod tests {
     fn unsynced_records_are_not_in_the_file() {
         let (db, file, mut log) = bootstrapped(&[1]);
         log.append(&[entry(1, 1)]).unwrap();
-        log.sync().unwrap();
+        sync(&mut log, &file);
         log.append(&[entry(2, 1)]).unwrap();
-        let again = RaftLog::load(&db, Box::new(file)).unwrap();
+        let again = RaftLog::load(&db, &mut file.clone()).unwrap();
         assert_eq!(again.last_index().unwrap(), 1);
     }
 
@@ -603,14 +600,14 @@ mod tests {
     fn a_torn_tail_is_cut_off_and_appending_goes_on_after_it() {
         let (db, file, mut log) = bootstrapped(&[1]);
         log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
-        log.sync().unwrap();
+        sync(&mut log, &file);
         let len = file.bytes.lock().unwrap().len();
         file.bytes.lock().unwrap().truncate(len - 3);
-        let mut again = RaftLog::load(&db, Box::new(file.clone())).unwrap();
+        let mut again = RaftLog::load(&db, &mut file.clone()).unwrap();
         assert_eq!(again.last_index().unwrap(), 1);
         again.append(&[entry(2, 2)]).unwrap();
-        again.sync().unwrap();
-        let third = RaftLog::load(&db, Box::new(file)).unwrap();
+        sync(&mut again, &file);
+        let third = RaftLog::load(&db, &mut file.clone()).unwrap();
         assert_eq!(indexes_and_terms(&third), vec![(1, 1), (2, 2)]);
     }
 
@@ -618,9 +615,9 @@ mod tests {
     fn commit_index_is_at_least_the_applied_index() {
         let (db, file, mut log) = bootstrapped(&[1]);
         log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
-        log.sync().unwrap();
+        sync(&mut log, &file);
         set_applied(&db, 2);
-        let again = RaftLog::load(&db, Box::new(file)).unwrap();
+        let again = RaftLog::load(&db, &mut file.clone()).unwrap();
         assert_eq!(again.hard_state().commit, 2);
     }
 
@@ -628,10 +625,10 @@ mod tests {
     fn applied_past_the_log_is_corruption() {
         let (db, file, mut log) = bootstrapped(&[1]);
         log.append(&[entry(1, 1)]).unwrap();
-        log.sync().unwrap();
+        sync(&mut log, &file);
         set_applied(&db, 5);
         assert!(matches!(
-            RaftLog::load(&db, Box::new(file)),
+            RaftLog::load(&db, &mut file.clone()),
             Err(LogError::Corrupt(_))
         ));
     }
@@ -660,12 +657,13 @@ mod tests {
     fn installed_snapshot_resets_the_log() {
         let (db, file, mut log) = bootstrapped(&[1, 2, 3]);
         log.append(&[entry(1, 1), entry(2, 1)]).unwrap();
-        log.sync().unwrap();
+        sync(&mut log, &file);
         let txn = db.begin_write().unwrap();
-        log.install_snapshot(&txn, &snapshot_at(50, 4)).unwrap();
+        write_snapshot_meta(&txn, &snapshot_at(50, 4)).unwrap();
+        log.install_snapshot(&snapshot_at(50, 4));
         txn.commit().unwrap();
-        log.rewrite().unwrap();
-        let again = RaftLog::load(&db, Box::new(file)).unwrap();
+        file.clone().replace(&log.file_image()).unwrap();
+        let again = RaftLog::load(&db, &mut file.clone()).unwrap();
         assert_eq!(again.first_index().unwrap(), 51);
         assert_eq!(again.last_index().unwrap(), 50);
         assert_eq!(again.term(50).unwrap(), 4);
@@ -678,19 +676,21 @@ mod tests {
         let (db, file, mut log) = bootstrapped(&[1, 2, 3]);
         log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
             .unwrap();
-        log.sync().unwrap();
+        sync(&mut log, &file);
         let txn = db.begin_write().unwrap();
-        log.install_snapshot(&txn, &snapshot_at(2, 1)).unwrap();
+        write_snapshot_meta(&txn, &snapshot_at(2, 1)).unwrap();
+        log.install_snapshot(&snapshot_at(2, 1));
         txn.commit().unwrap();
-        let again = RaftLog::load(&db, Box::new(file.clone())).unwrap();
+        let again = RaftLog::load(&db, &mut file.clone()).unwrap();
         assert_eq!(again.first_index().unwrap(), 3);
         assert_eq!(indexes_and_terms(&again), vec![(3, 1)]);
 
         // A snapshot the log does not continue drops the whole log.
         let txn = db.begin_write().unwrap();
-        log.install_snapshot(&txn, &snapshot_at(3, 7)).unwrap();
+        write_snapshot_meta(&txn, &snapshot_at(3, 7)).unwrap();
+        log.install_snapshot(&snapshot_at(3, 7));
         txn.commit().unwrap();
-        let again = RaftLog::load(&db, Box::new(file)).unwrap();
+        let again = RaftLog::load(&db, &mut file.clone()).unwrap();
         assert_eq!(again.first_index().unwrap(), 4);
         assert_eq!(again.last_index().unwrap(), 3);
         assert_eq!(again.term(3).unwrap(), 7);

@@ -8,6 +8,9 @@ use tonic::{Code, Status};
 pub enum ApiError {
     #[error("{0}")]
     Mvcc(#[from] MvccError),
+    /// The state machine refused a write (its text and code decided in core).
+    #[error("{0}")]
+    Refused(detcd_core::server::RefusedBy),
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: request timed out")]
@@ -28,6 +31,7 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         let code = match &e {
             ApiError::Mvcc(m) => crate::errors::mvcc_code(m),
+            ApiError::Refused(r) => Code::from(r.grpc_code),
             ApiError::NoLeader
             | ApiError::Timeout
             | ApiError::LeaderChanged

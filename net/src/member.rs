@@ -15,12 +15,11 @@ use detcd_core::bootstrap::{self, Bootstrap, BootstrapError, DataDirState};
 use detcd_core::config::Config;
 use detcd_core::ids::format_id;
 use detcd_core::membership::Membership;
-use detcd_core::proto::detcdpb::{MemberAttributes, MemberRecord};
+use detcd_core::proto::detcdpb::MemberAttributes;
 use detcd_core::raft_log::{LogError, RaftLog};
-use detcd_core::tables::{meta_keys, KV, MEMBERS, META};
+use detcd_core::tables::{meta_keys, META};
 use detcd_core::wal::LogFile;
-use raft::prelude::ConfState;
-use redb::{Durability, ReadableDatabase};
+use redb::ReadableDatabase;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -117,7 +116,17 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
     })?;
     let path = data_file_path(&cfg.data_dir);
     let db_size = Arc::new(move || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
-    let res = run_member_with(cfg, db, Box::new(log_file), db_size).await;
+    let log_path = log_file_path(&cfg.data_dir);
+    let mut res = run_member_with(cfg, db, Box::new(log_file), db_size).await;
+    if let Err(MemberError::Storage(LogError::Corrupt(why))) = &res {
+        if why.contains("raft log file") {
+            // Name the file: the operator restores or removes exactly this one.
+            res = Err(MemberError::Storage(LogError::Corrupt(format!(
+                "{}: {why}",
+                log_path.display()
+            ))));
+        }
+    }
     if created && matches!(res, Err(MemberError::Bootstrap(_))) {
         // A refused start leaves nothing behind: the next attempt starts as fresh as this one.
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -130,7 +139,7 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
 pub async fn run_member_with(
     cfg: Config,
     db: redb::Database,
-    log_file: Box<dyn LogFile>,
+    mut log_file: Box<dyn LogFile>,
     db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
 ) -> Result<(), MemberError> {
     // TLS first: bad certificate files stop the member before anything else happens.
@@ -160,7 +169,7 @@ pub async fn run_member_with(
     let decision = bootstrap::decide(&cfg, state, &resolve_host)?;
     let (log, member_id, cluster_id, restarted) = match decision {
         Bootstrap::Restart => {
-            let log = RaftLog::load(&db, log_file)?;
+            let log = RaftLog::load(&db, log_file.as_mut())?;
             let txn = db.begin_read().map_err(storage_err)?;
             let members = Membership::load(&txn)?;
             let meta = txn.open_table(META).map_err(storage_err)?;
@@ -188,30 +197,13 @@ pub async fn run_member_with(
                 .collect();
             // Before writing anything: a running cluster of another identity is fatal.
             check_peers_cluster_id(local_id, cluster_id, &peers, &peer_tls).await?;
-            let mut txn = db.begin_write().map_err(storage_err)?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(storage_err)?;
-            let mut cs = ConfState::default();
-            cs.voters = members.iter().map(|m| m.id).collect();
-            let log = RaftLog::bootstrap(&txn, cs, log_file)?;
-            Membership::bootstrap(
-                &txn,
+            let log = detcd_core::state::initialize_new_member(
+                &db,
+                log_file.as_mut(),
                 cluster_id,
-                members.iter().map(|m| MemberRecord {
-                    id: m.id,
-                    name: String::new(),
-                    peer_urls: m.peer_urls.iter().map(|u| u.to_string()).collect(),
-                    client_urls: vec![],
-                    is_learner: false,
-                }),
+                local_id,
+                &peers,
             )?;
-            txn.open_table(META)
-                .map_err(storage_err)?
-                .insert(meta_keys::MEMBER_ID, local_id.to_be_bytes().as_slice())
-                .map_err(storage_err)?;
-            txn.open_table(KV).map_err(storage_err)?;
-            txn.open_table(MEMBERS).map_err(storage_err)?;
-            txn.commit().map_err(storage_err)?;
             tracing::info!(
                 member = %format_id(local_id),
                 cluster = %format_id(cluster_id),
@@ -241,12 +233,14 @@ pub async fn run_member_with(
     ));
     let heartbeat = Duration::from_millis(cfg.heartbeat_interval.max(1));
     let election_ticks = (cfg.election_timeout / cfg.heartbeat_interval.max(1)).max(2) as usize;
+    let request_timeout = Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout);
     let params = NodeParams {
         member_id,
         cluster_id,
         heartbeat,
         election_ticks,
         snapshot_count: cfg.snapshot_count,
+        request_timeout,
         start_unix_ms: now_unix_ms(),
         attributes: MemberAttributes {
             member_id,
@@ -258,13 +252,21 @@ pub async fn run_member_with(
                 .collect(),
         },
     };
-    let (node, handle, inputs) = Node::new(params, log, db, transport, (ev_tx, ev_rx), restarted)?;
+    let (node, handle, inputs) = Node::new(
+        params,
+        log,
+        log_file,
+        db,
+        transport,
+        (ev_tx, ev_rx),
+        restarted,
+    )?;
     let _ = shared_cell.set(handle.shared.clone());
 
     let api = Api {
         node: handle.clone(),
         max_request_bytes: cfg.max_request_bytes as usize,
-        request_timeout: Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout),
+        request_timeout,
         db_size,
     };
     // A server that stops (its listener failed) stops the member.

@@ -160,6 +160,7 @@ pub enum PeerEvent {
 /// Outbound side: routes raft messages to per-peer queues.
 pub struct Transport {
     peers: BTreeMap<u64, mpsc::Sender<Message>>,
+    events: mpsc::Sender<PeerEvent>,
 }
 
 impl Transport {
@@ -192,16 +193,37 @@ impl Transport {
             };
             tokio::spawn(sender.run());
         }
-        Transport { peers: map }
+        Transport { peers: map, events }
     }
 
+    /// Queues messages for their peers. A full queue means the peer is slow or gone: raft
+    /// resends what matters, but a snapshot it must be told about, or it waits for that
+    /// snapshot forever (the follower stays in snapshot state).
     pub fn send(&self, msgs: Vec<Message>) {
         for m in msgs {
-            let Some(q) = self.peers.get(&m.to) else {
-                continue;
+            let (to, is_snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
+            let queued = match self.peers.get(&to) {
+                Some(q) => q.try_send(m).is_ok(),
+                None => false,
             };
-            // A full queue means the peer is slow or gone; raft resends what matters.
-            let _ = q.try_send(m);
+            if !queued && is_snapshot {
+                self.report_snapshot_lost(to);
+            }
+        }
+    }
+
+    fn report_snapshot_lost(&self, to: u64) {
+        tracing::warn!(peer = %format_id(to), "snapshot could not be queued for the peer; reported to raft as failed");
+        if self
+            .events
+            .try_send(PeerEvent::Snapshot(to, false))
+            .is_err()
+        {
+            // The driver's event queue is full: spawn the report so it is never lost.
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                let _ = events.send(PeerEvent::Snapshot(to, false)).await;
+            });
         }
     }
 }
@@ -305,11 +327,7 @@ impl PeerSender {
             Err(_) => return Connect::Failed,
         };
         if resp.cluster_id != self.cluster_id {
-            let joined = self
-                .shared
-                .get()
-                .map(|s| s.joined.load(Ordering::Relaxed))
-                .unwrap_or(false);
+            let joined = self.shared.get().map(|s| s.joined()).unwrap_or(false);
             let err = BootstrapError::ConflictingClusterId {
                 local: self.cluster_id,
                 peer: resp.cluster_id,

@@ -1,0 +1,878 @@
+//! The replicated server as a sans-IO state machine (quinn-proto's shape): the raft-rs
+//! `RawNode`, the proposals waiting for their entries, ReadIndex batching, the apply of
+//! committed entries into the state machine ([`crate::state`]), the snapshot and log
+//! compaction policy, and leader tracking.
+//!
+//! Inputs are `handle_*` calls; time comes in as ticks ([`Server::handle_tick`]). Outputs are
+//! taken with [`Server::poll_output`] until it returns None, and the executor (detcd-net in
+//! production, the core-only simulator in tests) carries them out and reports back:
+//!
+//! | output | the executor | then calls |
+//! |---|---|---|
+//! | [`Output::Send`] | hands the messages to the peer transport | `handle_unreachable`, `handle_snapshot_status` on failures |
+//! | [`Output::AppendLog`] | appends the records to the log file, syncs if asked (group commit allowed) | `handle_persisted(number)` |
+//! | [`Output::ReplaceLog`] | replaces the log file atomically, in order with the appends | nothing |
+//! | [`Output::Commit`] | commits the redb transaction durably, off the async workers | `handle_committed(applied)` |
+//! | [`Output::Response`], [`Output::ReadReady`] | answers the waiting client | nothing |
+//!
+//! Each Ready is handled in raft-rs's documented order with its async-persistence API
+//! (`advance_append_async` / `on_persist_ready`), so a leader sends its appends while its
+//! own log write is still on the disk (raft thesis 10.2.1), and messages that must follow
+//! persistence (votes, append responses) wait for `handle_persisted`.
+//!
+//! Nothing here blocks, spawns, locks or reads a clock. A storage failure is [`Fatal`].
+
+use crate::membership::Membership;
+use crate::mvcc::MvccError;
+use crate::proto::detcdpb::{internal_request::Request, InternalRequest, MemberAttributes};
+use crate::raft_log::RaftLog;
+use crate::state::{Applied, Fatal, KvState, PendingCommit, StateViews};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::{RawNode, StateRole};
+use std::collections::{BTreeMap, VecDeque};
+
+#[cfg(test)]
+mod tests;
+
+/// Proposals held while no leader is known; more are refused with `NoLeader` at once.
+pub const MAX_HELD_PROPOSALS: usize = 4096;
+/// Reads waiting for a leader, for their read index, or for apply to reach it.
+pub const MAX_PENDING_READS: usize = 16384;
+/// Readies handled per input at most (each drains raft's queues, so this is rarely reached).
+const MAX_READIES_PER_INPUT: usize = 16;
+
+/// Why a proposal or read got no answer from the state machine. The texts are etcd's
+/// (api/v3rpc/rpctypes), clients match on them.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    /// The state machine refused the request (compacted revision, ...).
+    #[error("{0}")]
+    Refused(#[from] RefusedBy),
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The leader changed while the request was in flight; it may or may not have been applied.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+}
+
+/// An MVCC refusal, kept as its text and gRPC code (MvccError is not Clone).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct RefusedBy {
+    pub message: String,
+    pub grpc_code: i32,
+}
+
+impl From<MvccError> for RefusedBy {
+    fn from(e: MvccError) -> Self {
+        RefusedBy {
+            grpc_code: e.grpc_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What the executor must do next. See the module docs for who reports what back.
+#[derive(Debug)]
+pub enum Output {
+    Send(Vec<Message>),
+    /// Append `records` (encoded log records, possibly none) to the log file, sync it when
+    /// `sync`, then report `handle_persisted(number)`. Reports must come in order; reporting
+    /// a number reports every smaller one.
+    AppendLog {
+        number: u64,
+        records: Vec<u8>,
+        sync: bool,
+    },
+    /// Replace the whole log file with `image`, atomically and durably, after every append
+    /// asked for before it.
+    ReplaceLog {
+        image: Vec<u8>,
+    },
+    /// Commit the transaction durably, then report `handle_committed(applied)`.
+    Commit(PendingCommit),
+    /// The answer to proposal `id`.
+    Response {
+        id: u64,
+        result: Result<Applied, RequestError>,
+    },
+    /// Read `id` may now be served from local state (linearizably), or failed.
+    ReadReady {
+        id: u64,
+        result: Result<(), RequestError>,
+    },
+}
+
+/// Deliberate bugs for proving the simulators' checkers can fail. All false in production.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mutations {
+    /// Every ReadIndex batch and retry is sent under one context (etcd issue 20418: a late
+    /// answer for an earlier batch then releases a later one at an older index).
+    pub reuse_read_context: bool,
+    /// This member skips applying the entry at this index (replicas diverge).
+    pub skip_apply_at: Option<u64>,
+}
+
+/// How the server is set up; times are in ticks (one tick per heartbeat interval).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub id: u64,
+    /// Election timeout in ticks (raft's `election_tick`; the heartbeat is one tick).
+    pub election_ticks: usize,
+    /// Applied entries between snapshots (`--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept behind a snapshot so a slightly slow follower catches up from the log
+    /// (etcd's snapshotCatchUpEntries, 5000).
+    pub catch_up_entries: u64,
+    /// Applied rows held in the open transaction before it is committed ahead of the next
+    /// tick (etcd's backend batch limit, 10,000).
+    pub max_uncommitted_rows: usize,
+    /// A proposal or read waits this long for a leader before it fails with `NoLeader`.
+    pub hold_ticks: u64,
+    /// A ReadIndex not answered within this many ticks is sent again with a fresh context
+    /// (etcd's readIndexRetryTime, 500 ms).
+    pub read_retry_ticks: u64,
+    /// The attributes this member publishes through raft once it has a leader.
+    pub attributes: MemberAttributes,
+    /// Seed of the request ID counter: the start time in milliseconds, as etcd's idutil.
+    pub start_unix_ms: u64,
+    /// Seed of the randomized election timeouts (raft-rs draws them from the OS otherwise,
+    /// which would make a simulation depend on more than its seed).
+    pub election_seed: u64,
+    pub mutations: Mutations,
+}
+
+impl ServerConfig {
+    /// etcd's defaults around the given member and timing.
+    pub fn new(id: u64, election_ticks: usize, attributes: MemberAttributes) -> ServerConfig {
+        ServerConfig {
+            id,
+            election_ticks,
+            snapshot_count: 100_000,
+            catch_up_entries: 5000,
+            max_uncommitted_rows: 10_000,
+            hold_ticks: 50,
+            read_retry_ticks: 5,
+            attributes,
+            start_unix_ms: 0,
+            election_seed: id,
+            mutations: Mutations::default(),
+        }
+    }
+}
+
+/// Raft and apply progress, for response headers, Status and the simulators' checkers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub id: u64,
+    pub leader: u64,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub is_leader: bool,
+    /// Once this member has seen a leader (or restarted from its own log), a peer from
+    /// another cluster is refused instead of being a reason to exit.
+    pub has_had_leader: bool,
+    /// Snapshots from a leader installed since start.
+    pub snapshots_installed: u64,
+}
+
+/// Request IDs unique across members and restarts, as etcd's idutil: the member's low 16
+/// bits, then a counter that starts at the start time in milliseconds.
+#[derive(Debug, Clone)]
+pub struct IdGen {
+    prefix: u64,
+    counter: u64,
+}
+
+impl IdGen {
+    pub fn new(member_id: u64, start_unix_ms: u64) -> IdGen {
+        IdGen {
+            prefix: (member_id & 0xffff) << 48,
+            counter: (start_unix_ms & 0xff_ffff_ffff) << 8,
+        }
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.counter = self.counter.wrapping_add(1);
+        self.prefix | (self.counter & 0xffff_ffff_ffff)
+    }
+}
+
+struct HeldProposal {
+    id: u64,
+    data: Vec<u8>,
+    since_tick: u64,
+}
+
+/// Reads sent to raft under one context.
+struct ReadBatch {
+    ids: Vec<u64>,
+    sent_tick: u64,
+}
+
+pub struct Server<V: StateViews> {
+    cfg: ServerConfig,
+    raw: RawNode<RaftLog>,
+    state: KvState<V>,
+    ids: IdGen,
+    tick: u64,
+    outputs: VecDeque<Output>,
+    /// Proposals in raft, by request id, waiting for their entry to apply.
+    waiting: BTreeMap<u64, ()>,
+    held: VecDeque<HeldProposal>,
+    /// Reads not yet sent to raft (no leader yet), with the tick they arrived.
+    pending_reads: Vec<(u64, u64)>,
+    /// Reads sent to raft, by the context's counter.
+    read_batches: BTreeMap<u64, ReadBatch>,
+    /// Reads whose read index is known, waiting for apply to reach it.
+    indexed_reads: Vec<(u64, Vec<u64>)>,
+    next_read_ctx: u64,
+    /// Readies handed out for persistence and not yet reported, with their persisted
+    /// messages (sent once the Ready is durable).
+    persisting: VecDeque<(u64, Vec<Message>)>,
+    /// Committed entries waiting for a commit in flight to finish (redb has one writer).
+    to_apply: VecDeque<Vec<Entry>>,
+    last_snapshot_index: u64,
+    /// A snapshot is due once the state machine is durable.
+    snapshot_due: bool,
+    attributes_published: bool,
+    ticks_since_publish: usize,
+    status: Status,
+    /// xorshift64 state for election timeouts; the timeout last set, and the (term, role,
+    /// leader) it was set for.
+    election_rng: u64,
+    election_timeout: usize,
+    election_epoch: (u64, StateRole, u64),
+}
+
+impl<V: StateViews> Server<V> {
+    /// A server over a loaded raft log and the state machine it describes. `restarted` says
+    /// the member ran before (it counts as having had a leader).
+    pub fn new(
+        cfg: ServerConfig,
+        log: RaftLog,
+        state: KvState<V>,
+        restarted: bool,
+        logger: &slog::Logger,
+    ) -> Result<Server<V>, Fatal> {
+        let applied = state.applied().max(log.compacted_index());
+        let raft_cfg = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: 1,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        raft_cfg
+            .validate()
+            .map_err(|e| Fatal::new("raft configuration", e))?;
+        let raw =
+            RawNode::new(&raft_cfg, log, logger).map_err(|e| Fatal::new("starting raft", e))?;
+        let ids = IdGen::new(cfg.id, cfg.start_unix_ms);
+        let status = Status {
+            id: cfg.id,
+            applied,
+            has_had_leader: restarted,
+            ..Default::default()
+        };
+        let mut server = Server {
+            election_rng: cfg.election_seed | 1,
+            election_timeout: 0,
+            election_epoch: (u64::MAX, StateRole::Follower, 0),
+            last_snapshot_index: applied,
+            cfg,
+            raw,
+            state,
+            ids,
+            tick: 0,
+            outputs: VecDeque::new(),
+            waiting: BTreeMap::new(),
+            held: VecDeque::new(),
+            pending_reads: Vec::new(),
+            read_batches: BTreeMap::new(),
+            indexed_reads: Vec::new(),
+            next_read_ctx: 1,
+            persisting: VecDeque::new(),
+            to_apply: VecDeque::new(),
+            snapshot_due: false,
+            attributes_published: false,
+            ticks_since_publish: 0,
+            status,
+        };
+        server.pin_election_timeout();
+        Ok(server)
+    }
+
+    /// raft-rs redraws its election timeout in [election, 2 * election) from the OS on every
+    /// reset (a new term, role or leader): draw it again from the seeded generator, so the
+    /// timing is a function of the seed.
+    fn pin_election_timeout(&mut self) {
+        let r = &self.raw.raft;
+        let epoch = (r.term, r.state, r.leader_id);
+        if epoch == self.election_epoch && r.randomized_election_timeout() == self.election_timeout
+        {
+            return;
+        }
+        self.election_epoch = epoch;
+        let mut x = self.election_rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.election_rng = x;
+        let base = self.cfg.election_ticks;
+        self.election_timeout = base + (x % base as u64) as usize;
+        self.raw
+            .raft
+            .set_randomized_election_timeout(self.election_timeout);
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    pub fn state(&self) -> &KvState<V> {
+        &self.state
+    }
+
+    /// The member table as applied.
+    pub fn with_members<R>(&self, f: impl FnOnce(&Membership) -> R) -> R {
+        self.state.views().members(f)
+    }
+
+    /// The next output to carry out, or None when there is nothing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    // ---- inputs ----
+
+    /// One heartbeat interval passed.
+    pub fn handle_tick(&mut self) -> Result<(), Fatal> {
+        self.tick += 1;
+        self.raw.tick();
+        self.ticks_since_publish += 1;
+        if !self.attributes_published
+            && self.raw.raft.leader_id != 0
+            && self.ticks_since_publish >= self.cfg.election_ticks
+        {
+            self.ticks_since_publish = 0;
+            self.publish_attributes();
+        }
+        self.expire_held();
+        self.retry_reads();
+        // etcd's backend commits its batch every 100 ms: make the applied effects durable.
+        self.request_commit()?;
+        self.drive()
+    }
+
+    /// Messages from peers (already checked to come from members of this cluster), handled
+    /// as one batch: one Ready for all of them.
+    pub fn handle_messages(&mut self, msgs: Vec<Message>) -> Result<(), Fatal> {
+        for msg in msgs {
+            // raft rejects stale or odd messages itself; that is not the member's fault.
+            let _ = self.raw.step(msg);
+        }
+        self.drive()
+    }
+
+    /// The transport could not reach peer `id`.
+    pub fn handle_unreachable(&mut self, id: u64) {
+        self.raw.report_unreachable(id);
+    }
+
+    /// A snapshot sent to `id` arrived (`ok`) or was lost (queue full, connection failed).
+    pub fn handle_snapshot_status(&mut self, id: u64, ok: bool) {
+        let status = if ok {
+            SnapshotStatus::Finish
+        } else {
+            SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(id, status);
+    }
+
+    /// Writes for the state machine. Returns the request ids their [`Output::Response`]s
+    /// carry, in order.
+    pub fn handle_proposals(&mut self, requests: Vec<Request>) -> Result<Vec<u64>, Fatal> {
+        let mut ids = Vec::with_capacity(requests.len());
+        for request in requests {
+            let id = self.ids.next();
+            let data = InternalRequest {
+                id,
+                request: Some(request),
+            }
+            .encode_to_vec();
+            self.propose(HeldProposal {
+                id,
+                data,
+                since_tick: self.tick,
+            });
+            ids.push(id);
+        }
+        self.drive()?;
+        Ok(ids)
+    }
+
+    /// `count` linearizable reads, sent as one ReadIndex: [`Output::ReadReady`] with each
+    /// returned id says when local state is at least as new as the cluster's commit index
+    /// at the time of this call.
+    pub fn handle_reads(&mut self, count: usize) -> Result<Vec<u64>, Fatal> {
+        let mut ids = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = self.ids.next();
+            ids.push(id);
+            if self.pending_reads.len() >= MAX_PENDING_READS {
+                self.outputs.push_back(Output::ReadReady {
+                    id,
+                    result: Err(RequestError::NoLeader),
+                });
+            } else {
+                self.pending_reads.push((id, self.tick));
+            }
+        }
+        self.drive()?;
+        Ok(ids)
+    }
+
+    /// Every [`Output::AppendLog`] through `number` is durable.
+    pub fn handle_persisted(&mut self, number: u64) -> Result<(), Fatal> {
+        while let Some((n, _)) = self.persisting.front() {
+            if *n > number {
+                break;
+            }
+            let (_, msgs) = self.persisting.pop_front().unwrap();
+            self.send(msgs);
+        }
+        self.raw.on_persist_ready(number);
+        self.drive()
+    }
+
+    /// The [`Output::Commit`] for `applied` is durable.
+    pub fn handle_committed(&mut self, applied: u64) -> Result<(), Fatal> {
+        self.state.committed(applied);
+        if self.snapshot_due && self.state.durable_applied() == self.state.applied() {
+            self.snapshot_and_compact()?;
+        }
+        self.apply_queued()?;
+        self.drive()
+    }
+
+    // ---- the Ready loop ----
+
+    fn drive(&mut self) -> Result<(), Fatal> {
+        self.pin_election_timeout();
+        self.flush_held();
+        for _ in 0..MAX_READIES_PER_INPUT {
+            if !self.raw.has_ready() || self.must_defer_ready() {
+                break;
+            }
+            self.handle_ready()?;
+        }
+        self.release_reads();
+        self.maybe_snapshot()?;
+        self.update_status();
+        self.pin_election_timeout();
+        Ok(())
+    }
+
+    /// A snapshot from the leader replaces the state machine: it waits until nothing is
+    /// being committed or waiting to apply.
+    fn must_defer_ready(&self) -> bool {
+        self.raw.raft.raft_log.unstable.snapshot.is_some()
+            && (self.state.is_committing() || !self.to_apply.is_empty())
+    }
+
+    fn handle_ready(&mut self) -> Result<(), Fatal> {
+        let mut rd = self.raw.ready();
+
+        if let Some(ss) = rd.ss() {
+            self.on_soft_state(ss.leader_id, ss.raft_state);
+        }
+        for rs in rd.take_read_states() {
+            self.on_read_state(&rs.request_ctx, rs.index);
+        }
+
+        // 1. Messages a leader may send before its own log write (raft thesis 10.2.1).
+        self.send(rd.take_messages());
+
+        // 2. A snapshot from the leader replaces the state machine (durably), then the log.
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.state.install_snapshot(&snap)?;
+            let log = self.raw.mut_store();
+            log.install_snapshot(&snap);
+            let image = log.file_image();
+            self.outputs.push_back(Output::ReplaceLog { image });
+            self.last_snapshot_index = snap.get_metadata().index;
+            self.status.snapshots_installed += 1;
+            tracing::info!(
+                index = snap.get_metadata().index,
+                "installed snapshot from leader"
+            );
+        }
+
+        // 3. Committed entries (all persisted locally: raft-rs bounds them so).
+        self.apply_committed(rd.take_committed_entries())?;
+
+        // 4-5. New entries and hard state go to the log. A hard state that only moved its
+        // commit index is not worth a sync: a restart takes commit from the applied index.
+        let sync = rd.must_sync();
+        let log = self.raw.mut_store();
+        log.append(rd.entries())
+            .map_err(|e| Fatal::new("appending to the raft log", e))?;
+        if sync {
+            if let Some(hs) = rd.hs() {
+                log.set_hard_state(hs);
+            }
+        }
+        let records = log.take_pending();
+        let persisted_msgs = rd.take_persisted_messages();
+
+        // 6-7. With nothing to write and nothing in flight, the Ready is done now; otherwise
+        // its persisted messages wait for the log write.
+        if records.is_empty() && !sync && self.persisting.is_empty() && rd.snapshot().is_empty() {
+            self.send(persisted_msgs);
+            let mut light = self.raw.advance_append(rd);
+            self.send(light.take_messages());
+            self.apply_committed(light.take_committed_entries())?;
+        } else {
+            let number = rd.number();
+            self.persisting.push_back((number, persisted_msgs));
+            self.outputs.push_back(Output::AppendLog {
+                number,
+                records,
+                sync,
+            });
+            self.raw.advance_append_async(rd);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            self.outputs.push_back(Output::Send(msgs));
+        }
+    }
+
+    fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+        if leader != self.status.leader {
+            // Proposals in flight may have died with the old leader (a follower forwards
+            // them, and nothing resends a lost forward). Tell their clients now, as etcd
+            // does; an entry that still commits is applied all the same.
+            for (id, ()) in std::mem::take(&mut self.waiting) {
+                self.outputs.push_back(Output::Response {
+                    id,
+                    result: Err(RequestError::LeaderChanged),
+                });
+            }
+            // Read indexes in flight may never be answered: ask the new leader, each batch
+            // under a fresh context (a context is never reused across attempts).
+            let batches = std::mem::take(&mut self.read_batches);
+            for (_, b) in batches {
+                let since = b.sent_tick;
+                self.pending_reads
+                    .extend(b.ids.into_iter().map(|id| (id, since)));
+            }
+        }
+        self.status.leader = leader;
+        self.status.is_leader = role == StateRole::Leader;
+        if leader != 0 {
+            self.status.has_had_leader = true;
+        }
+    }
+
+    fn read_ctx(&self, counter: u64) -> Vec<u8> {
+        // The leader keys pending reads by context: make it unique across members.
+        let mut ctx = self.cfg.id.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&counter.to_be_bytes());
+        ctx
+    }
+
+    fn on_read_state(&mut self, ctx: &[u8], index: u64) {
+        let Some(counter) = ctx
+            .get(8..16)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+        else {
+            return;
+        };
+        if let Some(batch) = self.read_batches.remove(&counter) {
+            self.indexed_reads.push((index, batch.ids));
+        }
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.state.applied();
+        let outputs = &mut self.outputs;
+        self.indexed_reads.retain_mut(|(index, ids)| {
+            if *index > applied {
+                return true;
+            }
+            for id in ids.drain(..) {
+                outputs.push_back(Output::ReadReady { id, result: Ok(()) });
+            }
+            false
+        });
+    }
+
+    /// Sends reads waiting for a leader as one ReadIndex batch under a fresh context.
+    fn flush_held(&mut self) {
+        if self.raw.raft.leader_id == 0 {
+            return;
+        }
+        let held: Vec<HeldProposal> = self.held.drain(..).collect();
+        for p in held {
+            self.propose(p);
+        }
+        if !self.pending_reads.is_empty() {
+            let ids = self.pending_reads.drain(..).map(|(id, _)| id).collect();
+            self.send_read_batch(ids);
+        }
+    }
+
+    fn send_read_batch(&mut self, ids: Vec<u64>) {
+        let counter = self.next_read_ctx;
+        if !self.cfg.mutations.reuse_read_context {
+            self.next_read_ctx += 1;
+        }
+        if let Some(mut earlier) = self.read_batches.remove(&counter) {
+            // Only under the mutation: the reads share the context's one answer.
+            earlier.ids.extend(ids);
+            self.raw.read_index(self.read_ctx(counter));
+            earlier.sent_tick = self.tick;
+            self.read_batches.insert(counter, earlier);
+            return;
+        }
+        self.raw.read_index(self.read_ctx(counter));
+        self.read_batches.insert(
+            counter,
+            ReadBatch {
+                ids,
+                sent_tick: self.tick,
+            },
+        );
+    }
+
+    /// ReadIndex requests can be lost (a dropped message, a leader that stepped down):
+    /// unanswered batches go again, each under a fresh context.
+    fn retry_reads(&mut self) {
+        if self.raw.raft.leader_id == 0 {
+            return;
+        }
+        let stale: Vec<u64> = self
+            .read_batches
+            .iter()
+            .filter(|(_, b)| self.tick - b.sent_tick >= self.cfg.read_retry_ticks)
+            .map(|(c, _)| *c)
+            .collect();
+        for counter in stale {
+            let batch = self.read_batches.remove(&counter).unwrap();
+            self.send_read_batch(batch.ids);
+        }
+    }
+
+    fn propose(&mut self, p: HeldProposal) {
+        if self.raw.raft.leader_id != 0 && self.raw.propose(vec![], p.data.clone()).is_ok() {
+            self.waiting.insert(p.id, ());
+            return;
+        }
+        if self.held.len() >= MAX_HELD_PROPOSALS {
+            self.outputs.push_back(Output::Response {
+                id: p.id,
+                result: Err(RequestError::NoLeader),
+            });
+        } else {
+            self.held.push_back(p);
+        }
+    }
+
+    /// Proposals and reads that waited `hold_ticks` for a leader fail with `NoLeader`.
+    fn expire_held(&mut self) {
+        let (tick, hold) = (self.tick, self.cfg.hold_ticks);
+        while self
+            .held
+            .front()
+            .is_some_and(|p| tick - p.since_tick >= hold)
+        {
+            let p = self.held.pop_front().unwrap();
+            self.outputs.push_back(Output::Response {
+                id: p.id,
+                result: Err(RequestError::NoLeader),
+            });
+        }
+        let outputs = &mut self.outputs;
+        self.pending_reads.retain(|(id, since)| {
+            if tick - since < hold {
+                return true;
+            }
+            outputs.push_back(Output::ReadReady {
+                id: *id,
+                result: Err(RequestError::NoLeader),
+            });
+            false
+        });
+    }
+
+    fn publish_attributes(&mut self) {
+        let a = &self.cfg.attributes;
+        let published = self.state.views().members(|m| {
+            m.get(self.cfg.id)
+                .is_some_and(|m| m.name == a.name && m.client_urls == a.client_urls)
+        });
+        if published {
+            self.attributes_published = true;
+            return;
+        }
+        let req = InternalRequest {
+            id: self.ids.next(),
+            request: Some(Request::SetAttributes(a.clone())),
+        };
+        // Fire and forget: retried every election timeout until the member list shows it.
+        let _ = self.raw.propose(vec![], req.encode_to_vec());
+    }
+
+    // ---- apply ----
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.to_apply.push_back(entries);
+        self.apply_queued()
+    }
+
+    /// Applies what is committed, unless a commit is in flight (redb has one writer).
+    fn apply_queued(&mut self) -> Result<(), Fatal> {
+        while !self.state.is_committing() {
+            let Some(entries) = self.to_apply.pop_front() else {
+                break;
+            };
+            for e in &entries {
+                self.apply_entry(e)?;
+            }
+            self.raw.advance_apply_to(self.state.applied());
+            if self.state.uncommitted_rows() >= self.cfg.max_uncommitted_rows {
+                self.request_commit()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_entry(&mut self, e: &Entry) -> Result<(), Fatal> {
+        if e.index <= self.state.applied() {
+            return Ok(()); // replayed from the log: its effects are already in the data file
+        }
+        if self.cfg.mutations.skip_apply_at == Some(e.index) {
+            self.state.skip(e.index);
+            return Ok(());
+        }
+        match e.get_entry_type() {
+            EntryType::EntryNormal if e.data.is_empty() => self.state.skip(e.index),
+            EntryType::EntryNormal => {
+                // Only members write entries: one that does not decode is corruption or a
+                // bug, and applying around it would make this replica differ.
+                let req = InternalRequest::decode(e.data.as_ref()).map_err(|err| {
+                    Fatal(format!("raft entry {} does not decode: {err}", e.index))
+                })?;
+                let result = self.state.apply(e.index, &req)?;
+                if self.waiting.remove(&req.id).is_some() {
+                    self.outputs.push_back(Output::Response {
+                        id: req.id,
+                        result: result.map_err(|err| RequestError::Refused(err.into())),
+                    });
+                }
+            }
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                let cs = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                        .map_err(|err| Fatal::new("undecodable conf change", err))?;
+                    self.raw.apply_conf_change(&cc)
+                } else {
+                    let cc = ConfChange::parse_from_bytes(&e.data)
+                        .map_err(|err| Fatal::new("undecodable conf change", err))?;
+                    self.raw.apply_conf_change(&cc)
+                }
+                .map_err(|err| Fatal::new("applying a conf change", err))?;
+                self.raw.mut_store().set_conf_state(cs.clone());
+                self.state.apply_conf_state(e.index, &cs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the open transaction out to be committed, if there is anything in it.
+    fn request_commit(&mut self) -> Result<(), Fatal> {
+        if let Some(c) = self.state.take_commit()? {
+            self.outputs.push_back(Output::Commit(c));
+        }
+        Ok(())
+    }
+
+    // ---- snapshots and log compaction ----
+
+    fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+        let wanted = self.raw.store().take_snapshot_wanted();
+        if !(wanted
+            || self.snapshot_due
+            || self.state.applied() >= self.last_snapshot_index + self.cfg.snapshot_count.max(1))
+        {
+            return Ok(());
+        }
+        self.snapshot_due = true;
+        if self.state.is_committing() {
+            return Ok(()); // handle_committed takes it
+        }
+        if self.state.durable_applied() == self.state.applied() {
+            return self.snapshot_and_compact();
+        }
+        self.request_commit()
+    }
+
+    /// Builds a state-machine snapshot at the (durable) applied index for lagging followers,
+    /// and drops log entries it covers, keeping a tail for followers only a little behind.
+    fn snapshot_and_compact(&mut self) -> Result<(), Fatal> {
+        self.snapshot_due = false;
+        let index = self.state.applied();
+        let Some(term) = self.raw.store().entry_term(index) else {
+            return Ok(());
+        };
+        let data = self.state.snapshot_data()?;
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let md = snap.mut_metadata();
+        md.index = index;
+        md.term = term;
+        md.set_conf_state(self.raw.store().conf_state().clone());
+        let log = self.raw.mut_store();
+        log.set_snapshot(snap);
+        self.last_snapshot_index = index;
+
+        // A tiny --snapshot-count asks for a small log: keep no more than it as catch-up tail.
+        let keep = self
+            .cfg
+            .catch_up_entries
+            .min(self.cfg.snapshot_count.max(1));
+        let compact_to = index.saturating_sub(keep);
+        if compact_to > log.compacted_index() {
+            log.compact(compact_to)
+                .map_err(|e| Fatal::new("compacting the raft log", e))?;
+            let image = log.file_image();
+            self.outputs.push_back(Output::ReplaceLog { image });
+            tracing::info!(index, compact_to, "snapshot taken, raft log compacted");
+        }
+        Ok(())
+    }
+
+    fn update_status(&mut self) {
+        self.status.term = self.raw.raft.term;
+        self.status.commit = self.raw.raft.raft_log.committed;
+        self.status.applied = self.state.applied();
+    }
+}

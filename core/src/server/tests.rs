@@ -1,0 +1,119 @@
+//! The server alone, driven by hand. Multi-member behaviour under faults is tested by the
+//! core-only simulator (`sim/tests/core_cluster.rs`).
+
+use super::*;
+use crate::proto::etcdserverpb::PutRequest;
+use crate::state::{initialize_new_member, load_views, read_applied, Owned};
+use crate::wal::{LogFile, MemFile};
+use std::sync::Arc;
+
+fn put(key: &str) -> Request {
+    Request::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    })
+}
+
+/// Member 1 of a cluster of `voters`, on an in-memory data file and log file.
+fn server(voters: &[u64]) -> (Server<Owned>, MemFile) {
+    let db = redb::Builder::new()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .unwrap();
+    let mut file = MemFile::default();
+    let members: Vec<(u64, Vec<String>)> = voters.iter().map(|id| (*id, vec![])).collect();
+    let log = initialize_new_member(&db, &mut file, 7, 1, &members).unwrap();
+    let views = Owned::new(load_views(&db).unwrap());
+    let applied = read_applied(&db).unwrap();
+    let mut cfg = ServerConfig::new(1, 10, MemberAttributes::default());
+    cfg.hold_ticks = 30;
+    let state = KvState::new(Arc::new(db), views, applied);
+    let logger = crate::raft_logger::raft_logger();
+    (Server::new(cfg, log, state, false, &logger).unwrap(), file)
+}
+
+/// Carries out outputs as an executor with an instant disk would; returns the responses.
+fn run_outputs(s: &mut Server<Owned>, file: &mut MemFile) -> Vec<Output> {
+    let mut answers = Vec::new();
+    for _ in 0..1000 {
+        let Some(out) = s.poll_output() else {
+            return answers;
+        };
+        match out {
+            Output::AppendLog {
+                number, records, ..
+            } => {
+                file.append(&records).unwrap();
+                s.handle_persisted(number).unwrap();
+            }
+            Output::ReplaceLog { image } => file.replace(&image).unwrap(),
+            Output::Commit(c) => {
+                let applied = c.applied;
+                c.txn.commit().unwrap();
+                s.handle_committed(applied).unwrap();
+            }
+            Output::Send(_) => {}
+            other => answers.push(other),
+        }
+    }
+    panic!("outputs never ran out");
+}
+
+#[test]
+fn a_single_member_elects_itself_and_answers_a_put_after_its_log_write() {
+    let (mut s, mut file) = server(&[1]);
+    for _ in 0..25 {
+        s.handle_tick().unwrap();
+        run_outputs(&mut s, &mut file);
+    }
+    assert!(
+        s.status().is_leader,
+        "a lone voter leads after an election timeout"
+    );
+    let id = s.handle_proposals(vec![put("k")]).unwrap()[0];
+    // The entry is only in memory until the executor reports the log write.
+    let first = s.poll_output();
+    assert!(
+        matches!(first, Some(Output::AppendLog { sync: true, .. })),
+        "{first:?}"
+    );
+    assert!(s.poll_output().is_none(), "no answer before the log write");
+    if let Some(Output::AppendLog {
+        number, records, ..
+    }) = first
+    {
+        file.append(&records).unwrap();
+        s.handle_persisted(number).unwrap();
+    }
+    let answers = run_outputs(&mut s, &mut file);
+    assert!(
+        matches!(&answers[..], [Output::Response { id: got, result: Ok(Applied::Put(_)) }] if *got == id),
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn proposals_and_reads_without_a_leader_fail_with_no_leader() {
+    // Member 1 of three, alone: it never hears from the others, so never has a leader.
+    let (mut s, mut file) = server(&[1, 2, 3]);
+    let write = s.handle_proposals(vec![put("k")]).unwrap()[0];
+    let read = s.handle_reads(1).unwrap()[0];
+    let mut answers = Vec::new();
+    for _ in 0..40 {
+        s.handle_tick().unwrap();
+        answers.extend(run_outputs(&mut s, &mut file));
+    }
+    assert!(answers.iter().any(|a| matches!(a,
+        Output::Response { id, result: Err(RequestError::NoLeader) } if *id == write)));
+    assert!(answers.iter().any(|a| matches!(a,
+        Output::ReadReady { id, result: Err(RequestError::NoLeader) } if *id == read)));
+    assert_eq!(RequestError::NoLeader.to_string(), "etcdserver: no leader");
+}
+
+#[test]
+fn request_ids_carry_the_member_and_increase() {
+    let mut ids = IdGen::new(0xabcd_1234, 1_700_000_000_000);
+    let (a, b) = (ids.next(), ids.next());
+    assert_eq!(a >> 48, 0x1234);
+    assert_eq!(b, a + 1);
+}

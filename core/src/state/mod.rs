@@ -1,0 +1,385 @@
+//! The replicated state machine: what applying one committed raft entry does, over its
+//! sub-stores (the MVCC key-value store and the member table; leases, auth, alarms and the v2
+//! store join here).
+//!
+//! One redb write transaction holds everything applied since the last durable commit (etcd's
+//! backend batch). Readers see those writes at once through the MVCC store's uncommitted rows.
+//! The transaction is handed out whole to be committed off the raft driver
+//! ([`KvState::take_commit`]) and reported back ([`KvState::committed`]); applying waits for no
+//! commit except when a second one would be needed before the first is back.
+//!
+//! Errors come in two kinds and are never mixed up: a request the store refuses (compacted
+//! revision, key not found in a txn put with ignore_value, ...) is the client's answer; a
+//! storage failure is [`Fatal`] and the member must stop, its open transaction dropped, so no
+//! half-applied batch ever becomes durable.
+
+use crate::membership::Membership;
+use crate::mvcc::{Mvcc, MvccError};
+use crate::proto::detcdpb::{internal_request::Request, InternalRequest, SnapshotData};
+use crate::proto::etcdserverpb as pb;
+use crate::raft_log::LogError;
+use crate::tables::{meta_keys, META};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Snapshot};
+use redb::{Durability, ReadableDatabase};
+use std::sync::Arc;
+
+/// What applying one request produced (the client's answer, before its header is filled).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    Put(pb::PutResponse),
+    DeleteRange(pb::DeleteRangeResponse),
+    Txn(pb::TxnResponse),
+    Compact(pb::CompactionResponse),
+    /// A member published its name and client URLs.
+    Attributes,
+}
+
+/// A failure that stops the member: continuing would answer clients from a store that no
+/// longer matches the log. The text names the cause.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
+impl Fatal {
+    pub fn new(context: &str, e: impl std::fmt::Display) -> Fatal {
+        Fatal(format!("{context}: {e}"))
+    }
+}
+
+/// The in-memory halves of the state machine. In production readers on other tasks share
+/// them (the executor implements this with a lock); the core-only simulator owns them
+/// outright ([`Owned`]). The core itself never blocks on them: it calls each closure once
+/// and returns.
+pub trait StateViews {
+    fn mvcc<R>(&self, f: impl FnOnce(&Mvcc) -> R) -> R;
+    fn mvcc_mut<R>(&self, f: impl FnOnce(&mut Mvcc) -> R) -> R;
+    fn members<R>(&self, f: impl FnOnce(&Membership) -> R) -> R;
+    fn members_mut<R>(&self, f: impl FnOnce(&mut Membership) -> R) -> R;
+}
+
+/// [`StateViews`] owned by one thread (the core-only simulator, unit tests).
+#[derive(Debug)]
+pub struct Owned {
+    pub mvcc: std::cell::RefCell<Mvcc>,
+    pub members: std::cell::RefCell<Membership>,
+}
+
+impl Owned {
+    pub fn new((mvcc, members): (Mvcc, Membership)) -> Owned {
+        Owned {
+            mvcc: mvcc.into(),
+            members: members.into(),
+        }
+    }
+}
+
+impl StateViews for Owned {
+    fn mvcc<R>(&self, f: impl FnOnce(&Mvcc) -> R) -> R {
+        f(&self.mvcc.borrow())
+    }
+    fn mvcc_mut<R>(&self, f: impl FnOnce(&mut Mvcc) -> R) -> R {
+        f(&mut self.mvcc.borrow_mut())
+    }
+    fn members<R>(&self, f: impl FnOnce(&Membership) -> R) -> R {
+        f(&self.members.borrow())
+    }
+    fn members_mut<R>(&self, f: impl FnOnce(&mut Membership) -> R) -> R {
+        f(&mut self.members.borrow_mut())
+    }
+}
+
+/// A transaction holding applied effects through `applied`, to be committed durably by the
+/// executor (off the raft driver), then reported with [`KvState::committed`].
+pub struct PendingCommit {
+    pub txn: redb::WriteTransaction,
+    pub applied: u64,
+}
+
+impl std::fmt::Debug for PendingCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PendingCommit(applied {})", self.applied)
+    }
+}
+
+/// The state machine over one data file.
+pub struct KvState<V: StateViews> {
+    db: Arc<redb::Database>,
+    views: V,
+    /// Last entry applied (in memory, in `open_txn` or committed).
+    applied: u64,
+    /// The applied index the data file holds durably: a restart replays the log from here.
+    durable_applied: u64,
+    /// Effects applied after the last commit was handed out.
+    open_txn: Option<redb::WriteTransaction>,
+    /// A commit handed out and not yet reported: redb allows one write transaction at a time.
+    commit_in_flight: Option<u64>,
+}
+
+/// Writes one META value in `txn`.
+fn put_meta(txn: &redb::WriteTransaction, key: &str, value: &[u8]) -> Result<(), Fatal> {
+    let mut t = txn
+        .open_table(META)
+        .map_err(|e| Fatal::new(&format!("storing {key}"), e))?;
+    t.insert(key, value)
+        .map_err(|e| Fatal::new(&format!("storing {key}"), e))?;
+    Ok(())
+}
+
+/// The applied index a data file holds (0 for a new one).
+pub fn read_applied(db: &redb::Database) -> Result<u64, LogError> {
+    let txn = db.begin_read()?;
+    match txn.open_table(META) {
+        Ok(t) => match t.get(meta_keys::APPLIED_INDEX)? {
+            Some(v) => v
+                .value()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| LogError::Corrupt("applied index is not 8 bytes".into())),
+            None => Ok(0),
+        },
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a brand-new member of a new cluster durably: the log file (empty, the voters
+/// known), the member table, the cluster and member IDs. `members` are (id, peer URLs).
+pub fn initialize_new_member(
+    db: &redb::Database,
+    log_file: &mut dyn crate::wal::LogFile,
+    cluster_id: u64,
+    local_id: u64,
+    members: &[(u64, Vec<String>)],
+) -> Result<crate::raft_log::RaftLog, LogError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| LogError::Storage(e.to_string()))?;
+    let mut cs = ConfState::default();
+    cs.voters = members.iter().map(|(id, _)| *id).collect();
+    let log = crate::raft_log::RaftLog::bootstrap(&txn, cs, log_file)?;
+    Membership::bootstrap(
+        &txn,
+        cluster_id,
+        members
+            .iter()
+            .map(|(id, urls)| crate::proto::detcdpb::MemberRecord {
+                id: *id,
+                name: String::new(),
+                peer_urls: urls.clone(),
+                client_urls: vec![],
+                is_learner: false,
+            }),
+    )?;
+    txn.open_table(META)?
+        .insert(meta_keys::MEMBER_ID, local_id.to_be_bytes().as_slice())?;
+    txn.open_table(crate::tables::KV)?;
+    txn.open_table(crate::tables::MEMBERS)?;
+    txn.commit()?;
+    Ok(log)
+}
+
+/// Loads the in-memory halves of the state machine from a data file.
+pub fn load_views(db: &redb::Database) -> Result<(Mvcc, Membership), LogError> {
+    let txn = db.begin_read()?;
+    let mvcc = Mvcc::open(&txn).map_err(|e| LogError::Corrupt(e.to_string()))?;
+    let members = Membership::load(&txn)?;
+    Ok((mvcc, members))
+}
+
+impl<V: StateViews> KvState<V> {
+    /// The state machine over `db`, whose in-memory halves `views` were loaded from it
+    /// ([`load_views`]) and which holds entries through `applied` durably.
+    pub fn new(db: Arc<redb::Database>, views: V, applied: u64) -> KvState<V> {
+        KvState {
+            db,
+            views,
+            applied,
+            durable_applied: applied,
+            open_txn: None,
+            commit_in_flight: None,
+        }
+    }
+
+    pub fn views(&self) -> &V {
+        &self.views
+    }
+
+    pub fn db(&self) -> &Arc<redb::Database> {
+        &self.db
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    pub fn durable_applied(&self) -> u64 {
+        self.durable_applied
+    }
+
+    /// True while a handed-out commit has not been reported: nothing can be applied then.
+    pub fn is_committing(&self) -> bool {
+        self.commit_in_flight.is_some()
+    }
+
+    /// Rows applied and not yet durable (the caller bounds them by committing).
+    pub fn uncommitted_rows(&self) -> usize {
+        self.views.mvcc(|m| m.uncommitted_rows())
+    }
+
+    /// Opens a write transaction for applying if none is open.
+    fn open_txn(&mut self) -> Result<(), Fatal> {
+        assert!(
+            self.commit_in_flight.is_none(),
+            "apply while a commit is in flight (redb has one writer)"
+        );
+        if self.open_txn.is_none() {
+            let txn = self
+                .db
+                .begin_write()
+                .map_err(|e| Fatal::new("beginning a write transaction", e))?;
+            self.open_txn = Some(txn);
+        }
+        Ok(())
+    }
+
+    /// Applies one committed request at `index`. `Ok(Err(..))` is the client's answer
+    /// (the request was refused, nothing changed); `Err` stops the member.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        req: &InternalRequest,
+    ) -> Result<Result<Applied, MvccError>, Fatal> {
+        debug_assert!(index > self.applied, "entry {index} applied twice");
+        self.open_txn()?;
+        let txn = self.open_txn.as_ref().unwrap();
+        let result = match &req.request {
+            Some(Request::Put(r)) => self.views.mvcc_mut(|m| m.put(txn, r)).map(Applied::Put),
+            Some(Request::DeleteRange(r)) => self
+                .views
+                .mvcc_mut(|m| m.delete_range(txn, r))
+                .map(Applied::DeleteRange),
+            Some(Request::Txn(r)) => self.views.mvcc_mut(|m| m.txn(txn, r)).map(Applied::Txn),
+            Some(Request::Compaction(r)) => self
+                .views
+                .mvcc_mut(|m| m.compact(txn, r.revision))
+                .map(Applied::Compact),
+            Some(Request::SetAttributes(a)) => {
+                self.views
+                    .members_mut(|m| m.set_attributes(txn, a))
+                    .map_err(|e| Fatal::new("storing member attributes", e))?;
+                Ok(Applied::Attributes)
+            }
+            None => Ok(Applied::Attributes),
+        };
+        self.applied = index;
+        match result {
+            Err(e @ (MvccError::Storage(_) | MvccError::Corrupt(_))) => {
+                Err(Fatal::new(&format!("applying entry {index}"), e))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// An entry with no effect on the stores (an empty entry of a new leader).
+    pub fn skip(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+    }
+
+    /// Stores raft's configuration after a conf change entry at `index`.
+    pub fn apply_conf_state(&mut self, index: u64, cs: &ConfState) -> Result<(), Fatal> {
+        let bytes = cs.write_to_bytes().expect("encoding into memory");
+        self.open_txn()?;
+        put_meta(
+            self.open_txn.as_ref().unwrap(),
+            meta_keys::CONF_STATE,
+            &bytes,
+        )?;
+        self.applied = index;
+        Ok(())
+    }
+
+    /// Hands out everything applied since the last commit, with the applied index written
+    /// into it, to be committed durably off the driver. None if nothing is new.
+    pub fn take_commit(&mut self) -> Result<Option<PendingCommit>, Fatal> {
+        if self.commit_in_flight.is_some()
+            || (self.applied == self.durable_applied && self.open_txn.is_none())
+        {
+            return Ok(None);
+        }
+        let applied = self.applied;
+        let mut txn = match self.open_txn.take() {
+            Some(t) => t,
+            None => self
+                .db
+                .begin_write()
+                .map_err(|e| Fatal::new("beginning a write transaction", e))?,
+        };
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| Fatal::new("setting durability", e))?;
+        put_meta(&txn, meta_keys::APPLIED_INDEX, &applied.to_be_bytes())?;
+        self.commit_in_flight = Some(applied);
+        Ok(Some(PendingCommit { txn, applied }))
+    }
+
+    /// The commit handed out for `applied` is durable: reads find its rows in the tables.
+    pub fn committed(&mut self, applied: u64) {
+        assert_eq!(
+            self.commit_in_flight.take(),
+            Some(applied),
+            "a commit was reported that was not handed out"
+        );
+        self.views.mvcc_mut(|m| m.committed());
+        self.durable_applied = applied;
+    }
+
+    /// The whole state machine at the applied index, encoded for a lagging follower. Must be
+    /// called with nothing uncommitted (after [`Self::committed`]).
+    pub fn snapshot_data(&self) -> Result<Vec<u8>, Fatal> {
+        assert!(
+            self.open_txn.is_none() && self.commit_in_flight.is_none(),
+            "snapshot of a state machine with uncommitted effects"
+        );
+        let mut data = SnapshotData::default();
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| Fatal::new("reading for a snapshot", e))?;
+        self.views
+            .mvcc(|m| m.export(&txn, &mut data))
+            .map_err(|e| Fatal::new("exporting the key-value store", e))?;
+        self.views.members(|m| m.export(&mut data));
+        Ok(data.encode_to_vec())
+    }
+
+    /// Replaces the state machine with a snapshot from the leader, durably (the raft log may
+    /// drop entries once this returns). Any open transaction is discarded: the snapshot is
+    /// newer than everything in it.
+    pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), Fatal> {
+        assert!(self.commit_in_flight.is_none(), "install during a commit");
+        self.open_txn = None;
+        let data = SnapshotData::decode(snap.get_data())
+            .map_err(|e| Fatal::new("undecodable snapshot from the leader", e))?;
+        let index = snap.get_metadata().index;
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| Fatal::new("beginning a write transaction", e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| Fatal::new("setting durability", e))?;
+        let mvcc = Mvcc::import(&txn, &data).map_err(|e| Fatal::new("installing snapshot", e))?;
+        let members = Membership::import(&txn, &data)
+            .map_err(|e| Fatal::new("installing snapshot members", e))?;
+        crate::raft_log::write_snapshot_meta(&txn, snap)
+            .map_err(|e| Fatal::new("storing snapshot metadata", e))?;
+        put_meta(&txn, meta_keys::APPLIED_INDEX, &index.to_be_bytes())?;
+        txn.commit()
+            .map_err(|e| Fatal::new("committing the snapshot", e))?;
+        self.views.mvcc_mut(|m| *m = mvcc);
+        self.views.members_mut(|m| *m = members);
+        self.applied = index;
+        self.durable_applied = index;
+        Ok(())
+    }
+}
