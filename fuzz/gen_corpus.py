@@ -3,6 +3,7 @@
 Re-run after changing it; the fuzzer's own finds are not kept here, only these seeds and crash
 inputs worth replaying in `cargo test` (core/tests/fuzz_corpus.rs)."""
 import os
+import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,6 +38,49 @@ def batch(cluster, frm, msgs):
     for m in msgs:
         b += field_bytes(3, m)
     return b
+
+def group_start(num):
+    return varint((num << 3) | 3)
+
+def group_end(num):
+    return varint((num << 3) | 4)
+
+# RUSTSEC-2024-0437's shape: thousands of nested start-group tags (field 100), which protobuf 2's
+# parser recursed into once per level. detcd's decoder (core/src/raftpb.rs) refuses them.
+NESTED_GROUPS = group_start(100) * 10000 + group_end(100) * 10000
+
+def conf_change(change_type, node_id):
+    return field_varint(2, change_type) + field_varint(3, node_id)
+
+def conf_entry(term, index, data, entry_type=1):
+    return field_varint(1, entry_type) + entry(term, index, data)
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+# The raft log file (core/src/wal.rs): magic, then `len u32 LE | crc32c(kind, payload) u32 LE |
+# kind u8 | payload` records, the first a base (kind 1: index, term as u64 LE).
+WAL_MAGIC = b"detcdwl1"
+
+def wal_record(kind, payload):
+    return struct.pack("<II", len(payload), crc32c(bytes([kind]) + payload)) + bytes([kind]) + payload
+
+def wal_base(index, term):
+    return wal_record(1, struct.pack("<QQ", index, term))
+
+def wal_entry(payload):
+    return wal_record(2, payload)
+
+def wal_hard_state(term, vote, commit):
+    return wal_record(3, field_varint(1, term) + field_varint(2, vote) + field_varint(3, commit))
+
+WAL_LOG = (WAL_MAGIC + wal_base(5, 2) + wal_entry(entry(2, 6, b"put foo"))
+           + wal_hard_state(2, 1, 6) + wal_entry(conf_entry(2, 7, conf_change(1, 3))))
 
 CLUSTER, MEMBER = 0x1000, 1  # as detcd_fuzz::CLUSTER / MEMBER
 
@@ -83,6 +127,30 @@ SEEDS = {
         "bad_truncated": batch(CLUSTER, 2, [raft_msg(8, MEMBER, 2)])[:-3],
         "bad_huge_length": b"\x1a\xff\xff\xff\xff\x0f",
         "empty": b"",
+        # A follower forwarding a conf change proposal: raft-rs (as leader) parses its payload.
+        "ok_propose_conf_change": batch(CLUSTER, 2, [raft_msg(2, MEMBER, 2, entries=[
+            conf_entry(0, 0, conf_change(1, 3))])]),
+        "bad_nested_groups": batch(CLUSTER, 2, [NESTED_GROUPS]),
+        "bad_nested_groups_in_entry": batch(CLUSTER, 2, [raft_msg(3, MEMBER, 2, entries=[NESTED_GROUPS])]),
+        "bad_nested_groups_in_snapshot": batch(CLUSTER, 2, [raft_msg(7, MEMBER, 2, extra=field_bytes(
+            9, field_bytes(2, field_bytes(1, NESTED_GROUPS))))]),
+        "bad_nested_groups_in_conf_change": batch(CLUSTER, 2, [raft_msg(2, MEMBER, 2, entries=[
+            conf_entry(0, 0, NESTED_GROUPS)])]),
+        "bad_unknown_message_type": batch(CLUSTER, 2, [raft_msg(19, MEMBER, 2)]),
+    },
+    "wal_records": {
+        "ok_empty": b"",
+        "ok_base_only": WAL_MAGIC + wal_base(0, 0),
+        "ok_log": WAL_LOG,
+        "ok_torn_tail": WAL_LOG[:-5],
+        "ok_zero_filled_tail": WAL_LOG + bytes(64),
+        "bad_magic": b"detcdwl0" + wal_base(0, 0),
+        "bad_no_base": WAL_MAGIC + wal_hard_state(1, 1, 1),
+        "bad_nested_groups_entry": WAL_MAGIC + wal_base(0, 0) + wal_entry(NESTED_GROUPS),
+        "bad_nested_groups_hard_state": WAL_MAGIC + wal_base(0, 0) + wal_record(3, NESTED_GROUPS),
+        "bad_unknown_entry_type": WAL_MAGIC + wal_base(0, 0) + wal_entry(conf_entry(1, 1, b"", 3)),
+        "bad_mid_log_damage": WAL_LOG[:30] + bytes([WAL_LOG[30] ^ 0x40]) + WAL_LOG[31:],
+        "bad_unknown_kind": WAL_MAGIC + wal_base(0, 0) + wal_record(9, b"future"),
     },
 }
 

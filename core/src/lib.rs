@@ -14,6 +14,7 @@ pub mod mvcc;
 pub mod peer;
 pub mod raft_log;
 pub mod raft_logger;
+pub mod raftpb;
 pub mod server;
 pub mod state;
 pub mod tables;

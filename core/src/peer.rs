@@ -3,7 +3,7 @@
 
 use crate::ids::format_id;
 use crate::proto::detcdpb::MessageBatch;
-use protobuf::Message as _;
+use crate::raftpb;
 use raft::prelude::Message;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,7 +42,9 @@ pub fn check_sender(
 }
 
 /// Verifies a batch and decodes its raft messages: sender in this cluster, every message from
-/// that sender and addressed to this member.
+/// that sender and addressed to this member. Decoded with `raftpb`, never protobuf 2, and the
+/// payloads of conf change entries re-encoded by it (`raftpb::canonicalize_conf_changes`:
+/// raft-rs parses those with protobuf 2 when it is the leader).
 pub fn open_batch(
     batch: &MessageBatch,
     local_cluster: u64,
@@ -52,8 +54,8 @@ pub fn open_batch(
     check_sender(batch.cluster_id, batch.from, local_cluster, is_member)?;
     let mut out = Vec::with_capacity(batch.messages.len());
     for bytes in &batch.messages {
-        let m = Message::parse_from_bytes(bytes)
-            .map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
+        let mut m =
+            raftpb::decode_message(bytes).map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
         if m.from != batch.from || m.to != local_member {
             return Err(PeerRefusal::WrongEndpoints {
                 from: m.from,
@@ -61,6 +63,8 @@ pub fn open_batch(
                 stream_from: batch.from,
             });
         }
+        raftpb::canonicalize_conf_changes(&mut m)
+            .map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
         out.push(m);
     }
     Ok(out)
@@ -87,7 +91,9 @@ mod tests {
         m.from = from;
         m.to = to;
         m.term = 3;
-        m.write_to_bytes().unwrap()
+        let mut out = Vec::new();
+        raftpb::encode_message(&m, &mut out);
+        out
     }
 
     fn batch(cluster: u64, from: u64, msgs: Vec<Vec<u8>>) -> MessageBatch {
@@ -133,6 +139,42 @@ mod tests {
             Err(PeerRefusal::Undecodable(_))
         ));
         assert!(decode_batch(&[0x0a, 0xff], 9, 1, known).is_err());
+    }
+
+    /// raft-rs (as leader) parses a proposal's conf change payloads with protobuf 2: from a
+    /// peer, only payloads `raftpb` decoded and wrote get that far.
+    #[test]
+    fn conf_change_payloads_are_checked_and_rewritten() {
+        use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType, MessageType};
+        let propose = |data: Vec<u8>| {
+            let mut m = Message::default();
+            m.msg_type = MessageType::MsgPropose;
+            m.from = 2;
+            m.to = 1;
+            let mut e = Entry::default();
+            e.entry_type = EntryType::EntryConfChange;
+            e.data = data.into();
+            m.entries = vec![e].into();
+            let mut out = Vec::new();
+            raftpb::encode_message(&m, &mut out);
+            out
+        };
+        let mut cc = ConfChange::default();
+        cc.change_type = ConfChangeType::RemoveNode;
+        cc.node_id = 3;
+        let mut good = Vec::new();
+        raftpb::encode_conf_change(&cc, &mut good);
+        // An unknown field (number 100) after it is dropped.
+        let with_unknown = [&good[..], &[0xa0, 0x06, 1][..]].concat();
+        let out = open_batch(&batch(9, 2, vec![propose(with_unknown)]), 9, 1, known).unwrap();
+        assert_eq!(out[0].entries[0].data.as_ref(), &good[..]);
+        // Nested groups (RUSTSEC-2024-0437) and garbage are refused.
+        for bad in [[0xa3, 0x06].repeat(50_000), vec![0xff; 3]] {
+            assert!(matches!(
+                open_batch(&batch(9, 2, vec![propose(bad)]), 9, 1, known),
+                Err(PeerRefusal::Undecodable(_))
+            ));
+        }
     }
 
     #[test]

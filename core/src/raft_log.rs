@@ -9,9 +9,9 @@
 //! If a write or sync fails the member must stop (an fsync error is fatal), so memory never
 //! outlives a lost write. Only start-up reads and repairs the file itself (`load`, `bootstrap`).
 
+use crate::raftpb;
 use crate::tables::{meta_keys, META};
 use crate::wal::{self, LogFile, Record};
-use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::ReadableDatabase;
@@ -40,8 +40,8 @@ from_redb!(
     redb::CommitError
 );
 
-impl From<protobuf::ProtobufError> for LogError {
-    fn from(e: protobuf::ProtobufError) -> Self {
+impl From<raftpb::DecodeError> for LogError {
+    fn from(e: raftpb::DecodeError) -> Self {
         LogError::Corrupt(e.to_string())
     }
 }
@@ -75,9 +75,10 @@ pub struct RaftLog {
     pending: Vec<u8>,
 }
 
-fn encode<M: protobuf::Message>(m: &M) -> Vec<u8> {
-    m.write_to_bytes()
-        .expect("protobuf encoding into memory cannot fail")
+fn encode_conf_state(cs: &ConfState) -> Vec<u8> {
+    let mut out = Vec::new();
+    raftpb::encode_conf_state(cs, &mut out);
+    out
 }
 
 fn u64_pair(a: u64, b: u64) -> [u8; 16] {
@@ -128,7 +129,7 @@ impl RaftLog {
         let Some(cs) = meta.get(meta_keys::CONF_STATE)? else {
             return Err(LogError::Corrupt("no conf state in data file".into()));
         };
-        let conf_state = ConfState::parse_from_bytes(cs.value())?;
+        let conf_state = raftpb::decode_conf_state(cs.value())?;
         let installed = meta_u64_pair(&meta, meta_keys::SNAPSHOT_META)?;
         let applied = match meta.get(meta_keys::APPLIED_INDEX)? {
             Some(v) => v
@@ -226,7 +227,10 @@ impl RaftLog {
             Record::HardState(HardState::default()),
         ]))?;
         let mut meta = txn.open_table(META)?;
-        meta.insert(meta_keys::CONF_STATE, encode(&conf_state).as_slice())?;
+        meta.insert(
+            meta_keys::CONF_STATE,
+            encode_conf_state(&conf_state).as_slice(),
+        )?;
         Ok(RaftLog {
             hard_state: HardState::default(),
             conf_state,
@@ -397,7 +401,7 @@ pub fn write_snapshot_meta(txn: &redb::WriteTransaction, snap: &Snapshot) -> Res
     )?;
     meta.insert(
         meta_keys::CONF_STATE,
-        encode(md.get_conf_state()).as_slice(),
+        encode_conf_state(md.get_conf_state()).as_slice(),
     )?;
     Ok(())
 }

@@ -14,7 +14,7 @@
 //! silently drop every record after it, so the file is refused instead. See `scan` for which
 //! damage is which.
 
-use protobuf::Message as _;
+use crate::raftpb;
 use raft::prelude::{Entry, HardState};
 use std::io;
 
@@ -90,13 +90,13 @@ pub fn encode_base(index: u64, term: u64, out: &mut Vec<u8>) {
 
 pub fn encode_entry(e: &Entry, out: &mut Vec<u8>) {
     write_record(KIND_ENTRY, out, |p| {
-        e.write_to_vec(p).expect("encoding into memory");
+        raftpb::encode_entry(e, p);
     });
 }
 
 pub fn encode_hard_state(hs: &HardState, out: &mut Vec<u8>) {
     write_record(KIND_HARD_STATE, out, |p| {
-        hs.write_to_vec(p).expect("encoding into memory");
+        raftpb::encode_hard_state(hs, p);
     });
 }
 
@@ -255,11 +255,11 @@ fn read_record(bytes: &[u8], pos: usize) -> Read {
             index: u64::from_le_bytes(payload[..8].try_into().unwrap()),
             term: u64::from_le_bytes(payload[8..].try_into().unwrap()),
         },
-        KIND_ENTRY => match Entry::parse_from_bytes(payload) {
+        KIND_ENTRY => match raftpb::decode_entry(payload) {
             Ok(e) => Record::Entry(e),
             Err(e) => return Read::Undecodable(e.to_string()),
         },
-        KIND_HARD_STATE => match HardState::parse_from_bytes(payload) {
+        KIND_HARD_STATE => match raftpb::decode_hard_state(payload) {
             Ok(hs) => Record::HardState(hs),
             Err(e) => return Read::Undecodable(e.to_string()),
         },

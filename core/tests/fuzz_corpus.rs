@@ -73,3 +73,10 @@ fn peer_batch_corpus() {
             .is_ok()
     });
 }
+
+#[test]
+fn wal_records_corpus() {
+    replay("wal_records", checks::check_wal_records, |d| {
+        detcd_core::wal::scan(d).is_ok()
+    });
+}

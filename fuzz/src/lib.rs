@@ -10,6 +10,7 @@ use detcd_core::config::{
     format_initial_cluster, format_urls, parse_initial_cluster, parse_urls, Url,
 };
 use detcd_core::peer::decode_batch;
+use detcd_core::wal::{new_file, scan, Record};
 
 /// The receiving member in `check_peer_batch`: cluster 0x1000, member 1 of members {1, 2, 3}.
 pub const CLUSTER: u64 = 0x1000;
@@ -101,4 +102,40 @@ pub fn check_peer_batch(data: &[u8]) {
             );
         }
     }
+}
+
+/// `wal_records`: `wal::scan` (the raft log file read at start-up) on arbitrary bytes. What it
+/// accepts starts with a base record, ends within the input, and is what the member keeps: the
+/// file cut at `valid_len` scans to the same records, and the records written anew scan back
+/// to themselves.
+pub fn check_wal_records(data: &[u8]) {
+    let Ok(s) = scan(data) else {
+        return;
+    };
+    assert!(
+        s.valid_len <= data.len() as u64,
+        "valid_len {} past the end",
+        s.valid_len
+    );
+    if data.is_empty() {
+        assert!(s.records.is_empty(), "records from an empty file");
+        return;
+    }
+    assert!(
+        matches!(s.records.first(), Some(Record::Base { .. })),
+        "accepted a log without a base record"
+    );
+    let cut = scan(&data[..s.valid_len as usize])
+        .unwrap_or_else(|e| panic!("the file cut at {} is refused: {e}", s.valid_len));
+    assert_eq!(
+        cut.records, s.records,
+        "cutting the tail changed the records"
+    );
+    assert_eq!(cut.valid_len, s.valid_len);
+    let rewritten = new_file(&s.records);
+    let again = scan(&rewritten).unwrap_or_else(|e| panic!("re-encoded records refused: {e}"));
+    assert_eq!(
+        again.records, s.records,
+        "records do not survive re-encoding"
+    );
 }

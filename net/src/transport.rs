@@ -15,7 +15,6 @@ use detcd_core::peer;
 use detcd_core::proto::detcdpb::{
     HandshakeRequest, HandshakeResponse, MessageBatch, StreamSummary,
 };
-use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -387,10 +386,9 @@ impl PeerSender {
                         if m.get_msg_type() == MessageType::MsgSnapshot {
                             snapshots += 1;
                         }
-                        match m.write_to_bytes() {
-                            Ok(b) => batch.messages.push(b),
-                            Err(e) => tracing::error!("encoding raft message: {e}"),
-                        }
+                        let mut b = Vec::new();
+                        detcd_core::raftpb::encode_message(&m, &mut b);
+                        batch.messages.push(b);
                         if batch.messages.len() < MAX_BATCH_MESSAGES {
                             next = self.queue.try_recv().ok();
                         }
