@@ -250,6 +250,12 @@ impl RaftLog {
         self.hard_state.vote = 0;
     }
 
+    /// For the simulators' `forget-vote` mutation only: forgets the persisted vote and keeps
+    /// the term, so the member may vote twice in one term.
+    pub fn forget_vote(&mut self) {
+        self.hard_state.vote = 0;
+    }
+
     pub fn hard_state(&self) -> &HardState {
         &self.hard_state
     }

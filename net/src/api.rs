@@ -12,7 +12,6 @@ use detcd_core::mvcc::{is_txn_readonly, Mvcc, DEFAULT_MAX_TXN_OPS};
 use detcd_core::proto::detcdpb::internal_request::Request as Internal;
 use detcd_core::proto::etcdserverpb::{self as pb, request_op, ResponseHeader};
 use prost::Message as _;
-use redb::ReadableDatabase;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -72,19 +71,50 @@ impl Api {
         }
     }
 
-    /// Serves a range from local state (the caller has done any barrier it needs).
-    fn local_range(&self, r: &pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
-        let shared = self.shared();
-        let mvcc = shared.mvcc.read().unwrap();
-        let txn = shared
-            .db
-            .begin_read()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let mut resp = mvcc.range_in(&txn, r).map_err(ApiError::Mvcc)?;
-        drop(mvcc);
+    /// Serves a range from local state (the caller has done any barrier it needs), on a
+    /// read view that holds no lock apply needs; a range that may be large runs on a
+    /// blocking thread, so it holds up no async worker either.
+    async fn local_range(&self, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        let shared = self.node.shared.clone();
+        let large = may_be_large(&r);
+        let read = move || -> Result<pb::RangeResponse, Status> {
+            let (mvcc, txn) = shared
+                .read_view()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(mvcc.range_in(&txn, &r).map_err(ApiError::Mvcc)?)
+        };
+        let mut resp = if large {
+            run_blocking(read).await?
+        } else {
+            read()?
+        };
         self.fill(&mut resp.header);
         Ok(resp)
     }
+}
+
+/// A range over one key, or limited to a few, is served in place; anything else may cover
+/// the whole store.
+fn may_be_large(r: &pb::RangeRequest) -> bool {
+    !(r.range_end.is_empty() || (r.limit > 0 && r.limit <= 1000))
+}
+
+/// Runs a long read on a blocking thread.
+#[cfg(not(madsim))]
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("read task failed: {e}")))?
+}
+
+/// Under madsim there are no blocking threads: the read runs in place.
+#[cfg(madsim)]
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    f()
 }
 
 /// The write responses, whose headers the API fills (cluster, member, term).
@@ -119,7 +149,7 @@ impl Kv for Api {
         if !r.serializable && !crate::mutation::active("stale-read") {
             self.node.read_barrier(self.request_timeout).await?;
         }
-        Ok(Response::new(self.local_range(&r)?))
+        Ok(Response::new(self.local_range(r).await?))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
@@ -167,14 +197,11 @@ impl Kv for Api {
             if !txn_is_serializable(&r) {
                 self.node.read_barrier(self.request_timeout).await?;
             }
-            let shared = self.shared();
-            let mvcc = shared.mvcc.read().unwrap();
-            let txn = shared
-                .db
-                .begin_read()
+            let (mvcc, txn) = self
+                .shared()
+                .read_view()
                 .map_err(|e| Status::internal(e.to_string()))?;
             let mut resp = mvcc.txn_read_in(&txn, &r).map_err(ApiError::Mvcc)?;
-            drop(mvcc);
             self.fill(&mut resp.header);
             return Ok(Response::new(resp));
         }

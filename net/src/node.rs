@@ -22,6 +22,7 @@ use detcd_core::server::{Output, RequestError, Server, ServerConfig};
 use detcd_core::state::{self, Fatal, KvState, PendingCommit, StateViews};
 use detcd_core::wal::LogFile;
 use raft::prelude::*;
+use redb::ReadableDatabase;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -65,6 +66,16 @@ impl Shared {
     /// peer from another cluster is refused, not a reason to exit.
     pub fn joined(&self) -> bool {
         self.status().has_had_leader
+    }
+
+    /// A consistent read view: the MVCC state (an O(1) clone of persistent maps, taken under
+    /// the lock for no longer than that) and a redb read transaction begun after it, so every
+    /// row the view's index names is either in the view's uncommitted rows or visible to the
+    /// transaction. Apply never waits for a read that runs on it.
+    pub fn read_view(&self) -> Result<(Mvcc, redb::ReadTransaction), redb::TransactionError> {
+        let mvcc = self.mvcc.read().unwrap().clone();
+        let txn = self.db.begin_read()?;
+        Ok((mvcc, txn))
     }
 
     /// A response header at the current revision.
@@ -190,6 +201,7 @@ pub struct NodeParams {
 enum DiskDone {
     Persisted(u64),
     Committed(u64),
+    SnapshotBuilt(Result<Vec<u8>, Fatal>),
     Failed(String),
 }
 
@@ -312,6 +324,7 @@ impl Node {
                 Some(done) = self.disk_done.recv() => match done {
                     DiskDone::Persisted(n) => self.server.handle_persisted(n)?,
                     DiskDone::Committed(applied) => self.server.handle_committed(applied)?,
+                    DiskDone::SnapshotBuilt(data) => self.server.handle_snapshot_built(data)?,
                     DiskDone::Failed(msg) => return Err(NodeError::Fatal(msg)),
                 },
                 Some(ev) = self.peer_events.recv() => match ev {
@@ -381,7 +394,16 @@ impl Node {
                 Output::ReplaceLog { image } => {
                     let _ = self.log_jobs.send(LogJob::Replace(image));
                 }
-                Output::Commit(pending) => commit_off_driver(pending, self.disk_done_tx.clone()),
+                Output::Commit(pending) => {
+                    let done = self.disk_done_tx.clone();
+                    off_driver(move || commit_and_report(pending, &done));
+                }
+                Output::BuildSnapshot(source) => {
+                    let done = self.disk_done_tx.clone();
+                    off_driver(move || {
+                        let _ = done.send(DiskDone::SnapshotBuilt(source.encode()));
+                    });
+                }
                 Output::Response { id, result } => {
                     if let Some(w) = self.waiting_writes.remove(&id) {
                         let _ = w.send(result.map_err(api_error));
@@ -423,16 +445,16 @@ fn commit_and_report(pending: PendingCommit, done: &mpsc::UnboundedSender<DiskDo
     let _ = done.send(report);
 }
 
-/// Commits applied effects durably on a blocking thread and reports back.
+/// Runs disk-bound work (a redb commit, encoding a snapshot) on a blocking thread.
 #[cfg(not(madsim))]
-fn commit_off_driver(pending: PendingCommit, done: mpsc::UnboundedSender<DiskDone>) {
-    tokio::task::spawn_blocking(move || commit_and_report(pending, &done));
+fn off_driver(work: impl FnOnce() + Send + 'static) {
+    tokio::task::spawn_blocking(work);
 }
 
 /// Under madsim: a task of the simulated node (no blocking threads in the simulation).
 #[cfg(madsim)]
-fn commit_off_driver(pending: PendingCommit, done: mpsc::UnboundedSender<DiskDone>) {
-    tokio::spawn(async move { commit_and_report(pending, &done) });
+fn off_driver(work: impl FnOnce() + Send + 'static) {
+    tokio::spawn(async move { work() });
 }
 
 /// Carries out one batch of log jobs: every append written, then one sync if any asked

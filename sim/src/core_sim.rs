@@ -65,6 +65,11 @@ pub struct Faults {
     pub partitions: bool,
     /// Aim partitions and crashes at the current leader.
     pub target_leader: bool,
+    /// Crash a member just after it cast a vote, and restart it at once (the window in
+    /// which a member that forgot its vote would vote again in the same term).
+    pub crash_after_vote: bool,
+    /// Every member draws the same election timeouts, so candidates collide and votes split.
+    pub colliding_elections: bool,
 }
 
 impl Faults {
@@ -77,6 +82,8 @@ impl Faults {
             crashes: rng.chance(500),
             partitions: rng.chance(500),
             target_leader: rng.chance(500),
+            crash_after_vote: rng.chance(300),
+            colliding_elections: rng.chance(200),
         }
     }
 }
@@ -91,8 +98,11 @@ pub struct Plan {
     pub faults: Faults,
     pub clients: usize,
     pub snapshot_count: u64,
-    /// Bugs planted in member 0 (or every member, for the read context).
+    /// Bugs planted in member 0 (or every member, for the read context and the vote).
     pub mutations: Mutations,
+    /// A bug planted in the simulated transport: a snapshot message it drops is not
+    /// reported to raft (the leader then waits for that snapshot forever).
+    pub drop_snapshot_unreported: bool,
 }
 
 impl Plan {
@@ -105,6 +115,7 @@ impl Plan {
             clients: 4,
             snapshot_count: 50,
             mutations: Mutations::default(),
+            drop_snapshot_unreported: false,
         }
     }
 }
@@ -126,6 +137,8 @@ enum Event {
     ClientOp(usize),
     ClientTimeout(usize, u64),
     Crash(usize),
+    /// Crash exactly this member (not redirected to the leader).
+    CrashVoter(usize),
     Restart(usize),
     Isolate(usize),
     Heal,
@@ -139,6 +152,7 @@ enum DiskJob {
     },
     Replace(Vec<u8>),
     Commit(PendingCommit),
+    BuildSnapshot(state::SnapshotSource),
 }
 
 struct Member {
@@ -150,6 +164,8 @@ struct Member {
     log: Option<Box<dyn LogFile>>,
     /// Client operations waiting for this member: request id -> (client, op id, key, op).
     waiting: BTreeMap<u64, (usize, OpId, String, Op)>,
+    /// (term, vote) last seen, to notice a new vote.
+    last_vote: (u64, u64),
 }
 
 struct Client {
@@ -216,6 +232,7 @@ impl CoreSim {
                     jobs: Default::default(),
                     log: None,
                     waiting: BTreeMap::new(),
+                    last_vote: (0, 0),
                 }
             })
             .collect();
@@ -286,8 +303,13 @@ impl CoreSim {
         cfg.snapshot_count = self.plan.snapshot_count;
         cfg.catch_up_entries = 20;
         cfg.start_unix_ms = self.now + 1_000_000 * m.incarnation;
-        cfg.election_seed = self.plan.seed ^ (m.id << 16) ^ m.incarnation;
+        cfg.election_seed = if self.plan.faults.colliding_elections {
+            self.plan.seed
+        } else {
+            self.plan.seed ^ (m.id << 16) ^ m.incarnation
+        };
         cfg.mutations.reuse_read_context = self.plan.mutations.reuse_read_context;
+        cfg.mutations.forget_vote = self.plan.mutations.forget_vote;
         if i == 0 {
             cfg.mutations.skip_apply_at = self.plan.mutations.skip_apply_at;
         }
@@ -374,6 +396,15 @@ impl CoreSim {
             self.handle(ev);
             self.observe();
         }
+        let installed: u64 = self
+            .members
+            .iter()
+            .filter_map(|m| m.server.as_ref())
+            .map(|s| s.status().snapshots_installed)
+            .sum();
+        if installed > 0 {
+            self.faults_seen.insert("snapshot installed", installed);
+        }
         let final_states = self
             .members
             .iter()
@@ -425,6 +456,12 @@ impl CoreSim {
                         self.saw("crash");
                         self.crash(i);
                     }
+                }
+            }
+            Event::CrashVoter(i) => {
+                if !self.healed && self.members[i].server.is_some() {
+                    self.saw("crash after vote");
+                    self.crash(i);
                 }
             }
             Event::Restart(i) => {
@@ -497,6 +534,7 @@ impl CoreSim {
                 ),
                 Output::ReplaceLog { image } => self.queue_disk(i, DiskJob::Replace(image)),
                 Output::Commit(c) => self.queue_disk(i, DiskJob::Commit(c)),
+                Output::BuildSnapshot(source) => self.queue_disk(i, DiskJob::BuildSnapshot(source)),
                 Output::Response { id, result } => self.respond(i, id, result),
                 Output::ReadReady { id, result } => self.read_ready(i, id, result),
             }
@@ -531,6 +569,12 @@ impl CoreSim {
                 .map(|_| Some(number))
                 .map_err(|e| e.to_string()),
             DiskJob::Replace(image) => log.replace(&image).map(|_| None).map_err(|e| e.to_string()),
+            DiskJob::BuildSnapshot(source) => {
+                self.saw("snapshot built");
+                let data = source.encode();
+                self.with_server(i, |s| s.handle_snapshot_built(data));
+                return;
+            }
             DiskJob::Commit(PendingCommit { txn, applied }) => match txn.commit() {
                 Ok(()) => {
                     self.with_server(i, |s| s.handle_committed(applied));
@@ -561,6 +605,10 @@ impl CoreSim {
         let cut = self.isolated.contains(&from) || self.isolated.contains(&to);
         let dropped = cut || (!self.healed && self.rng.chance(drop));
         let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+        if is_snapshot && self.plan.drop_snapshot_unreported && !self.healed {
+            self.saw("snapshot dropped unreported");
+            return;
+        }
         if dropped {
             self.saw("message dropped");
             if is_snapshot {
@@ -722,9 +770,11 @@ impl CoreSim {
         self.finish(i, id, Outcome::Ok(HOutput::Get(value)), Some(rev));
     }
 
-    /// Samples every running member's status for the per-term leader check.
+    /// Samples every running member's status for the per-term leader check, and crashes a
+    /// member that just voted when the plan says so.
     fn observe(&mut self) {
-        for m in &self.members {
+        let mut voted = Vec::new();
+        for (i, m) in self.members.iter_mut().enumerate() {
             if let Some(s) = &m.server {
                 let st = s.status();
                 if st.is_leader {
@@ -732,6 +782,21 @@ impl CoreSim {
                         term: st.term,
                         member: m.id,
                     });
+                }
+                let vote = (st.term, st.vote);
+                if st.vote != 0 && st.vote != m.id && vote != m.last_vote {
+                    voted.push(i);
+                }
+                m.last_vote = vote;
+            }
+        }
+        if self.plan.faults.crash_after_vote && !self.healed {
+            for i in voted {
+                if self.rng.chance(700) {
+                    // After the vote is durable and its answer sent (the disk takes 1-3 ms).
+                    self.schedule(5, Event::CrashVoter(i));
+                    let back = self.rng.range(6, 20);
+                    self.schedule(back, Event::Restart(i));
                 }
             }
         }

@@ -20,9 +20,19 @@ fn seeds(default: u64) -> Vec<u64> {
     (0..n).map(|i| 20261130 + i).collect()
 }
 
-fn run_all(test: &str, default_seeds: u64, plan: impl Fn(u64) -> Plan) {
+/// Runs every seed, fails on the first failed check; returns how often each fault happened
+/// over all runs.
+fn run_all(
+    test: &str,
+    default_seeds: u64,
+    plan: impl Fn(u64) -> Plan,
+) -> std::collections::BTreeMap<&'static str, u64> {
+    let mut seen = std::collections::BTreeMap::new();
     for seed in seeds(default_seeds) {
         let run = CoreSim::new(plan(seed)).run();
+        for (k, v) in &run.faults_seen {
+            *seen.entry(*k).or_insert(0) += v;
+        }
         if let Err(e) = run.check() {
             panic!(
                 "seed {seed}: {e}\nreplay: CORE_SIM_SEED={seed} cargo test -p detcd-sim --test core_cluster -- {test}\nhistory:\n{}",
@@ -30,6 +40,7 @@ fn run_all(test: &str, default_seeds: u64, plan: impl Fn(u64) -> Plan) {
             );
         }
     }
+    seen
 }
 
 #[test]
@@ -129,4 +140,64 @@ fn caught_by(mutate: impl Fn(&mut Plan), checker: &str) {
 #[test]
 fn mutation_skip_apply_is_caught_by_convergence() {
     caught_by(|p| p.mutations.skip_apply_at = Some(12), "[convergence]");
+}
+
+/// Elections under fire: partitions and crashes, and voters crashed right after their vote
+/// and restarted at once. A member that kept its vote never votes twice in a term.
+#[test]
+fn voters_crash_right_after_voting() {
+    run_all("voters_crash_right_after_voting", 4, double_vote_plan);
+}
+
+/// Five members whose elections collide (same timeouts), leaders crashed, voters crashed
+/// right after voting: split votes with a voter that restarts while the candidates it did
+/// not vote for still ask.
+fn double_vote_plan(seed: u64) -> Plan {
+    Plan {
+        members: 5,
+        faults: Faults {
+            max_delay_ms: 30,
+            crashes: true,
+            target_leader: true,
+            crash_after_vote: true,
+            colliding_elections: true,
+            ..Faults::default()
+        },
+        ..Plan::new(seed)
+    }
+}
+
+#[test]
+fn mutation_forget_vote_is_caught_by_one_leader_per_term() {
+    caught_by(
+        |p| {
+            *p = double_vote_plan(p.seed);
+            p.mutations.forget_vote = true;
+        },
+        "[one leader per term]",
+    );
+}
+
+#[test]
+fn mutation_drop_snapshot_is_caught_by_convergence() {
+    caught_by(
+        |p| {
+            p.faults.crashes = true;
+            p.drop_snapshot_unreported = true;
+        },
+        "[convergence]",
+    );
+}
+
+#[test]
+fn mutation_reuse_read_context_is_caught_by_linearizability() {
+    caught_by(
+        |p| {
+            p.faults.drop_per_mille = 100;
+            p.faults.max_delay_ms = 40;
+            p.faults.partitions = true;
+            p.mutations.reuse_read_context = true;
+        },
+        "[linearizability]",
+    );
 }

@@ -6,7 +6,6 @@
 //!
 //! Values are not kept here: a revision found in the index is read from the KV table.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 
 /// A revision: `main` is bumped once per write transaction, `sub` counts the changes inside it.
@@ -45,9 +44,11 @@ impl<'a> KeyRange<'a> {
     }
 }
 
+/// A persistent (copy-on-write) ordered map, so cloning the index for a reader is O(1) and
+/// a long range never holds up apply (see `Mvcc::clone`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Index {
-    keys: BTreeMap<Vec<u8>, Vec<Event>>,
+    keys: imbl::OrdMap<Vec<u8>, Vec<Event>>,
 }
 
 /// What a compaction removes: for each affected key, how many leading events go.
@@ -78,11 +79,11 @@ impl Index {
             KeyRange::Single(key) => Box::new(self.keys.get_key_value(key).into_iter()),
             KeyRange::From(key) => Box::new(
                 self.keys
-                    .range::<[u8], _>((Bound::Included(key), Bound::Unbounded)),
+                    .range::<_, [u8]>((Bound::Included(key), Bound::Unbounded)),
             ),
             KeyRange::Between(key, end) if key < end => Box::new(
                 self.keys
-                    .range::<[u8], _>((Bound::Included(key), Bound::Excluded(end))),
+                    .range::<_, [u8]>((Bound::Included(key), Bound::Excluded(end))),
             ),
             KeyRange::Between(..) => Box::new(std::iter::empty()),
         };

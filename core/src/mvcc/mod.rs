@@ -44,7 +44,6 @@ mod tests;
 mod validate;
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 
 use prost::Message;
 use redb::{ReadTransaction, ReadableTable, TableError, WriteTransaction};
@@ -192,7 +191,7 @@ impl Rows for NoRows {
 
 /// Rows not yet committed, in front of a table's.
 struct Layered<'a, B> {
-    uncommitted: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+    uncommitted: &'a imbl::OrdMap<Vec<u8>, Vec<u8>>,
     table: &'a B,
 }
 
@@ -309,7 +308,7 @@ pub struct Mvcc {
     index: Index,
     /// Rows written since the caller last reported a commit ([`Mvcc::committed`]): a read
     /// transaction cannot see them yet. Revision key to encoded KeyValue, as in the table.
-    uncommitted: BTreeMap<Vec<u8>, Vec<u8>>,
+    uncommitted: imbl::OrdMap<Vec<u8>, Vec<u8>>,
     current_rev: i64,
     /// -1 until the first compaction, as etcd's compactMainRev.
     compact_rev: i64,
@@ -336,7 +335,7 @@ impl Mvcc {
     fn empty(compact_rev: i64) -> Mvcc {
         Mvcc {
             index: Index::default(),
-            uncommitted: BTreeMap::new(),
+            uncommitted: imbl::OrdMap::new(),
             current_rev: compact_rev.max(1),
             compact_rev,
         }
@@ -371,7 +370,7 @@ impl Mvcc {
     /// The caller committed the write transaction holding every write applied so far: reads
     /// find those rows in the table from now on.
     pub fn committed(&mut self) {
-        self.uncommitted.clear();
+        self.uncommitted = imbl::OrdMap::new();
     }
 
     /// Rows written and not yet reported committed (the caller bounds this by committing).
@@ -946,6 +945,17 @@ impl Mvcc {
         if !self.uncommitted.is_empty() {
             return Err(corrupt("export asked for with writes not yet committed"));
         }
+        Self::export_from(txn, self.current_rev, self.compact_rev, out)
+    }
+
+    /// [`Mvcc::export`] from a read transaction and the revisions that went with it, without
+    /// the state itself (so it can run elsewhere while the state moves on).
+    pub fn export_from(
+        txn: &ReadTransaction,
+        current_rev: i64,
+        compact_rev: i64,
+        out: &mut SnapshotData,
+    ) -> Result<(), MvccError> {
         out.rows.clear();
         match txn.open_table(tables::KV) {
             Ok(kv) => {
@@ -960,8 +970,8 @@ impl Mvcc {
             Err(TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        out.current_revision = self.current_rev;
-        out.compact_revision = self.compact_rev;
+        out.current_revision = current_rev;
+        out.compact_revision = compact_rev;
         Ok(())
     }
 

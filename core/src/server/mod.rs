@@ -13,6 +13,7 @@
 //! | [`Output::AppendLog`] | appends the records to the log file, syncs if asked (group commit allowed) | `handle_persisted(number)` |
 //! | [`Output::ReplaceLog`] | replaces the log file atomically, in order with the appends | nothing |
 //! | [`Output::Commit`] | commits the redb transaction durably, off the async workers | `handle_committed(applied)` |
+//! | [`Output::BuildSnapshot`] | encodes the state machine's read view, off the async workers | `handle_snapshot_built(result)` |
 //! | [`Output::Response`], [`Output::ReadReady`] | answers the waiting client | nothing |
 //!
 //! Each Ready is handled in raft-rs's documented order with its async-persistence API
@@ -26,9 +27,8 @@ use crate::membership::Membership;
 use crate::mvcc::MvccError;
 use crate::proto::detcdpb::{internal_request::Request, InternalRequest, MemberAttributes};
 use crate::raft_log::RaftLog;
-use crate::state::{Applied, Fatal, KvState, PendingCommit, StateViews};
+use crate::state::{Applied, Fatal, KvState, PendingCommit, SnapshotSource, StateViews};
 use prost::Message as _;
-use protobuf::Message as _;
 use raft::prelude::*;
 use raft::{RawNode, StateRole};
 use std::collections::{BTreeMap, VecDeque};
@@ -93,6 +93,9 @@ pub enum Output {
     },
     /// Commit the transaction durably, then report `handle_committed(applied)`.
     Commit(PendingCommit),
+    /// Encode the snapshot source (off the driver: it reads the whole store), then report
+    /// `handle_snapshot_built`.
+    BuildSnapshot(SnapshotSource),
     /// The answer to proposal `id`.
     Response {
         id: u64,
@@ -113,6 +116,8 @@ pub struct Mutations {
     pub reuse_read_context: bool,
     /// This member skips applying the entry at this index (replicas diverge).
     pub skip_apply_at: Option<u64>,
+    /// A restarted member forgets its vote but keeps its term (it may vote twice in a term).
+    pub forget_vote: bool,
 }
 
 /// How the server is set up; times are in ticks (one tick per heartbeat interval).
@@ -177,6 +182,8 @@ pub struct Status {
     pub has_had_leader: bool,
     /// Snapshots from a leader installed since start.
     pub snapshots_installed: u64,
+    /// The member this one voted for in `term` (0: none).
+    pub vote: u64,
 }
 
 /// Request IDs unique across members and restarts, as etcd's idutil: the member's low 16
@@ -238,6 +245,8 @@ pub struct Server<V: StateViews> {
     last_snapshot_index: u64,
     /// A snapshot is due once the state machine is durable.
     snapshot_due: bool,
+    /// A snapshot being built: its index, term and configuration.
+    building: Option<(u64, u64, ConfState)>,
     attributes_published: bool,
     ticks_since_publish: usize,
     status: Status,
@@ -258,6 +267,10 @@ impl<V: StateViews> Server<V> {
         restarted: bool,
         logger: &slog::Logger,
     ) -> Result<Server<V>, Fatal> {
+        let mut log = log;
+        if restarted && cfg.mutations.forget_vote {
+            log.forget_vote();
+        }
         let applied = state.applied().max(log.compacted_index());
         let raft_cfg = raft::Config {
             id: cfg.id,
@@ -303,6 +316,7 @@ impl<V: StateViews> Server<V> {
             persisting: VecDeque::new(),
             to_apply: VecDeque::new(),
             snapshot_due: false,
+            building: None,
             attributes_published: false,
             ticks_since_publish: 0,
             status,
@@ -457,10 +471,48 @@ impl<V: StateViews> Server<V> {
     /// The [`Output::Commit`] for `applied` is durable.
     pub fn handle_committed(&mut self, applied: u64) -> Result<(), Fatal> {
         self.state.committed(applied);
-        if self.snapshot_due && self.state.durable_applied() == self.state.applied() {
+        if self.snapshot_due
+            && self.building.is_none()
+            && self.state.durable_applied() == self.state.applied()
+        {
             self.snapshot_and_compact()?;
         }
         self.apply_queued()?;
+        self.drive()
+    }
+
+    /// The [`Output::BuildSnapshot`] asked for is encoded (or failed, which stops the member).
+    pub fn handle_snapshot_built(&mut self, data: Result<Vec<u8>, Fatal>) -> Result<(), Fatal> {
+        let data = data?;
+        let Some((index, term, conf_state)) = self.building.take() else {
+            return Ok(());
+        };
+        let log = self.raw.mut_store();
+        if index <= log.compacted_index() {
+            // A snapshot from the leader overtook this one while it was being built.
+            return self.drive();
+        }
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let md = snap.mut_metadata();
+        md.index = index;
+        md.term = term;
+        md.set_conf_state(conf_state);
+        log.set_snapshot(snap);
+        // A tiny --snapshot-count asks for a small log: keep no more than it as catch-up tail.
+        let keep = self
+            .cfg
+            .catch_up_entries
+            .min(self.cfg.snapshot_count.max(1));
+        let compact_to = index.saturating_sub(keep);
+        if compact_to > log.compacted_index() {
+            // The state machine is durable through `index` (the source was taken so).
+            log.compact(compact_to)
+                .map_err(|e| Fatal::new("compacting the raft log", e))?;
+            let image = log.file_image();
+            self.outputs.push_back(Output::ReplaceLog { image });
+            tracing::info!(index, compact_to, "snapshot taken, raft log compacted");
+        }
         self.drive()
     }
 
@@ -791,11 +843,11 @@ impl<V: StateViews> Server<V> {
             }
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                 let cs = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
-                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                    let cc = crate::raftpb::decode_conf_change_v2(&e.data)
                         .map_err(|err| Fatal::new("undecodable conf change", err))?;
                     self.raw.apply_conf_change(&cc)
                 } else {
-                    let cc = ConfChange::parse_from_bytes(&e.data)
+                    let cc = crate::raftpb::decode_conf_change(&e.data)
                         .map_err(|err| Fatal::new("undecodable conf change", err))?;
                     self.raw.apply_conf_change(&cc)
                 }
@@ -818,6 +870,9 @@ impl<V: StateViews> Server<V> {
     // ---- snapshots and log compaction ----
 
     fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
+        if self.building.is_some() {
+            return Ok(()); // raft asks again for what it could not get meanwhile
+        }
         let wanted = self.raw.store().take_snapshot_wanted();
         if !(wanted
             || self.snapshot_due
@@ -835,43 +890,24 @@ impl<V: StateViews> Server<V> {
         self.request_commit()
     }
 
-    /// Builds a state-machine snapshot at the (durable) applied index for lagging followers,
-    /// and drops log entries it covers, keeping a tail for followers only a little behind.
+    /// Asks for a state-machine snapshot at the (durable) applied index, for lagging
+    /// followers and to let the log drop entries ([`Self::handle_snapshot_built`]).
     fn snapshot_and_compact(&mut self) -> Result<(), Fatal> {
         self.snapshot_due = false;
         let index = self.state.applied();
         let Some(term) = self.raw.store().entry_term(index) else {
             return Ok(());
         };
-        let data = self.state.snapshot_data()?;
-        let mut snap = Snapshot::default();
-        snap.set_data(data.into());
-        let md = snap.mut_metadata();
-        md.index = index;
-        md.term = term;
-        md.set_conf_state(self.raw.store().conf_state().clone());
-        let log = self.raw.mut_store();
-        log.set_snapshot(snap);
+        let source = self.state.snapshot_source()?;
+        self.building = Some((index, term, self.raw.store().conf_state().clone()));
         self.last_snapshot_index = index;
-
-        // A tiny --snapshot-count asks for a small log: keep no more than it as catch-up tail.
-        let keep = self
-            .cfg
-            .catch_up_entries
-            .min(self.cfg.snapshot_count.max(1));
-        let compact_to = index.saturating_sub(keep);
-        if compact_to > log.compacted_index() {
-            log.compact(compact_to)
-                .map_err(|e| Fatal::new("compacting the raft log", e))?;
-            let image = log.file_image();
-            self.outputs.push_back(Output::ReplaceLog { image });
-            tracing::info!(index, compact_to, "snapshot taken, raft log compacted");
-        }
+        self.outputs.push_back(Output::BuildSnapshot(source));
         Ok(())
     }
 
     fn update_status(&mut self) {
         self.status.term = self.raw.raft.term;
+        self.status.vote = self.raw.raft.vote;
         self.status.commit = self.raw.raft.raft_log.committed;
         self.status.applied = self.state.applied();
     }

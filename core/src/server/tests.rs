@@ -52,6 +52,7 @@ fn run_outputs(s: &mut Server<Owned>, file: &mut MemFile) -> Vec<Output> {
                 c.txn.commit().unwrap();
                 s.handle_committed(applied).unwrap();
             }
+            Output::BuildSnapshot(source) => s.handle_snapshot_built(source.encode()).unwrap(),
             Output::Send(_) => {}
             other => answers.push(other),
         }

@@ -20,7 +20,6 @@ use crate::proto::etcdserverpb as pb;
 use crate::raft_log::LogError;
 use crate::tables::{meta_keys, META};
 use prost::Message as _;
-use protobuf::Message as _;
 use raft::prelude::{ConfState, Snapshot};
 use redb::{Durability, ReadableDatabase};
 use std::sync::Arc;
@@ -100,6 +99,33 @@ pub struct PendingCommit {
 impl std::fmt::Debug for PendingCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PendingCommit(applied {})", self.applied)
+    }
+}
+
+/// What a snapshot of the state machine at `index` is made from (see
+/// [`KvState::snapshot_source`]).
+pub struct SnapshotSource {
+    txn: redb::ReadTransaction,
+    current_rev: i64,
+    compact_rev: i64,
+    members: Membership,
+    pub index: u64,
+}
+
+impl std::fmt::Debug for SnapshotSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotSource(index {})", self.index)
+    }
+}
+
+impl SnapshotSource {
+    /// The snapshot's data: every MVCC row, the revisions and the members, encoded.
+    pub fn encode(self) -> Result<Vec<u8>, Fatal> {
+        let mut data = SnapshotData::default();
+        Mvcc::export_from(&self.txn, self.current_rev, self.compact_rev, &mut data)
+            .map_err(|e| Fatal::new("exporting the key-value store", e))?;
+        self.members.export(&mut data);
+        Ok(data.encode_to_vec())
     }
 }
 
@@ -289,7 +315,8 @@ impl<V: StateViews> KvState<V> {
 
     /// Stores raft's configuration after a conf change entry at `index`.
     pub fn apply_conf_state(&mut self, index: u64, cs: &ConfState) -> Result<(), Fatal> {
-        let bytes = cs.write_to_bytes().expect("encoding into memory");
+        let mut bytes = Vec::new();
+        crate::raftpb::encode_conf_state(cs, &mut bytes);
         self.open_txn()?;
         put_meta(
             self.open_txn.as_ref().unwrap(),
@@ -334,23 +361,30 @@ impl<V: StateViews> KvState<V> {
         self.durable_applied = applied;
     }
 
-    /// The whole state machine at the applied index, encoded for a lagging follower. Must be
-    /// called with nothing uncommitted (after [`Self::committed`]).
-    pub fn snapshot_data(&self) -> Result<Vec<u8>, Fatal> {
+    /// A consistent view of the state machine at the applied index, for a snapshot: a redb
+    /// read transaction and the in-memory values that go with it. Cheap to take; encoding it
+    /// ([`SnapshotSource::encode`]) reads the whole store and runs off the driver, while
+    /// applying goes on (redb's read transaction keeps seeing this point). Must be called
+    /// with nothing uncommitted (after [`Self::committed`]).
+    pub fn snapshot_source(&self) -> Result<SnapshotSource, Fatal> {
         assert!(
             self.open_txn.is_none() && self.commit_in_flight.is_none(),
             "snapshot of a state machine with uncommitted effects"
         );
-        let mut data = SnapshotData::default();
         let txn = self
             .db
             .begin_read()
             .map_err(|e| Fatal::new("reading for a snapshot", e))?;
-        self.views
-            .mvcc(|m| m.export(&txn, &mut data))
-            .map_err(|e| Fatal::new("exporting the key-value store", e))?;
-        self.views.members(|m| m.export(&mut data));
-        Ok(data.encode_to_vec())
+        let (current_rev, compact_rev) = self
+            .views
+            .mvcc(|m| (m.current_revision(), m.compact_revision()));
+        Ok(SnapshotSource {
+            txn,
+            current_rev,
+            compact_rev,
+            members: self.views.members(|m| m.clone()),
+            index: self.applied,
+        })
     }
 
     /// Replaces the state machine with a snapshot from the leader, durably (the raft log may
