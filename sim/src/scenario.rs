@@ -202,9 +202,12 @@ pub async fn run(plan: Plan) -> Report {
     let snap = history.snapshot();
     match check(&snap, Budget::default()) {
         CheckResult::Ok => {}
-        CheckResult::Unknown { .. } => {
-            tracing::warn!("linearizability check ran out of budget; treated as not failing")
-        }
+        // A search out of budget proves nothing: the run fails, and its seed replays it.
+        CheckResult::Unknown { keys } => panic!(
+            "linearizability check ran out of budget on keys {keys:?}: the history proves \
+             nothing\nfaults: {injected:?}\nreplay: {}",
+            replay_command(plan.name)
+        ),
         CheckResult::Illegal(v) => panic!(
             "history is not linearizable:\n{v}\nhistory of key {:?}:\n{}\nfaults: {injected:?}\nreplay: {}",
             v.key,
@@ -320,13 +323,19 @@ async fn nemesis(
     .collect();
     let end = madsim::time::Instant::now() + plan.fault_phase;
     let n = cluster.members.len();
-    while madsim::time::Instant::now() < end {
+    // Every planned kind of fault must happen at least once: the first rounds go through
+    // them in order, each on a healed cluster; the scenario fails if one never happened.
+    let mut happened: std::collections::BTreeSet<&str> = Default::default();
+    let mut round = 0usize;
+    while madsim::time::Instant::now() < end || round < kinds.len() {
         madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(500..2500))).await;
         if kinds.is_empty() {
             continue;
         }
+        round += 1;
+        let first_pass = round <= kinds.len();
         // Undo the previous fault first, most of the time, so faults come and go.
-        if thread_rng().gen_bool(0.6) {
+        if first_pass || thread_rng().gen_bool(0.6) {
             cluster.heal_all();
             for i in 0..n {
                 if !cluster.members[i].alive {
@@ -336,8 +345,13 @@ async fn nemesis(
                 }
             }
         }
-        let kind = kinds[thread_rng().gen_range(0..kinds.len())];
+        let kind = if first_pass {
+            kinds[round - 1]
+        } else {
+            kinds[thread_rng().gen_range(0..kinds.len())]
+        };
         let i = thread_rng().gen_range(0..n);
+        let before = log.len();
         match kind {
             "crash" => {
                 if cluster.members.iter().filter(|m| m.alive).count() == n {
@@ -358,9 +372,14 @@ async fn nemesis(
                 log.push(format!("isolate {}", cluster.members[i].name));
             }
             "isolate_leader" => {
-                if let Some(l) = cluster.leader_index().await {
-                    cluster.isolate(l);
-                    log.push(format!("isolate leader {}", cluster.members[l].name));
+                // Aimed at the leader: wait (bounded) for one the members agree on.
+                for _ in 0..40 {
+                    if let Some(l) = cluster.leader_index().await {
+                        cluster.isolate(l);
+                        log.push(format!("isolate leader {}", cluster.members[l].name));
+                        break;
+                    }
+                    madsim::time::sleep(Duration::from_millis(250)).await;
                 }
             }
             "one_way" => {
@@ -424,6 +443,15 @@ async fn nemesis(
             }
             _ => unreachable!(),
         }
+        if log.len() > before {
+            happened.insert(kind);
+        }
     }
+    let missing: Vec<&&str> = kinds.iter().filter(|k| !happened.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "planned faults never happened: {missing:?} (did: {log:?})\nreplay: {}",
+        replay_command(plan.name)
+    );
     log
 }
