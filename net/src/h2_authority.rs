@@ -543,6 +543,45 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
     }
 }
 
+/// What the `h2_rewriter` fuzz target checks (and `net/tests/h2_corpus.rs` replays): the first
+/// byte picks a read size, the rest is fed in reads of that size. Nothing may panic; a stream
+/// that does not open with the HTTP/2 preface comes out byte for byte; an HTTP/2 stream never
+/// comes out larger than a bounded re-encoding of what went in.
+pub fn fuzz_check(data: &[u8]) {
+    let Some((&first, input)) = data.split_first() else {
+        return;
+    };
+    let chunk = usize::from(first % 64) + 1;
+    let mut rw = Rewriter::new();
+    let mut out = Vec::new();
+    let mut failed = false;
+    for piece in input.chunks(chunk) {
+        if rw.feed(piece, &mut out).is_err() {
+            failed = true;
+            break;
+        }
+    }
+    if !failed {
+        rw.finish(&mut out);
+    }
+    let is_h2 = input.len() >= PREFACE.len() && input[..PREFACE.len()] == PREFACE[..];
+    let could_be_h2 = input.len() < PREFACE.len() && input == &PREFACE[..input.len()];
+    if !is_h2 && !could_be_h2 {
+        assert_eq!(
+            out, input,
+            "a non-HTTP/2 stream must pass through unchanged"
+        );
+    }
+    // Re-encoding without the dynamic table can grow a header block, but only boundedly:
+    // every header field is at most its literal encoding plus a few length bytes.
+    assert!(
+        out.len() <= 64 + input.len() * 40,
+        "output {} bytes from {} bytes of input",
+        out.len(),
+        input.len()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1071,43 +1110,4 @@ mod tests {
         assert_eq!(got, PREFACE);
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
-}
-
-/// What the `h2_rewriter` fuzz target checks (and `net/tests/h2_corpus.rs` replays): the first
-/// byte picks a read size, the rest is fed in reads of that size. Nothing may panic; a stream
-/// that does not open with the HTTP/2 preface comes out byte for byte; an HTTP/2 stream never
-/// comes out larger than a bounded re-encoding of what went in.
-pub fn fuzz_check(data: &[u8]) {
-    let Some((&first, input)) = data.split_first() else {
-        return;
-    };
-    let chunk = usize::from(first % 64) + 1;
-    let mut rw = Rewriter::new();
-    let mut out = Vec::new();
-    let mut failed = false;
-    for piece in input.chunks(chunk) {
-        if rw.feed(piece, &mut out).is_err() {
-            failed = true;
-            break;
-        }
-    }
-    if !failed {
-        rw.finish(&mut out);
-    }
-    let is_h2 = input.len() >= PREFACE.len() && input[..PREFACE.len()] == PREFACE[..];
-    let could_be_h2 = input.len() < PREFACE.len() && input == &PREFACE[..input.len()];
-    if !is_h2 && !could_be_h2 {
-        assert_eq!(
-            out, input,
-            "a non-HTTP/2 stream must pass through unchanged"
-        );
-    }
-    // Re-encoding without the dynamic table can grow a header block, but only boundedly:
-    // every header field is at most its literal encoding plus a few length bytes.
-    assert!(
-        out.len() <= 64 + input.len() * 40,
-        "output {} bytes from {} bytes of input",
-        out.len(),
-        input.len()
-    );
 }

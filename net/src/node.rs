@@ -396,7 +396,7 @@ impl Node {
                 }
                 Output::Commit(pending) => {
                     let done = self.disk_done_tx.clone();
-                    off_driver(move || commit_and_report(pending, &done));
+                    off_driver(move || commit_and_report(*pending, &done));
                 }
                 Output::BuildSnapshot(source) => {
                     let done = self.disk_done_tx.clone();

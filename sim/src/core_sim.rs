@@ -151,8 +151,8 @@ enum DiskJob {
         sync: bool,
     },
     Replace(Vec<u8>),
-    Commit(PendingCommit),
-    BuildSnapshot(state::SnapshotSource),
+    Commit(Box<PendingCommit>),
+    BuildSnapshot(Box<state::SnapshotSource>),
 }
 
 struct Member {
@@ -575,9 +575,9 @@ impl CoreSim {
                 self.with_server(i, |s| s.handle_snapshot_built(data));
                 return;
             }
-            DiskJob::Commit(PendingCommit { txn, applied }) => match txn.commit() {
+            DiskJob::Commit(c) => match c.txn.commit() {
                 Ok(()) => {
-                    self.with_server(i, |s| s.handle_committed(applied));
+                    self.with_server(i, |s| s.handle_committed(c.applied));
                     return;
                 }
                 Err(e) => Err(e.to_string()),

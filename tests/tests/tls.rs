@@ -112,7 +112,7 @@ fn guide_self_signed_certificates() {
     for (i, ep) in all.iter().enumerate() {
         let key = format!("k{i}");
         assert_eq!(
-            ctl_ok(&admin, &[ep.clone()], &["put", &key, "v"])
+            ctl_ok(&admin, std::slice::from_ref(ep), &["put", &key, "v"])
                 .stdout
                 .trim(),
             "OK"

@@ -92,10 +92,10 @@ pub enum Output {
         image: Vec<u8>,
     },
     /// Commit the transaction durably, then report `handle_committed(applied)`.
-    Commit(PendingCommit),
+    Commit(Box<PendingCommit>),
     /// Encode the snapshot source (off the driver: it reads the whole store), then report
     /// `handle_snapshot_built`.
-    BuildSnapshot(SnapshotSource),
+    BuildSnapshot(Box<SnapshotSource>),
     /// The answer to proposal `id`.
     Response {
         id: u64,
@@ -202,7 +202,7 @@ impl IdGen {
         }
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_id(&mut self) -> u64 {
         self.counter = self.counter.wrapping_add(1);
         self.prefix | (self.counter & 0xffff_ffff_ffff)
     }
@@ -417,7 +417,7 @@ impl<V: StateViews> Server<V> {
     pub fn handle_proposals(&mut self, requests: Vec<Request>) -> Result<Vec<u64>, Fatal> {
         let mut ids = Vec::with_capacity(requests.len());
         for request in requests {
-            let id = self.ids.next();
+            let id = self.ids.next_id();
             let data = InternalRequest {
                 id,
                 request: Some(request),
@@ -440,7 +440,7 @@ impl<V: StateViews> Server<V> {
     pub fn handle_reads(&mut self, count: usize) -> Result<Vec<u64>, Fatal> {
         let mut ids = Vec::with_capacity(count);
         for _ in 0..count {
-            let id = self.ids.next();
+            let id = self.ids.next_id();
             ids.push(id);
             if self.pending_reads.len() >= MAX_PENDING_READS {
                 self.outputs.push_back(Output::ReadReady {
@@ -783,7 +783,7 @@ impl<V: StateViews> Server<V> {
             return;
         }
         let req = InternalRequest {
-            id: self.ids.next(),
+            id: self.ids.next_id(),
             request: Some(Request::SetAttributes(a.clone())),
         };
         // Fire and forget: retried every election timeout until the member list shows it.
@@ -862,7 +862,7 @@ impl<V: StateViews> Server<V> {
     /// Hands the open transaction out to be committed, if there is anything in it.
     fn request_commit(&mut self) -> Result<(), Fatal> {
         if let Some(c) = self.state.take_commit()? {
-            self.outputs.push_back(Output::Commit(c));
+            self.outputs.push_back(Output::Commit(Box::new(c)));
         }
         Ok(())
     }
@@ -901,7 +901,8 @@ impl<V: StateViews> Server<V> {
         let source = self.state.snapshot_source()?;
         self.building = Some((index, term, self.raw.store().conf_state().clone()));
         self.last_snapshot_index = index;
-        self.outputs.push_back(Output::BuildSnapshot(source));
+        self.outputs
+            .push_back(Output::BuildSnapshot(Box::new(source)));
         Ok(())
     }
 

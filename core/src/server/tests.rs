@@ -114,7 +114,7 @@ fn proposals_and_reads_without_a_leader_fail_with_no_leader() {
 #[test]
 fn request_ids_carry_the_member_and_increase() {
     let mut ids = IdGen::new(0xabcd_1234, 1_700_000_000_000);
-    let (a, b) = (ids.next(), ids.next());
+    let (a, b) = (ids.next_id(), ids.next_id());
     assert_eq!(a >> 48, 0x1234);
     assert_eq!(b, a + 1);
 }
