@@ -70,6 +70,8 @@ pub struct Faults {
     pub crash_after_vote: bool,
     /// Every member draws the same election timeouts, so candidates collide and votes split.
     pub colliding_elections: bool,
+    /// Cut the leader off once, at this time (ms) for this long (ms).
+    pub isolate_leader_once: Option<(u64, u64)>,
 }
 
 impl Faults {
@@ -84,6 +86,7 @@ impl Faults {
             target_leader: rng.chance(500),
             crash_after_vote: rng.chance(300),
             colliding_elections: rng.chance(200),
+            isolate_leader_once: None,
         }
     }
 }
@@ -141,6 +144,7 @@ enum Event {
     CrashVoter(usize),
     Restart(usize),
     Isolate(usize),
+    IsolateLeader,
     Heal,
 }
 
@@ -185,6 +189,12 @@ pub struct CoreRun {
     pub faults_seen: BTreeMap<&'static str, u64>,
     pub fatal: Option<String>,
     pub events: usize,
+    /// Members ever cut off by a partition.
+    pub isolated_ever: BTreeSet<u64>,
+    /// The member each operation was sent to.
+    pub op_members: BTreeMap<OpId, u64>,
+    /// ReadIndex batches sent again, over every member's last incarnation.
+    pub read_retries: u64,
 }
 
 pub struct CoreSim {
@@ -204,6 +214,9 @@ pub struct CoreSim {
     fatal: Option<String>,
     /// The last value a put of each key was answered for (what a CAS expects).
     last_put: BTreeMap<String, String>,
+    /// Members ever cut off, and the member each operation was sent to.
+    isolated_ever: BTreeSet<u64>,
+    op_members: BTreeMap<OpId, u64>,
 }
 
 fn member_id(i: usize) -> u64 {
@@ -256,6 +269,8 @@ impl CoreSim {
             faults_seen: BTreeMap::new(),
             fatal: None,
             last_put: BTreeMap::new(),
+            isolated_ever: BTreeSet::new(),
+            op_members: BTreeMap::new(),
         };
         for i in 0..sim.members.len() {
             sim.start(i, false);
@@ -363,6 +378,10 @@ impl CoreSim {
             }
             t += self.rng.range(1500, 3000);
         }
+        if let Some((at, dur)) = f.isolate_leader_once {
+            self.schedule(at, Event::IsolateLeader);
+            self.schedule(at + dur, Event::Heal);
+        }
         self.schedule(d, Event::Heal);
     }
 
@@ -405,6 +424,12 @@ impl CoreSim {
         if installed > 0 {
             self.faults_seen.insert("snapshot installed", installed);
         }
+        let read_retries = self
+            .members
+            .iter()
+            .filter_map(|m| m.server.as_ref())
+            .map(|s| s.status().read_retries)
+            .sum();
         let final_states = self
             .members
             .iter()
@@ -422,6 +447,9 @@ impl CoreSim {
             faults_seen: self.faults_seen,
             fatal: self.fatal,
             events: handled,
+            isolated_ever: self.isolated_ever,
+            op_members: self.op_members,
+            read_retries,
         }
     }
 
@@ -475,6 +503,15 @@ impl CoreSim {
                     let i = self.victim(drawn);
                     self.saw("partition");
                     self.isolated.insert(i);
+                    self.isolated_ever.insert(self.members[i].id);
+                }
+            }
+            Event::IsolateLeader => {
+                if let Some(l) = self.leader() {
+                    self.saw("fault aimed at the leader");
+                    self.saw("partition");
+                    self.isolated.insert(l);
+                    self.isolated_ever.insert(self.members[l].id);
                 }
             }
             Event::Heal => {
@@ -705,6 +742,7 @@ impl CoreSim {
                 return;
             }
         };
+        self.op_members.insert(op_id, self.members[m].id);
         self.members[m].waiting.insert(id, (c, op_id, key, op));
         self.clients[c].busy = Some((m, id, op_id));
         self.schedule(CLIENT_TIMEOUT_MS, Event::ClientTimeout(c, seq));

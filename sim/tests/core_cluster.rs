@@ -201,3 +201,46 @@ fn mutation_reuse_read_context_is_caught_by_linearizability() {
         "[linearizability]",
     );
 }
+
+/// Regression: reads in flight when the leader changes are sent again to the new leader
+/// (under a fresh context) and answered; they neither fail nor wait out the client's
+/// timeout. Only reads sent to the member that was cut off may stay unanswered.
+#[test]
+fn reads_in_flight_across_a_leader_change_are_answered() {
+    use detcd_sim::history::{Op, Outcome};
+    let mut retries = 0;
+    for seed in seeds(6) {
+        let run = CoreSim::new(Plan {
+            clients: 8,
+            faults: Faults {
+                max_delay_ms: 5,
+                isolate_leader_once: Some((4000, 3000)),
+                ..Faults::default()
+            },
+            ..Plan::new(seed)
+        })
+        .run();
+        if let Err(e) = run.check() {
+            panic!("seed {seed}: {e}");
+        }
+        assert!(
+            !run.isolated_ever.is_empty(),
+            "seed {seed}: no leader was cut off"
+        );
+        retries += run.read_retries;
+        for e in run.history.snapshot().entries() {
+            let member = run.op_members[&e.id];
+            if e.op == Op::Get && !run.isolated_ever.contains(&member) {
+                assert!(
+                    matches!(e.outcome, Some(Outcome::Ok(_))),
+                    "seed {seed}: a read on {member:x}, never cut off, ended {:?}: {e:?}",
+                    e.outcome
+                );
+            }
+        }
+    }
+    assert!(
+        retries > 0,
+        "no read was ever in flight across the leader change"
+    );
+}

@@ -184,6 +184,9 @@ pub struct Status {
     pub snapshots_installed: u64,
     /// The member this one voted for in `term` (0: none).
     pub vote: u64,
+    /// ReadIndex batches sent again (after a leader change or unanswered), each under a
+    /// fresh context.
+    pub read_retries: u64,
 }
 
 /// Request IDs unique across members and restarts, as etcd's idutil: the member's low 16
@@ -627,6 +630,7 @@ impl<V: StateViews> Server<V> {
             // Read indexes in flight may never be answered: ask the new leader, each batch
             // under a fresh context (a context is never reused across attempts).
             let batches = std::mem::take(&mut self.read_batches);
+            self.status.read_retries += batches.len() as u64;
             for (_, b) in batches {
                 let since = b.sent_tick;
                 self.pending_reads
@@ -725,6 +729,7 @@ impl<V: StateViews> Server<V> {
             .map(|(c, _)| *c)
             .collect();
         for counter in stale {
+            self.status.read_retries += 1;
             let batch = self.read_batches.remove(&counter).unwrap();
             self.send_read_batch(batch.ids);
         }

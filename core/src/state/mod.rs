@@ -417,3 +417,98 @@ impl<V: StateViews> KvState<V> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::PutRequest;
+    use crate::wal::MemFile;
+    use redb::ReadableTable;
+
+    fn put(value: &str) -> InternalRequest {
+        InternalRequest {
+            id: 1,
+            request: Some(Request::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: value.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn new_state() -> KvState<Owned> {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        initialize_new_member(&db, &mut MemFile::default(), 7, 1, &[(1, vec![])]).unwrap();
+        let views = Owned::new(load_views(&db).unwrap());
+        KvState::new(Arc::new(db), views, 0)
+    }
+
+    fn commit(s: &mut KvState<Owned>) {
+        let c = s.take_commit().unwrap().unwrap();
+        c.txn.commit().unwrap();
+        s.committed(c.applied);
+    }
+
+    #[test]
+    fn a_refused_request_is_the_clients_answer() {
+        let mut s = new_state();
+        let req = InternalRequest {
+            id: 1,
+            request: Some(Request::Put(PutRequest {
+                key: b"absent".to_vec(),
+                ignore_value: true,
+                ..Default::default()
+            })),
+        };
+        assert!(matches!(s.apply(1, &req), Ok(Err(MvccError::KeyNotFound))));
+        assert_eq!(s.applied(), 1);
+    }
+
+    /// Regression: a storage failure during apply used to reach the client as an error while
+    /// the member went on; it must stop the member, naming the entry and the cause.
+    #[test]
+    fn a_damaged_row_met_during_apply_stops_the_member() {
+        let mut s = new_state();
+        assert!(matches!(s.apply(1, &put("v1")), Ok(Ok(Applied::Put(_)))));
+        commit(&mut s);
+        {
+            let txn = s.db().begin_write().unwrap();
+            {
+                let mut kv = txn.open_table(crate::tables::KV).unwrap();
+                let keys: Vec<Vec<u8>> = kv
+                    .iter()
+                    .unwrap()
+                    .map(|r| r.unwrap().0.value().to_vec())
+                    .collect();
+                for k in keys {
+                    kv.insert(k.as_slice(), [0xff, 0xff, 0xff].as_slice())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        match s.apply(2, &put("v2")) {
+            Err(Fatal(msg)) => assert!(msg.contains("applying entry 2"), "{msg}"),
+            other => panic!("expected a fatal error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_applied_index_is_durable_only_after_the_commit_is_reported() {
+        let mut s = new_state();
+        s.apply(1, &put("v1")).unwrap().unwrap();
+        assert_eq!(read_applied(s.db()).unwrap(), 0);
+        let c = s.take_commit().unwrap().unwrap();
+        assert!(s.is_committing());
+        assert!(
+            s.take_commit().unwrap().is_none(),
+            "one commit in flight at a time"
+        );
+        c.txn.commit().unwrap();
+        s.committed(1);
+        assert_eq!(read_applied(s.db()).unwrap(), 1);
+        assert_eq!(s.durable_applied(), 1);
+    }
+}
