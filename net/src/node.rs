@@ -211,6 +211,7 @@ enum LogJob {
         number: u64,
         records: Vec<u8>,
         sync: bool,
+        then_send: Vec<Message>,
     },
     Replace(Vec<u8>),
 }
@@ -284,7 +285,7 @@ impl Node {
         let (rtx, rrx) = mpsc::channel(READ_QUEUE);
         let (itx, irx) = mpsc::channel(INBOUND_QUEUE);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let log_jobs = start_log_writer(log_file, done_tx.clone());
+        let log_jobs = start_log_writer(log_file, transport.clone(), done_tx.clone());
         let node = Node {
             server,
             shared: shared.clone(),
@@ -384,11 +385,13 @@ impl Node {
                     number,
                     records,
                     sync,
+                    then_send,
                 } => {
                     let _ = self.log_jobs.send(LogJob::Append {
                         number,
                         records,
                         sync,
+                        then_send,
                     });
                 }
                 Output::ReplaceLog { image } => {
@@ -458,16 +461,23 @@ fn off_driver(work: impl FnOnce() + Send + 'static) {
 }
 
 /// Carries out one batch of log jobs: every append written, then one sync if any asked
-/// for it. Returns the highest Ready number now durable.
-fn write_log_batch(file: &mut dyn LogFile, jobs: Vec<LogJob>) -> Result<Option<u64>, String> {
+/// for it, then the messages that waited for it. Returns the highest Ready number now
+/// durable.
+fn write_log_batch(
+    file: &mut dyn LogFile,
+    jobs: Vec<LogJob>,
+    transport: &Transport,
+) -> Result<Option<u64>, String> {
     let mut need_sync = false;
     let mut last = None;
+    let mut after_sync = Vec::new();
     for job in jobs {
         match job {
             LogJob::Append {
                 number,
                 records,
                 sync,
+                then_send,
             } => {
                 if !records.is_empty() {
                     file.append(&records)
@@ -475,6 +485,7 @@ fn write_log_batch(file: &mut dyn LogFile, jobs: Vec<LogJob>) -> Result<Option<u
                 }
                 need_sync |= sync;
                 last = Some(number);
+                after_sync.extend(then_send);
             }
             LogJob::Replace(image) => {
                 // The image holds every record appended before it, durably.
@@ -488,6 +499,8 @@ fn write_log_batch(file: &mut dyn LogFile, jobs: Vec<LogJob>) -> Result<Option<u
         file.sync()
             .map_err(|e| format!("raft log fsync failed, stopping: {e}"))?;
     }
+    // Straight to the peers: a follower's answer does not wait for the driver.
+    transport.send(after_sync);
     Ok(last)
 }
 
@@ -518,6 +531,7 @@ fn report(res: Result<Option<u64>, String>, done: &mpsc::UnboundedSender<DiskDon
 #[cfg(not(madsim))]
 fn start_log_writer(
     mut file: Box<dyn LogFile>,
+    transport: Arc<Transport>,
     done: mpsc::UnboundedSender<DiskDone>,
 ) -> mpsc::UnboundedSender<LogJob> {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -526,7 +540,7 @@ fn start_log_writer(
         .spawn(move || {
             while let Some(first) = rx.blocking_recv() {
                 let batch = drain_jobs(first, &mut rx);
-                if !report(write_log_batch(file.as_mut(), batch), &done) {
+                if !report(write_log_batch(file.as_mut(), batch, &transport), &done) {
                     return;
                 }
             }
@@ -539,6 +553,7 @@ fn start_log_writer(
 #[cfg(madsim)]
 fn start_log_writer(
     mut file: Box<dyn LogFile>,
+    transport: Arc<Transport>,
     done: mpsc::UnboundedSender<DiskDone>,
 ) -> mpsc::UnboundedSender<LogJob> {
     let (tx, mut rx) = mpsc::unbounded_channel();

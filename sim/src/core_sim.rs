@@ -153,6 +153,7 @@ enum DiskJob {
         number: u64,
         records: Vec<u8>,
         sync: bool,
+        then_send: Vec<Message>,
     },
     Replace(Vec<u8>),
     Commit(Box<PendingCommit>),
@@ -561,12 +562,14 @@ impl CoreSim {
                     number,
                     records,
                     sync,
+                    then_send,
                 } => self.queue_disk(
                     i,
                     DiskJob::Append {
                         number,
                         records,
                         sync,
+                        then_send,
                     },
                 ),
                 Output::ReplaceLog { image } => self.queue_disk(i, DiskJob::Replace(image)),
@@ -600,11 +603,21 @@ impl CoreSim {
                 number,
                 records,
                 sync,
-            } => log
-                .append(&records)
-                .and_then(|_| if sync { log.sync() } else { Ok(()) })
-                .map(|_| Some(number))
-                .map_err(|e| e.to_string()),
+                then_send,
+            } => {
+                let written = log
+                    .append(&records)
+                    .and_then(|_| if sync { log.sync() } else { Ok(()) });
+                if written.is_ok() {
+                    // Durable: what waited for it goes out (sorted, as in carry_out).
+                    let mut msgs = then_send;
+                    msgs.sort_by_key(|m| m.to);
+                    for m in msgs {
+                        self.send(i, m);
+                    }
+                }
+                written.map(|_| Some(number)).map_err(|e| e.to_string())
+            }
             DiskJob::Replace(image) => log.replace(&image).map(|_| None).map_err(|e| e.to_string()),
             DiskJob::BuildSnapshot(source) => {
                 self.saw("snapshot built");

@@ -10,7 +10,7 @@
 //! | output | the executor | then calls |
 //! |---|---|---|
 //! | [`Output::Send`] | hands the messages to the peer transport | `handle_unreachable`, `handle_snapshot_status` on failures |
-//! | [`Output::AppendLog`] | appends the records to the log file, syncs if asked (group commit allowed) | `handle_persisted(number)` |
+//! | [`Output::AppendLog`] | appends the records to the log file, syncs if asked (group commit allowed), then sends `then_send` | `handle_persisted(number)` |
 //! | [`Output::ReplaceLog`] | replaces the log file atomically, in order with the appends | nothing |
 //! | [`Output::Commit`] | commits the redb transaction durably, off the async workers | `handle_committed(applied)` |
 //! | [`Output::BuildSnapshot`] | encodes the state machine's read view, off the async workers | `handle_snapshot_built(result)` |
@@ -19,7 +19,7 @@
 //! Each Ready is handled in raft-rs's documented order with its async-persistence API
 //! (`advance_append_async` / `on_persist_ready`), so a leader sends its appends while its
 //! own log write is still on the disk (raft thesis 10.2.1), and messages that must follow
-//! persistence (votes, append responses) wait for `handle_persisted`.
+//! persistence (votes, append responses) travel with the log write they wait for.
 //!
 //! Nothing here blocks, spawns, locks or reads a clock. A storage failure is [`Fatal`].
 
@@ -79,12 +79,14 @@ impl From<MvccError> for RefusedBy {
 pub enum Output {
     Send(Vec<Message>),
     /// Append `records` (encoded log records, possibly none) to the log file, sync it when
-    /// `sync`, then report `handle_persisted(number)`. Reports must come in order; reporting
-    /// a number reports every smaller one.
+    /// `sync`, then send `then_send` (votes, append answers: raft requires them to follow
+    /// the write) and report `handle_persisted(number)`. Reports must come in order;
+    /// reporting a number reports every smaller one.
     AppendLog {
         number: u64,
         records: Vec<u8>,
         sync: bool,
+        then_send: Vec<Message>,
     },
     /// Replace the whole log file with `image`, atomically and durably, after every append
     /// asked for before it.
@@ -240,9 +242,8 @@ pub struct Server<V: StateViews> {
     /// Reads whose read index is known, waiting for apply to reach it.
     indexed_reads: Vec<(u64, Vec<u64>)>,
     next_read_ctx: u64,
-    /// Readies handed out for persistence and not yet reported, with their persisted
-    /// messages (sent once the Ready is durable).
-    persisting: VecDeque<(u64, Vec<Message>)>,
+    /// Numbers of the Readies handed out for persistence and not yet reported.
+    persisting: VecDeque<u64>,
     /// Committed entries waiting for a commit in flight to finish (redb has one writer).
     to_apply: VecDeque<Vec<Entry>>,
     last_snapshot_index: u64,
@@ -460,12 +461,8 @@ impl<V: StateViews> Server<V> {
 
     /// Every [`Output::AppendLog`] through `number` is durable.
     pub fn handle_persisted(&mut self, number: u64) -> Result<(), Fatal> {
-        while let Some((n, _)) = self.persisting.front() {
-            if *n > number {
-                break;
-            }
-            let (_, msgs) = self.persisting.pop_front().unwrap();
-            self.send(msgs);
+        while self.persisting.front().is_some_and(|n| *n <= number) {
+            self.persisting.pop_front();
         }
         self.raw.on_persist_ready(number);
         self.drive()
@@ -591,7 +588,8 @@ impl<V: StateViews> Server<V> {
         let persisted_msgs = rd.take_persisted_messages();
 
         // 6-7. With nothing to write and nothing in flight, the Ready is done now; otherwise
-        // its persisted messages wait for the log write.
+        // its persisted messages go with the log write, and the executor sends them as soon
+        // as it is durable (not through the driver: one hop less for a follower's answer).
         if records.is_empty() && !sync && self.persisting.is_empty() && rd.snapshot().is_empty() {
             self.send(persisted_msgs);
             let mut light = self.raw.advance_append(rd);
@@ -599,11 +597,12 @@ impl<V: StateViews> Server<V> {
             self.apply_committed(light.take_committed_entries())?;
         } else {
             let number = rd.number();
-            self.persisting.push_back((number, persisted_msgs));
+            self.persisting.push_back(number);
             self.outputs.push_back(Output::AppendLog {
                 number,
                 records,
                 sync,
+                then_send: persisted_msgs,
             });
             self.raw.advance_append_async(rd);
         }
