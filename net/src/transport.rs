@@ -534,3 +534,38 @@ pub async fn check_peers_cluster_id(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(to: u64, ty: MessageType) -> Message {
+        let mut m = Message::default();
+        m.to = to;
+        m.set_msg_type(ty);
+        m
+    }
+
+    /// Regression: a snapshot the transport could not queue was dropped silently, and raft
+    /// kept the follower waiting for it forever (it stays in snapshot state).
+    #[tokio::test]
+    async fn a_snapshot_that_cannot_be_queued_is_reported_failed() {
+        let (queue, _held) = mpsc::channel(1);
+        queue.try_send(msg(2, MessageType::MsgAppend)).unwrap(); // now full
+        let (events, mut reports) = mpsc::channel(16);
+        let t = Transport {
+            peers: BTreeMap::from([(2, queue)]),
+            events,
+        };
+        t.send(vec![
+            msg(2, MessageType::MsgAppend), // dropped: raft resends appends itself
+            msg(2, MessageType::MsgSnapshot), // dropped: must be reported
+            msg(3, MessageType::MsgSnapshot), // no such peer: reported too
+        ]);
+        let mut got = Vec::new();
+        while let Ok(ev) = reports.try_recv() {
+            got.push(format!("{ev:?}"));
+        }
+        assert_eq!(got, vec!["Snapshot(2, false)", "Snapshot(3, false)"]);
+    }
+}

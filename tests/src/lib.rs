@@ -47,6 +47,7 @@ pub mod subnet {
     /// `--version` binds nothing, but the harness probes its ports before starting it, and that
     /// probe must not collide with BAD_FLAGS' members running in parallel.
     pub const VERSION: u8 = 12;
+    pub const DAMAGED_WAL: u8 = 13;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;
