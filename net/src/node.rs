@@ -202,6 +202,7 @@ enum DiskDone {
     Persisted(u64),
     Committed(u64),
     SnapshotBuilt(Result<Vec<u8>, Fatal>),
+    SnapshotInstalled(Result<detcd_core::state::Installed, Fatal>),
     Failed(String),
 }
 
@@ -285,7 +286,11 @@ impl Node {
         let (rtx, rrx) = mpsc::channel(READ_QUEUE);
         let (itx, irx) = mpsc::channel(INBOUND_QUEUE);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let log_jobs = start_log_writer(log_file, transport.clone(), done_tx.clone());
+        let log_jobs = start_log_writer(LogWriter {
+            file: log_file,
+            transport: transport.clone(),
+            done: done_tx.clone(),
+        });
         let node = Node {
             server,
             shared: shared.clone(),
@@ -326,6 +331,7 @@ impl Node {
                     DiskDone::Persisted(n) => self.server.handle_persisted(n)?,
                     DiskDone::Committed(applied) => self.server.handle_committed(applied)?,
                     DiskDone::SnapshotBuilt(data) => self.server.handle_snapshot_built(data)?,
+                    DiskDone::SnapshotInstalled(res) => self.server.handle_snapshot_installed(res)?,
                     DiskDone::Failed(msg) => return Err(NodeError::Fatal(msg)),
                 },
                 Some(ev) = self.peer_events.recv() => match ev {
@@ -400,6 +406,12 @@ impl Node {
                 Output::Commit(pending) => {
                     let done = self.disk_done_tx.clone();
                     off_driver(move || commit_and_report(*pending, &done));
+                }
+                Output::InstallSnapshot(install) => {
+                    let done = self.disk_done_tx.clone();
+                    off_driver(move || {
+                        let _ = done.send(DiskDone::SnapshotInstalled(install.run()));
+                    });
                 }
                 Output::BuildSnapshot(source) => {
                     let done = self.disk_done_tx.clone();
@@ -504,43 +516,45 @@ fn write_log_batch(
     Ok(last)
 }
 
-/// Takes what is queued (bounded) after `first`.
-fn drain_jobs(first: LogJob, jobs: &mut mpsc::UnboundedReceiver<LogJob>) -> Vec<LogJob> {
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match jobs.try_recv() {
-            Ok(j) => batch.push(j),
-            Err(_) => break,
-        }
-    }
-    batch
+/// What the log writer owns: the file, the transport for the messages that wait for a
+/// write, the channel back to the driver.
+struct LogWriter {
+    file: Box<dyn LogFile>,
+    transport: Arc<Transport>,
+    done: mpsc::UnboundedSender<DiskDone>,
 }
 
-fn report(res: Result<Option<u64>, String>, done: &mpsc::UnboundedSender<DiskDone>) -> bool {
-    match res {
-        Ok(Some(n)) => done.send(DiskDone::Persisted(n)).is_ok(),
-        Ok(None) => true,
-        Err(msg) => {
-            let _ = done.send(DiskDone::Failed(msg));
-            false
+impl LogWriter {
+    /// One turn: `first` and whatever is queued behind it (bounded), written with one sync.
+    /// False once the writer must stop (a failed write, or the driver is gone).
+    fn turn(&mut self, first: LogJob, queue: &mut mpsc::UnboundedReceiver<LogJob>) -> bool {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        match write_log_batch(self.file.as_mut(), batch, &self.transport) {
+            Ok(Some(n)) => self.done.send(DiskDone::Persisted(n)).is_ok(),
+            Ok(None) => true,
+            Err(msg) => {
+                let _ = self.done.send(DiskDone::Failed(msg));
+                false
+            }
         }
     }
 }
 
 /// The raft log writer: a thread of its own, so an fsync never holds an async worker.
 #[cfg(not(madsim))]
-fn start_log_writer(
-    mut file: Box<dyn LogFile>,
-    transport: Arc<Transport>,
-    done: mpsc::UnboundedSender<DiskDone>,
-) -> mpsc::UnboundedSender<LogJob> {
+fn start_log_writer(mut writer: LogWriter) -> mpsc::UnboundedSender<LogJob> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("detcd-wal".into())
         .spawn(move || {
             while let Some(first) = rx.blocking_recv() {
-                let batch = drain_jobs(first, &mut rx);
-                if !report(write_log_batch(file.as_mut(), batch, &transport), &done) {
+                if !writer.turn(first, &mut rx) {
                     return;
                 }
             }
@@ -551,16 +565,11 @@ fn start_log_writer(
 
 /// Under madsim the writer is a task of the simulated node (no threads in the simulation).
 #[cfg(madsim)]
-fn start_log_writer(
-    mut file: Box<dyn LogFile>,
-    transport: Arc<Transport>,
-    done: mpsc::UnboundedSender<DiskDone>,
-) -> mpsc::UnboundedSender<LogJob> {
+fn start_log_writer(mut writer: LogWriter) -> mpsc::UnboundedSender<LogJob> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            let batch = drain_jobs(first, &mut rx);
-            if !report(write_log_batch(file.as_mut(), batch), &done) {
+            if !writer.turn(first, &mut rx) {
                 return;
             }
         }
