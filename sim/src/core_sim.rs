@@ -158,6 +158,7 @@ enum DiskJob {
     Replace(Vec<u8>),
     Commit(Box<PendingCommit>),
     BuildSnapshot(Box<state::SnapshotSource>),
+    InstallSnapshot(Box<state::SnapshotInstall>),
 }
 
 struct Member {
@@ -575,6 +576,9 @@ impl CoreSim {
                 Output::ReplaceLog { image } => self.queue_disk(i, DiskJob::Replace(image)),
                 Output::Commit(c) => self.queue_disk(i, DiskJob::Commit(c)),
                 Output::BuildSnapshot(source) => self.queue_disk(i, DiskJob::BuildSnapshot(source)),
+                Output::InstallSnapshot(install) => {
+                    self.queue_disk(i, DiskJob::InstallSnapshot(install))
+                }
                 Output::Response { id, result } => self.respond(i, id, result),
                 Output::ReadReady { id, result } => self.read_ready(i, id, result),
             }
@@ -619,6 +623,11 @@ impl CoreSim {
                 written.map(|_| Some(number)).map_err(|e| e.to_string())
             }
             DiskJob::Replace(image) => log.replace(&image).map(|_| None).map_err(|e| e.to_string()),
+            DiskJob::InstallSnapshot(install) => {
+                let installed = install.run();
+                self.with_server(i, |s| s.handle_snapshot_installed(installed));
+                return;
+            }
             DiskJob::BuildSnapshot(source) => {
                 self.saw("snapshot built");
                 let data = source.encode();

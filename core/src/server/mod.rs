@@ -14,6 +14,7 @@
 //! | [`Output::ReplaceLog`] | replaces the log file atomically, in order with the appends | nothing |
 //! | [`Output::Commit`] | commits the redb transaction durably, off the async workers | `handle_committed(applied)` |
 //! | [`Output::BuildSnapshot`] | encodes the state machine's read view, off the async workers | `handle_snapshot_built(result)` |
+//! | [`Output::InstallSnapshot`] | writes the leader's snapshot into the data file, off the async workers | `handle_snapshot_installed(result)` |
 //! | [`Output::Response`], [`Output::ReadReady`] | answers the waiting client | nothing |
 //!
 //! Each Ready is handled in raft-rs's documented order with its async-persistence API
@@ -27,7 +28,9 @@ use crate::membership::Membership;
 use crate::mvcc::MvccError;
 use crate::proto::detcdpb::{internal_request::Request, InternalRequest, MemberAttributes};
 use crate::raft_log::RaftLog;
-use crate::state::{Applied, Fatal, KvState, PendingCommit, SnapshotSource, StateViews};
+use crate::state::{
+    Applied, Fatal, Installed, KvState, PendingCommit, SnapshotInstall, SnapshotSource, StateViews,
+};
 use prost::Message as _;
 use raft::prelude::*;
 use raft::{RawNode, StateRole};
@@ -98,6 +101,9 @@ pub enum Output {
     /// Encode the snapshot source (off the driver: it reads the whole store), then report
     /// `handle_snapshot_built`.
     BuildSnapshot(Box<SnapshotSource>),
+    /// Write the leader's snapshot into the data file (off the driver: it writes the whole
+    /// store), then report `handle_snapshot_installed`.
+    InstallSnapshot(Box<SnapshotInstall>),
     /// The answer to proposal `id`.
     Response {
         id: u64,
@@ -251,6 +257,9 @@ pub struct Server<V: StateViews> {
     snapshot_due: bool,
     /// A snapshot being built: its index, term and configuration.
     building: Option<(u64, u64, ConfState)>,
+    /// A Ready whose snapshot from the leader is being installed: the rest of it (committed
+    /// entries, new entries, persisted messages) waits for the install.
+    installing: Option<Ready>,
     attributes_published: bool,
     ticks_since_publish: usize,
     status: Status,
@@ -321,6 +330,7 @@ impl<V: StateViews> Server<V> {
             to_apply: VecDeque::new(),
             snapshot_due: false,
             building: None,
+            installing: None,
             attributes_published: false,
             ticks_since_publish: 0,
             status,
@@ -534,11 +544,36 @@ impl<V: StateViews> Server<V> {
         Ok(())
     }
 
-    /// A snapshot from the leader replaces the state machine: it waits until nothing is
-    /// being committed or waiting to apply.
+    /// No Ready while a snapshot from the leader is being installed; and a Ready carrying one
+    /// waits until nothing is being committed or waiting to apply.
     fn must_defer_ready(&self) -> bool {
-        self.raw.raft.raft_log.unstable.snapshot.is_some()
-            && (self.state.is_committing() || !self.to_apply.is_empty())
+        self.installing.is_some()
+            || (self.raw.raft.raft_log.unstable.snapshot.is_some()
+                && (self.state.is_committing() || !self.to_apply.is_empty()))
+    }
+
+    /// The [`Output::InstallSnapshot`] asked for is durable (or failed, which stops the
+    /// member): the log restarts after the snapshot and the rest of its Ready goes on.
+    pub fn handle_snapshot_installed(
+        &mut self,
+        installed: Result<Installed, Fatal>,
+    ) -> Result<(), Fatal> {
+        let installed = installed?;
+        let rd = self
+            .installing
+            .take()
+            .expect("an install was reported that was not asked for");
+        let index = installed.index;
+        self.state.finish_install(installed);
+        let log = self.raw.mut_store();
+        log.install_snapshot(rd.snapshot());
+        let image = log.file_image();
+        self.outputs.push_back(Output::ReplaceLog { image });
+        self.last_snapshot_index = index;
+        self.status.snapshots_installed += 1;
+        tracing::info!(index, "installed snapshot from leader");
+        self.finish_ready(rd)?;
+        self.drive()
     }
 
     fn handle_ready(&mut self) -> Result<(), Fatal> {
@@ -554,22 +589,20 @@ impl<V: StateViews> Server<V> {
         // 1. Messages a leader may send before its own log write (raft thesis 10.2.1).
         self.send(rd.take_messages());
 
-        // 2. A snapshot from the leader replaces the state machine (durably), then the log.
+        // 2. A snapshot from the leader replaces the state machine (durably, off the
+        // driver), then the log; the rest of this Ready waits for it.
         if !rd.snapshot().is_empty() {
-            let snap = rd.snapshot().clone();
-            self.state.install_snapshot(&snap)?;
-            let log = self.raw.mut_store();
-            log.install_snapshot(&snap);
-            let image = log.file_image();
-            self.outputs.push_back(Output::ReplaceLog { image });
-            self.last_snapshot_index = snap.get_metadata().index;
-            self.status.snapshots_installed += 1;
-            tracing::info!(
-                index = snap.get_metadata().index,
-                "installed snapshot from leader"
-            );
+            let install = self.state.begin_install(rd.snapshot().clone());
+            self.outputs
+                .push_back(Output::InstallSnapshot(Box::new(install)));
+            self.installing = Some(rd);
+            return Ok(());
         }
+        self.finish_ready(rd)
+    }
 
+    /// Steps 3-7 of a Ready (after its snapshot, if it had one, is installed).
+    fn finish_ready(&mut self, mut rd: Ready) -> Result<(), Fatal> {
         // 3. Committed entries (all persisted locally: raft-rs bounds them so).
         self.apply_committed(rd.take_committed_entries())?;
 

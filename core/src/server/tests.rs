@@ -53,6 +53,7 @@ fn run_outputs(s: &mut Server<Owned>, file: &mut MemFile) -> Vec<Output> {
                 s.handle_committed(applied).unwrap();
             }
             Output::BuildSnapshot(source) => s.handle_snapshot_built(source.encode()).unwrap(),
+            Output::InstallSnapshot(install) => s.handle_snapshot_installed(install.run()).unwrap(),
             Output::Send(_) => {}
             other => answers.push(other),
         }

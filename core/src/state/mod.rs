@@ -387,12 +387,70 @@ impl<V: StateViews> KvState<V> {
         })
     }
 
-    /// Replaces the state machine with a snapshot from the leader, durably (the raft log may
-    /// drop entries once this returns). Any open transaction is discarded: the snapshot is
-    /// newer than everything in it.
-    pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), Fatal> {
+    /// Starts replacing the state machine with a snapshot from the leader: whatever is open
+    /// is discarded (the snapshot is newer than all of it), and the returned work writes the
+    /// snapshot durably, off the driver ([`SnapshotInstall::run`]); then
+    /// [`Self::finish_install`]. Nothing may be applied or committed in between.
+    pub fn begin_install(&mut self, snap: Snapshot) -> SnapshotInstall {
         assert!(self.commit_in_flight.is_none(), "install during a commit");
         self.open_txn = None;
+        self.commit_in_flight = Some(u64::MAX); // redb's one writer is the install's now
+        SnapshotInstall {
+            db: self.db.clone(),
+            snap,
+        }
+    }
+
+    /// The install begun by [`Self::begin_install`] is durable: the views become the
+    /// snapshot's, and the applied index its index.
+    pub fn finish_install(&mut self, installed: Installed) {
+        assert_eq!(
+            self.commit_in_flight.take(),
+            Some(u64::MAX),
+            "no install in flight"
+        );
+        let Installed {
+            index,
+            mvcc,
+            members,
+        } = installed;
+        self.views.mvcc_mut(|m| *m = mvcc);
+        self.views.members_mut(|m| *m = members);
+        self.applied = index;
+        self.durable_applied = index;
+    }
+}
+
+/// A snapshot from the leader to write into the data file (see [`KvState::begin_install`]).
+pub struct SnapshotInstall {
+    db: Arc<redb::Database>,
+    pub snap: Snapshot,
+}
+
+impl std::fmt::Debug for SnapshotInstall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SnapshotInstall(index {})",
+            self.snap.get_metadata().index
+        )
+    }
+}
+
+/// The state a snapshot installed: what [`KvState::finish_install`] takes.
+#[derive(Debug)]
+pub struct Installed {
+    pub index: u64,
+    mvcc: Mvcc,
+    members: Membership,
+}
+
+impl SnapshotInstall {
+    /// Replaces the tables with the snapshot's, durably (the raft log may drop entries once
+    /// this returns), and rebuilds the in-memory state from them. Reads every row: run it off
+    /// the driver.
+    pub fn run(self) -> Result<Installed, Fatal> {
+        let snap = &self.snap;
         let data = SnapshotData::decode(snap.get_data())
             .map_err(|e| Fatal::new("undecodable snapshot from the leader", e))?;
         let index = snap.get_metadata().index;
@@ -410,11 +468,11 @@ impl<V: StateViews> KvState<V> {
         put_meta(&txn, meta_keys::APPLIED_INDEX, &index.to_be_bytes())?;
         txn.commit()
             .map_err(|e| Fatal::new("committing the snapshot", e))?;
-        self.views.mvcc_mut(|m| *m = mvcc);
-        self.views.members_mut(|m| *m = members);
-        self.applied = index;
-        self.durable_applied = index;
-        Ok(())
+        Ok(Installed {
+            index,
+            mvcc,
+            members,
+        })
     }
 }
 
