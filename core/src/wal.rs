@@ -290,12 +290,15 @@ fn record_crc(kind: u8, payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&[kind]), payload)
 }
 
-/// A log file in memory (tests, and tools that need no disk). Syncs are no-ops.
+/// A log file in memory, for core's own tests only (syncs are no-ops). Clones share the
+/// bytes; `LogFile` must be `Send`, hence the mutex (never contended: tests are one thread).
+#[cfg(test)]
 #[derive(Debug, Default, Clone)]
 pub struct MemFile {
     pub bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
+#[cfg(test)]
 impl LogFile for MemFile {
     fn read_all(&mut self) -> io::Result<Vec<u8>> {
         Ok(self.bytes.lock().unwrap().clone())

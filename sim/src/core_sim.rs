@@ -106,6 +106,9 @@ pub struct Plan {
     /// A bug planted in the simulated transport: a snapshot message it drops is not
     /// reported to raft (the leader then waits for that snapshot forever).
     pub drop_snapshot_unreported: bool,
+    /// A bug planted in the simulated network: it never duplicates, whatever the plan says
+    /// (the `[faults]` checker must notice).
+    pub never_duplicate: bool,
 }
 
 impl Plan {
@@ -119,6 +122,7 @@ impl Plan {
             snapshot_count: 50,
             mutations: Mutations::default(),
             drop_snapshot_unreported: false,
+            never_duplicate: false,
         }
     }
 }
@@ -691,7 +695,11 @@ impl CoreSim {
         // A forwarded proposal is not idempotent in raft (nor in etcd): duplicating one
         // applies the write twice. detcd's transport (gRPC streams) never duplicates; the
         // other messages are duplicated to exercise raft's own handling.
-        if !self.healed && msg.get_msg_type() != MessageType::MsgPropose && self.rng.chance(dup) {
+        if !self.healed
+            && msg.get_msg_type() != MessageType::MsgPropose
+            && self.rng.chance(dup)
+            && !self.plan.never_duplicate
+        {
             self.saw("message duplicated");
             let delay = self.rng.range(1, max_delay + 1);
             self.schedule(delay, Event::Deliver(to, msg.clone()));

@@ -244,3 +244,20 @@ fn reads_in_flight_across_a_leader_change_are_answered() {
         "no read was ever in flight across the leader change"
     );
 }
+
+#[test]
+fn mutation_skip_apply_is_caught_by_revision_order() {
+    // The member that skipped an entry answers at a revision behind what others answered.
+    caught_by(|p| p.mutations.skip_apply_at = Some(12), "[revision order]");
+}
+
+#[test]
+fn mutation_never_duplicate_is_caught_by_faults() {
+    caught_by(
+        |p| {
+            p.faults.duplicate_per_mille = 50;
+            p.never_duplicate = true;
+        },
+        "[faults]",
+    );
+}

@@ -24,7 +24,6 @@
 //!
 //! Nothing here blocks, spawns, locks or reads a clock. A storage failure is [`Fatal`].
 
-use crate::membership::Membership;
 use crate::mvcc::MvccError;
 use crate::proto::detcdpb::{internal_request::Request, InternalRequest, MemberAttributes};
 use crate::raft_log::RaftLog;
@@ -368,11 +367,6 @@ impl<V: StateViews> Server<V> {
 
     pub fn state(&self) -> &KvState<V> {
         &self.state
-    }
-
-    /// The member table as applied.
-    pub fn with_members<R>(&self, f: impl FnOnce(&Membership) -> R) -> R {
-        self.state.views().members(f)
     }
 
     /// The next output to carry out, or None when there is nothing to do.
