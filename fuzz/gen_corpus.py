@@ -84,6 +84,41 @@ WAL_LOG = (WAL_MAGIC + wal_base(5, 2) + wal_entry(entry(2, 6, b"put foo"))
 
 CLUSTER, MEMBER = 0x1000, 1  # as detcd_fuzz::CLUSTER / MEMBER
 
+# The snapshot file (core/src/state/snapshot.rs): magic, then `len u32 LE | crc32c(payload) u32 LE
+# | payload` frames, each a SnapshotFrame: head (1), rows (2), end (3, the row count).
+SNAP_MAGIC = b"detcd-snapshot-1\n"
+
+def snap_frame(payload):
+    return struct.pack("<II", len(payload), crc32c(payload)) + payload
+
+def snap_head(current_rev, compact_rev):
+    # int64 fields as varints (compact -1 is ten bytes, two's complement).
+    data = field_varint(1, CLUSTER) + field_varint(4, current_rev) + field_varint(5, compact_rev & (2**64 - 1))
+    return snap_frame(field_bytes(1, data))
+
+def mvcc_key(main, sub):
+    return struct.pack(">QQ", main, sub)
+
+def snap_rows(rows):
+    body = b"".join(field_bytes(1, field_bytes(1, k) + field_bytes(2, v)) for k, v in rows)
+    return snap_frame(field_bytes(2, body))
+
+def snap_end(count):
+    return snap_frame(varint(3 << 3) + varint(count))
+
+KV = field_bytes(1, b"foo") + field_varint(2, 2) + field_varint(3, 2) + field_varint(4, 1) + field_bytes(5, b"bar")
+SNAP_FILE = SNAP_MAGIC + snap_head(2, -1) + snap_rows([(mvcc_key(2, 0), KV)]) + snap_end(1)
+
+def snapshot_chunk(cluster, frm, message, data=b""):
+    return field_varint(1, cluster) + field_varint(2, frm) + field_bytes(3, message) + field_bytes(4, data)
+
+def snapshot_msg(to, frm, data, index=50):
+    # MsgSnapshot (7) with snapshot (field 9): data (1), metadata (2) {index (2), term (3)}.
+    snap = field_bytes(1, data) + field_bytes(2, field_varint(2, index) + field_varint(3, 2))
+    return raft_msg(7, to, frm, extra=field_bytes(9, snap))
+
+SNAP_REF = field_varint(1, len(SNAP_FILE)) + field_varint(2, crc32c(SNAP_FILE))
+
 SEEDS = {
     "url_parse": {
         "ok_http": "http://127.0.0.1:2380",
@@ -137,6 +172,30 @@ SEEDS = {
         "bad_nested_groups_in_conf_change": batch(CLUSTER, 2, [raft_msg(2, MEMBER, 2, entries=[
             conf_entry(0, 0, NESTED_GROUPS)])]),
         "bad_unknown_message_type": batch(CLUSTER, 2, [raft_msg(19, MEMBER, 2)]),
+    },
+    "snapshot_file": {
+        "ok_one_row": SNAP_FILE,
+        "ok_no_rows": SNAP_MAGIC + snap_head(1, -1) + snap_end(0),
+        "bad_magic": b"detcd-snapshot-0\n" + SNAP_FILE[len(SNAP_MAGIC):],
+        "bad_cut_before_end": SNAP_FILE[:-12],
+        "bad_count": SNAP_MAGIC + snap_head(2, -1) + snap_rows([(mvcc_key(2, 0), KV)]) + snap_end(2),
+        "bad_trailing": SNAP_FILE + b"\0",
+        "bad_flipped": SNAP_FILE[:30] + bytes([SNAP_FILE[30] ^ 1]) + SNAP_FILE[31:],
+        "bad_rows_first": SNAP_MAGIC + snap_rows([(mvcc_key(2, 0), KV)]) + snap_end(1),
+        "bad_huge_frame": SNAP_MAGIC + struct.pack("<II", 0xFFFFFFFF, 0),
+        "bad_nested_groups": SNAP_MAGIC + snap_frame(NESTED_GROUPS),
+        "empty": b"",
+    },
+    "peer_snapshot": {
+        "ok_snapshot": snapshot_chunk(CLUSTER, 2, snapshot_msg(MEMBER, 2, SNAP_REF), SNAP_FILE[:10]),
+        "bad_other_cluster": snapshot_chunk(0x2000, 2, snapshot_msg(MEMBER, 2, SNAP_REF)),
+        "bad_stranger": snapshot_chunk(CLUSTER, 9, snapshot_msg(MEMBER, 9, SNAP_REF)),
+        "bad_spoofed_from": snapshot_chunk(CLUSTER, 2, snapshot_msg(MEMBER, 3, SNAP_REF)),
+        "bad_not_a_snapshot": snapshot_chunk(CLUSTER, 2, raft_msg(8, MEMBER, 2)),
+        "bad_index_zero": snapshot_chunk(CLUSTER, 2, snapshot_msg(MEMBER, 2, SNAP_REF, index=0)),
+        "bad_reference": snapshot_chunk(CLUSTER, 2, snapshot_msg(MEMBER, 2, b"\xff")),
+        "bad_nested_groups": snapshot_chunk(CLUSTER, 2, NESTED_GROUPS),
+        "empty": b"",
     },
     "wal_records": {
         "ok_empty": b"",

@@ -2,9 +2,9 @@
 //! fuzzer can throw arbitrary bytes at exactly the code the server runs.
 
 use crate::ids::format_id;
-use crate::proto::detcdpb::MessageBatch;
+use crate::proto::detcdpb::{MessageBatch, SnapshotChunk, SnapshotRef};
 use crate::raftpb;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PeerRefusal {
@@ -20,6 +20,11 @@ pub enum PeerRefusal {
     },
     #[error("undecodable peer message: {0}")]
     Undecodable(String),
+    /// A MsgSnapshot names a snapshot file, which travels only with it on Peer.Snapshot.
+    #[error("a snapshot message outside the snapshot call")]
+    SnapshotOffStream,
+    #[error("the snapshot call carries no snapshot message")]
+    NotASnapshot,
 }
 
 /// Why a sender is refused, or `Ok` when it is a known member of this cluster.
@@ -63,11 +68,41 @@ pub fn open_batch(
                 stream_from: batch.from,
             });
         }
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            return Err(PeerRefusal::SnapshotOffStream);
+        }
         raftpb::canonicalize_conf_changes(&mut m)
             .map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
         out.push(m);
     }
     Ok(out)
+}
+
+/// Verifies the first chunk of a Peer.Snapshot call: sender in this cluster, a MsgSnapshot
+/// from it to this member, whose data names a snapshot file (`SnapshotRef`). Returns the
+/// message (for raft, once the file is stored) and what the file must match.
+pub fn open_snapshot(
+    first: &SnapshotChunk,
+    local_cluster: u64,
+    local_member: u64,
+    is_member: impl Fn(u64) -> bool,
+) -> Result<(Message, SnapshotRef), PeerRefusal> {
+    check_sender(first.cluster_id, first.from, local_cluster, is_member)?;
+    let m = raftpb::decode_message(&first.message)
+        .map_err(|e| PeerRefusal::Undecodable(e.to_string()))?;
+    if m.from != first.from || m.to != local_member {
+        return Err(PeerRefusal::WrongEndpoints {
+            from: m.from,
+            to: m.to,
+            stream_from: first.from,
+        });
+    }
+    if m.get_msg_type() != MessageType::MsgSnapshot || m.get_snapshot().get_metadata().index == 0 {
+        return Err(PeerRefusal::NotASnapshot);
+    }
+    let file = <SnapshotRef as prost::Message>::decode(m.get_snapshot().get_data())
+        .map_err(|e| PeerRefusal::Undecodable(format!("snapshot reference: {e}")))?;
+    Ok((m, file))
 }
 
 /// Decodes a batch from its wire bytes and opens it (the fuzz entry point).
@@ -139,6 +174,65 @@ mod tests {
             Err(PeerRefusal::Undecodable(_))
         ));
         assert!(decode_batch(&[0x0a, 0xff], 9, 1, known).is_err());
+    }
+
+    /// A MsgSnapshot names a snapshot file: it comes only as the first chunk of the
+    /// snapshot call, with a decodable reference, never inside a batch.
+    #[test]
+    fn snapshots_come_only_on_the_snapshot_call() {
+        use prost::Message as _;
+        let snap_msg = |from: u64, data: Vec<u8>, index: u64| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgSnapshot);
+            m.from = from;
+            m.to = 1;
+            m.mut_snapshot().set_data(data.into());
+            m.mut_snapshot().mut_metadata().index = index;
+            let mut out = Vec::new();
+            raftpb::encode_message(&m, &mut out);
+            out
+        };
+        let file = SnapshotRef {
+            size: 10,
+            crc32c: 7,
+        };
+        let good = snap_msg(2, file.encode_to_vec(), 50);
+        assert_eq!(
+            open_batch(&batch(9, 2, vec![good.clone()]), 9, 1, known),
+            Err(PeerRefusal::SnapshotOffStream)
+        );
+        let chunk = |message: Vec<u8>| SnapshotChunk {
+            cluster_id: 9,
+            from: 2,
+            message,
+            data: vec![],
+        };
+        let (m, r) = open_snapshot(&chunk(good), 9, 1, known).unwrap();
+        assert_eq!((m.get_snapshot().get_metadata().index, r), (50, file));
+        assert_eq!(
+            open_snapshot(&chunk(msg(2, 1)), 9, 1, known),
+            Err(PeerRefusal::NotASnapshot)
+        );
+        assert_eq!(
+            open_snapshot(&chunk(snap_msg(2, file.encode_to_vec(), 0)), 9, 1, known),
+            Err(PeerRefusal::NotASnapshot)
+        );
+        assert!(matches!(
+            open_snapshot(&chunk(snap_msg(2, vec![0xff], 50)), 9, 1, known),
+            Err(PeerRefusal::Undecodable(_))
+        ));
+        assert!(matches!(
+            open_snapshot(&chunk(snap_msg(3, vec![], 50)), 9, 1, known),
+            Err(PeerRefusal::WrongEndpoints { .. })
+        ));
+        let stranger = SnapshotChunk {
+            cluster_id: 8,
+            ..chunk(vec![])
+        };
+        assert!(matches!(
+            open_snapshot(&stranger, 9, 1, known),
+            Err(PeerRefusal::OtherCluster { .. })
+        ));
     }
 
     /// raft-rs (as leader) parses a proposal's conf change payloads with protobuf 2: from a

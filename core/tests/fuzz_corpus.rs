@@ -80,3 +80,28 @@ fn wal_records_corpus() {
         detcd_core::wal::scan(d).is_ok()
     });
 }
+
+#[test]
+fn snapshot_file_corpus() {
+    replay("snapshot_file", checks::check_snapshot_file, |d| {
+        checks::read_snapshot(d).is_some()
+    });
+}
+
+#[test]
+fn peer_snapshot_corpus() {
+    replay("peer_snapshot", checks::check_peer_snapshot, |d| {
+        <detcd_core::proto::detcdpb::SnapshotChunk as prost::Message>::decode(d)
+            .ok()
+            .and_then(|c| {
+                detcd_core::peer::open_snapshot(
+                    &c,
+                    checks::CLUSTER,
+                    checks::MEMBER,
+                    checks::is_member,
+                )
+                .ok()
+            })
+            .is_some()
+    });
+}

@@ -9,7 +9,9 @@
 use detcd_core::config::{
     format_initial_cluster, format_urls, parse_initial_cluster, parse_urls, Url,
 };
-use detcd_core::peer::decode_batch;
+use detcd_core::peer::{decode_batch, open_snapshot};
+use detcd_core::proto::detcdpb::SnapshotChunk;
+use detcd_core::state::snapshot::{SnapshotReader, SnapshotWriter};
 use detcd_core::wal::{new_file, scan, Record};
 
 /// The receiving member in `check_peer_batch`: cluster 0x1000, member 1 of members {1, 2, 3}.
@@ -138,4 +140,57 @@ pub fn check_wal_records(data: &[u8]) {
         again.records, s.records,
         "records do not survive re-encoding"
     );
+}
+
+/// `snapshot_file`: the snapshot file reader (what a follower installs from a leader) on
+/// arbitrary bytes. What it accepts, written anew, reads back to the same head and rows.
+pub fn check_snapshot_file(data: &[u8]) {
+    let Some((head, rows)) = read_snapshot(data) else {
+        return;
+    };
+    let mut w = SnapshotWriter::new(Vec::new(), &head).expect("writing to memory");
+    for r in &rows {
+        w.push_row(&r.revision, &r.value)
+            .expect("writing to memory");
+    }
+    let (bytes, _) = w.finish().expect("writing to memory");
+    let again = read_snapshot(&bytes).expect("a rewritten snapshot file is refused");
+    assert_eq!(
+        again,
+        (head, rows),
+        "the snapshot does not survive rewriting"
+    );
+}
+
+/// Head and rows of a snapshot file, or None if it is refused.
+pub fn read_snapshot(
+    data: &[u8],
+) -> Option<(
+    detcd_core::proto::detcdpb::SnapshotData,
+    Vec<detcd_core::proto::detcdpb::MvccRow>,
+)> {
+    let (reader, head) = SnapshotReader::open(data).ok()?;
+    let rows = reader.rows().collect::<Result<Vec<_>, _>>().ok()?;
+    Some((head, rows))
+}
+
+/// `peer_snapshot`: the first chunk of a Peer.Snapshot call, decoded and opened as member 1 of
+/// cluster 0x1000. What is accepted is a MsgSnapshot from a member to us.
+pub fn check_peer_snapshot(data: &[u8]) {
+    let Ok(chunk) = <SnapshotChunk as prost::Message>::decode(data) else {
+        return;
+    };
+    if let Ok((m, _)) = open_snapshot(&chunk, CLUSTER, MEMBER, is_member) {
+        assert!(
+            is_member(m.from),
+            "accepted a snapshot from stranger {}",
+            m.from
+        );
+        assert_eq!(m.to, MEMBER, "accepted a snapshot addressed to {}", m.to);
+        assert_eq!(
+            m.get_msg_type(),
+            raft::prelude::MessageType::MsgSnapshot,
+            "accepted a message that is not a snapshot"
+        );
+    }
 }

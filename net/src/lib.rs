@@ -15,6 +15,7 @@ pub mod member;
 pub mod mutation;
 pub mod node;
 pub mod proto;
+pub mod snapshot_files;
 #[cfg(not(madsim))]
 pub mod tls;
 pub mod transport;

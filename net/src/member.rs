@@ -3,11 +3,12 @@
 //! the simulator both call `run_member`.
 
 use crate::api::Api;
-use crate::node::{Node, NodeError, NodeParams};
+use crate::node::{Node, NodeError, NodeParams, NodeStorage};
 use crate::proto::detcdpb::peer_server::PeerServer;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
 };
+use crate::snapshot_files::SnapshotFiles;
 #[cfg(not(madsim))]
 use crate::transport::MAX_PEER_MESSAGE_BYTES;
 use crate::transport::{check_peers_cluster_id, PeerDialTls, PeerService, Transport};
@@ -117,7 +118,22 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
     let path = data_file_path(&cfg.data_dir);
     let db_size = Arc::new(move || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
     let log_path = log_file_path(&cfg.data_dir);
-    let mut res = run_member_with(cfg, db, Box::new(log_file), db_size).await;
+    let snap_dir = Path::new(&cfg.data_dir).join("member").join("snap");
+    let snapshot_files =
+        crate::snapshot_files::DirSnapshots::open(snap_dir.clone()).map_err(|e| {
+            MemberError::DataDir {
+                path: snap_dir.display().to_string(),
+                err: e.to_string(),
+            }
+        })?;
+    let mut res = run_member_with(
+        cfg,
+        db,
+        Box::new(log_file),
+        db_size,
+        Arc::new(snapshot_files),
+    )
+    .await;
     if let Err(MemberError::Storage(LogError::Corrupt(why))) = &res {
         if why.contains("raft log file") {
             // Name the file: the operator restores or removes exactly this one.
@@ -141,6 +157,7 @@ pub async fn run_member_with(
     db: redb::Database,
     mut log_file: Box<dyn LogFile>,
     db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
+    snapshot_files: Arc<dyn SnapshotFiles>,
 ) -> Result<(), MemberError> {
     // TLS first: bad certificate files stop the member before anything else happens.
     let tls_plan = detcd_core::tls::plan(&cfg).map_err(|e| MemberError::Tls(e.to_string()))?;
@@ -230,6 +247,7 @@ pub async fn run_member_with(
         shared_cell.clone(),
         ev_tx.clone(),
         peer_tls.clone(),
+        snapshot_files.clone(),
     ));
     let heartbeat = Duration::from_millis(cfg.heartbeat_interval.max(1));
     let election_ticks = (cfg.election_timeout / cfg.heartbeat_interval.max(1)).max(2) as usize;
@@ -252,15 +270,13 @@ pub async fn run_member_with(
                 .collect(),
         },
     };
-    let (node, handle, inputs) = Node::new(
-        params,
+    let storage = NodeStorage {
         log,
         log_file,
         db,
-        transport,
-        (ev_tx, ev_rx),
-        restarted,
-    )?;
+        snapshot_files: snapshot_files.clone(),
+    };
+    let (node, handle, inputs) = Node::new(params, storage, transport, (ev_tx, ev_rx), restarted)?;
     let _ = shared_cell.set(handle.shared.clone());
 
     let api = Api {
@@ -273,7 +289,7 @@ pub async fn run_member_with(
     let (server_err_tx, mut server_err) = mpsc::channel::<MemberError>(4);
     for url in &cfg.listen_peer_urls {
         let addr = listen_addr(url).await?;
-        let svc = PeerService::new(handle.shared.clone(), &inputs);
+        let svc = PeerService::new(handle.shared.clone(), &inputs, snapshot_files.clone());
         let listener = bind(addr).await?;
         let errs = server_err_tx.clone();
         let acceptor = tls_for(url, &peer_acceptor);

@@ -12,6 +12,7 @@
 //! applied; the WAL write of a Ready is durable before its persisted messages leave.
 
 use crate::errors::ApiError;
+use crate::snapshot_files::SnapshotFiles;
 use crate::transport::{PeerEvent, Transport};
 use detcd_core::membership::Membership;
 use detcd_core::mvcc::Mvcc;
@@ -201,7 +202,7 @@ pub struct NodeParams {
 enum DiskDone {
     Persisted(u64),
     Committed(u64),
-    SnapshotBuilt(Result<Vec<u8>, Fatal>),
+    SnapshotBuilt(Result<detcd_core::proto::detcdpb::SnapshotRef, Fatal>),
     SnapshotInstalled(Result<detcd_core::state::Installed, Fatal>),
     Failed(String),
 }
@@ -233,6 +234,7 @@ pub struct Node {
     waiting_reads: BTreeMap<u64, oneshot::Sender<Result<(), ApiError>>>,
     heartbeat: Duration,
     snapshots_installed: u64,
+    snapshot_files: Arc<dyn SnapshotFiles>,
 }
 
 /// The channels the transport and API need to reach the driver.
@@ -241,16 +243,29 @@ pub struct NodeInputs {
     pub peer_events: mpsc::Sender<PeerEvent>,
 }
 
+/// What a member keeps on disk: the raft log (loaded) and its file, the data file, the
+/// snapshot files.
+pub struct NodeStorage {
+    pub log: RaftLog,
+    pub log_file: Box<dyn LogFile>,
+    pub db: Arc<redb::Database>,
+    pub snapshot_files: Arc<dyn SnapshotFiles>,
+}
+
 impl Node {
     pub fn new(
         params: NodeParams,
-        log: RaftLog,
-        log_file: Box<dyn LogFile>,
-        db: Arc<redb::Database>,
+        storage: NodeStorage,
         transport: Arc<Transport>,
         peer_events: (mpsc::Sender<PeerEvent>, mpsc::Receiver<PeerEvent>),
         restarted: bool,
     ) -> Result<(Node, NodeHandle, NodeInputs), NodeError> {
+        let NodeStorage {
+            log,
+            log_file,
+            db,
+            snapshot_files,
+        } = storage;
         let (mvcc, members) = state::load_views(&db)?;
         let applied = state::read_applied(&db)?;
         let mut log = log;
@@ -306,6 +321,7 @@ impl Node {
             waiting_reads: BTreeMap::new(),
             heartbeat: params.heartbeat,
             snapshots_installed: 0,
+            snapshot_files,
         };
         let handle = NodeHandle {
             shared,
@@ -408,15 +424,23 @@ impl Node {
                     off_driver(move || commit_and_report(*pending, &done));
                 }
                 Output::InstallSnapshot(install) => {
-                    let done = self.disk_done_tx.clone();
+                    let (done, files) = (self.disk_done_tx.clone(), self.snapshot_files.clone());
                     off_driver(move || {
-                        let _ = done.send(DiskDone::SnapshotInstalled(install.run()));
+                        let index = install.snap.get_metadata().index;
+                        let installed = files
+                            .open(index)
+                            .map_err(|e| Fatal::new(&format!("opening snapshot file {index}"), e))
+                            .and_then(|f| {
+                                install.run(std::io::BufReader::with_capacity(1 << 20, f))
+                            });
+                        let _ = done.send(DiskDone::SnapshotInstalled(installed));
                     });
                 }
                 Output::BuildSnapshot(source) => {
-                    let done = self.disk_done_tx.clone();
+                    let (done, files) = (self.disk_done_tx.clone(), self.snapshot_files.clone());
                     off_driver(move || {
-                        let _ = done.send(DiskDone::SnapshotBuilt(source.encode()));
+                        let _ =
+                            done.send(DiskDone::SnapshotBuilt(build_snapshot(*source, &*files)));
                     });
                 }
                 Output::Response { id, result } => {
@@ -460,15 +484,31 @@ fn commit_and_report(pending: PendingCommit, done: &mpsc::UnboundedSender<DiskDo
     let _ = done.send(report);
 }
 
-/// Runs disk-bound work (a redb commit, encoding a snapshot) on a blocking thread.
+/// Writes the snapshot file of `source` and commits it (synced, visible to the transport).
+fn build_snapshot(
+    source: detcd_core::state::SnapshotSource,
+    files: &dyn SnapshotFiles,
+) -> Result<detcd_core::proto::detcdpb::SnapshotRef, Fatal> {
+    let index = source.index;
+    let failed = |e: std::io::Error| Fatal::new(&format!("writing snapshot file {index}"), e);
+    let file = files.create(index).map_err(failed)?;
+    let (out, file_ref) = source.write_to(std::io::BufWriter::with_capacity(1 << 20, file))?;
+    out.into_inner()
+        .map_err(|e| failed(e.into_error()))?
+        .commit()
+        .map_err(failed)?;
+    Ok(file_ref)
+}
+
+/// Runs disk-bound work (a redb commit, a snapshot file) on a blocking thread.
 #[cfg(not(madsim))]
-fn off_driver(work: impl FnOnce() + Send + 'static) {
+pub(crate) fn off_driver(work: impl FnOnce() + Send + 'static) {
     tokio::task::spawn_blocking(work);
 }
 
 /// Under madsim: a task of the simulated node (no blocking threads in the simulation).
 #[cfg(madsim)]
-fn off_driver(work: impl FnOnce() + Send + 'static) {
+pub(crate) fn off_driver(work: impl FnOnce() + Send + 'static) {
     tokio::spawn(async move { work() });
 }
 

@@ -9,12 +9,15 @@
 use crate::node::{NodeInputs, Shared};
 use crate::proto::detcdpb::peer_client::PeerClient;
 use crate::proto::detcdpb::peer_server::Peer;
+use crate::snapshot_files::{self, SnapshotFiles};
 use detcd_core::bootstrap::BootstrapError;
 use detcd_core::ids::format_id;
 use detcd_core::peer;
 use detcd_core::proto::detcdpb::{
-    HandshakeRequest, HandshakeResponse, MessageBatch, StreamSummary,
+    HandshakeRequest, HandshakeResponse, MessageBatch, SnapshotChunk, SnapshotReceived,
+    StreamSummary,
 };
+use detcd_core::state::snapshot::FileCheck;
 use raft::prelude::{Message, MessageType};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -172,6 +175,7 @@ impl Transport {
         shared: Arc<OnceLock<Arc<Shared>>>,
         events: mpsc::Sender<PeerEvent>,
         tls: PeerDialTls,
+        snapshot_files: Arc<dyn SnapshotFiles>,
     ) -> Transport {
         let mut map = BTreeMap::new();
         for (id, urls) in peers {
@@ -189,6 +193,8 @@ impl Transport {
                 events: events.clone(),
                 shared: shared.clone(),
                 tls: tls.clone(),
+                snapshot_files: snapshot_files.clone(),
+                snapshot_sending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             };
             tokio::spawn(sender.run());
         }
@@ -236,6 +242,9 @@ struct PeerSender {
     events: mpsc::Sender<PeerEvent>,
     shared: Arc<OnceLock<Arc<Shared>>>,
     tls: PeerDialTls,
+    snapshot_files: Arc<dyn SnapshotFiles>,
+    /// A snapshot is being sent to this peer (raft sends one at a time; a second is refused).
+    snapshot_sending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 enum Connect {
@@ -361,6 +370,8 @@ impl PeerSender {
                 yield b;
             }
         };
+        // Snapshots go on calls of their own, over the same connection.
+        let snapshot_client = client.clone();
         let call = client.stream(outbound);
         tokio::pin!(call);
         PEER_STREAMS_OPENED.fetch_add(1, Ordering::Relaxed);
@@ -375,7 +386,6 @@ impl PeerSender {
                 }
                 m = self.queue.recv() => {
                     let Some(first) = m else { return true };
-                    let mut snapshots = 0;
                     let mut batch = MessageBatch {
                         cluster_id: self.cluster_id,
                         from: self.member_id,
@@ -384,39 +394,108 @@ impl PeerSender {
                     let mut next = Some(first);
                     while let Some(m) = next.take() {
                         if m.get_msg_type() == MessageType::MsgSnapshot {
-                            snapshots += 1;
+                            self.start_snapshot(snapshot_client.clone(), m);
+                        } else {
+                            let mut b = Vec::new();
+                            detcd_core::raftpb::encode_message(&m, &mut b);
+                            batch.messages.push(b);
                         }
-                        let mut b = Vec::new();
-                        detcd_core::raftpb::encode_message(&m, &mut b);
-                        batch.messages.push(b);
                         if batch.messages.len() < MAX_BATCH_MESSAGES {
                             next = self.queue.try_recv().ok();
                         }
                     }
-                    let ok = btx.send(batch).await.is_ok();
-                    for _ in 0..snapshots {
-                        let _ = self.events.try_send(PeerEvent::Snapshot(self.peer_id, ok));
-                    }
-                    if !ok {
+                    if !batch.messages.is_empty() && btx.send(batch).await.is_err() {
                         return false;
                     }
                 }
             }
         }
     }
+
+    /// Sends a MsgSnapshot and its file on a call of their own (the message stream keeps
+    /// flowing meanwhile) and reports the outcome to raft when the peer has stored it.
+    fn start_snapshot(&self, client: PeerClient<tonic::transport::Channel>, m: Message) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let to = self.peer_id;
+        if self.snapshot_sending.swap(true, SeqCst) {
+            let _ = self.events.try_send(PeerEvent::Snapshot(to, false));
+            return;
+        }
+        let (sending, events) = (self.snapshot_sending.clone(), self.events.clone());
+        let (cluster_id, from) = (self.cluster_id, self.member_id);
+        let files = self.snapshot_files.clone();
+        tokio::spawn(async move {
+            let index = m.get_snapshot().get_metadata().index;
+            let res = send_snapshot(client, files, m, cluster_id, from).await;
+            match &res {
+                Ok(bytes) => tracing::info!(peer = %format_id(to), index, bytes, "sent snapshot"),
+                Err(e) => {
+                    tracing::warn!(peer = %format_id(to), index, "sending snapshot failed: {e}")
+                }
+            }
+            sending.store(false, SeqCst);
+            // The report must reach raft, or it waits for this snapshot forever.
+            let _ = events.send(PeerEvent::Snapshot(to, res.is_ok())).await;
+        });
+    }
+}
+
+/// The Peer.Snapshot call: the message first, then the file in chunks, read off the async
+/// workers at the pace the connection takes them (HTTP/2 flow control). Returns the bytes
+/// the peer stored.
+async fn send_snapshot(
+    mut client: PeerClient<tonic::transport::Channel>,
+    files: Arc<dyn SnapshotFiles>,
+    m: Message,
+    cluster_id: u64,
+    from: u64,
+) -> Result<u64, String> {
+    let index = m.get_snapshot().get_metadata().index;
+    let mut message = Vec::new();
+    detcd_core::raftpb::encode_message(&m, &mut message);
+    let mut chunks = snapshot_files::read_chunks(files, index);
+    let (read_err_tx, read_err) = tokio::sync::oneshot::channel::<String>();
+    let outbound = async_stream::stream! {
+        yield SnapshotChunk { cluster_id, from, message, data: Vec::new() };
+        let mut read_err_tx = Some(read_err_tx);
+        while let Some(chunk) = chunks.recv().await {
+            match chunk {
+                Ok(data) => yield SnapshotChunk { data, ..Default::default() },
+                Err(e) => {
+                    // Ends the call short: the peer refuses the incomplete file.
+                    if let Some(tx) = read_err_tx.take() {
+                        let _ = tx.send(format!("reading snapshot file {index}: {e}"));
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    let res = client.snapshot(outbound).await;
+    if let Ok(why) = read_err.await {
+        return Err(why);
+    }
+    res.map(|r| r.into_inner().bytes)
+        .map_err(|e| error_chain(&e))
 }
 
 /// Inbound side: the gRPC service on the peer URLs.
 pub struct PeerService {
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
+    snapshot_files: Arc<dyn SnapshotFiles>,
 }
 
 impl PeerService {
-    pub fn new(shared: Arc<Shared>, inputs: &NodeInputs) -> PeerService {
+    pub fn new(
+        shared: Arc<Shared>,
+        inputs: &NodeInputs,
+        snapshot_files: Arc<dyn SnapshotFiles>,
+    ) -> PeerService {
         PeerService {
             shared,
             inbound: inputs.inbound.clone(),
+            snapshot_files,
         }
     }
 
@@ -481,6 +560,82 @@ impl Peer for PeerService {
             }
         }
         Ok(Response::new(StreamSummary { received }))
+    }
+
+    /// A snapshot from the leader: its file is stored (checked against the reference in the
+    /// message, synced) before raft sees the message, so installing never waits on the
+    /// network and never reads a partial file.
+    async fn snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotReceived>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot call"))?;
+        let (msg, file_ref) = peer::open_snapshot(
+            &first,
+            self.shared.cluster_id,
+            self.shared.member_id,
+            |id| self.is_member(id),
+        )
+        .map_err(|e| {
+            tracing::warn!(from = %format_id(first.from), "refused snapshot: {e}");
+            Status::permission_denied(e.to_string())
+        })?;
+        let index = msg.get_snapshot().get_metadata().index;
+        let (file, stored) = snapshot_files::write_chunks(self.snapshot_files.clone(), index);
+        let mut check = FileCheck::default();
+        let mut data = first.data;
+        loop {
+            if !data.is_empty() {
+                check.update(&data);
+                if check.size > file_ref.size {
+                    return Err(Status::invalid_argument(format!(
+                        "snapshot file {index} is longer than its reference ({} bytes)",
+                        file_ref.size
+                    )));
+                }
+                if file.send(Some(data)).await.is_err() {
+                    break; // the writer failed: `stored` says why
+                }
+            }
+            match stream.message().await? {
+                Some(chunk) => data = chunk.data,
+                None => break,
+            }
+        }
+        if check.matches(&file_ref) {
+            let _ = file.send(None).await;
+        }
+        drop(file);
+        match stored.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if check.matches(&file_ref) => {
+                tracing::error!(index, "storing snapshot file failed: {e}");
+                return Err(Status::internal(format!(
+                    "storing snapshot file {index}: {e}"
+                )));
+            }
+            _ => {
+                tracing::warn!(
+                    from = %format_id(first.from),
+                    index,
+                    "refused snapshot file: got {} bytes (crc32c {:08x}), its reference says {} (crc32c {:08x})",
+                    check.size, check.crc32c, file_ref.size, file_ref.crc32c
+                );
+                return Err(Status::data_loss(format!(
+                    "snapshot file {index} does not match its reference"
+                )));
+            }
+        }
+        tracing::info!(from = %format_id(first.from), index, bytes = check.size, "received snapshot");
+        self.inbound
+            .send(msg)
+            .await
+            .map_err(|_| Status::unavailable("member stopped"))?;
+        Ok(Response::new(SnapshotReceived { bytes: check.size }))
     }
 }
 

@@ -74,6 +74,8 @@ pub fn start_member(handle: &Handle, cfg: Config, ip: IpAddr, disk: SimDisk) -> 
     let name = cfg.name.clone();
     let config = Arc::new(Mutex::new(cfg));
     let exit: ExitNote = Arc::new(Mutex::new(None));
+    // Snapshot files outlive restarts (they are synced when committed), like the disk.
+    let snapshots = detcd_net::snapshot_files::MemSnapshots::default();
     let node = {
         let config = config.clone();
         let disk = disk.clone();
@@ -86,6 +88,7 @@ pub fn start_member(handle: &Handle, cfg: Config, ip: IpAddr, disk: SimDisk) -> 
                 let cfg = config.lock().unwrap().clone();
                 let disk = disk.clone();
                 let exit = exit.clone();
+                let snapshots = snapshots.clone();
                 async move {
                     *exit.lock().unwrap() = None;
                     let db = match redb::Builder::new().create_with_backend(disk.open()) {
@@ -101,6 +104,7 @@ pub fn start_member(handle: &Handle, cfg: Config, ip: IpAddr, disk: SimDisk) -> 
                         db,
                         Box::new(disk.open_log()),
                         Arc::new(move || size_disk.len()),
+                        Arc::new(snapshots),
                     )
                     .await;
                     let note = match res {

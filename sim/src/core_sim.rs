@@ -176,7 +176,13 @@ struct Member {
     waiting: BTreeMap<u64, (usize, OpId, String, Op)>,
     /// (term, vote) last seen, to notice a new vote.
     last_vote: (u64, u64),
+    /// Snapshot files by index: built here, or received beside a MsgSnapshot. Synced when
+    /// written, so a crash keeps them.
+    snapshot_files: BTreeMap<u64, std::rc::Rc<Vec<u8>>>,
 }
+
+/// Snapshot files a member keeps (older ones are removed as new ones arrive).
+const SNAPSHOT_FILES_KEPT: usize = 2;
 
 struct Client {
     /// The operation in flight: (member, request id, op id); at most one per client.
@@ -252,6 +258,7 @@ impl CoreSim {
                     log: None,
                     waiting: BTreeMap::new(),
                     last_vote: (0, 0),
+                    snapshot_files: BTreeMap::new(),
                 }
             })
             .collect();
@@ -628,14 +635,25 @@ impl CoreSim {
             }
             DiskJob::Replace(image) => log.replace(&image).map(|_| None).map_err(|e| e.to_string()),
             DiskJob::InstallSnapshot(install) => {
-                let installed = install.run();
+                // The transport stored the file before raft saw the message.
+                let index = install.snap.get_metadata().index;
+                let file = self.members[i].snapshot_files.get(&index).cloned();
+                let installed = match file {
+                    Some(f) => install.run(f.as_slice()),
+                    None => Err(state::Fatal(format!("snapshot file {index} missing"))),
+                };
                 self.with_server(i, |s| s.handle_snapshot_installed(installed));
                 return;
             }
             DiskJob::BuildSnapshot(source) => {
                 self.saw("snapshot built");
-                let data = source.encode();
-                self.with_server(i, |s| s.handle_snapshot_built(data));
+                let index = source.index;
+                let files = &mut self.members[i].snapshot_files;
+                let built = source.write_to(Vec::new()).map(|(bytes, file)| {
+                    keep_snapshot_file(files, index, bytes);
+                    file
+                });
+                self.with_server(i, |s| s.handle_snapshot_built(built));
                 return;
             }
             DiskJob::Commit(c) => match c.txn.commit() {
@@ -686,6 +704,18 @@ impl CoreSim {
             return;
         }
         if is_snapshot {
+            // The file travels before the message (the transport's Peer.Snapshot call), and
+            // the send is reported only once it is stored at the receiver.
+            let index = msg.get_snapshot().get_metadata().index;
+            let Some(file) = self.members[from].snapshot_files.get(&index).cloned() else {
+                self.saw("snapshot lost");
+                self.with_server(from, |s| {
+                    s.handle_snapshot_status(msg.to, false);
+                    Ok(())
+                });
+                return;
+            };
+            keep_snapshot_file(&mut self.members[to].snapshot_files, index, file.to_vec());
             self.saw("snapshot sent");
             self.with_server(from, |s| {
                 s.handle_snapshot_status(msg.to, true);
@@ -957,5 +987,13 @@ impl CoreRun {
         } else {
             Err(format!("[faults] planned but never happened: {missing:?}"))
         }
+    }
+}
+
+/// Stores a snapshot file and drops the oldest beyond [`SNAPSHOT_FILES_KEPT`].
+fn keep_snapshot_file(files: &mut BTreeMap<u64, std::rc::Rc<Vec<u8>>>, index: u64, bytes: Vec<u8>) {
+    files.insert(index, std::rc::Rc::new(bytes));
+    while files.len() > SNAPSHOT_FILES_KEPT {
+        files.pop_first();
     }
 }

@@ -63,7 +63,7 @@ fn lossy_reordering_duplicating_network() {
 
 #[test]
 fn crashes_and_partitions_aimed_at_the_leader() {
-    run_all("crashes_and_partitions_aimed_at_the_leader", 4, |seed| {
+    let seen = run_all("crashes_and_partitions_aimed_at_the_leader", 4, |seed| {
         Plan {
             faults: Faults {
                 drop_per_mille: 20,
@@ -76,6 +76,13 @@ fn crashes_and_partitions_aimed_at_the_leader() {
             ..Plan::new(seed)
         }
     });
+    // Members cut off for a while catch up from a snapshot file sent beside its message.
+    for path in ["snapshot built", "snapshot sent", "snapshot installed"] {
+        assert!(
+            seen.get(path).copied().unwrap_or(0) > 0,
+            "{path} never happened: {seen:?}"
+        );
+    }
 }
 
 #[test]

@@ -48,6 +48,7 @@ pub mod subnet {
     /// probe must not collide with BAD_FLAGS' members running in parallel.
     pub const VERSION: u8 = 12;
     pub const DAMAGED_WAL: u8 = 13;
+    pub const SNAPSHOT_CATCH_UP: u8 = 14;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;

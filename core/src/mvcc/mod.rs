@@ -948,6 +948,26 @@ impl Mvcc {
         Self::export_from(txn, self.current_rev, self.compact_rev, out)
     }
 
+    /// Every row of the KV table in key order, handed to `row(revision key, encoded value)`:
+    /// the rows of [`Mvcc::export`], streamed, so a snapshot file is written without the
+    /// whole store in memory. Runs on a read transaction alone (the state may move on).
+    pub fn export_rows<E: From<MvccError>>(
+        txn: &ReadTransaction,
+        mut row: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        match txn.open_table(tables::KV) {
+            Ok(kv) => {
+                for r in kv.iter().map_err(MvccError::from)? {
+                    let (k, v) = r.map_err(MvccError::from)?;
+                    row(k.value(), v.value())?;
+                }
+                Ok(())
+            }
+            Err(TableError::TableDoesNotExist(_)) => Ok(()),
+            Err(e) => Err(MvccError::from(e).into()),
+        }
+    }
+
     /// [`Mvcc::export`] from a read transaction and the revisions that went with it, without
     /// the state itself (so it can run elsewhere while the state moves on).
     pub fn export_from(
@@ -957,19 +977,13 @@ impl Mvcc {
         out: &mut SnapshotData,
     ) -> Result<(), MvccError> {
         out.rows.clear();
-        match txn.open_table(tables::KV) {
-            Ok(kv) => {
-                for row in kv.iter()? {
-                    let (k, v) = row?;
-                    out.rows.push(MvccRow {
-                        revision: k.value().to_vec(),
-                        value: v.value().to_vec(),
-                    });
-                }
-            }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        Self::export_rows(txn, |k: &[u8], v: &[u8]| -> Result<(), MvccError> {
+            out.rows.push(MvccRow {
+                revision: k.to_vec(),
+                value: v.to_vec(),
+            });
+            Ok(())
+        })?;
         out.current_revision = current_rev;
         out.compact_revision = compact_rev;
         Ok(())
@@ -980,40 +994,59 @@ impl Mvcc {
     /// store. Errors with Corrupt if a row is malformed or the rows disagree with the
     /// snapshot's current revision.
     pub fn import(txn: &WriteTransaction, data: &SnapshotData) -> Result<Mvcc, MvccError> {
-        let unset =
-            data.rows.is_empty() && data.current_revision == 0 && data.compact_revision == 0;
-        let compact_rev = if unset { -1 } else { data.compact_revision };
+        let rows = data.rows.iter().map(|r| Ok::<_, MvccError>(r.clone()));
+        Self::import_rows(txn, data, rows)
+    }
+
+    /// [`Mvcc::import`] with the rows streamed (`head`'s own rows are ignored): a snapshot
+    /// file is installed a frame at a time. The first error from `rows` ends the import; the
+    /// transaction must then be dropped, not committed.
+    pub fn import_rows<E: From<MvccError>>(
+        txn: &WriteTransaction,
+        head: &SnapshotData,
+        rows: impl Iterator<Item = Result<MvccRow, E>>,
+    ) -> Result<Mvcc, E> {
+        let mut any_row = false;
         {
-            let mut kv = txn.open_table(tables::KV)?;
-            kv.retain(|_, _| false)?;
-            for row in &data.rows {
+            let mut kv = txn.open_table(tables::KV).map_err(MvccError::from)?;
+            kv.retain(|_, _| false).map_err(MvccError::from)?;
+            for row in rows {
+                let row = row?;
+                any_row = true;
                 if parse_revision_key(&row.revision).is_none() {
                     return Err(corrupt(format!(
                         "bad revision key {:?} in snapshot",
                         row.revision
-                    )));
+                    ))
+                    .into());
                 }
-                kv.insert(row.revision.as_slice(), row.value.as_slice())?;
+                kv.insert(row.revision.as_slice(), row.value.as_slice())
+                    .map_err(MvccError::from)?;
             }
         }
+        let unset = !any_row && head.current_revision == 0 && head.compact_revision == 0;
+        let compact_rev = if unset { -1 } else { head.compact_revision };
         {
-            let mut meta = txn.open_table(tables::META)?;
+            let mut meta = txn.open_table(tables::META).map_err(MvccError::from)?;
             if compact_rev >= 0 {
                 meta.insert(
                     meta_keys::MVCC_COMPACT_REVISION,
                     compact_rev.to_be_bytes().as_slice(),
-                )?;
+                )
+                .map_err(MvccError::from)?;
             } else {
-                meta.remove(meta_keys::MVCC_COMPACT_REVISION)?;
+                meta.remove(meta_keys::MVCC_COMPACT_REVISION)
+                    .map_err(MvccError::from)?;
             }
         }
-        let kv = txn.open_table(tables::KV)?;
+        let kv = txn.open_table(tables::KV).map_err(MvccError::from)?;
         let m = Self::rebuild(&kv, compact_rev)?;
-        if !unset && m.current_rev != data.current_revision {
+        if !unset && m.current_rev != head.current_revision {
             return Err(corrupt(format!(
                 "snapshot says revision {} but its rows say {}",
-                data.current_revision, m.current_rev
-            )));
+                head.current_revision, m.current_rev
+            ))
+            .into());
         }
         Ok(m)
     }

@@ -13,8 +13,8 @@
 //! | [`Output::AppendLog`] | appends the records to the log file, syncs if asked (group commit allowed), then sends `then_send` | `handle_persisted(number)` |
 //! | [`Output::ReplaceLog`] | replaces the log file atomically, in order with the appends | nothing |
 //! | [`Output::Commit`] | commits the redb transaction durably, off the async workers | `handle_committed(applied)` |
-//! | [`Output::BuildSnapshot`] | encodes the state machine's read view, off the async workers | `handle_snapshot_built(result)` |
-//! | [`Output::InstallSnapshot`] | writes the leader's snapshot into the data file, off the async workers | `handle_snapshot_installed(result)` |
+//! | [`Output::BuildSnapshot`] | writes the snapshot file of the state machine's read view and syncs it, off the async workers | `handle_snapshot_built(its SnapshotRef)` |
+//! | [`Output::InstallSnapshot`] | installs the snapshot file the leader sent (its transport stored it before raft saw the message), off the async workers | `handle_snapshot_installed(result)` |
 //! | [`Output::Response`], [`Output::ReadReady`] | answers the waiting client | nothing |
 //!
 //! Each Ready is handled in raft-rs's documented order with its async-persistence API
@@ -25,7 +25,9 @@
 //! Nothing here blocks, spawns, locks or reads a clock. A storage failure is [`Fatal`].
 
 use crate::mvcc::MvccError;
-use crate::proto::detcdpb::{internal_request::Request, InternalRequest, MemberAttributes};
+use crate::proto::detcdpb::{
+    internal_request::Request, InternalRequest, MemberAttributes, SnapshotRef,
+};
 use crate::raft_log::RaftLog;
 use crate::state::{
     Applied, Fatal, Installed, KvState, PendingCommit, SnapshotInstall, SnapshotSource, StateViews,
@@ -97,11 +99,13 @@ pub enum Output {
     },
     /// Commit the transaction durably, then report `handle_committed(applied)`.
     Commit(Box<PendingCommit>),
-    /// Encode the snapshot source (off the driver: it reads the whole store), then report
-    /// `handle_snapshot_built`.
+    /// Write the snapshot file of this source, durably (off the driver: it reads the whole
+    /// store; [`SnapshotSource::write_to`]), then report `handle_snapshot_built`. Asked for
+    /// only when raft needs a snapshot for a lagging follower; the transport sends that file
+    /// beside the MsgSnapshot naming it.
     BuildSnapshot(Box<SnapshotSource>),
-    /// Write the leader's snapshot into the data file (off the driver: it writes the whole
-    /// store), then report `handle_snapshot_installed`.
+    /// Install the leader's snapshot file into the data file (off the driver: it writes the
+    /// whole store; [`SnapshotInstall::run`]), then report `handle_snapshot_installed`.
     InstallSnapshot(Box<SnapshotInstall>),
     /// The answer to proposal `id`.
     Response {
@@ -251,9 +255,14 @@ pub struct Server<V: StateViews> {
     persisting: VecDeque<u64>,
     /// Committed entries waiting for a commit in flight to finish (redb has one writer).
     to_apply: VecDeque<Vec<Entry>>,
-    last_snapshot_index: u64,
-    /// A snapshot is due once the state machine is durable.
-    snapshot_due: bool,
+    /// Applied index at the last log compaction (or snapshot install).
+    last_compaction_index: u64,
+    /// `--snapshot-count` entries were applied since: the log is compacted once the state
+    /// machine is durable. No snapshot is built for it: the data file is the state machine.
+    compaction_due: bool,
+    /// Raft asked for a snapshot to send to a lagging follower; one is built once the state
+    /// machine is durable.
+    snapshot_wanted: bool,
     /// A snapshot being built: its index, term and configuration.
     building: Option<(u64, u64, ConfState)>,
     /// A Ready whose snapshot from the leader is being installed: the rest of it (committed
@@ -312,7 +321,7 @@ impl<V: StateViews> Server<V> {
             election_rng: cfg.election_seed | 1,
             election_timeout: 0,
             election_epoch: (u64::MAX, StateRole::Follower, 0),
-            last_snapshot_index: applied,
+            last_compaction_index: applied,
             cfg,
             raw,
             state,
@@ -327,7 +336,8 @@ impl<V: StateViews> Server<V> {
             next_read_ctx: 1,
             persisting: VecDeque::new(),
             to_apply: VecDeque::new(),
-            snapshot_due: false,
+            compaction_due: false,
+            snapshot_wanted: false,
             building: None,
             installing: None,
             attributes_published: false,
@@ -475,48 +485,34 @@ impl<V: StateViews> Server<V> {
     /// The [`Output::Commit`] for `applied` is durable.
     pub fn handle_committed(&mut self, applied: u64) -> Result<(), Fatal> {
         self.state.committed(applied);
-        if self.snapshot_due
-            && self.building.is_none()
-            && self.state.durable_applied() == self.state.applied()
-        {
+        if self.state.durable_applied() == self.state.applied() {
             self.snapshot_and_compact()?;
         }
         self.apply_queued()?;
         self.drive()
     }
 
-    /// The [`Output::BuildSnapshot`] asked for is encoded (or failed, which stops the member).
-    pub fn handle_snapshot_built(&mut self, data: Result<Vec<u8>, Fatal>) -> Result<(), Fatal> {
-        let data = data?;
+    /// The [`Output::BuildSnapshot`] asked for is written (its file's `SnapshotRef`), or
+    /// failed, which stops the member. Raft may send it to lagging followers from now on.
+    pub fn handle_snapshot_built(&mut self, file: Result<SnapshotRef, Fatal>) -> Result<(), Fatal> {
+        let file = file?;
         let Some((index, term, conf_state)) = self.building.take() else {
             return Ok(());
         };
         let log = self.raw.mut_store();
-        if index <= log.compacted_index() {
-            // A snapshot from the leader overtook this one while it was being built.
+        if index < log.compacted_index() {
+            // The log moved past it while it was built (a snapshot from the leader, or a
+            // compaction): raft asks again if it still needs one.
             return self.drive();
         }
         let mut snap = Snapshot::default();
-        snap.set_data(data.into());
+        snap.set_data(file.encode_to_vec().into());
         let md = snap.mut_metadata();
         md.index = index;
         md.term = term;
         md.set_conf_state(conf_state);
         log.set_snapshot(snap);
-        // A tiny --snapshot-count asks for a small log: keep no more than it as catch-up tail.
-        let keep = self
-            .cfg
-            .catch_up_entries
-            .min(self.cfg.snapshot_count.max(1));
-        let compact_to = index.saturating_sub(keep);
-        if compact_to > log.compacted_index() {
-            // The state machine is durable through `index` (the source was taken so).
-            log.compact(compact_to)
-                .map_err(|e| Fatal::new("compacting the raft log", e))?;
-            let image = log.file_image();
-            self.outputs.push_back(Output::ReplaceLog { image });
-            tracing::info!(index, compact_to, "snapshot taken, raft log compacted");
-        }
+        tracing::info!(index, "snapshot built for a lagging follower");
         self.drive()
     }
 
@@ -563,7 +559,7 @@ impl<V: StateViews> Server<V> {
         log.install_snapshot(rd.snapshot());
         let image = log.file_image();
         self.outputs.push_back(Output::ReplaceLog { image });
-        self.last_snapshot_index = index;
+        self.last_compaction_index = index;
         self.status.snapshots_installed += 1;
         tracing::info!(index, "installed snapshot from leader");
         self.finish_ready(rd)?;
@@ -901,17 +897,15 @@ impl<V: StateViews> Server<V> {
     // ---- snapshots and log compaction ----
 
     fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
-        if self.building.is_some() {
-            return Ok(()); // raft asks again for what it could not get meanwhile
+        if self.raw.store().take_snapshot_wanted() {
+            self.snapshot_wanted = true;
         }
-        let wanted = self.raw.store().take_snapshot_wanted();
-        if !(wanted
-            || self.snapshot_due
-            || self.state.applied() >= self.last_snapshot_index + self.cfg.snapshot_count.max(1))
-        {
+        if self.state.applied() >= self.last_compaction_index + self.cfg.snapshot_count.max(1) {
+            self.compaction_due = true;
+        }
+        if !(self.compaction_due || (self.snapshot_wanted && self.building.is_none())) {
             return Ok(());
         }
-        self.snapshot_due = true;
         if self.state.is_committing() {
             return Ok(()); // handle_committed takes it
         }
@@ -921,19 +915,39 @@ impl<V: StateViews> Server<V> {
         self.request_commit()
     }
 
-    /// Asks for a state-machine snapshot at the (durable) applied index, for lagging
-    /// followers and to let the log drop entries ([`Self::handle_snapshot_built`]).
+    /// With the state machine durable through the applied index: compacts the log if due,
+    /// and asks for a snapshot at the applied index if raft wants one for a lagging follower
+    /// ([`Self::handle_snapshot_built`]).
     fn snapshot_and_compact(&mut self) -> Result<(), Fatal> {
-        self.snapshot_due = false;
         let index = self.state.applied();
-        let Some(term) = self.raw.store().entry_term(index) else {
-            return Ok(());
-        };
-        let source = self.state.snapshot_source()?;
-        self.building = Some((index, term, self.raw.store().conf_state().clone()));
-        self.last_snapshot_index = index;
-        self.outputs
-            .push_back(Output::BuildSnapshot(Box::new(source)));
+        if self.compaction_due {
+            self.compaction_due = false;
+            self.last_compaction_index = index;
+            // A tiny --snapshot-count asks for a small log: keep no more than it as tail.
+            let keep = self
+                .cfg
+                .catch_up_entries
+                .min(self.cfg.snapshot_count.max(1));
+            let compact_to = index.saturating_sub(keep);
+            let log = self.raw.mut_store();
+            if compact_to > log.compacted_index() {
+                log.compact(compact_to)
+                    .map_err(|e| Fatal::new("compacting the raft log", e))?;
+                let image = log.file_image();
+                self.outputs.push_back(Output::ReplaceLog { image });
+                tracing::info!(index, compact_to, "raft log compacted");
+            }
+        }
+        if self.snapshot_wanted && self.building.is_none() {
+            self.snapshot_wanted = false;
+            let Some(term) = self.raw.store().entry_term(index) else {
+                return Ok(());
+            };
+            let source = self.state.snapshot_source()?;
+            self.building = Some((index, term, self.raw.store().conf_state().clone()));
+            self.outputs
+                .push_back(Output::BuildSnapshot(Box::new(source)));
+        }
         Ok(())
     }
 

@@ -15,14 +15,20 @@
 
 use crate::membership::Membership;
 use crate::mvcc::{Mvcc, MvccError};
-use crate::proto::detcdpb::{internal_request::Request, InternalRequest, SnapshotData};
+use crate::proto::detcdpb::{
+    internal_request::Request, InternalRequest, SnapshotData, SnapshotRef,
+};
 use crate::proto::etcdserverpb as pb;
 use crate::raft_log::LogError;
 use crate::tables::{meta_keys, META};
 use prost::Message as _;
 use raft::prelude::{ConfState, Snapshot};
 use redb::{Durability, ReadableDatabase};
+use snapshot::{SnapshotFileError, SnapshotReader, SnapshotWriter};
+use std::io::{Read, Write};
 use std::sync::Arc;
+
+pub mod snapshot;
 
 /// What applying one request produced (the client's answer, before its header is filled).
 #[derive(Debug, Clone, PartialEq)]
@@ -119,13 +125,30 @@ impl std::fmt::Debug for SnapshotSource {
 }
 
 impl SnapshotSource {
-    /// The snapshot's data: every MVCC row, the revisions and the members, encoded.
-    pub fn encode(self) -> Result<Vec<u8>, Fatal> {
-        let mut data = SnapshotData::default();
-        Mvcc::export_from(&self.txn, self.current_rev, self.compact_rev, &mut data)
-            .map_err(|e| Fatal::new("exporting the key-value store", e))?;
-        self.members.export(&mut data);
-        Ok(data.encode_to_vec())
+    /// Writes the snapshot file ([`snapshot`]: the revisions, the members, then every MVCC
+    /// row a frame at a time) to `out`, flushed but not synced; returns `out` and the file's
+    /// `SnapshotRef` (what the raft snapshot carries). Reads the whole store: run it off the
+    /// driver. A read or write failure is [`Fatal`].
+    pub fn write_to<W: Write>(self, out: W) -> Result<(W, SnapshotRef), Fatal> {
+        let mut head = SnapshotData {
+            current_revision: self.current_rev,
+            compact_revision: self.compact_rev,
+            ..Default::default()
+        };
+        self.members.export(&mut head);
+        let write_err = |e: std::io::Error| Fatal::new("writing the snapshot file", e);
+        let mut w = SnapshotWriter::new(out, &head).map_err(write_err)?;
+        Mvcc::export_rows(&self.txn, |k: &[u8], v: &[u8]| -> Result<(), Fatal> {
+            w.push_row(k, v).map_err(write_err)
+        })
+        .map_err(|e| Fatal::new("exporting the key-value store", e))?;
+        w.finish().map_err(write_err)
+    }
+}
+
+impl From<MvccError> for Fatal {
+    fn from(e: MvccError) -> Fatal {
+        Fatal(e.to_string())
     }
 }
 
@@ -363,7 +386,7 @@ impl<V: StateViews> KvState<V> {
 
     /// A consistent view of the state machine at the applied index, for a snapshot: a redb
     /// read transaction and the in-memory values that go with it. Cheap to take; encoding it
-    /// ([`SnapshotSource::encode`]) reads the whole store and runs off the driver, while
+    /// ([`SnapshotSource::write_to`]) reads the whole store and runs off the driver, while
     /// applying goes on (redb's read transaction keeps seeing this point). Must be called
     /// with nothing uncommitted (after [`Self::committed`]).
     pub fn snapshot_source(&self) -> Result<SnapshotSource, Fatal> {
@@ -446,22 +469,32 @@ pub struct Installed {
 }
 
 impl SnapshotInstall {
-    /// Replaces the tables with the snapshot's, durably (the raft log may drop entries once
-    /// this returns), and rebuilds the in-memory state from them. Reads every row: run it off
-    /// the driver.
-    pub fn run(self) -> Result<Installed, Fatal> {
+    /// Which snapshot file this install reads (raft's snapshot data), or why the leader's
+    /// data is not one.
+    pub fn file_ref(&self) -> Result<SnapshotRef, Fatal> {
+        SnapshotRef::decode(self.snap.get_data())
+            .map_err(|e| Fatal::new("a snapshot from the leader names no snapshot file", e))
+    }
+
+    /// Replaces the tables with the snapshot file's (read from `file` a frame at a time),
+    /// durably (the raft log may drop entries once this returns), and rebuilds the in-memory
+    /// state from them. Reads and writes every row: run it off the driver. A damaged file is
+    /// [`Fatal`] and nothing of it is committed.
+    pub fn run(self, file: impl Read) -> Result<Installed, Fatal> {
         let snap = &self.snap;
-        let data = SnapshotData::decode(snap.get_data())
-            .map_err(|e| Fatal::new("undecodable snapshot from the leader", e))?;
         let index = snap.get_metadata().index;
+        let damaged = |e: SnapshotFileError| Fatal::new("installing the snapshot file", e);
+        let (reader, head) = SnapshotReader::open(file).map_err(damaged)?;
         let mut txn = self
             .db
             .begin_write()
             .map_err(|e| Fatal::new("beginning a write transaction", e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| Fatal::new("setting durability", e))?;
-        let mvcc = Mvcc::import(&txn, &data).map_err(|e| Fatal::new("installing snapshot", e))?;
-        let members = Membership::import(&txn, &data)
+        let rows = reader.rows().map(|r| r.map_err(damaged));
+        let mvcc = Mvcc::import_rows(&txn, &head, rows)
+            .map_err(|e| Fatal(format!("installing snapshot: {e}")))?;
+        let members = Membership::import(&txn, &head)
             .map_err(|e| Fatal::new("installing snapshot members", e))?;
         crate::raft_log::write_snapshot_meta(&txn, snap)
             .map_err(|e| Fatal::new("storing snapshot metadata", e))?;

@@ -1,0 +1,360 @@
+//! Where a member keeps snapshot files (the format is detcd-core's `state::snapshot`): built
+//! for a lagging follower, or received from the leader beside its MsgSnapshot. Files are
+//! named by raft index; a file is visible only once complete and synced ([`FileWriter::commit`]),
+//! and a commit removes all but the newest [`FILES_KEPT`].
+//!
+//! All methods block on disk: call them off the async workers.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Snapshot files kept: the newest, and the one before it (a send may still read it).
+pub const FILES_KEPT: usize = 2;
+
+/// A member's snapshot files: a directory in production, memory in the simulator.
+pub trait SnapshotFiles: Send + Sync {
+    /// Starts a new file for the snapshot at `index`; it replaces any file of that index
+    /// when committed, and is discarded if dropped before.
+    fn create(&self, index: u64) -> io::Result<Box<dyn FileWriter>>;
+    /// Opens the committed file of the snapshot at `index`.
+    fn open(&self, index: u64) -> io::Result<Box<dyn Read + Send>>;
+}
+
+/// A snapshot file being written.
+pub trait FileWriter: Write + Send {
+    /// Syncs the file and makes it visible under its index.
+    fn commit(self: Box<Self>) -> io::Result<()>;
+}
+
+/// Snapshot files in `<data-dir>/member/snap/`, as `<index in hex>.snap` (etcd keeps its
+/// snapshots in the same directory).
+pub struct DirSnapshots {
+    dir: PathBuf,
+    next_tmp: AtomicU64,
+}
+
+impl DirSnapshots {
+    /// Opens (creating) the directory and removes files a crash left half-written.
+    pub fn open(dir: PathBuf) -> io::Result<Arc<DirSnapshots>> {
+        std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(Arc::new(DirSnapshots {
+            dir,
+            next_tmp: AtomicU64::new(0),
+        }))
+    }
+
+    fn path(&self, index: u64) -> PathBuf {
+        self.dir.join(format!("{index:016x}.snap"))
+    }
+
+    /// Indexes of the committed files, oldest first.
+    fn indexes(&self) -> io::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(hex) = name.strip_suffix(".snap") {
+                if let Ok(i) = u64::from_str_radix(hex, 16) {
+                    out.push(i);
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+}
+
+impl SnapshotFiles for Arc<DirSnapshots> {
+    fn create(&self, index: u64) -> io::Result<Box<dyn FileWriter>> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!("{index:016x}.{n}.tmp"));
+        let file = File::create(&tmp)?;
+        Ok(Box::new(DirWriter {
+            files: self.clone(),
+            index,
+            tmp,
+            file: Some(file),
+        }))
+    }
+
+    fn open(&self, index: u64) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(File::open(self.path(index))?))
+    }
+}
+
+struct DirWriter {
+    files: Arc<DirSnapshots>,
+    index: u64,
+    tmp: PathBuf,
+    file: Option<File>,
+}
+
+impl Write for DirWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.as_mut().expect("open until commit").write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().expect("open until commit").flush()
+    }
+}
+
+impl FileWriter for DirWriter {
+    fn commit(mut self: Box<Self>) -> io::Result<()> {
+        let file = self.file.take().expect("committed once");
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.tmp, self.files.path(self.index))?;
+        File::open(&self.files.dir)?.sync_all()?;
+        // Older files go; one being read stays readable until closed (unlinked, not cut).
+        let indexes = self.files.indexes()?;
+        for old in &indexes[..indexes.len().saturating_sub(FILES_KEPT)] {
+            std::fs::remove_file(self.files.path(*old))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DirWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Snapshot files in memory (the simulator's disks; a crash keeps committed files, which
+/// were synced).
+#[derive(Clone, Default)]
+pub struct MemSnapshots {
+    files: Arc<Mutex<BTreeMap<u64, Arc<Vec<u8>>>>>,
+}
+
+impl SnapshotFiles for MemSnapshots {
+    fn create(&self, index: u64) -> io::Result<Box<dyn FileWriter>> {
+        Ok(Box::new(MemWriter {
+            files: self.clone(),
+            index,
+            bytes: Vec::new(),
+        }))
+    }
+
+    fn open(&self, index: u64) -> io::Result<Box<dyn Read + Send>> {
+        let files = self.files.lock().unwrap();
+        let bytes = files.get(&index).cloned().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no snapshot file {index}"))
+        })?;
+        Ok(Box::new(io::Cursor::new(ArcBytes(bytes))))
+    }
+}
+
+struct ArcBytes(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for ArcBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+struct MemWriter {
+    files: MemSnapshots,
+    index: u64,
+    bytes: Vec<u8>,
+}
+
+impl Write for MemWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FileWriter for MemWriter {
+    fn commit(self: Box<Self>) -> io::Result<()> {
+        let mut files = self.files.files.lock().unwrap();
+        files.insert(self.index, Arc::new(self.bytes));
+        while files.len() > FILES_KEPT {
+            files.pop_first();
+        }
+        Ok(())
+    }
+}
+
+/// Bytes per chunk of a snapshot file on the wire.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks read ahead of the network, or received ahead of the disk, at most: the memory a
+/// transfer holds is this many chunks plus HTTP/2's flow-control window.
+const CHUNKS_AHEAD: usize = 4;
+
+/// Runs a disk loop: on a blocking thread in production, as a task of the simulated node
+/// under madsim (which has no threads; its files are memory and never block).
+fn run_disk_loop(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    #[cfg(not(madsim))]
+    tokio::task::spawn_blocking(move || futures::executor::block_on(work));
+    #[cfg(madsim)]
+    tokio::spawn(work);
+}
+
+/// Reads the file of snapshot `index` in [`CHUNK_BYTES`] chunks, off the async workers; the
+/// channel ends after the last chunk, or with the error that stopped the read.
+pub fn read_chunks(
+    files: Arc<dyn SnapshotFiles>,
+    index: u64,
+) -> tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+    run_disk_loop(async move {
+        let mut file = match files.open(index) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        loop {
+            let mut chunk = vec![0u8; CHUNK_BYTES];
+            let mut filled = 0;
+            let res = loop {
+                match file.read(&mut chunk[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == chunk.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            if let Err(e) = res {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            if filled == 0 {
+                return;
+            }
+            chunk.truncate(filled);
+            if tx.send(Ok(chunk)).await.is_err() {
+                return; // the send was abandoned
+            }
+        }
+    });
+    rx
+}
+
+/// Writes a new file of snapshot `index` off the async workers: send `Some(bytes)` for each
+/// chunk, then `None` to commit it. The receiver answers once: committed, or why not (a
+/// sender dropped before `None` discards the file).
+pub fn write_chunks(
+    files: Arc<dyn SnapshotFiles>,
+    index: u64,
+) -> (
+    tokio::sync::mpsc::Sender<Option<Vec<u8>>>,
+    tokio::sync::oneshot::Receiver<io::Result<()>>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(CHUNKS_AHEAD);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    run_disk_loop(async move {
+        let res = async {
+            let mut file = files.create(index)?;
+            while let Some(cmd) = rx.recv().await {
+                match cmd {
+                    Some(bytes) => file.write_all(&bytes)?,
+                    None => return file.commit(),
+                }
+            }
+            Err(io::Error::other(
+                "the transfer ended before the file was complete",
+            ))
+        }
+        .await;
+        let _ = done_tx.send(res);
+    });
+    (tx, done_rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(files: &dyn SnapshotFiles) {
+        let mut w = files.create(5).unwrap();
+        w.write_all(b"five").unwrap();
+        assert!(files.open(5).is_err(), "invisible before commit");
+        w.commit().unwrap();
+        let mut got = String::new();
+        files.open(5).unwrap().read_to_string(&mut got).unwrap();
+        assert_eq!(got, "five");
+        // A writer dropped without commit leaves nothing.
+        let mut w = files.create(6).unwrap();
+        w.write_all(b"six").unwrap();
+        drop(w);
+        assert!(files.open(6).is_err());
+        // Only the newest FILES_KEPT stay.
+        for i in [7, 8] {
+            let mut w = files.create(i).unwrap();
+            w.write_all(b"x").unwrap();
+            w.commit().unwrap();
+        }
+        assert!(files.open(5).is_err());
+        assert!(files.open(7).is_ok() && files.open(8).is_ok());
+    }
+
+    #[tokio::test]
+    async fn chunks_round_trip_through_the_disk_loops() {
+        let files: Arc<dyn SnapshotFiles> = Arc::new(MemSnapshots::default());
+        let bytes: Vec<u8> = (0..CHUNK_BYTES * 2 + 10).map(|i| i as u8).collect();
+        let (tx, done) = write_chunks(files.clone(), 3);
+        for c in bytes.chunks(1000) {
+            tx.send(Some(c.to_vec())).await.unwrap();
+        }
+        tx.send(None).await.unwrap();
+        done.await.unwrap().unwrap();
+        let mut rx = read_chunks(files.clone(), 3);
+        let mut got = Vec::new();
+        let mut chunks = 0;
+        while let Some(c) = rx.recv().await {
+            got.extend(c.unwrap());
+            chunks += 1;
+        }
+        assert_eq!((got == bytes, chunks), (true, 3));
+        // A transfer that stops short stores nothing.
+        let (tx, done) = write_chunks(files.clone(), 4);
+        tx.send(Some(vec![1])).await.unwrap();
+        drop(tx);
+        assert!(done.await.unwrap().is_err());
+        assert!(files.open(4).is_err());
+        let mut missing = read_chunks(files, 99);
+        assert!(missing.recv().await.unwrap().is_err());
+    }
+
+    #[test]
+    fn files_appear_on_commit_and_old_ones_go() {
+        exercise(&MemSnapshots::default());
+        let dir = std::env::temp_dir().join(format!("detcd-snap-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("0000000000000009.3.tmp"), b"half").unwrap();
+        let d = DirSnapshots::open(dir.clone()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "crash leftovers removed"
+        );
+        exercise(&d);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), FILES_KEPT);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
