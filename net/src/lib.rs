@@ -8,7 +8,6 @@ pub mod errors;
 pub mod h2_authority;
 #[cfg(not(madsim))]
 pub mod hpack;
-#[cfg(not(madsim))]
 pub mod http;
 pub mod log_file;
 pub mod member;

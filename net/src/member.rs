@@ -578,6 +578,16 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
 
 #[cfg(madsim)]
 async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), MemberError> {
+    // etcd's HTTP endpoints with production's routes (http.rs) over simulated TCP; gRPC over
+    // madsim-tonic on the same address (its own simulated protocol).
+    let http = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| MemberError::Listen {
+            addr: addr.to_string(),
+            err: e.to_string(),
+        })?;
+    let app = crate::http::routes(api.node.shared.clone(), axum::Router::new());
+    tokio::spawn(serve_http_simulated(http, app));
     tonic::transport::Server::builder()
         .add_service(KvServer::new(api.clone()))
         .add_service(ClusterServer::new(api.clone()))
@@ -588,4 +598,21 @@ async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), Me
             addr: addr.to_string(),
             err: e.to_string(),
         })
+}
+
+/// HTTP/1.1 on madsim's TCP (hyper needs no executor for it).
+#[cfg(madsim)]
+async fn serve_http_simulated(listener: tokio::net::TcpListener, app: axum::Router) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    while let Ok((stream, _)) = listener.accept().await {
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::trace!("client connection: {e}");
+            }
+        });
+    }
 }
