@@ -439,6 +439,7 @@ impl<V: StateViews> Server<V> {
             let data = InternalRequest {
                 id,
                 request: Some(request),
+                header: None,
             }
             .encode_to_vec();
             self.propose(HeldProposal {
@@ -812,6 +813,7 @@ impl<V: StateViews> Server<V> {
         let req = InternalRequest {
             id: self.ids.next_id(),
             request: Some(Request::SetAttributes(a.clone())),
+            header: None,
         };
         // Fire and forget: retried every election timeout until the member list shows it.
         let _ = self.raw.propose(vec![], req.encode_to_vec());

@@ -524,6 +524,7 @@ mod tests {
                 value: value.as_bytes().to_vec(),
                 ..Default::default()
             })),
+            header: None,
         }
     }
 
@@ -552,6 +553,7 @@ mod tests {
                 ignore_value: true,
                 ..Default::default()
             })),
+            header: None,
         };
         assert!(matches!(s.apply(1, &req), Ok(Err(MvccError::KeyNotFound))));
         assert_eq!(s.applied(), 1);
