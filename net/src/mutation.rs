@@ -5,6 +5,7 @@
 //! - `ack-before-commit`: answer a put as soon as it is proposed, before raft commits it.
 //! - `stale-read`: serve linearizable reads from local state without a ReadIndex.
 //! - `forget-hardstate`: forget the persisted term and vote on restart.
+//! - `skip-apply`: infra1 skips applying one committed entry (its replica diverges).
 
 #[cfg(madsim)]
 pub fn active(name: &str) -> bool {

@@ -197,6 +197,9 @@ pub struct NodeParams {
     pub attributes: detcdpb::MemberAttributes,
 }
 
+/// The entry infra1 skips under the `skip-apply` mutation (a client write, early in a run).
+const SKIP_APPLY_MUTATION_INDEX: u64 = 40;
+
 /// What the disk workers report back to the driver.
 #[derive(Debug)]
 enum DiskDone {
@@ -282,7 +285,12 @@ impl Node {
         });
         let kv = KvState::new(db, SharedViews(shared.clone()), applied);
         let heartbeat_ms = params.heartbeat.as_millis().max(1) as u64;
+        let skip_apply =
+            crate::mutation::active("skip-apply") && params.attributes.name == "infra1";
         let mut cfg = ServerConfig::new(params.member_id, params.election_ticks, params.attributes);
+        if skip_apply {
+            cfg.mutations.skip_apply_at = Some(SKIP_APPLY_MUTATION_INDEX);
+        }
         cfg.snapshot_count = params.snapshot_count;
         cfg.start_unix_ms = params.start_unix_ms;
         cfg.election_seed = params.member_id ^ params.start_unix_ms.rotate_left(17);

@@ -1,6 +1,6 @@
 //! Checkers over a finished simulation run, one function each, each returning `Err` with the
 //! checker's name in brackets and the evidence. Used by the core-only simulator
-//! (`crate::core_sim`); the madsim suite checks the same properties on its own samples.
+//! (`crate::core_sim`) and the madsim suite (`crate::scenario`).
 //!
 //! - `[linearizability]`: every key's history is linearizable; a search that runs out of
 //!   budget is a failure too (it proves nothing).
@@ -141,7 +141,7 @@ pub fn read_key(state: &KvState<impl StateViews>, key: &str) -> (Option<String>,
     (value, resp.header.map(|h| h.revision).unwrap_or(0))
 }
 
-/// The store revision and a hash (FNV-1a) of every live key with its value and revisions.
+/// The store revision and a hash of every live key ([`hash_kvs`]), read from local state.
 pub fn kv_hash(state: &KvState<impl StateViews>) -> (i64, u64) {
     let resp = range(
         state,
@@ -151,6 +151,14 @@ pub fn kv_hash(state: &KvState<impl StateViews>) -> (i64, u64) {
             ..Default::default()
         },
     );
+    (
+        resp.header.map(|h| h.revision).unwrap_or(0),
+        hash_kvs(&resp.kvs),
+    )
+}
+
+/// A hash (FNV-1a) of key-value pairs with their values and revisions (a range of every key).
+pub fn hash_kvs(kvs: &[detcd_core::proto::mvccpb::KeyValue]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {
         for b in bytes {
@@ -158,12 +166,12 @@ pub fn kv_hash(state: &KvState<impl StateViews>) -> (i64, u64) {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     };
-    for kv in &resp.kvs {
+    for kv in kvs {
         feed(&kv.key);
         feed(&kv.value);
         feed(&kv.create_revision.to_le_bytes());
         feed(&kv.mod_revision.to_le_bytes());
         feed(&kv.version.to_le_bytes());
     }
-    (resp.header.map(|h| h.revision).unwrap_or(0), h)
+    h
 }

@@ -1,10 +1,11 @@
 //! One simulation run: a cluster, concurrent clients, a fault phase, a healing phase that must
 //! bring service back within a bound, then the history check and the invariants.
 
+use crate::checkers;
 use crate::cluster::{Client, SimCluster, GUIDE_MEMBERS};
 use crate::history::History;
 use crate::linearizability::{check, Budget, CheckResult};
-use crate::workload::{run_client, watch, Invariants};
+use crate::workload::{run_client, watch, Invariants, Revisions};
 use detcd_core::proto::etcdserverpb::{PutRequest, RangeRequest};
 use madsim::rand::{thread_rng, Rng};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,6 +118,7 @@ pub async fn run(plan: Plan) -> Report {
         .build();
     let start = madsim::time::Instant::now();
     let history = History::new();
+    let revisions = Revisions::default();
     let stop = Arc::new(AtomicBool::new(false));
     let inv = Arc::new(Mutex::new(Invariants::default()));
 
@@ -136,6 +138,7 @@ pub async fn run(plan: Plan) -> Report {
             endpoints.clone(),
             plan.keys,
             history.clone(),
+            revisions.clone(),
             start,
             stop.clone(),
         )));
@@ -182,6 +185,11 @@ pub async fn run(plan: Plan) -> Report {
         start,
     ));
     final_reads.await.unwrap();
+    // Every member, read locally once all are at one revision, holds the same content.
+    let states = client_host
+        .spawn(member_states(endpoints.clone(), Duration::from_secs(10)))
+        .await
+        .unwrap();
 
     for i in 0..cluster.members.len() {
         if let Some(exit) = cluster.exit_of(i) {
@@ -195,25 +203,37 @@ pub async fn run(plan: Plan) -> Report {
     let inv = inv.lock().unwrap();
     assert!(
         inv.violations.is_empty(),
-        "invariant violations: {:#?}\nreplay: {}",
+        "[invariants] violations: {:#?}\nreplay: {}",
         inv.violations,
         replay_command(plan.name)
     );
+    if let Err(e) = checkers::replicas_converge(&states, cluster.members.len()) {
+        panic!(
+            "{e}\nfaults: {injected:?}\nreplay: {}",
+            replay_command(plan.name)
+        );
+    }
     let snap = history.snapshot();
     match check(&snap, Budget::default()) {
         CheckResult::Ok => {}
         // A search out of budget proves nothing: the run fails, and its seed replays it.
         CheckResult::Unknown { keys } => panic!(
-            "linearizability check ran out of budget on keys {keys:?}: the history proves \
+            "[linearizability] check ran out of budget on keys {keys:?}: the history proves \
              nothing\nfaults: {injected:?}\nreplay: {}",
             replay_command(plan.name)
         ),
         CheckResult::Illegal(v) => panic!(
-            "history is not linearizable:\n{v}\nhistory of key {:?}:\n{}\nfaults: {injected:?}\nreplay: {}",
+            "[linearizability] history is not linearizable:\n{v}\nhistory of key {:?}:\n{}\nfaults: {injected:?}\nreplay: {}",
             v.key,
             snap.dump_key(&v.key),
             replay_command(plan.name)
         ),
+    }
+    if let Err(e) = checkers::revisions_never_go_back(&snap, &revisions.lock().unwrap()) {
+        panic!(
+            "{e}\nfaults: {injected:?}\nreplay: {}",
+            replay_command(plan.name)
+        );
     }
     Report {
         ops: snap.entries().len(),
@@ -260,6 +280,40 @@ pub async fn wait_serving(endpoints: Vec<String>, bound: Duration) -> Result<(),
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = "timed out".into(),
             }
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (member ID, revision, content hash) of every member that answers a serializable range of
+/// all keys, polled until they all report one revision (or `bound` passes: the checker then
+/// shows the difference).
+async fn member_states(endpoints: Vec<String>, bound: Duration) -> Vec<(u64, i64, u64)> {
+    let deadline = madsim::time::Instant::now() + bound;
+    loop {
+        let mut states = Vec::new();
+        for url in &endpoints {
+            let Some(mut c) = Client::connect(url).await else {
+                continue;
+            };
+            let req = RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                serializable: true,
+                ..Default::default()
+            };
+            if let Ok(Ok(r)) = madsim::time::timeout(Duration::from_secs(2), c.kv.range(req)).await
+            {
+                let r = r.into_inner();
+                let h = r.header.unwrap_or_default();
+                states.push((h.member_id, h.revision, checkers::hash_kvs(&r.kvs)));
+            }
+        }
+        let one_revision = states.windows(2).all(|w| w[0].1 == w[1].1);
+        if (states.len() == endpoints.len() && one_revision)
+            || madsim::time::Instant::now() > deadline
+        {
+            return states;
         }
         madsim::time::sleep(Duration::from_millis(100)).await;
     }

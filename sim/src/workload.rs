@@ -1,11 +1,12 @@
 //! Concurrent clients over the real gRPC API, every operation recorded for the checker, and
 //! the cluster invariants watched while they run.
 
+use crate::checkers::Observation;
 use crate::cluster::Client;
 use crate::history::{History, Op, OpId, Outcome, Output};
 use detcd_core::proto::etcdserverpb::{
-    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    StatusRequest, TxnRequest,
+    compare, request_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, StatusRequest, TxnRequest, TxnResponse,
 };
 use madsim::rand::{thread_rng, Rng};
 use std::collections::BTreeMap;
@@ -22,6 +23,25 @@ pub fn now_ns(start: madsim::time::Instant) -> u64 {
 }
 
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Header revisions of answered operations, for the `[revision order]` checker.
+pub type Revisions = Arc<Mutex<Vec<Observation>>>;
+
+/// A response with etcd's header.
+pub trait WithHeader {
+    fn header(&self) -> Option<&ResponseHeader>;
+}
+
+macro_rules! with_header {
+    ($($t:ty),*) => {$(
+        impl WithHeader for $t {
+            fn header(&self) -> Option<&ResponseHeader> {
+                self.header.as_ref()
+            }
+        }
+    )*};
+}
+with_header!(PutResponse, RangeResponse, DeleteRangeResponse, TxnResponse);
 
 /// What a failed call means for the history: a request error the server rejected before
 /// proposing did nothing; anything else (timeout, unavailable, leader changed) may have.
@@ -45,6 +65,7 @@ pub async fn run_client(
     endpoints: Vec<String>,
     keys: usize,
     history: History,
+    revisions: Revisions,
     start: madsim::time::Instant,
     stop: Arc<AtomicBool>,
 ) {
@@ -86,7 +107,7 @@ pub async fn run_client(
                 ..Default::default()
             };
             let res = madsim::time::timeout(OP_TIMEOUT, c.kv.put(req)).await;
-            finish(&history, op, start, res, |_| Output::Put)
+            finish(&history, &revisions, op, start, res, |_| Output::Put)
         } else if choice < 70 {
             let op = history.invoke(id, key.clone(), Op::Get, now_ns(start));
             let req = RangeRequest {
@@ -104,7 +125,7 @@ pub async fn run_client(
                     ),
                 );
             }
-            finish(&history, op, start, res, |r| {
+            finish(&history, &revisions, op, start, res, |r| {
                 Output::Get(
                     r.kvs
                         .first()
@@ -118,7 +139,7 @@ pub async fn run_client(
                 ..Default::default()
             };
             let res = madsim::time::timeout(OP_TIMEOUT, c.kv.delete_range(req)).await;
-            finish(&history, op, start, res, |r| Output::Delete {
+            finish(&history, &revisions, op, start, res, |r| Output::Delete {
                 deleted: r.deleted > 0,
             })
         } else {
@@ -183,7 +204,7 @@ pub async fn run_client(
                 failure: vec![],
             };
             let res = madsim::time::timeout(OP_TIMEOUT, c.kv.txn(req)).await;
-            finish(&history, op, start, res, |r| Output::Cas {
+            finish(&history, &revisions, op, start, res, |r| Output::Cas {
                 succeeded: r.succeeded,
             })
         };
@@ -195,8 +216,9 @@ pub async fn run_client(
 }
 
 /// Records a call's outcome; returns true when the client should try another member.
-fn finish<T>(
+fn finish<T: WithHeader>(
     history: &History,
+    revisions: &Revisions,
     op: OpId,
     start: madsim::time::Instant,
     res: Result<Result<tonic::Response<T>, tonic::Status>, madsim::time::error::Elapsed>,
@@ -205,6 +227,13 @@ fn finish<T>(
     let at = now_ns(start);
     match res {
         Ok(Ok(r)) => {
+            if let Some(h) = r.get_ref().header() {
+                revisions.lock().unwrap().push(Observation::Revision {
+                    op,
+                    member: h.member_id,
+                    revision: h.revision,
+                });
+            }
             history.complete(op, Outcome::Ok(output(r.get_ref())), at);
             false
         }
