@@ -391,6 +391,14 @@ impl RaftLog {
         self.snapshot_wanted.set(false);
     }
 
+    /// Stops offering the snapshot at `index` (its file is lost or damaged): raft's next
+    /// request for one asks for a new build.
+    pub fn forget_snapshot(&mut self, index: u64) {
+        if self.snapshot.as_ref().map(|s| s.get_metadata().index) == Some(index) {
+            self.snapshot = None;
+        }
+    }
+
     /// True once after raft asked for a snapshot we could not give.
     pub fn take_snapshot_wanted(&self) -> bool {
         self.snapshot_wanted.replace(false)

@@ -247,7 +247,7 @@ pub async fn run_member_with(
             .map(|m| (m.id, m.peer_urls.clone()))
             .collect()
     };
-    let (ev_tx, ev_rx) = mpsc::channel(1024);
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let shared_cell = Arc::new(OnceLock::new());
     let transport = Arc::new(Transport::start(
         member_id,

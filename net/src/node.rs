@@ -229,7 +229,7 @@ pub struct Node {
     proposals: mpsc::Receiver<Proposal>,
     reads: mpsc::Receiver<oneshot::Sender<Result<(), ApiError>>>,
     inbound: mpsc::Receiver<Message>,
-    peer_events: mpsc::Receiver<PeerEvent>,
+    peer_events: mpsc::UnboundedReceiver<PeerEvent>,
     log_jobs: mpsc::UnboundedSender<LogJob>,
     disk_done_tx: mpsc::UnboundedSender<DiskDone>,
     disk_done: mpsc::UnboundedReceiver<DiskDone>,
@@ -243,7 +243,7 @@ pub struct Node {
 /// The channels the transport and API need to reach the driver.
 pub struct NodeInputs {
     pub inbound: mpsc::Sender<Message>,
-    pub peer_events: mpsc::Sender<PeerEvent>,
+    pub peer_events: mpsc::UnboundedSender<PeerEvent>,
 }
 
 /// What a member keeps on disk: the raft log (loaded) and its file, the data file, the
@@ -260,7 +260,10 @@ impl Node {
         params: NodeParams,
         storage: NodeStorage,
         transport: Arc<Transport>,
-        peer_events: (mpsc::Sender<PeerEvent>, mpsc::Receiver<PeerEvent>),
+        peer_events: (
+            mpsc::UnboundedSender<PeerEvent>,
+            mpsc::UnboundedReceiver<PeerEvent>,
+        ),
         restarted: bool,
     ) -> Result<(Node, NodeHandle, NodeInputs), NodeError> {
         let NodeStorage {
@@ -361,6 +364,7 @@ impl Node {
                 Some(ev) = self.peer_events.recv() => match ev {
                     PeerEvent::Unreachable(id) => self.server.handle_unreachable(id),
                     PeerEvent::Snapshot(id, ok) => self.server.handle_snapshot_status(id, ok),
+                    PeerEvent::SnapshotFileUnusable(index) => self.server.handle_snapshot_unusable(index),
                     PeerEvent::Fatal(msg) => return Err(NodeError::Fatal(msg)),
                 },
                 Some(m) = self.inbound.recv() => {

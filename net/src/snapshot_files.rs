@@ -1,7 +1,9 @@
 //! Where a member keeps snapshot files (the format is detcd-core's `state::snapshot`): built
 //! for a lagging follower, or received from the leader beside its MsgSnapshot. Files are
 //! named by raft index; a file is visible only once complete and synced ([`FileWriter::commit`]),
-//! and a commit removes all but the newest [`FILES_KEPT`].
+//! and a commit removes all but the [`FILES_KEPT`] committed last (by commit order, not index:
+//! a file received but never installed may have a higher index than every later one). Removing
+//! old files is best effort: it never fails a commit.
 //!
 //! All methods block on disk: call them off the async workers.
 
@@ -35,6 +37,8 @@ pub trait FileWriter: Write + Send {
 pub struct DirSnapshots {
     dir: PathBuf,
     next_tmp: AtomicU64,
+    /// Committed indexes, oldest commit first; held while a commit renames and cleans up.
+    committed: Mutex<std::collections::VecDeque<u64>>,
 }
 
 impl DirSnapshots {
@@ -47,10 +51,14 @@ impl DirSnapshots {
                 std::fs::remove_file(&path)?;
             }
         }
-        Ok(Arc::new(DirSnapshots {
+        let files = DirSnapshots {
             dir,
             next_tmp: AtomicU64::new(0),
-        }))
+            committed: Mutex::new(Default::default()),
+        };
+        // Files of an earlier run count as committed before anything of this one, by index.
+        *files.committed.lock().unwrap() = files.indexes()?.into();
+        Ok(Arc::new(files))
     }
 
     fn path(&self, index: u64) -> PathBuf {
@@ -110,21 +118,34 @@ impl Write for DirWriter {
 
 impl FileWriter for DirWriter {
     fn commit(mut self: Box<Self>) -> io::Result<()> {
-        let file = self.file.take().expect("committed once");
+        let file = self.file.as_ref().expect("committed once");
         file.sync_all()?;
-        drop(file);
+        let mut committed = self.files.committed.lock().unwrap();
         std::fs::rename(&self.tmp, self.files.path(self.index))?;
+        self.file = None; // renamed: nothing left for Drop to remove
         File::open(&self.files.dir)?.sync_all()?;
         // Older files go; one being read stays readable until closed (unlinked, not cut).
-        let indexes = self.files.indexes()?;
-        for old in &indexes[..indexes.len().saturating_sub(FILES_KEPT)] {
-            std::fs::remove_file(self.files.path(*old))?;
+        for old in forget_oldest(&mut committed, self.index) {
+            match std::fs::remove_file(self.files.path(old)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(index = old, "removing an old snapshot file: {e}"),
+            }
         }
         Ok(())
     }
 }
 
+/// Records `index` as committed last; returns the indexes beyond [`FILES_KEPT`] to remove.
+fn forget_oldest(committed: &mut std::collections::VecDeque<u64>, index: u64) -> Vec<u64> {
+    committed.retain(|i| *i != index);
+    committed.push_back(index);
+    let extra = committed.len().saturating_sub(FILES_KEPT);
+    committed.drain(..extra).collect()
+}
+
 impl Drop for DirWriter {
+    /// A file never committed (the transfer failed, or the commit did) leaves nothing behind.
     fn drop(&mut self) {
         if self.file.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp);
@@ -136,7 +157,13 @@ impl Drop for DirWriter {
 /// were synced).
 #[derive(Clone, Default)]
 pub struct MemSnapshots {
-    files: Arc<Mutex<BTreeMap<u64, Arc<Vec<u8>>>>>,
+    files: Arc<Mutex<MemFiles>>,
+}
+
+#[derive(Default)]
+struct MemFiles {
+    bytes: BTreeMap<u64, Arc<Vec<u8>>>,
+    committed: std::collections::VecDeque<u64>,
 }
 
 impl SnapshotFiles for MemSnapshots {
@@ -150,7 +177,7 @@ impl SnapshotFiles for MemSnapshots {
 
     fn open(&self, index: u64) -> io::Result<Box<dyn Read + Send>> {
         let files = self.files.lock().unwrap();
-        let bytes = files.get(&index).cloned().ok_or_else(|| {
+        let bytes = files.bytes.get(&index).cloned().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("no snapshot file {index}"))
         })?;
         Ok(Box::new(io::Cursor::new(ArcBytes(bytes))))
@@ -184,9 +211,9 @@ impl Write for MemWriter {
 impl FileWriter for MemWriter {
     fn commit(self: Box<Self>) -> io::Result<()> {
         let mut files = self.files.files.lock().unwrap();
-        files.insert(self.index, Arc::new(self.bytes));
-        while files.len() > FILES_KEPT {
-            files.pop_first();
+        files.bytes.insert(self.index, Arc::new(self.bytes));
+        for old in forget_oldest(&mut files.committed, self.index) {
+            files.bytes.remove(&old);
         }
         Ok(())
     }
@@ -302,13 +329,19 @@ mod tests {
         w.write_all(b"six").unwrap();
         drop(w);
         assert!(files.open(6).is_err());
-        // Only the newest FILES_KEPT stay.
-        for i in [7, 8] {
+        // Only the FILES_KEPT committed last stay, whatever their indexes: a file received
+        // with a high index and never installed does not push out the newer ones.
+        for i in [90, 7, 8] {
             let mut w = files.create(i).unwrap();
             w.write_all(b"x").unwrap();
             w.commit().unwrap();
         }
-        assert!(files.open(5).is_err());
+        assert!(files.open(5).is_err() && files.open(90).is_err());
+        assert!(files.open(7).is_ok() && files.open(8).is_ok());
+        // Committing an index again keeps one file of it.
+        let mut w = files.create(8).unwrap();
+        w.write_all(b"again").unwrap();
+        w.commit().unwrap();
         assert!(files.open(7).is_ok() && files.open(8).is_ok());
     }
 

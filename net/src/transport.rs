@@ -34,8 +34,12 @@ pub static PEER_STREAMS_OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic
 const PEER_QUEUE: usize = 4096;
 /// Messages folded into one batch at most.
 const MAX_BATCH_MESSAGES: usize = 256;
-/// A raft snapshot carries the whole state machine; allow large peer messages.
+/// A raft message carries entries of up to `--max-request-bytes` each (snapshots travel in
+/// 1 MiB chunks on Peer.Snapshot); the cap on one decoded peer message.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+/// A snapshot transfer whose next chunk does not come within this long is abandoned (a leader
+/// that vanished without closing the connection).
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 // A dead peer connection is found by HTTP/2 pings (etcd: a 5 s read timeout on its peer
 // streams). Not a per-request timeout on the channel: that would also end the long-lived
@@ -151,18 +155,24 @@ impl tower_service::Service<tonic::codegen::http::Uri> for TlsDial {
     }
 }
 
-/// What the transport tells the raft driver.
+/// What the transport tells the raft driver. The channel is unbounded so a snapshot report is
+/// never lost (raft waits for it forever otherwise); every event answers something the driver
+/// sent or a reconnect attempt (at most a few per second per peer), so it stays short.
 #[derive(Debug)]
 pub enum PeerEvent {
     Unreachable(u64),
+    /// A MsgSnapshot to the peer was stored there (true) or failed (false): one per message.
     Snapshot(u64, bool),
+    /// The snapshot file of this index could not be read, or the peer found it damaged: raft
+    /// must not offer that snapshot again.
+    SnapshotFileUnusable(u64),
     Fatal(String),
 }
 
 /// Outbound side: routes raft messages to per-peer queues.
 pub struct Transport {
     peers: BTreeMap<u64, mpsc::Sender<Message>>,
-    events: mpsc::Sender<PeerEvent>,
+    events: mpsc::UnboundedSender<PeerEvent>,
 }
 
 impl Transport {
@@ -173,7 +183,7 @@ impl Transport {
         cluster_id: u64,
         peers: &[(u64, Vec<String>)],
         shared: Arc<OnceLock<Arc<Shared>>>,
-        events: mpsc::Sender<PeerEvent>,
+        events: mpsc::UnboundedSender<PeerEvent>,
         tls: PeerDialTls,
         snapshot_files: Arc<dyn SnapshotFiles>,
     ) -> Transport {
@@ -194,7 +204,7 @@ impl Transport {
                 shared: shared.clone(),
                 tls: tls.clone(),
                 snapshot_files: snapshot_files.clone(),
-                snapshot_sending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                snapshot_send: None,
             };
             tokio::spawn(sender.run());
         }
@@ -219,17 +229,7 @@ impl Transport {
 
     fn report_snapshot_lost(&self, to: u64) {
         tracing::warn!(peer = %format_id(to), "snapshot could not be queued for the peer; reported to raft as failed");
-        if self
-            .events
-            .try_send(PeerEvent::Snapshot(to, false))
-            .is_err()
-        {
-            // The driver's event queue is full: spawn the report so it is never lost.
-            let events = self.events.clone();
-            tokio::spawn(async move {
-                let _ = events.send(PeerEvent::Snapshot(to, false)).await;
-            });
-        }
+        let _ = self.events.send(PeerEvent::Snapshot(to, false));
     }
 }
 
@@ -239,12 +239,12 @@ struct PeerSender {
     peer_id: u64,
     urls: Vec<String>,
     queue: mpsc::Receiver<Message>,
-    events: mpsc::Sender<PeerEvent>,
+    events: mpsc::UnboundedSender<PeerEvent>,
     shared: Arc<OnceLock<Arc<Shared>>>,
     tls: PeerDialTls,
     snapshot_files: Arc<dyn SnapshotFiles>,
-    /// A snapshot is being sent to this peer (raft sends one at a time; a second is refused).
-    snapshot_sending: Arc<std::sync::atomic::AtomicBool>,
+    /// The snapshot being sent to this peer, if any.
+    snapshot_send: Option<tokio::task::JoinHandle<()>>,
 }
 
 enum Connect {
@@ -286,13 +286,11 @@ impl PeerSender {
         while let Ok(m) = self.queue.try_recv() {
             dropped = true;
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                let _ = self
-                    .events
-                    .try_send(PeerEvent::Snapshot(self.peer_id, false));
+                let _ = self.events.send(PeerEvent::Snapshot(self.peer_id, false));
             }
         }
         if dropped {
-            let _ = self.events.try_send(PeerEvent::Unreachable(self.peer_id));
+            let _ = self.events.send(PeerEvent::Unreachable(self.peer_id));
         }
     }
 
@@ -341,7 +339,7 @@ impl PeerSender {
                 peer: resp.cluster_id,
             };
             if !joined {
-                let _ = self.events.send(PeerEvent::Fatal(err.to_string())).await;
+                let _ = self.events.send(PeerEvent::Fatal(err.to_string()));
                 return Connect::Stop;
             }
             tracing::error!(
@@ -414,30 +412,40 @@ impl PeerSender {
 
     /// Sends a MsgSnapshot and its file on a call of their own (the message stream keeps
     /// flowing meanwhile) and reports the outcome to raft when the peer has stored it.
-    fn start_snapshot(&self, client: PeerClient<tonic::transport::Channel>, m: Message) {
-        use std::sync::atomic::Ordering::SeqCst;
-        let to = self.peer_id;
-        if self.snapshot_sending.swap(true, SeqCst) {
-            let _ = self.events.try_send(PeerEvent::Snapshot(to, false));
-            return;
+    fn start_snapshot(&mut self, client: PeerClient<tonic::transport::Channel>, m: Message) {
+        // raft sends a peer one snapshot at a time and sends another only after it forgot the
+        // first (a new term): that one is abandoned unreported, raft no longer waits for it.
+        if let Some(old) = self.snapshot_send.take() {
+            if !old.is_finished() {
+                tracing::info!(peer = %format_id(self.peer_id), "abandoning the snapshot in flight for a newer one");
+                old.abort();
+            }
         }
-        let (sending, events) = (self.snapshot_sending.clone(), self.events.clone());
+        let (to, events) = (self.peer_id, self.events.clone());
         let (cluster_id, from) = (self.cluster_id, self.member_id);
         let files = self.snapshot_files.clone();
-        tokio::spawn(async move {
+        self.snapshot_send = Some(tokio::spawn(async move {
             let index = m.get_snapshot().get_metadata().index;
             let res = send_snapshot(client, files, m, cluster_id, from).await;
             match &res {
                 Ok(bytes) => tracing::info!(peer = %format_id(to), index, bytes, "sent snapshot"),
                 Err(e) => {
-                    tracing::warn!(peer = %format_id(to), index, "sending snapshot failed: {e}")
+                    tracing::warn!(peer = %format_id(to), index, "sending snapshot failed: {}", e.why)
                 }
             }
-            sending.store(false, SeqCst);
-            // The report must reach raft, or it waits for this snapshot forever.
-            let _ = events.send(PeerEvent::Snapshot(to, res.is_ok())).await;
-        });
+            if matches!(&res, Err(e) if e.file_unusable) {
+                let _ = events.send(PeerEvent::SnapshotFileUnusable(index));
+            }
+            let _ = events.send(PeerEvent::Snapshot(to, res.is_ok()));
+        }));
     }
+}
+
+/// Why a snapshot send failed; `file_unusable` when the fault is this member's file (it could
+/// not be read, or the peer found it not matching its reference), not the network or the peer.
+struct SnapshotSendError {
+    why: String,
+    file_unusable: bool,
 }
 
 /// The Peer.Snapshot call: the message first, then the file in chunks, read off the async
@@ -449,7 +457,7 @@ async fn send_snapshot(
     m: Message,
     cluster_id: u64,
     from: u64,
-) -> Result<u64, String> {
+) -> Result<u64, SnapshotSendError> {
     let index = m.get_snapshot().get_metadata().index;
     let mut message = Vec::new();
     detcd_core::raftpb::encode_message(&m, &mut message);
@@ -473,10 +481,16 @@ async fn send_snapshot(
     };
     let res = client.snapshot(outbound).await;
     if let Ok(why) = read_err.await {
-        return Err(why);
+        return Err(SnapshotSendError {
+            why,
+            file_unusable: true,
+        });
     }
     res.map(|r| r.into_inner().bytes)
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| SnapshotSendError {
+            file_unusable: e.code() == tonic::Code::DataLoss,
+            why: error_chain(&e),
+        })
 }
 
 /// Inbound side: the gRPC service on the peer URLs.
@@ -592,7 +606,7 @@ impl Peer for PeerService {
             if !data.is_empty() {
                 check.update(&data);
                 if check.size > file_ref.size {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(Status::data_loss(format!(
                         "snapshot file {index} is longer than its reference ({} bytes)",
                         file_ref.size
                     )));
@@ -601,24 +615,26 @@ impl Peer for PeerService {
                     break; // the writer failed: `stored` says why
                 }
             }
-            match stream.message().await? {
-                Some(chunk) => data = chunk.data,
-                None => break,
+            match tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, stream.message()).await {
+                Ok(Ok(Some(chunk))) => data = chunk.data,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "no chunk of snapshot file {index} for {SNAPSHOT_CHUNK_TIMEOUT:?}"
+                    )))
+                }
             }
         }
-        if check.matches(&file_ref) {
+        let complete = check.matches(&file_ref);
+        if complete {
             let _ = file.send(None).await;
         }
         drop(file);
         match stored.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) if check.matches(&file_ref) => {
-                tracing::error!(index, "storing snapshot file failed: {e}");
-                return Err(Status::internal(format!(
-                    "storing snapshot file {index}: {e}"
-                )));
-            }
-            _ => {
+            // Short or different bytes: the writer was told to discard them.
+            Ok(Err(e)) if !complete && e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 tracing::warn!(
                     from = %format_id(first.from),
                     index,
@@ -629,6 +645,13 @@ impl Peer for PeerService {
                     "snapshot file {index} does not match its reference"
                 )));
             }
+            Ok(Err(e)) => {
+                tracing::error!(index, "storing snapshot file failed: {e}");
+                return Err(Status::internal(format!(
+                    "storing snapshot file {index}: {e}"
+                )));
+            }
+            Err(_) => return Err(Status::internal("the snapshot file writer stopped")),
         }
         tracing::info!(from = %format_id(first.from), index, bytes = check.size, "received snapshot");
         self.inbound
@@ -707,7 +730,7 @@ mod tests {
     async fn a_snapshot_that_cannot_be_queued_is_reported_failed() {
         let (queue, _held) = mpsc::channel(1);
         queue.try_send(msg(2, MessageType::MsgAppend)).unwrap(); // now full
-        let (events, mut reports) = mpsc::channel(16);
+        let (events, mut reports) = mpsc::unbounded_channel();
         let t = Transport {
             peers: BTreeMap::from([(2, queue)]),
             events,

@@ -176,9 +176,9 @@ struct Member {
     waiting: BTreeMap<u64, (usize, OpId, String, Op)>,
     /// (term, vote) last seen, to notice a new vote.
     last_vote: (u64, u64),
-    /// Snapshot files by index: built here, or received beside a MsgSnapshot. Synced when
-    /// written, so a crash keeps them.
-    snapshot_files: BTreeMap<u64, std::rc::Rc<Vec<u8>>>,
+    /// Snapshot files (index, bytes), oldest commit first: built here, or received beside a
+    /// MsgSnapshot. Synced when written, so a crash keeps them.
+    snapshot_files: Vec<(u64, std::rc::Rc<Vec<u8>>)>,
 }
 
 /// Snapshot files a member keeps (older ones are removed as new ones arrive).
@@ -258,7 +258,7 @@ impl CoreSim {
                     log: None,
                     waiting: BTreeMap::new(),
                     last_vote: (0, 0),
-                    snapshot_files: BTreeMap::new(),
+                    snapshot_files: Vec::new(),
                 }
             })
             .collect();
@@ -637,7 +637,7 @@ impl CoreSim {
             DiskJob::InstallSnapshot(install) => {
                 // The transport stored the file before raft saw the message.
                 let index = install.snap.get_metadata().index;
-                let file = self.members[i].snapshot_files.get(&index).cloned();
+                let file = snapshot_file(&self.members[i].snapshot_files, index);
                 let installed = match file {
                     Some(f) => install.run(f.as_slice()),
                     None => Err(state::Fatal(format!("snapshot file {index} missing"))),
@@ -707,7 +707,7 @@ impl CoreSim {
             // The file travels before the message (the transport's Peer.Snapshot call), and
             // the send is reported only once it is stored at the receiver.
             let index = msg.get_snapshot().get_metadata().index;
-            let Some(file) = self.members[from].snapshot_files.get(&index).cloned() else {
+            let Some(file) = snapshot_file(&self.members[from].snapshot_files, index) else {
                 self.saw("snapshot lost");
                 self.with_server(from, |s| {
                     s.handle_snapshot_status(msg.to, false);
@@ -990,10 +990,21 @@ impl CoreRun {
     }
 }
 
-/// Stores a snapshot file and drops the oldest beyond [`SNAPSHOT_FILES_KEPT`].
-fn keep_snapshot_file(files: &mut BTreeMap<u64, std::rc::Rc<Vec<u8>>>, index: u64, bytes: Vec<u8>) {
-    files.insert(index, std::rc::Rc::new(bytes));
-    while files.len() > SNAPSHOT_FILES_KEPT {
-        files.pop_first();
-    }
+/// Stores a snapshot file and drops the ones committed before the last
+/// [`SNAPSHOT_FILES_KEPT`] (by commit order, as `detcd_net::snapshot_files` does).
+fn keep_snapshot_file(files: &mut Vec<(u64, std::rc::Rc<Vec<u8>>)>, index: u64, bytes: Vec<u8>) {
+    files.retain(|(i, _)| *i != index);
+    files.push((index, std::rc::Rc::new(bytes)));
+    let extra = files.len().saturating_sub(SNAPSHOT_FILES_KEPT);
+    files.drain(..extra);
+}
+
+fn snapshot_file(
+    files: &[(u64, std::rc::Rc<Vec<u8>>)],
+    index: u64,
+) -> Option<std::rc::Rc<Vec<u8>>> {
+    files
+        .iter()
+        .find(|(i, _)| *i == index)
+        .map(|(_, f)| f.clone())
 }

@@ -40,6 +40,9 @@ use std::collections::{BTreeMap, VecDeque};
 #[cfg(test)]
 mod tests;
 
+/// Ticks to wait after a failed snapshot build before the next (100 heartbeats).
+const SNAPSHOT_RETRY_TICKS: u64 = 100;
+
 /// Proposals held while no leader is known; more are refused with `NoLeader` at once.
 pub const MAX_HELD_PROPOSALS: usize = 4096;
 /// Reads waiting for a leader, for their read index, or for apply to reach it.
@@ -263,6 +266,8 @@ pub struct Server<V: StateViews> {
     /// Raft asked for a snapshot to send to a lagging follower; one is built once the state
     /// machine is durable.
     snapshot_wanted: bool,
+    /// No snapshot is built before this tick (after a failed build).
+    next_build_tick: u64,
     /// A snapshot being built: its index, term and configuration.
     building: Option<(u64, u64, ConfState)>,
     /// A Ready whose snapshot from the leader is being installed: the rest of it (committed
@@ -338,6 +343,7 @@ impl<V: StateViews> Server<V> {
             to_apply: VecDeque::new(),
             compaction_due: false,
             snapshot_wanted: false,
+            next_build_tick: 0,
             building: None,
             installing: None,
             attributes_published: false,
@@ -430,6 +436,16 @@ impl<V: StateViews> Server<V> {
         self.raw.report_snapshot(id, status);
     }
 
+    /// The snapshot file at `index` could not be read, or a follower found it damaged: it is
+    /// no longer offered to raft, and the next follower that needs one gets a new build.
+    pub fn handle_snapshot_unusable(&mut self, index: u64) {
+        tracing::warn!(
+            index,
+            "snapshot file unusable; a new one will be built when needed"
+        );
+        self.raw.mut_store().forget_snapshot(index);
+    }
+
     /// Writes for the state machine. Returns the request ids their [`Output::Response`]s
     /// carry, in order.
     pub fn handle_proposals(&mut self, requests: Vec<Request>) -> Result<Vec<u64>, Fatal> {
@@ -496,9 +512,18 @@ impl<V: StateViews> Server<V> {
     /// The [`Output::BuildSnapshot`] asked for is written (its file's `SnapshotRef`), or
     /// failed, which stops the member. Raft may send it to lagging followers from now on.
     pub fn handle_snapshot_built(&mut self, file: Result<SnapshotRef, Fatal>) -> Result<(), Fatal> {
-        let file = file?;
         let Some((index, term, conf_state)) = self.building.take() else {
             return Ok(());
+        };
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                // Only a lagging follower needed it: the member goes on, and raft asks again
+                // after a pause (a full disk is not retried in a tight loop).
+                tracing::error!(index, "building a snapshot failed: {e}");
+                self.next_build_tick = self.tick + SNAPSHOT_RETRY_TICKS;
+                return self.drive();
+            }
         };
         let log = self.raw.mut_store();
         if index < log.compacted_index() {
@@ -513,6 +538,8 @@ impl<V: StateViews> Server<V> {
         md.term = term;
         md.set_conf_state(conf_state);
         log.set_snapshot(snap);
+        // Requests raft made while this was built are answered by it.
+        self.snapshot_wanted = false;
         tracing::info!(index, "snapshot built for a lagging follower");
         self.drive()
     }
@@ -905,7 +932,7 @@ impl<V: StateViews> Server<V> {
         if self.state.applied() >= self.last_compaction_index + self.cfg.snapshot_count.max(1) {
             self.compaction_due = true;
         }
-        if !(self.compaction_due || (self.snapshot_wanted && self.building.is_none())) {
+        if !(self.compaction_due || self.may_build()) {
             return Ok(());
         }
         if self.state.is_committing() {
@@ -915,6 +942,11 @@ impl<V: StateViews> Server<V> {
             return self.snapshot_and_compact();
         }
         self.request_commit()
+    }
+
+    /// Raft wants a snapshot, none is being built, and no failed build is being waited out.
+    fn may_build(&self) -> bool {
+        self.snapshot_wanted && self.building.is_none() && self.tick >= self.next_build_tick
     }
 
     /// With the state machine durable through the applied index: compacts the log if due,
@@ -940,7 +972,7 @@ impl<V: StateViews> Server<V> {
                 tracing::info!(index, compact_to, "raft log compacted");
             }
         }
-        if self.snapshot_wanted && self.building.is_none() {
+        if self.may_build() {
             self.snapshot_wanted = false;
             let Some(term) = self.raw.store().entry_term(index) else {
                 return Ok(());

@@ -24,7 +24,7 @@ use crate::tables::{meta_keys, META};
 use prost::Message as _;
 use raft::prelude::{ConfState, Snapshot};
 use redb::{Durability, ReadableDatabase};
-use snapshot::{SnapshotFileError, SnapshotReader, SnapshotWriter};
+use snapshot::{FileCheck, SnapshotFileError, SnapshotReader, SnapshotWriter};
 use std::io::{Read, Write};
 use std::sync::Arc;
 
@@ -460,6 +460,20 @@ impl std::fmt::Debug for SnapshotInstall {
     }
 }
 
+/// A reader that checksums what passes through it.
+struct Checked<'a, R> {
+    inner: R,
+    check: &'a mut FileCheck,
+}
+
+impl<R: Read> Read for Checked<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.check.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// The state a snapshot installed: what [`KvState::finish_install`] takes.
 #[derive(Debug)]
 pub struct Installed {
@@ -483,8 +497,14 @@ impl SnapshotInstall {
     pub fn run(self, file: impl Read) -> Result<Installed, Fatal> {
         let snap = &self.snap;
         let index = snap.get_metadata().index;
+        let want = self.file_ref()?;
         let damaged = |e: SnapshotFileError| Fatal::new("installing the snapshot file", e);
-        let (reader, head) = SnapshotReader::open(file).map_err(damaged)?;
+        let mut check = FileCheck::default();
+        let (reader, head) = SnapshotReader::open(Checked {
+            inner: file,
+            check: &mut check,
+        })
+        .map_err(damaged)?;
         let mut txn = self
             .db
             .begin_write()
@@ -494,6 +514,14 @@ impl SnapshotInstall {
         let rows = reader.rows().map(|r| r.map_err(damaged));
         let mvcc = Mvcc::import_rows(&txn, &head, rows)
             .map_err(|e| Fatal(format!("installing snapshot: {e}")))?;
+        // The reader read to the end: the bytes must be the file raft's snapshot names.
+        if !check.matches(&want) {
+            return Err(Fatal(format!(
+                "snapshot file {index} is not the one the leader sent ({} bytes, crc32c {:08x}; \
+                 want {} bytes, crc32c {:08x})",
+                check.size, check.crc32c, want.size, want.crc32c
+            )));
+        }
         let members = Membership::import(&txn, &head)
             .map_err(|e| Fatal::new("installing snapshot members", e))?;
         crate::raft_log::write_snapshot_meta(&txn, snap)
@@ -603,5 +631,60 @@ mod tests {
         s.committed(1);
         assert_eq!(read_applied(s.db()).unwrap(), 1);
         assert_eq!(s.durable_applied(), 1);
+    }
+
+    /// A snapshot file built from one state machine installs into another (replacing what
+    /// it held); a file other than the one the leader's snapshot names is refused, and then
+    /// nothing of it is committed.
+    #[test]
+    fn a_snapshot_file_installs_only_when_it_is_the_one_named() {
+        let mut leader = new_state();
+        for i in 1..=3 {
+            leader.apply(i, &put(&format!("v{i}"))).unwrap().unwrap();
+        }
+        commit(&mut leader);
+        let (bytes, file) = leader
+            .snapshot_source()
+            .unwrap()
+            .write_to(Vec::new())
+            .unwrap();
+        let snap = |file: &SnapshotRef| {
+            let mut s = Snapshot::default();
+            s.set_data(file.encode_to_vec().into());
+            s.mut_metadata().index = 3;
+            s.mut_metadata().term = 1;
+            s
+        };
+        let value = |s: &KvState<Owned>| {
+            let txn = s.db().begin_read().unwrap();
+            let req = pb::RangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            };
+            let r = s.views().mvcc(|m| m.range_in(&txn, &req)).unwrap();
+            r.kvs.first().map(|kv| kv.value.clone())
+        };
+
+        let mut follower = new_state();
+        follower.apply(1, &put("old")).unwrap().unwrap();
+        commit(&mut follower);
+        let wrong = SnapshotRef {
+            crc32c: file.crc32c ^ 1,
+            ..file
+        };
+        let install = follower.begin_install(snap(&wrong));
+        match install.run(bytes.as_slice()) {
+            Err(Fatal(msg)) => assert!(msg.contains("not the one the leader sent"), "{msg}"),
+            other => panic!("a mismatching file was installed: {other:?}"),
+        }
+        assert_eq!(value(&follower).as_deref(), Some(b"old".as_slice()));
+
+        let mut follower = new_state();
+        let install = follower.begin_install(snap(&file));
+        let installed = install.run(bytes.as_slice()).unwrap();
+        follower.finish_install(installed);
+        assert_eq!(follower.applied(), 3);
+        assert_eq!(value(&follower).as_deref(), Some(b"v3".as_slice()));
+        assert_eq!(read_applied(follower.db()).unwrap(), 3);
     }
 }
