@@ -21,6 +21,8 @@ pub enum ApiError {
     Stopped,
     #[error("etcdserver: request is too large")]
     TooLarge,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: member not found")]
     MemberNotFound,
     #[error("{0}")]
@@ -37,6 +39,8 @@ impl From<ApiError> for Status {
             | ApiError::LeaderChanged
             | ApiError::Stopped => Code::Unavailable,
             ApiError::TooLarge => Code::InvalidArgument,
+            // etcd's rpctypes.ErrGRPCTooManyRequests
+            ApiError::TooManyRequests => Code::ResourceExhausted,
             ApiError::MemberNotFound => Code::NotFound,
             ApiError::Unimplemented(_) => Code::Unimplemented,
         };

@@ -484,6 +484,7 @@ fn api_error(e: RequestError) -> ApiError {
         RequestError::Refused(r) => ApiError::Refused(r),
         RequestError::NoLeader => ApiError::NoLeader,
         RequestError::LeaderChanged => ApiError::LeaderChanged,
+        RequestError::TooManyRequests => ApiError::TooManyRequests,
     }
 }
 

@@ -849,7 +849,7 @@ impl CoreSim {
             ),
             Ok(other) => panic!("unexpected apply result {other:?} for {op:?}"),
             // Never proposed: it did not happen.
-            Err(RequestError::NoLeader) => (Outcome::Failed, None),
+            Err(RequestError::NoLeader | RequestError::TooManyRequests) => (Outcome::Failed, None),
             Err(RequestError::Refused(_)) => (Outcome::Failed, None),
             Err(RequestError::LeaderChanged) => (Outcome::Unknown, None),
         };

@@ -62,6 +62,10 @@ pub enum RequestError {
     /// The leader changed while the request was in flight; it may or may not have been applied.
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    /// More reads are waiting than [`MAX_PENDING_READS`] (etcd's ErrTooManyRequests, which it
+    /// returns when apply falls too far behind commit).
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
 }
 
 /// An MVCC refusal, kept as its text and gRPC code (MvccError is not Clone).
@@ -480,7 +484,7 @@ impl<V: StateViews> Server<V> {
             if self.pending_reads.len() >= MAX_PENDING_READS {
                 self.outputs.push_back(Output::ReadReady {
                     id,
-                    result: Err(RequestError::NoLeader),
+                    result: Err(RequestError::TooManyRequests),
                 });
             } else {
                 self.pending_reads.push((id, self.tick));

@@ -122,3 +122,24 @@ fn request_ids_carry_the_member_and_increase() {
     assert_eq!(a >> 48, 0x1234);
     assert_eq!(b, a + 1);
 }
+
+/// Reads beyond MAX_PENDING_READS are refused at once with etcd's overload error, not "no
+/// leader" (there may well be one).
+#[test]
+fn reads_beyond_the_pending_limit_get_too_many_requests() {
+    let (mut s, mut file) = server(&[1, 2, 3]); // no leader: every read waits
+    let ids = s.handle_reads(MAX_PENDING_READS + 1).unwrap();
+    let refused: Vec<Output> = run_outputs(&mut s, &mut file);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    match &refused[0] {
+        Output::ReadReady { id, result } => {
+            assert_eq!(*id, ids[MAX_PENDING_READS]);
+            assert_eq!(result, &Err(RequestError::TooManyRequests));
+            assert_eq!(
+                result.as_ref().unwrap_err().to_string(),
+                "etcdserver: too many requests"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
