@@ -445,6 +445,10 @@ impl Node {
                             .and_then(|f| {
                                 install.run(std::io::BufReader::with_capacity(1 << 20, f))
                             });
+                        if installed.is_ok() {
+                            // The data file holds it now; the copy would double the data dir.
+                            files.remove(index);
+                        }
                         let _ = done.send(DiskDone::SnapshotInstalled(installed));
                     });
                 }
