@@ -355,8 +355,8 @@ impl Node {
             tokio::select! {
                 biased;
                 Some(done) = self.disk_done.recv() => match done {
-                    DiskDone::Persisted(n) => self.server.handle_persisted(n)?,
-                    DiskDone::Committed(applied) => self.server.handle_committed(applied)?,
+                    DiskDone::Persisted(n) => timed("handling a log write", || self.server.handle_persisted(n))?,
+                    DiskDone::Committed(applied) => timed("handling a commit", || self.server.handle_committed(applied))?,
                     DiskDone::SnapshotBuilt(data) => self.server.handle_snapshot_built(data)?,
                     DiskDone::SnapshotInstalled(res) => self.server.handle_snapshot_installed(res)?,
                     DiskDone::Failed(msg) => return Err(NodeError::Fatal(msg)),
@@ -375,9 +375,9 @@ impl Node {
                             Err(_) => break,
                         }
                     }
-                    self.server.handle_messages(msgs)?;
+                    timed("handling peer messages", || self.server.handle_messages(msgs))?;
                 }
-                _ = ticker.tick() => self.server.handle_tick()?,
+                _ = ticker.tick() => timed("handling a tick", || self.server.handle_tick())?,
                 Some(p) = self.proposals.recv() => {
                     let mut batch = vec![p];
                     while batch.len() < MAX_BATCH {
@@ -390,7 +390,7 @@ impl Node {
                     batch.retain(|p| !p.respond.is_closed());
                     let (requests, responders): (Vec<_>, Vec<_>) =
                         batch.into_iter().map(|p| (p.request, p.respond)).unzip();
-                    let ids = self.server.handle_proposals(requests)?;
+                    let ids = timed("handling proposals", || self.server.handle_proposals(requests))?;
                     self.waiting_writes.extend(ids.into_iter().zip(responders));
                 }
                 Some(r) = self.reads.recv() => {
@@ -492,9 +492,27 @@ fn api_error(e: RequestError) -> ApiError {
     }
 }
 
+/// A disk operation or driver step longer than this is logged (etcd warns about slow applies
+/// at 100 ms too): on a healthy machine none is.
+const SLOW: Duration = Duration::from_millis(100);
+
+/// Runs `f`, logging it if it took longer than [`SLOW`].
+fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    let out = f();
+    let took = start.elapsed();
+    if took > SLOW {
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            "raft driver: {what} took too long"
+        );
+    }
+    out
+}
+
 fn commit_and_report(pending: PendingCommit, done: &mpsc::UnboundedSender<DiskDone>) {
     let PendingCommit { txn, applied } = pending;
-    let report = match txn.commit() {
+    let report = match timed("committing the data file", || txn.commit()) {
         Ok(()) => DiskDone::Committed(applied),
         Err(e) => DiskDone::Failed(format!("committing applied entries failed, stopping: {e}")),
     };
@@ -537,6 +555,8 @@ fn write_log_batch(
     jobs: Vec<LogJob>,
     transport: &Transport,
 ) -> Result<Option<u64>, String> {
+    let start = std::time::Instant::now();
+    let (count, mut replaced) = (jobs.len(), false);
     let mut need_sync = false;
     let mut last = None;
     let mut after_sync = Vec::new();
@@ -561,12 +581,22 @@ fn write_log_batch(
                 file.replace(&image)
                     .map_err(|e| format!("raft log rewrite failed, stopping: {e}"))?;
                 need_sync = false;
+                replaced = true;
             }
         }
     }
     if need_sync {
         file.sync()
             .map_err(|e| format!("raft log fsync failed, stopping: {e}"))?;
+    }
+    let took = start.elapsed();
+    if took > SLOW {
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            jobs = count,
+            replaced,
+            "slow raft log write"
+        );
     }
     // Straight to the peers: a follower's answer does not wait for the driver.
     transport.send(after_sync);
