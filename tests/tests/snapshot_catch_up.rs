@@ -34,16 +34,22 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_streamed_snapshot() {
     );
     let urls = c.client_urls();
     let rt = runtime();
+    // Member 2 may be the leader: the others elect a new one, and the first puts retry.
     c.members[2].kill();
     // 1.5 MB of values: the snapshot file takes more than one 1 MiB chunk.
     let value = "v".repeat(1000);
     rt.block_on(within(120, "writes with one member down", async {
         let mut client = connect(&urls[..2]).await;
         for i in 0..KEYS {
-            client
-                .put(format!("k/{i:05}"), value.as_str(), None)
-                .await
-                .unwrap_or_else(|e| panic!("put k/{i:05}: {e}"));
+            let key = format!("k/{i:05}");
+            let deadline = Deadline::new(Duration::from_secs(20), format!("put {key}"));
+            loop {
+                match client.put(key.as_str(), value.as_str(), None).await {
+                    Ok(_) => break,
+                    Err(e) => deadline.check(&e),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }));
 
