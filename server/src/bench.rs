@@ -28,6 +28,8 @@ Global flags:
       --total int          total number of requests (default 10000)
       --dial-timeout dur   dial timeout, e.g. 5s (default 0: none)
       --precise            use full floating point precision in the report
+      --slow dur           print each request slower than this to stderr with its UTC start
+                           time, to match against the members' logs (detcd's own; default off)
 ";
 
 /// The parsed command line of `detcd bench`.
@@ -41,6 +43,8 @@ pub struct BenchArgs {
     pub rate: u64,
     pub precise: bool,
     pub dial_timeout: Option<Duration>,
+    /// Requests slower than this are printed to stderr as they finish.
+    pub slow: Option<Duration>,
     pub load: Load,
 }
 
@@ -100,6 +104,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
     let mut rate = 0u64;
     let mut precise = false;
     let mut dial_timeout = None;
+    let mut slow = None;
     let mut key_size = 8usize;
     let mut val_size = 8usize;
     let mut key_space_size = 1u64;
@@ -155,6 +160,7 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "rate" => rate = num(name, &value)?,
             "precise" => precise = on,
             "dial-timeout" => dial_timeout = Some(parse_duration(name, &value)?),
+            "slow" => slow = Some(parse_duration(name, &value)?),
             "key-size" => key_size = num(name, &value)?,
             "val-size" => val_size = num(name, &value)?,
             "key-space-size" => key_space_size = num(name, &value)?,
@@ -224,8 +230,32 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
         rate,
         precise,
         dial_timeout,
+        slow,
         load,
     }))
+}
+
+/// `t` as RFC 3339 UTC with microseconds, the members' log format.
+pub fn utc(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (days, secs) = ((d.as_secs() / 86400) as i64, d.as_secs() % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        d.subsec_micros()
+    )
 }
 
 /// etcd's report percentiles.
@@ -434,6 +464,7 @@ async fn drive(args: &BenchArgs) -> Result<(Vec<Outcome>, Duration), String> {
 
     let start = Instant::now();
     let mut workers = Vec::with_capacity(args.clients);
+    let slow = args.slow;
     for c in 0..args.clients {
         let mut kv = KvClient::new(chans[c % chans.len()].clone());
         let rx = rx.clone();
@@ -442,12 +473,20 @@ async fn drive(args: &BenchArgs) -> Result<(Vec<Outcome>, Duration), String> {
             loop {
                 let req = { rx.lock().await.recv().await };
                 let Some(req) = req else { break };
-                let t = Instant::now();
+                let (t, wall) = (Instant::now(), std::time::SystemTime::now());
                 let res = match req {
                     Req::Put(r) => kv.put(r).await.map(|_| ()),
                     Req::Range(r) => kv.range(r).await.map(|_| ()),
                 };
-                let secs = t.elapsed().as_secs_f64();
+                let took = t.elapsed();
+                if slow.is_some_and(|s| took > s) {
+                    eprintln!(
+                        "slow request: started {} took {:.1} ms",
+                        utc(wall),
+                        took.as_secs_f64() * 1000.0
+                    );
+                }
+                let secs = took.as_secs_f64();
                 let err = res
                     .err()
                     .map(|s| format!("rpc error: code = {:?} desc = {}", s.code(), s.message()));
@@ -575,6 +614,18 @@ mod tests {
             Parsed::Run(a) => a,
             Parsed::Help => panic!("help"),
         }
+    }
+
+    #[test]
+    fn slow_requests_are_dated_in_utc() {
+        let a = run_args(&["--slow", "50ms", "put"]);
+        assert_eq!(a.slow, Some(Duration::from_millis(50)));
+        assert_eq!(run_args(&["put"]).slow, None);
+        let t = std::time::UNIX_EPOCH + Duration::from_micros(1_764_480_000_123_456);
+        assert_eq!(utc(t), "2025-11-30T05:20:00.123456Z");
+        assert_eq!(utc(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let leap = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(utc(leap), "2000-02-29T00:00:00.000000Z");
     }
 
     #[test]
