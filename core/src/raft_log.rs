@@ -663,6 +663,19 @@ mod tests {
         assert!(log.snapshot(0, 2).is_ok());
     }
 
+    /// A snapshot whose file is unusable is offered no more: raft's next request asks for a
+    /// new build; forgetting another index changes nothing.
+    #[test]
+    fn a_forgotten_snapshot_is_built_anew() {
+        let (_db, _file, mut log) = bootstrapped(&[1]);
+        log.set_snapshot(Snapshot::default());
+        log.forget_snapshot(7);
+        assert!(log.snapshot(0, 2).is_ok());
+        log.forget_snapshot(0);
+        assert!(log.snapshot(0, 2).is_err());
+        assert!(log.take_snapshot_wanted());
+    }
+
     fn snapshot_at(index: u64, term: u64) -> Snapshot {
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = index;

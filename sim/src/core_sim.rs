@@ -19,9 +19,11 @@ use detcd_core::raft_log::RaftLog;
 use detcd_core::server::{Mutations, Output, RequestError, Server, ServerConfig};
 use detcd_core::state::{self, KvState, Owned, PendingCommit};
 use detcd_core::wal::LogFile;
+use detcd_net::snapshot_files::{MemSnapshots, SnapshotFiles};
 use raft::prelude::{Message, MessageType};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 /// A small deterministic generator (xorshift64*); the simulator's only randomness.
@@ -176,13 +178,10 @@ struct Member {
     waiting: BTreeMap<u64, (usize, OpId, String, Op)>,
     /// (term, vote) last seen, to notice a new vote.
     last_vote: (u64, u64),
-    /// Snapshot files (index, bytes), oldest commit first: built here, or received beside a
-    /// MsgSnapshot. Synced when written, so a crash keeps them.
-    snapshot_files: Vec<(u64, std::rc::Rc<Vec<u8>>)>,
+    /// Snapshot files: built here, or received beside a MsgSnapshot; production's in-memory
+    /// store (synced when committed, so a crash keeps them).
+    snapshot_files: MemSnapshots,
 }
-
-/// Snapshot files a member keeps (older ones are removed as new ones arrive).
-const SNAPSHOT_FILES_KEPT: usize = 2;
 
 struct Client {
     /// The operation in flight: (member, request id, op id); at most one per client.
@@ -258,7 +257,7 @@ impl CoreSim {
                     log: None,
                     waiting: BTreeMap::new(),
                     last_vote: (0, 0),
-                    snapshot_files: Vec::new(),
+                    snapshot_files: MemSnapshots::default(),
                 }
             })
             .collect();
@@ -637,22 +636,24 @@ impl CoreSim {
             DiskJob::InstallSnapshot(install) => {
                 // The transport stored the file before raft saw the message.
                 let index = install.snap.get_metadata().index;
-                let file = snapshot_file(&self.members[i].snapshot_files, index);
-                let installed = match file {
-                    Some(f) => install.run(f.as_slice()),
-                    None => Err(state::Fatal(format!("snapshot file {index} missing"))),
+                let files = &self.members[i].snapshot_files;
+                let installed = match files.open(index) {
+                    Ok(f) => install.run(f),
+                    Err(e) => Err(state::Fatal(format!("snapshot file {index}: {e}"))),
                 };
+                if installed.is_ok() {
+                    files.remove(index); // as the executor does: the data file holds it now
+                }
                 self.with_server(i, |s| s.handle_snapshot_installed(installed));
                 return;
             }
             DiskJob::BuildSnapshot(source) => {
                 self.saw("snapshot built");
                 let index = source.index;
-                let files = &mut self.members[i].snapshot_files;
-                let built = source.write_to(Vec::new()).map(|(bytes, file)| {
-                    keep_snapshot_file(files, index, bytes);
-                    file
-                });
+                let files = &self.members[i].snapshot_files;
+                let built = source
+                    .write_to(Vec::new())
+                    .and_then(|(bytes, file)| store_file(files, index, &bytes).map(|_| file));
                 self.with_server(i, |s| s.handle_snapshot_built(built));
                 return;
             }
@@ -707,15 +708,22 @@ impl CoreSim {
             // The file travels before the message (the transport's Peer.Snapshot call), and
             // the send is reported only once it is stored at the receiver.
             let index = msg.get_snapshot().get_metadata().index;
-            let Some(file) = snapshot_file(&self.members[from].snapshot_files, index) else {
+            let mut bytes = Vec::new();
+            let sent = self.members[from]
+                .snapshot_files
+                .open(index)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .is_ok();
+            let stored =
+                sent && store_file(&self.members[to].snapshot_files, index, &bytes).is_ok();
+            if !stored {
                 self.saw("snapshot lost");
                 self.with_server(from, |s| {
                     s.handle_snapshot_status(msg.to, false);
                     Ok(())
                 });
                 return;
-            };
-            keep_snapshot_file(&mut self.members[to].snapshot_files, index, file.to_vec());
+            }
             self.saw("snapshot sent");
             self.with_server(from, |s| {
                 s.handle_snapshot_status(msg.to, true);
@@ -990,21 +998,12 @@ impl CoreRun {
     }
 }
 
-/// Stores a snapshot file and drops the ones committed before the last
-/// [`SNAPSHOT_FILES_KEPT`] (by commit order, as `detcd_net::snapshot_files` does).
-fn keep_snapshot_file(files: &mut Vec<(u64, std::rc::Rc<Vec<u8>>)>, index: u64, bytes: Vec<u8>) {
-    files.retain(|(i, _)| *i != index);
-    files.push((index, std::rc::Rc::new(bytes)));
-    let extra = files.len().saturating_sub(SNAPSHOT_FILES_KEPT);
-    files.drain(..extra);
-}
-
-fn snapshot_file(
-    files: &[(u64, std::rc::Rc<Vec<u8>>)],
-    index: u64,
-) -> Option<std::rc::Rc<Vec<u8>>> {
-    files
-        .iter()
-        .find(|(i, _)| *i == index)
-        .map(|(_, f)| f.clone())
+/// Writes and commits a snapshot file, as the executor and the receiving transport do.
+fn store_file(files: &MemSnapshots, index: u64, bytes: &[u8]) -> Result<(), state::Fatal> {
+    let mut w = files
+        .create(index)
+        .map_err(|e| state::Fatal::new("creating a snapshot file", e))?;
+    w.write_all(bytes)
+        .and_then(|_| w.commit())
+        .map_err(|e| state::Fatal::new("writing a snapshot file", e))
 }
