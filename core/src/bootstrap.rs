@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use crate::config::{format_initial_cluster, ClusterState, Config, InitialMember, Url};
 use crate::ids::{self, format_id};
+use crate::proto::detcdpb::MemberRecord;
 
 /// What the net layer found in the data dir.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +34,35 @@ pub enum Bootstrap {
         local_id: u64,
         members: Vec<BootstrapMember>,
     },
+    /// `--initial-cluster-state existing`: join a running cluster. `members` is
+    /// --initial-cluster (IDs from the token, replaced by the running cluster's when it is
+    /// asked: [`plan_join`]); the other members' peer URLs are where to ask.
+    Join {
+        local_name: String,
+        members: Vec<BootstrapMember>,
+    },
 }
+
+/// A running cluster as one of its members describes itself (the peer Members call).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteCluster {
+    pub cluster_id: u64,
+    pub members: Vec<MemberRecord>,
+    pub removed: Vec<u64>,
+}
+
+/// How a member joining a running cluster starts: the cluster's ID and members, and the ID
+/// `member add` gave this one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinPlan {
+    pub cluster_id: u64,
+    pub local_id: u64,
+    pub members: Vec<MemberRecord>,
+    pub removed: Vec<u64>,
+}
+
+/// The hint after "has already been bootstrapped" (etcd prints only the first sentence).
+const LOST_DATA_HINT: &str = "its data dir was lost or replaced, and a member that forgot its log and votes must not rejoin (it could vote twice in one term). To bring it back: `etcdctl member remove <id>`, then `etcdctl member add <name> --peer-urls=<its peer URLs>`, then start it with an empty data dir and --initial-cluster-state existing";
 
 /// Why a member refuses to start. Each message is the clustering guide's where the guide has
 /// one (etcd-facts §4 **Decision**), else etcd 3.4's. All of them exit with status 1.
@@ -55,12 +84,27 @@ pub enum BootstrapError {
     /// A peer belongs to another cluster. Raised by the net layer on the peer handshake.
     #[error("conflicting cluster ID to the target cluster ({} != {}). Exiting.", format_id(*.local), format_id(*.peer))]
     ConflictingClusterId { local: u64, peer: u64 },
-    /// `--initial-cluster-state existing` with an empty data dir: joining a running cluster needs
-    /// runtime reconfiguration (`member add`), which detcd does not implement yet.
-    #[error(
-        "joining an existing cluster (--initial-cluster-state existing) is not supported by detcd yet: it needs runtime reconfiguration (member add); start every member of a new cluster with --initial-cluster-state new"
-    )]
-    JoinExistingUnsupported,
+    /// A member with an empty data dir whose ID the running cluster already saw start (it
+    /// published its client URLs): its data dir was lost. etcd's message, then a hint.
+    #[error("member {} has already been bootstrapped: {LOST_DATA_HINT}", format_id(*.0))]
+    AlreadyBootstrapped(u64),
+    /// Joining: no listed peer answered with its member list (etcd's message).
+    #[error("cannot fetch cluster info from peer urls: could not retrieve cluster information from the given URLs")]
+    NoRemoteCluster,
+    /// Joining: --initial-cluster and the running cluster list different numbers of members
+    /// (etcd's ValidateClusterAndAssignIDs).
+    #[error("error validating peerURLs {remote}: member count is unequal")]
+    MemberCountUnequal { remote: String },
+    /// Joining: a running member's peer URLs are not in --initial-cluster.
+    #[error("error validating peerURLs {remote}: PeerURLs: no match found for existing member ({}, [{}])", format_id(*.id), .urls.join(" "))]
+    NoPeerUrlMatch {
+        remote: String,
+        id: u64,
+        urls: Vec<String>,
+    },
+    /// The data dir belongs to a member that was removed from its cluster.
+    #[error("the member has been permanently removed from the cluster (member {}); remove its data dir, then add it again with `etcdctl member add` and start it with --initial-cluster-state existing", format_id(*.0))]
+    Removed(u64),
 }
 
 /// Decides how this member starts. `resolve` maps a host name to its addresses (an empty
@@ -73,9 +117,6 @@ pub fn decide(
 ) -> Result<Bootstrap, BootstrapError> {
     if data_dir == DataDirState::HasLog {
         return Ok(Bootstrap::Restart);
-    }
-    if cfg.initial_cluster_state == ClusterState::Existing {
-        return Err(BootstrapError::JoinExistingUnsupported);
     }
     let local = cfg
         .initial_cluster
@@ -96,6 +137,12 @@ pub fn decide(
             peer_urls: m.peer_urls.clone(),
         })
         .collect();
+    if cfg.initial_cluster_state == ClusterState::Existing {
+        return Ok(Bootstrap::Join {
+            local_name: cfg.name.clone(),
+            members,
+        });
+    }
     let member_ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let local_id = members
         .iter()
@@ -107,6 +154,117 @@ pub fn decide(
         local_id,
         members,
     })
+}
+
+/// Checks a member of a new cluster against what its running peers answered, before it
+/// writes anything: a peer of another cluster is the guide's "conflicting cluster ID", and a
+/// cluster that already saw this member start means its data dir was lost (etcd's
+/// isMemberBootstrapped). Peers that did not answer are not in `remotes`: in a new cluster
+/// they are starting too.
+pub fn check_new_member(
+    local_id: u64,
+    cluster_id: u64,
+    remotes: &[RemoteCluster],
+) -> Result<(), BootstrapError> {
+    for r in remotes {
+        if r.cluster_id != cluster_id {
+            return Err(BootstrapError::ConflictingClusterId {
+                local: cluster_id,
+                peer: r.cluster_id,
+            });
+        }
+    }
+    check_not_started(local_id, remotes)
+}
+
+/// A member the cluster knows as started (it published client URLs) must not start afresh.
+fn check_not_started(local_id: u64, remotes: &[RemoteCluster]) -> Result<(), BootstrapError> {
+    let started = remotes.iter().any(|r| {
+        r.members
+            .iter()
+            .any(|m| m.id == local_id && !m.client_urls.is_empty())
+    });
+    if started {
+        return Err(BootstrapError::AlreadyBootstrapped(local_id));
+    }
+    Ok(())
+}
+
+/// Plans joining the running cluster `remote` (the first listed peer that answered) as the
+/// member `local_name` of --initial-cluster `members` (etcd's ValidateClusterAndAssignIDs):
+/// the two must list the same number of members, and each running member's peer URLs must
+/// be some --initial-cluster entry's (compared as sorted URL strings; names are not
+/// compared). The local member takes the ID of the running member it matched, the one
+/// `member add` gave it, which must not have started before (a lost data dir).
+pub fn plan_join(
+    local_name: &str,
+    members: &[BootstrapMember],
+    remote: &RemoteCluster,
+) -> Result<JoinPlan, BootstrapError> {
+    let described = describe_remote(remote);
+    if remote.members.len() != members.len() {
+        return Err(BootstrapError::MemberCountUnequal { remote: described });
+    }
+    let url_set = |urls: Vec<String>| {
+        let mut v = urls;
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut local_id = None;
+    for existing in &remote.members {
+        let want = url_set(existing.peer_urls.clone());
+        let matched = members
+            .iter()
+            .find(|m| url_set(m.peer_urls.iter().map(|u| u.to_string()).collect()) == want);
+        match matched {
+            Some(m) if m.name == local_name => local_id = Some(existing.id),
+            Some(_) => {}
+            None => {
+                return Err(BootstrapError::NoPeerUrlMatch {
+                    remote: described,
+                    id: existing.id,
+                    urls: existing.peer_urls.clone(),
+                })
+            }
+        }
+    }
+    // decide() checked the local name is listed, and every running member matched an entry.
+    let local_id = local_id.ok_or_else(|| BootstrapError::NotListed {
+        name: local_name.to_string(),
+    })?;
+    check_not_started(local_id, std::slice::from_ref(remote))?;
+    Ok(JoinPlan {
+        cluster_id: remote.cluster_id,
+        local_id,
+        members: remote.members.clone(),
+        removed: remote.removed.clone(),
+    })
+}
+
+/// A running cluster as etcd prints it in join errors (its RaftCluster's String).
+fn describe_remote(r: &RemoteCluster) -> String {
+    let members: Vec<String> = r
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "&{{ID:{} RaftAttributes:{{PeerURLs:[{}] IsLearner:{}}} Attributes:{{Name:{} ClientURLs:[{}]}}}}",
+                format_id(m.id),
+                m.peer_urls.join(" "),
+                m.is_learner,
+                m.name,
+                m.client_urls.join(" ")
+            )
+        })
+        .collect();
+    let removed: Vec<String> = r.removed.iter().map(|id| format_id(*id)).collect();
+    format!(
+        "{{ClusterID:{} Members:[{}] RemovedMemberIDs:[{}]}}",
+        format_id(r.cluster_id),
+        members.join(" "),
+        removed.join(" ")
+    )
 }
 
 /// A host as compared: an IP address, or a name that did not resolve (compared as written).
@@ -611,22 +769,122 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn existing_with_empty_data_dir_is_refused() {
+    fn joining(name: &str, url: &str, cluster: &str) -> (String, Vec<BootstrapMember>) {
         let c = Config {
             initial_cluster_state: ClusterState::Existing,
-            ..cfg(
-                "infra3",
-                "http://10.0.1.13:2380",
-                GUIDE_CLUSTER,
-                "etcd-cluster-1",
-            )
+            ..cfg(name, url, cluster, "etcd-cluster-1")
         };
-        assert_eq!(
-            decide(&c, DataDirState::Empty, &table),
-            Err(BootstrapError::JoinExistingUnsupported)
+        match decide(&c, DataDirState::Empty, &table) {
+            Ok(Bootstrap::Join {
+                local_name,
+                members,
+            }) => (local_name, members),
+            other => panic!("not a join: {other:?}"),
+        }
+    }
+
+    fn running(members: &[(u64, &str, &str)]) -> RemoteCluster {
+        RemoteCluster {
+            cluster_id: 0xc1,
+            members: members
+                .iter()
+                .map(|(id, url, client)| MemberRecord {
+                    id: *id,
+                    peer_urls: vec![url.to_string()],
+                    client_urls: [client]
+                        .iter()
+                        .filter(|c| !c.is_empty())
+                        .map(|c| c.to_string())
+                        .collect(),
+                    name: if client.is_empty() { "" } else { "m" }.into(),
+                    is_learner: false,
+                })
+                .collect(),
+            removed: vec![9],
+        }
+    }
+
+    const FOUR: &str = "infra0=http://10.0.1.10:2380,infra1=http://10.0.1.11:2380,\
+infra2=http://10.0.1.12:2380,infra3=http://10.0.1.13:2380";
+
+    #[test]
+    fn joining_takes_the_id_member_add_gave_it() {
+        let (name, members) = joining("infra3", "http://10.0.1.13:2380", FOUR);
+        let remote = running(&[
+            (1, "http://10.0.1.10:2380", "http://10.0.1.10:2379"),
+            (2, "http://10.0.1.11:2380", "http://10.0.1.11:2379"),
+            (3, "http://10.0.1.12:2380", "http://10.0.1.12:2379"),
+            (77, "http://10.0.1.13:2380", ""),
+        ]);
+        let plan = plan_join(&name, &members, &remote).unwrap();
+        assert_eq!(plan.local_id, 77);
+        assert_eq!(plan.cluster_id, 0xc1);
+        assert_eq!(plan.members.len(), 4);
+        assert_eq!(plan.removed, vec![9]);
+    }
+
+    #[test]
+    fn join_errors_are_etcds() {
+        let (name, members) = joining("infra3", "http://10.0.1.13:2380", FOUR);
+        let three = running(&[
+            (1, "http://10.0.1.10:2380", "x"),
+            (2, "http://10.0.1.11:2380", "x"),
+            (3, "http://10.0.1.12:2380", "x"),
+        ]);
+        let e = plan_join(&name, &members, &three).unwrap_err().to_string();
+        assert!(
+            e.starts_with("error validating peerURLs {ClusterID:c1 Members:[&{ID:1 "),
+            "{e}"
         );
-        assert!(err(&c).contains("not supported by detcd yet"));
+        assert!(
+            e.ends_with("RemovedMemberIDs:[9]}: member count is unequal"),
+            "{e}"
+        );
+
+        let other = running(&[
+            (1, "http://10.0.1.10:2380", "x"),
+            (2, "http://10.0.1.11:2380", "x"),
+            (3, "http://10.0.1.12:2380", "x"),
+            (77, "http://10.0.1.99:2380", ""),
+        ]);
+        let e = plan_join(&name, &members, &other).unwrap_err().to_string();
+        assert!(
+            e.ends_with(
+                "PeerURLs: no match found for existing member (4d, [http://10.0.1.99:2380])"
+            ),
+            "{e}"
+        );
+
+        let started = running(&[
+            (1, "http://10.0.1.10:2380", "x"),
+            (2, "http://10.0.1.11:2380", "x"),
+            (3, "http://10.0.1.12:2380", "x"),
+            (77, "http://10.0.1.13:2380", "http://10.0.1.13:2379"),
+        ]);
+        assert_eq!(
+            plan_join(&name, &members, &started),
+            Err(BootstrapError::AlreadyBootstrapped(77))
+        );
+    }
+
+    #[test]
+    fn a_new_member_the_cluster_saw_start_is_refused() {
+        let remote = running(&[(1, "http://10.0.1.10:2380", "http://10.0.1.10:2379")]);
+        let e = check_new_member(1, 0xc1, std::slice::from_ref(&remote)).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("member 1 has already been bootstrapped: "));
+        // Known but never started (a new cluster still forming): fine.
+        let forming = running(&[(1, "http://10.0.1.10:2380", "")]);
+        assert_eq!(check_new_member(1, 0xc1, &[forming]), Ok(()));
+        assert_eq!(
+            check_new_member(1, 0xc2, &[remote]),
+            Err(BootstrapError::ConflictingClusterId {
+                local: 0xc2,
+                peer: 0xc1
+            })
+        );
+        assert_eq!(check_new_member(1, 0xc1, &[]), Ok(()));
     }
 
     #[test]

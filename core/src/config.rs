@@ -87,6 +87,11 @@ pub struct Config {
     pub cipher_suites: Vec<String>,
     /// `--self-signed-cert-validity`, in years (auto TLS).
     pub self_signed_cert_validity: u32,
+    /// `--strict-reconfig-check` (default true): refuse membership changes that could cost
+    /// the quorum.
+    pub strict_reconfig_check: bool,
+    /// `--max-learners` (etcd 3.6; default 1, 3.4's fixed limit).
+    pub max_learners: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -345,6 +350,8 @@ impl Default for Config {
             peer_tls: Default::default(),
             cipher_suites: Vec::new(),
             self_signed_cert_validity: 1,
+            strict_reconfig_check: true,
+            max_learners: 1,
         }
     }
 }

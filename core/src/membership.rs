@@ -1,24 +1,121 @@
-//! The replicated member list and cluster ID, as stored in the data file.
+//! The replicated member list and cluster ID, as stored in the data file, and the rules for
+//! changing it (etcd's server/etcdserver/api/membership/cluster.go).
 //!
-//! Members come from the bootstrap decision (IDs and peer URLs); each member publishes its
-//! name and client URLs through raft once it serves, as etcd does, so `member list` shows
-//! a member without them until it has started.
+//! Members come from the bootstrap decision (IDs and peer URLs) or from `member add`; each
+//! member publishes its name and client URLs through raft once it serves, as etcd does, so
+//! `member list` shows a member without them until it has started. A removed member's ID is
+//! kept: it is never accepted as a peer again and never reused.
 
-use crate::proto::detcdpb::{MemberAttributes, MemberRecord, SnapshotData};
+use crate::ids::format_id;
+use crate::proto::detcdpb::{MemberAttributes, MemberRecord, MemberUpdate, SnapshotData};
 use crate::raft_log::LogError;
-use crate::tables::{meta_keys, MEMBERS, META};
+use crate::tables::{meta_keys, MEMBERS, META, REMOVED_MEMBERS};
 use prost::Message;
 use redb::ReadableTable;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A change to the member list as a client asks for it (etcd's Cluster service).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// A new member: its ID (etcd's `member add` derivation), peer URLs and whether it joins
+    /// as a learner. Name and client URLs come when it publishes them.
+    Add(MemberRecord),
+    Remove(u64),
+    /// New peer URLs; learner status never changes here (etcd bug 21736).
+    Update(MemberUpdate),
+    /// A learner becomes a voter.
+    Promote(u64),
+}
+
+impl MemberChange {
+    /// The member the change is about.
+    pub fn member_id(&self) -> u64 {
+        match self {
+            MemberChange::Add(m) => m.id,
+            MemberChange::Remove(id) | MemberChange::Promote(id) => *id,
+            MemberChange::Update(u) => u.member_id,
+        }
+    }
+}
+
+/// Why a membership change is refused. The texts and gRPC codes are what etcd's clients see
+/// (api/v3rpc/rpctypes/error.go, mapped from etcdserver's errors in api/v3rpc/util.go).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MemberError {
+    #[error("etcdserver: member ID already exist")]
+    IdExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// Unknown, or removed before (etcd's ErrIDNotFound and ErrIDRemoved).
+    #[error("etcdserver: member not found")]
+    NotFound,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// `--strict-reconfig-check`: the change would leave fewer started voters than a quorum.
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    /// `--strict-reconfig-check`: the leader has not been connected to every voter for the
+    /// last 5 s (etcd's HealthInterval).
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: given member URLs are invalid")]
+    BadUrls,
+    /// raft takes one configuration change at a time (etcd's raft would drop the second one
+    /// and its client would wait for its timeout; detcd says so at once).
+    #[error("etcdserver: another membership change is in progress, retry when it has applied")]
+    ChangeInProgress,
+}
+
+impl MemberError {
+    /// The gRPC status code etcd answers with. "not enough started members" goes out as
+    /// Unknown: etcd's rpctypes maps it to an error without a gRPC status (etcd 3.4 to 3.6).
+    pub fn grpc_code(&self) -> i32 {
+        const UNKNOWN: i32 = 2;
+        const INVALID_ARGUMENT: i32 = 3;
+        const NOT_FOUND: i32 = 5;
+        const FAILED_PRECONDITION: i32 = 9;
+        const UNAVAILABLE: i32 = 14;
+        match self {
+            MemberError::NotFound => NOT_FOUND,
+            MemberError::BadUrls => INVALID_ARGUMENT,
+            MemberError::Unhealthy => UNAVAILABLE,
+            MemberError::NotEnoughStarted => UNKNOWN,
+            MemberError::IdExists
+            | MemberError::PeerUrlExists
+            | MemberError::NotLearner
+            | MemberError::LearnerNotReady
+            | MemberError::TooManyLearners
+            | MemberError::ChangeInProgress => FAILED_PRECONDITION,
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Membership {
     cluster_id: u64,
     members: BTreeMap<u64, MemberRecord>,
+    removed: BTreeSet<u64>,
+}
+
+/// `started` members are a quorum of `voters` (etcd writes `nstarted >= nmembers/2+1`).
+fn is_quorum(started: usize, voters: usize) -> bool {
+    started > voters / 2
 }
 
 fn corrupt(e: prost::DecodeError) -> LogError {
     LogError::Corrupt(format!("member record: {e}"))
+}
+
+/// etcd compares peer URL sets sorted (membership.ValidateConfigurationChange, and
+/// ValidateClusterAndAssignIDs when joining).
+fn sorted(urls: &[String]) -> Vec<String> {
+    let mut v = urls.to_vec();
+    v.sort();
+    v
 }
 
 impl Membership {
@@ -48,25 +145,41 @@ impl Membership {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(e.into()),
         }
+        match txn.open_table(REMOVED_MEMBERS) {
+            Ok(t) => {
+                for row in t.iter()? {
+                    m.removed.insert(row?.0.value());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         Ok(m)
     }
 
-    /// Writes a new cluster's identity and members (first start of a new member).
+    /// Writes a cluster's identity and members: the first start of a member of a new
+    /// cluster, or of one joining a running cluster (the members it was told about).
     pub fn bootstrap(
         txn: &redb::WriteTransaction,
         cluster_id: u64,
         members: impl IntoIterator<Item = MemberRecord>,
+        removed: impl IntoIterator<Item = u64>,
     ) -> Result<Membership, LogError> {
         txn.open_table(META)?
             .insert(meta_keys::CLUSTER_ID, cluster_id.to_be_bytes().as_slice())?;
         let mut m = Membership {
             cluster_id,
-            members: BTreeMap::new(),
+            ..Default::default()
         };
         let mut table = txn.open_table(MEMBERS)?;
         for rec in members {
             table.insert(rec.id, rec.encode_to_vec().as_slice())?;
             m.members.insert(rec.id, rec);
+        }
+        let mut table = txn.open_table(REMOVED_MEMBERS)?;
+        for id in removed {
+            table.insert(id, ())?;
+            m.removed.insert(id);
         }
         Ok(m)
     }
@@ -77,6 +190,15 @@ impl Membership {
 
     pub fn contains(&self, id: u64) -> bool {
         self.members.contains_key(&id)
+    }
+
+    /// The member was removed from the cluster (etcd's IsIDRemoved).
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.removed.contains(&id)
+    }
+
+    pub fn removed(&self) -> impl Iterator<Item = u64> + '_ {
+        self.removed.iter().copied()
     }
 
     pub fn get(&self, id: u64) -> Option<&MemberRecord> {
@@ -90,6 +212,19 @@ impl Membership {
 
     pub fn ids(&self) -> Vec<u64> {
         self.members.keys().copied().collect()
+    }
+
+    /// (ID, peer URLs) of every member: the peer transport's set.
+    pub fn peers(&self) -> Vec<(u64, Vec<String>)> {
+        self.members
+            .values()
+            .map(|m| (m.id, m.peer_urls.clone()))
+            .collect()
+    }
+
+    /// Voting members (not learners), in ID order.
+    pub fn voters(&self) -> impl Iterator<Item = &MemberRecord> {
+        self.members.values().filter(|m| !m.is_learner)
     }
 
     /// Applies a member's published attributes. Unknown members are ignored (removed meanwhile).
@@ -108,9 +243,153 @@ impl Membership {
         Ok(())
     }
 
+    /// Whether `change` may apply to this member list (etcd's ValidateConfigurationChange),
+    /// checked when it is asked for and again, deterministically on every member, when it
+    /// applies. `max_learners` is etcd 3.6's `--max-learners`.
+    pub fn validate(&self, change: &MemberChange, max_learners: usize) -> Result<(), MemberError> {
+        let id = change.member_id();
+        if self.is_removed(id) {
+            return Err(MemberError::NotFound);
+        }
+        match change {
+            MemberChange::Add(m) => {
+                if self.contains(id) {
+                    return Err(MemberError::IdExists);
+                }
+                if m.peer_urls.is_empty() {
+                    return Err(MemberError::BadUrls);
+                }
+                let urls = sorted(&m.peer_urls);
+                if self
+                    .members
+                    .values()
+                    .any(|o| o.peer_urls.iter().any(|u| urls.contains(u)))
+                {
+                    return Err(MemberError::PeerUrlExists);
+                }
+                let learners = self.members.values().filter(|m| m.is_learner).count();
+                if m.is_learner && learners + 1 > max_learners {
+                    return Err(MemberError::TooManyLearners);
+                }
+            }
+            MemberChange::Remove(_) => {
+                if !self.contains(id) {
+                    return Err(MemberError::NotFound);
+                }
+            }
+            MemberChange::Promote(_) => match self.get(id) {
+                None => return Err(MemberError::NotFound),
+                Some(m) if !m.is_learner => return Err(MemberError::NotLearner),
+                Some(_) => {}
+            },
+            MemberChange::Update(u) => {
+                if !self.contains(id) {
+                    return Err(MemberError::NotFound);
+                }
+                if u.peer_urls.is_empty() {
+                    return Err(MemberError::BadUrls);
+                }
+                if self
+                    .members
+                    .values()
+                    .any(|o| o.id != id && o.peer_urls.iter().any(|url| u.peer_urls.contains(url)))
+                {
+                    return Err(MemberError::PeerUrlExists);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a change that [`Membership::validate`] accepted, in the caller's transaction.
+    pub fn apply(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        change: &MemberChange,
+    ) -> Result<(), LogError> {
+        let mut table = txn.open_table(MEMBERS)?;
+        match change {
+            MemberChange::Add(m) => {
+                let rec = MemberRecord {
+                    id: m.id,
+                    peer_urls: sorted(&m.peer_urls),
+                    is_learner: m.is_learner,
+                    ..Default::default()
+                };
+                table.insert(rec.id, rec.encode_to_vec().as_slice())?;
+                self.members.insert(rec.id, rec);
+            }
+            MemberChange::Remove(id) => {
+                table.remove(*id)?;
+                txn.open_table(REMOVED_MEMBERS)?.insert(*id, ())?;
+                self.members.remove(id);
+                self.removed.insert(*id);
+            }
+            MemberChange::Promote(id) => {
+                if let Some(rec) = self.members.get_mut(id) {
+                    rec.is_learner = false;
+                    table.insert(rec.id, rec.encode_to_vec().as_slice())?;
+                }
+            }
+            MemberChange::Update(u) => {
+                if let Some(rec) = self.members.get_mut(&u.member_id) {
+                    rec.peer_urls = sorted(&u.peer_urls);
+                    table.insert(rec.id, rec.encode_to_vec().as_slice())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A member is started once it has published its name (etcd's Member.IsStarted).
+    fn is_started(m: &MemberRecord) -> bool {
+        !m.name.is_empty()
+    }
+
+    /// `--strict-reconfig-check` before adding a voter: with it, the started voters are still
+    /// a quorum (etcd's IsReadyToAddVotingMember, with its exception for growing a one-member
+    /// cluster that is restoring data).
+    pub fn ready_to_add_voter(&self) -> bool {
+        let voters = self.voters().count() + 1;
+        let started = self.voters().filter(|m| Self::is_started(m)).count();
+        if started == 1 && voters == 2 {
+            return true;
+        }
+        is_quorum(started, voters)
+    }
+
+    /// `--strict-reconfig-check` before removing `id`: the started voters left are a quorum
+    /// of the voters left (etcd's IsReadyToRemoveVotingMember).
+    pub fn ready_to_remove_voter(&self, id: u64) -> bool {
+        let left = self.voters().filter(|m| m.id != id);
+        let (mut voters, mut started) = (0, 0);
+        for m in left {
+            voters += 1;
+            if Self::is_started(m) {
+                started += 1;
+            }
+        }
+        is_quorum(started, voters)
+    }
+
+    /// `--strict-reconfig-check` before promoting learner `id`: the started voters, the
+    /// learner counted, are a quorum of the voters after it (etcd's IsReadyToPromoteMember).
+    pub fn ready_to_promote(&self, id: u64) -> bool {
+        let voters = self.voters().count() + 1;
+        let mut started = self.voters().filter(|m| Self::is_started(m)).count();
+        if self.get(id).is_some_and(Self::is_started) {
+            started += 1;
+        }
+        if started == 1 && voters == 2 {
+            return true;
+        }
+        is_quorum(started, voters)
+    }
+
     pub fn export(&self, out: &mut SnapshotData) {
         out.cluster_id = self.cluster_id;
         out.members = self.members.values().cloned().collect();
+        out.removed = self.removed.iter().copied().collect();
     }
 
     /// Replaces the stored membership with a snapshot's.
@@ -119,7 +398,32 @@ impl Membership {
         data: &SnapshotData,
     ) -> Result<Membership, LogError> {
         txn.open_table(MEMBERS)?.retain(|_, _| false)?;
-        Membership::bootstrap(txn, data.cluster_id, data.members.iter().cloned())
+        txn.open_table(REMOVED_MEMBERS)?.retain(|_, _| false)?;
+        Membership::bootstrap(
+            txn,
+            data.cluster_id,
+            data.members.iter().cloned(),
+            data.removed.iter().copied(),
+        )
+    }
+}
+
+impl std::fmt::Display for MemberChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemberChange::Add(m) if m.is_learner => {
+                write!(f, "add learner {} {:?}", format_id(m.id), m.peer_urls)
+            }
+            MemberChange::Add(m) => write!(f, "add member {} {:?}", format_id(m.id), m.peer_urls),
+            MemberChange::Remove(id) => write!(f, "remove member {}", format_id(*id)),
+            MemberChange::Promote(id) => write!(f, "promote learner {}", format_id(*id)),
+            MemberChange::Update(u) => write!(
+                f,
+                "update member {} peer URLs to {:?}",
+                format_id(u.member_id),
+                u.peer_urls
+            ),
+        }
     }
 }
 
@@ -139,9 +443,13 @@ mod tests {
             ..Default::default()
         };
         let txn = db.begin_write().unwrap();
-        let mut m =
-            Membership::bootstrap(&txn, 7, [rec(1, "http://a:2380"), rec(2, "http://b:2380")])
-                .unwrap();
+        let mut m = Membership::bootstrap(
+            &txn,
+            7,
+            [rec(1, "http://a:2380"), rec(2, "http://b:2380")],
+            [],
+        )
+        .unwrap();
         m.set_attributes(
             &txn,
             &MemberAttributes {

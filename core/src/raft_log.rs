@@ -215,16 +215,27 @@ impl RaftLog {
         })
     }
 
-    /// A brand-new member of a new cluster: the voters are known, the log is empty. The log
-    /// file is written (durably) now; the conf state goes into the caller's transaction.
+    /// A brand-new member: the log is empty, the file is written (durably) now, and the conf
+    /// state goes into the caller's transaction.
+    ///
+    /// A member of a new cluster starts from `base` (1, 1): its initial configuration is the
+    /// state at index 1, as if a snapshot, so a member added later is sent a snapshot (which
+    /// carries the configuration) rather than entries from index 1, which could not tell it
+    /// the initial voters. A member joining a running cluster starts from (0, 0) with an
+    /// empty configuration and learns everything from the leader.
     pub fn bootstrap(
         txn: &redb::WriteTransaction,
         conf_state: ConfState,
+        base: (u64, u64),
         file: &mut dyn LogFile,
     ) -> Result<RaftLog, LogError> {
+        let (index, term) = base;
+        let mut hard_state = HardState::default();
+        hard_state.term = term;
+        hard_state.commit = index;
         file.replace(&wal::new_file(&[
-            Record::Base { index: 0, term: 0 },
-            Record::HardState(HardState::default()),
+            Record::Base { index, term },
+            Record::HardState(hard_state.clone()),
         ]))?;
         let mut meta = txn.open_table(META)?;
         meta.insert(
@@ -232,10 +243,10 @@ impl RaftLog {
             encode_conf_state(&conf_state).as_slice(),
         )?;
         Ok(RaftLog {
-            hard_state: HardState::default(),
+            hard_state,
             conf_state,
-            compacted_index: 0,
-            compacted_term: 0,
+            compacted_index: index,
+            compacted_term: term,
             entries: Vec::new(),
             snapshot: None,
             snapshot_wanted: Cell::new(false),
@@ -522,7 +533,7 @@ mod tests {
         let db = mem_db();
         let file = MemFile::default();
         let txn = db.begin_write().unwrap();
-        let log = RaftLog::bootstrap(&txn, voters(ids), &mut file.clone()).unwrap();
+        let log = RaftLog::bootstrap(&txn, voters(ids), (0, 0), &mut file.clone()).unwrap();
         txn.commit().unwrap();
         (db, file, log)
     }

@@ -7,6 +7,8 @@ pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Replicated membership: member id -> detcdpb::MemberRecord.
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// IDs of members removed from the cluster (never accepted as peers again, never reused).
+pub const REMOVED_MEMBERS: TableDefinition<u64, ()> = TableDefinition::new("removed_members");
 /// MVCC key-value history, owned by `mvcc`.
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 

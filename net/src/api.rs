@@ -8,8 +8,14 @@ use crate::node::{Applied, NodeHandle, Shared};
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::transport::PeerDialTls;
+use detcd_core::ids::format_id;
+use detcd_core::membership::{MemberChange, MemberError};
 use detcd_core::mvcc::{is_txn_readonly, Mvcc, DEFAULT_MAX_TXN_OPS};
 use detcd_core::proto::detcdpb::internal_request::Request as Internal;
+use detcd_core::proto::detcdpb::{
+    member_change_request, MemberChangeRequest, MemberRecord, MemberUpdate,
+};
 use detcd_core::proto::etcdserverpb::{self as pb, request_op, ResponseHeader};
 use prost::Message as _;
 use std::sync::Arc;
@@ -27,6 +33,8 @@ pub struct Api {
     pub request_timeout: Duration,
     /// Size of the data file on disk, for Status.
     pub db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// How to dial the leader's peer URLs (membership changes asked of a follower).
+    pub peer_tls: PeerDialTls,
 }
 
 impl Api {
@@ -46,7 +54,17 @@ impl Api {
         *h = self.header(rev);
     }
 
+    /// A learner serves only Status and serializable ranges (etcd's
+    /// api/v3rpc/interceptor.go): everything else is refused with etcd's error.
+    fn refuse_learner(&self) -> Result<(), ApiError> {
+        if self.shared().status().is_learner {
+            return Err(ApiError::NotSupportedForLearner);
+        }
+        Ok(())
+    }
+
     async fn write(&self, req: Internal, encoded_len: usize) -> Result<Applied, Status> {
+        self.refuse_learner()?;
         if encoded_len > self.max_request_bytes {
             return Err(ApiError::TooLarge.into());
         }
@@ -145,6 +163,9 @@ impl Kv for Api {
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let r = req.into_inner();
+        if !r.serializable {
+            self.refuse_learner()?;
+        }
         Mvcc::validate_range(&r).map_err(ApiError::Mvcc)?;
         if !r.serializable && !crate::mutation::active("stale-read") {
             self.node.read_barrier(self.request_timeout).await?;
@@ -189,6 +210,7 @@ impl Kv for Api {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        self.refuse_learner()?;
         let r = req.into_inner();
         Mvcc::validate_txn(&r, DEFAULT_MAX_TXN_OPS).map_err(ApiError::Mvcc)?;
         if is_txn_readonly(&r) {
@@ -249,58 +271,175 @@ fn to_pb_member(m: &detcd_core::proto::detcdpb::MemberRecord) -> pb::Member {
     }
 }
 
-const RECONFIG_MISSING: &str =
-    "runtime reconfiguration (member add/remove/update/promote) is not implemented in detcd yet";
+/// Peer URLs as etcd's types.NewURLs takes them (`etcdserver: given member URLs are
+/// invalid` otherwise), as normalized strings in sorted order.
+fn parse_peer_urls(urls: &[String]) -> Result<Vec<detcd_core::config::Url>, Status> {
+    let bad = || Status::from(ApiError::Refused(MemberError::BadUrls.into()));
+    if urls.is_empty() {
+        return Err(bad());
+    }
+    let mut parsed = urls
+        .iter()
+        .map(|u| detcd_core::config::Url::parse(u).map_err(|_| bad()))
+        .collect::<Result<Vec<_>, _>>()?;
+    parsed.sort_by_key(|u| u.to_string());
+    Ok(parsed)
+}
+
+fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Api {
+    /// Runs a membership change and returns once this member has applied it, so the member
+    /// list it answers with shows the change. Only the leader takes changes (it alone knows
+    /// the peers' health and a learner's progress): a follower forwards the change over the
+    /// peer port, as etcd forwards a promote, then waits for a ReadIndex, which covers the
+    /// index the leader applied it at.
+    async fn change_members(&self, change: MemberChange) -> Result<(), Status> {
+        self.refuse_learner()?;
+        let err = match self
+            .node
+            .member_changes
+            .change(change.clone(), self.request_timeout)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(ApiError::NotLeader(leader)) => leader,
+            Err(e) => return Err(e.into()),
+        };
+        let leader = err;
+        let urls = self
+            .shared()
+            .members
+            .read()
+            .unwrap()
+            .get(leader)
+            .map(|m| m.peer_urls.clone())
+            .unwrap_or_default();
+        let req = MemberChangeRequest {
+            cluster_id: self.shared().cluster_id,
+            from: self.shared().member_id,
+            change: Some(match change {
+                MemberChange::Add(m) => member_change_request::Change::Add(m),
+                MemberChange::Remove(id) => member_change_request::Change::Remove(id),
+                MemberChange::Update(u) => member_change_request::Change::Update(u),
+                MemberChange::Promote(id) => member_change_request::Change::Promote(id),
+            }),
+        };
+        let resp = crate::transport::forward_member_change(
+            &urls,
+            &self.peer_tls,
+            req,
+            self.request_timeout,
+        )
+        .await
+        .map_err(|e| {
+            Status::unavailable(format!(
+                "forwarding the membership change to the leader {}: {e}",
+                format_id(leader)
+            ))
+        })?;
+        if !resp.error.is_empty() {
+            return Err(Status::new(tonic::Code::from(resp.grpc_code), resp.error));
+        }
+        self.node.read_barrier(self.request_timeout).await?;
+        Ok(())
+    }
+
+    fn pb_members(&self) -> Vec<pb::Member> {
+        self.shared()
+            .members
+            .read()
+            .unwrap()
+            .members()
+            .map(to_pb_member)
+            .collect()
+    }
+}
 
 #[tonic::async_trait]
 impl Cluster for Api {
+    /// etcd's MemberAdd: the new member's ID hashes its peer URLs with an empty token and the
+    /// current Unix seconds (etcd-facts.md §1); it is listed without a name until it starts.
     async fn member_add(
         &self,
-        _: Request<pb::MemberAddRequest>,
+        req: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(ApiError::Unimplemented(RECONFIG_MISSING).into())
+        let r = req.into_inner();
+        let urls = parse_peer_urls(&r.peer_ur_ls)?;
+        let record = MemberRecord {
+            id: detcd_core::ids::member_id(&urls, "", Some(unix_now_secs())),
+            peer_urls: urls.iter().map(|u| u.to_string()).collect(),
+            is_learner: r.is_learner,
+            ..Default::default()
+        };
+        self.change_members(MemberChange::Add(record.clone()))
+            .await?;
+        Ok(Response::new(pb::MemberAddResponse {
+            header: self.header(None),
+            member: Some(to_pb_member(&record)),
+            members: self.pb_members(),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _: Request<pb::MemberRemoveRequest>,
+        req: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(ApiError::Unimplemented(RECONFIG_MISSING).into())
+        let id = req.into_inner().id;
+        self.change_members(MemberChange::Remove(id)).await?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: self.header(None),
+            members: self.pb_members(),
+        }))
     }
 
+    /// New peer URLs only; a learner stays a learner (etcd 3.5's fix of bug 21736).
     async fn member_update(
         &self,
-        _: Request<pb::MemberUpdateRequest>,
+        req: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(ApiError::Unimplemented(RECONFIG_MISSING).into())
+        let r = req.into_inner();
+        let urls = parse_peer_urls(&r.peer_ur_ls)?;
+        let update = MemberUpdate {
+            member_id: r.id,
+            peer_urls: urls.iter().map(|u| u.to_string()).collect(),
+        };
+        self.change_members(MemberChange::Update(update)).await?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: self.header(None),
+            members: self.pb_members(),
+        }))
     }
 
     async fn member_list(
         &self,
         req: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.refuse_learner()?;
         if req.into_inner().linearizable {
             self.node.read_barrier(self.request_timeout).await?;
         }
-        let members = self
-            .shared()
-            .members
-            .read()
-            .unwrap()
-            .members()
-            .map(to_pb_member)
-            .collect();
         Ok(Response::new(pb::MemberListResponse {
             header: self.header(None),
-            members,
+            members: self.pb_members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _: Request<pb::MemberPromoteRequest>,
+        req: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(ApiError::Unimplemented(RECONFIG_MISSING).into())
+        let id = req.into_inner().id;
+        self.change_members(MemberChange::Promote(id)).await?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: self.header(None),
+            members: self.pb_members(),
+        }))
     }
 }
 
@@ -310,6 +449,7 @@ impl Maintenance for Api {
         &self,
         _: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
+        self.refuse_learner()?;
         // detcd raises no alarms yet (no space quota enforcement, no corruption check).
         Ok(Response::new(pb::AlarmResponse {
             header: self.header(None),
@@ -337,7 +477,7 @@ impl Maintenance for Api {
             raft_applied_index: st.applied,
             errors,
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: st.is_learner,
         }))
     }
 }

@@ -25,6 +25,15 @@ pub enum ApiError {
     TooManyRequests,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    /// A membership change reached a member that is not the leader (whose ID this is).
+    #[error("etcdserver: not leader")]
+    NotLeader(u64),
+    /// etcd's ErrGPRCNotSupportedForLearner: a learner serves only Status and serializable
+    /// ranges (api/v3rpc/interceptor.go).
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("{0}")]
+    Internal(String),
     #[error("{0}")]
     Unimplemented(&'static str),
 }
@@ -42,6 +51,9 @@ impl From<ApiError> for Status {
             // etcd's rpctypes.ErrGRPCTooManyRequests
             ApiError::TooManyRequests => Code::ResourceExhausted,
             ApiError::MemberNotFound => Code::NotFound,
+            ApiError::NotLeader(_) => Code::FailedPrecondition,
+            ApiError::NotSupportedForLearner => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
             ApiError::Unimplemented(_) => Code::Unimplemented,
         };
         Status::new(code, e.to_string())

@@ -11,8 +11,8 @@ use crate::proto::etcdserverpb::{
 use crate::snapshot_files::SnapshotFiles;
 #[cfg(not(madsim))]
 use crate::transport::MAX_PEER_MESSAGE_BYTES;
-use crate::transport::{check_peers_cluster_id, PeerDialTls, PeerService, Transport};
-use detcd_core::bootstrap::{self, Bootstrap, BootstrapError, DataDirState};
+use crate::transport::{fetch_remote_clusters, PeerDialTls, PeerService, Transport};
+use detcd_core::bootstrap::{self, Bootstrap, BootstrapError, BootstrapMember, DataDirState};
 use detcd_core::config::Config;
 use detcd_core::ids::format_id;
 use detcd_core::membership::Membership;
@@ -204,6 +204,9 @@ pub async fn run_member_with(
                 .map_err(storage_err)?
                 .and_then(|v| v.value().try_into().ok().map(u64::from_be_bytes))
                 .ok_or_else(|| LogError::Corrupt("member id missing from data file".into()))?;
+            if members.is_removed(member_id) {
+                return Err(BootstrapError::Removed(member_id).into());
+            }
             tracing::info!(
                 member = %format_id(member_id),
                 cluster = %format_id(members.cluster_id()),
@@ -221,8 +224,15 @@ pub async fn run_member_with(
                 .iter()
                 .map(|m| (m.id, m.peer_urls.iter().map(|u| u.to_string()).collect()))
                 .collect();
-            // Before writing anything: a running cluster of another identity is fatal.
-            check_peers_cluster_id(local_id, cluster_id, &peers, &peer_tls).await?;
+            // Before writing anything: a running cluster of another identity is fatal, and so
+            // is one that already saw this member start (its data dir was lost).
+            let remotes =
+                fetch_remote_clusters(&other_peer_urls(&members, local_id), &peer_tls).await;
+            if crate::mutation::active("accept-wiped-member") {
+                bootstrap::check_new_member(local_id, cluster_id, &[])?;
+            } else {
+                bootstrap::check_new_member(local_id, cluster_id, &remotes)?;
+            }
             let log = detcd_core::state::initialize_new_member(
                 &db,
                 log_file.as_mut(),
@@ -236,6 +246,32 @@ pub async fn run_member_with(
                 "starting a new cluster member"
             );
             (log, local_id, cluster_id, false)
+        }
+        Bootstrap::Join {
+            local_name,
+            members,
+        } => {
+            let local = members.iter().find(|m| m.name == local_name).map(|m| m.id);
+            let urls = other_peer_urls(&members, local.unwrap_or(0));
+            let remotes = fetch_remote_clusters(&urls, &peer_tls).await;
+            let remote = remotes.first().ok_or(BootstrapError::NoRemoteCluster)?;
+            let plan = bootstrap::plan_join(&local_name, &members, remote)?;
+            let log = detcd_core::state::initialize_member(
+                &db,
+                log_file.as_mut(),
+                plan.cluster_id,
+                plan.local_id,
+                plan.members,
+                detcd_core::state::NewMember::Joining {
+                    removed: plan.removed,
+                },
+            )?;
+            tracing::info!(
+                member = %format_id(plan.local_id),
+                cluster = %format_id(plan.cluster_id),
+                "joining a running cluster (--initial-cluster-state existing)"
+            );
+            (log, plan.local_id, plan.cluster_id, false)
         }
     };
 
@@ -278,6 +314,8 @@ pub async fn run_member_with(
                 .map(|u| u.to_string())
                 .collect(),
         },
+        strict_reconfig_check: cfg.strict_reconfig_check,
+        max_learners: cfg.max_learners as usize,
     };
     let storage = NodeStorage {
         log,
@@ -293,12 +331,18 @@ pub async fn run_member_with(
         max_request_bytes: cfg.max_request_bytes as usize,
         request_timeout,
         db_size,
+        peer_tls: peer_tls.clone(),
     };
     // A server that stops (its listener failed) stops the member.
     let (server_err_tx, mut server_err) = mpsc::channel::<MemberError>(4);
     for url in &cfg.listen_peer_urls {
         let addr = listen_addr(url).await?;
-        let svc = PeerService::new(handle.shared.clone(), &inputs, snapshot_files.clone());
+        let svc = PeerService::new(
+            handle.shared.clone(),
+            &inputs,
+            snapshot_files.clone(),
+            request_timeout,
+        );
         let listener = bind(addr).await?;
         let errs = server_err_tx.clone();
         let acceptor = tls_for(url, &peer_acceptor);
@@ -342,6 +386,19 @@ pub async fn run_member_with(
             Err(e)
         }
     }
+}
+
+/// The peer URLs of every member but `local_id`, sorted (etcd's getRemotePeerURLs): where a
+/// starting member asks about the running cluster.
+fn other_peer_urls(members: &[BootstrapMember], local_id: u64) -> Vec<String> {
+    let mut urls: Vec<String> = members
+        .iter()
+        .filter(|m| m.id != local_id)
+        .flat_map(|m| m.peer_urls.iter().map(|u| u.to_string()))
+        .collect();
+    urls.sort();
+    urls.dedup();
+    urls
 }
 
 fn join_urls(urls: &[detcd_core::config::Url]) -> String {

@@ -14,7 +14,7 @@
 use crate::errors::ApiError;
 use crate::snapshot_files::SnapshotFiles;
 use crate::transport::{PeerEvent, Transport};
-use detcd_core::membership::Membership;
+use detcd_core::membership::{MemberChange, Membership};
 use detcd_core::mvcc::Mvcc;
 use detcd_core::proto::detcdpb::{self, internal_request::Request};
 use detcd_core::proto::etcdserverpb as pb;
@@ -120,12 +120,45 @@ struct Proposal {
     respond: oneshot::Sender<ApplyResult>,
 }
 
+/// A membership change for the driver, and who waits for its result.
+type MemberChangeJob = (MemberChange, oneshot::Sender<ApplyResult>);
+
+/// Membership changes queued to the driver (few: clients, and followers forwarding theirs).
+pub const MEMBER_CHANGE_QUEUE: usize = 64;
+
+/// Where the API and the peer service hand the driver membership changes.
+#[derive(Clone)]
+pub struct MemberChanges(mpsc::Sender<MemberChangeJob>);
+
+impl MemberChanges {
+    /// Hands `change` to this member's server and waits until it has applied here. Returns
+    /// the raft index it applied at; [`ApiError::NotLeader`] when this member is not the
+    /// leader (the caller forwards it there).
+    pub async fn change(&self, change: MemberChange, timeout: Duration) -> Result<u64, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send((change, tx))
+            .await
+            .map_err(|_| ApiError::Stopped)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(Applied::MemberChanged { index }))) => Ok(index),
+            Ok(Ok(Ok(other))) => Err(ApiError::Internal(format!(
+                "a membership change answered with {other:?}"
+            ))),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Timeout),
+        }
+    }
+}
+
 /// The handle the API uses to reach the driver.
 #[derive(Clone)]
 pub struct NodeHandle {
     pub shared: Arc<Shared>,
     proposals: mpsc::Sender<Proposal>,
     reads: mpsc::Sender<oneshot::Sender<Result<(), ApiError>>>,
+    pub member_changes: MemberChanges,
 }
 
 impl NodeHandle {
@@ -175,6 +208,9 @@ pub enum NodeError {
     Storage(#[from] LogError),
     #[error("{0}")]
     Fatal(String),
+    /// This member was removed from the cluster (etcd exits 0 then).
+    #[error("{}", crate::transport::REMOVED_MEMBER)]
+    Removed,
 }
 
 impl From<Fatal> for NodeError {
@@ -195,7 +231,17 @@ pub struct NodeParams {
     pub start_unix_ms: u64,
     /// The attributes this member publishes once it has a leader.
     pub attributes: detcdpb::MemberAttributes,
+    /// `--strict-reconfig-check`.
+    pub strict_reconfig_check: bool,
+    /// `--max-learners`.
+    pub max_learners: usize,
 }
+
+/// etcd's HealthInterval: every voter connected this long before a strict reconfiguration.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// A removed member keeps running this long after it applied its removal, so its last
+/// messages (the commit of its removal) reach the others (etcd: stopWithDelay, 1 s).
+const REMOVED_STOP_DELAY: Duration = Duration::from_secs(1);
 
 /// The entry infra1 skips under the `skip-apply` mutation (a client write, early in a run).
 const SKIP_APPLY_MUTATION_INDEX: u64 = 40;
@@ -228,6 +274,7 @@ pub struct Node {
     transport: Arc<Transport>,
     proposals: mpsc::Receiver<Proposal>,
     reads: mpsc::Receiver<oneshot::Sender<Result<(), ApiError>>>,
+    member_changes: mpsc::Receiver<MemberChangeJob>,
     inbound: mpsc::Receiver<Message>,
     peer_events: mpsc::UnboundedReceiver<PeerEvent>,
     log_jobs: mpsc::UnboundedSender<LogJob>,
@@ -238,12 +285,15 @@ pub struct Node {
     heartbeat: Duration,
     snapshots_installed: u64,
     snapshot_files: Arc<dyn SnapshotFiles>,
+    /// When this member was removed from the cluster: it stops [`REMOVED_STOP_DELAY`] later.
+    removed_at: Option<tokio::time::Instant>,
 }
 
 /// The channels the transport and API need to reach the driver.
 pub struct NodeInputs {
     pub inbound: mpsc::Sender<Message>,
     pub peer_events: mpsc::UnboundedSender<PeerEvent>,
+    pub member_changes: MemberChanges,
 }
 
 /// What a member keeps on disk: the raft log (loaded) and its file, the data file, the
@@ -299,6 +349,9 @@ impl Node {
         cfg.election_seed = params.member_id ^ params.start_unix_ms.rotate_left(17);
         cfg.hold_ticks = (params.request_timeout.as_millis() as u64 / heartbeat_ms).max(1);
         cfg.read_retry_ticks = (500 / heartbeat_ms).max(1);
+        cfg.strict_reconfig_check = params.strict_reconfig_check;
+        cfg.max_learners = params.max_learners;
+        cfg.health_ticks = (HEALTH_INTERVAL.as_millis() as u64).div_ceil(heartbeat_ms);
         let server = Server::new(
             cfg,
             log,
@@ -311,6 +364,7 @@ impl Node {
         let (ptx, prx) = mpsc::channel(PROPOSAL_QUEUE);
         let (rtx, rrx) = mpsc::channel(READ_QUEUE);
         let (itx, irx) = mpsc::channel(INBOUND_QUEUE);
+        let (mtx, mrx) = mpsc::channel(MEMBER_CHANGE_QUEUE);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let log_jobs = start_log_writer(LogWriter {
             file: log_file,
@@ -323,6 +377,7 @@ impl Node {
             transport,
             proposals: prx,
             reads: rrx,
+            member_changes: mrx,
             inbound: irx,
             peer_events: peer_events.1,
             log_jobs,
@@ -333,27 +388,35 @@ impl Node {
             heartbeat: params.heartbeat,
             snapshots_installed: 0,
             snapshot_files,
+            removed_at: None,
         };
         let handle = NodeHandle {
             shared,
             proposals: ptx,
             reads: rtx,
+            member_changes: MemberChanges(mtx.clone()),
         };
         let inputs = NodeInputs {
             inbound: itx,
             peer_events: peer_events.0,
+            member_changes: MemberChanges(mtx),
         };
         Ok((node, handle, inputs))
     }
 
     /// Runs until a fatal error (failed fsync or commit, a storage failure during apply,
-    /// conflicting cluster ID during bootstrap).
+    /// conflicting cluster ID during bootstrap) or until this member is removed from the
+    /// cluster ([`NodeError::Removed`]).
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut ticker = tokio::time::interval(self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let stop_at = self.removed_at.map(|t| t + REMOVED_STOP_DELAY);
             tokio::select! {
                 biased;
+                _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => {
+                    return Err(NodeError::Removed);
+                }
                 Some(done) = self.disk_done.recv() => match done {
                     DiskDone::Persisted(n) => timed("handling a log write", || self.server.handle_persisted(n))?,
                     DiskDone::Committed(applied) => timed("handling a commit", || self.server.handle_committed(applied))?,
@@ -365,6 +428,8 @@ impl Node {
                     PeerEvent::Unreachable(id) => self.server.handle_unreachable(id),
                     PeerEvent::Snapshot(id, ok) => self.server.handle_snapshot_status(id, ok),
                     PeerEvent::SnapshotFileUnusable(index) => self.server.handle_snapshot_unusable(index),
+                    PeerEvent::Active(id, active) => self.server.handle_peer_active(id, active),
+                    PeerEvent::Removed => return Err(NodeError::Removed),
                     PeerEvent::Fatal(msg) => return Err(NodeError::Fatal(msg)),
                 },
                 Some(m) = self.inbound.recv() => {
@@ -392,6 +457,10 @@ impl Node {
                         batch.into_iter().map(|p| (p.request, p.respond)).unzip();
                     let ids = timed("handling proposals", || self.server.handle_proposals(requests))?;
                     self.waiting_writes.extend(ids.into_iter().zip(responders));
+                }
+                Some((change, respond)) = self.member_changes.recv() => {
+                    let id = self.server.handle_member_change(change)?;
+                    self.waiting_writes.insert(id, respond);
                 }
                 Some(r) = self.reads.recv() => {
                     let mut batch = vec![r];
@@ -469,6 +538,15 @@ impl Node {
                         let _ = w.send(result.map_err(api_error));
                     }
                 }
+                Output::MembershipChanged(peers) => self.transport.set_peers(&peers),
+                Output::Removed => {
+                    tracing::warn!(
+                        "{}; the data-dir used by this member must be removed",
+                        crate::transport::REMOVED_MEMBER
+                    );
+                    self.removed_at
+                        .get_or_insert_with(tokio::time::Instant::now);
+                }
             }
         }
         let status = self.server.status();
@@ -489,6 +567,7 @@ fn api_error(e: RequestError) -> ApiError {
         RequestError::NoLeader => ApiError::NoLeader,
         RequestError::LeaderChanged => ApiError::LeaderChanged,
         RequestError::TooManyRequests => ApiError::TooManyRequests,
+        RequestError::NotLeader(leader) => ApiError::NotLeader(leader),
     }
 }
 

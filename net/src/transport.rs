@@ -6,22 +6,24 @@
 //! member is still bootstrapping, is fatal: the guide's "conflicting cluster ID" exit).
 //! Inbound, every batch is checked again before its messages reach raft.
 
-use crate::node::{NodeInputs, Shared};
+use crate::node::{MemberChanges, NodeInputs, Shared};
 use crate::proto::detcdpb::peer_client::PeerClient;
 use crate::proto::detcdpb::peer_server::Peer;
 use crate::snapshot_files::{self, SnapshotFiles};
-use detcd_core::bootstrap::BootstrapError;
+use detcd_core::bootstrap::{BootstrapError, RemoteCluster};
 use detcd_core::ids::format_id;
+use detcd_core::membership::MemberChange;
 use detcd_core::peer;
 use detcd_core::proto::detcdpb::{
-    HandshakeRequest, HandshakeResponse, MessageBatch, SnapshotChunk, SnapshotReceived,
-    StreamSummary,
+    member_change_request, HandshakeRequest, HandshakeResponse, MemberChangeRequest,
+    MemberChangeResponse, MembersRequest, MembersResponse, MessageBatch, SnapshotChunk,
+    SnapshotReceived, StreamSummary,
 };
 use detcd_core::state::snapshot::FileCheck;
 use raft::prelude::{Message, MessageType};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -166,13 +168,38 @@ pub enum PeerEvent {
     /// The snapshot file of this index could not be read, or the peer found it damaged: raft
     /// must not offer that snapshot again.
     SnapshotFileUnusable(u64),
+    /// The stream to the peer came up (true) or broke (false).
+    Active(u64, bool),
+    /// A peer answered that this member was removed from the cluster: it must stop.
+    Removed,
     Fatal(String),
 }
 
-/// Outbound side: routes raft messages to per-peer queues.
+/// What the peers say to a member of their cluster that was removed (etcd's rafthttp text).
+pub const REMOVED_MEMBER: &str = "the member has been permanently removed from the cluster";
+
+/// Outbound side: routes raft messages to per-peer queues. The peer set follows the applied
+/// member list ([`Transport::set_peers`]).
 pub struct Transport {
-    peers: BTreeMap<u64, mpsc::Sender<Message>>,
+    peers: Mutex<BTreeMap<u64, PeerQueue>>,
     events: mpsc::UnboundedSender<PeerEvent>,
+    /// What a new peer's sender task needs (None in unit tests, which start no tasks).
+    spawn: Option<PeerSpawn>,
+}
+
+/// One peer's queue; dropping it ends the peer's sender task.
+struct PeerQueue {
+    urls: Vec<String>,
+    queue: mpsc::Sender<Message>,
+}
+
+#[derive(Clone)]
+struct PeerSpawn {
+    member_id: u64,
+    cluster_id: u64,
+    shared: Arc<OnceLock<Arc<Shared>>>,
+    tls: PeerDialTls,
+    snapshot_files: Arc<dyn SnapshotFiles>,
 }
 
 impl Transport {
@@ -187,38 +214,66 @@ impl Transport {
         tls: PeerDialTls,
         snapshot_files: Arc<dyn SnapshotFiles>,
     ) -> Transport {
-        let mut map = BTreeMap::new();
+        let t = Transport {
+            peers: Mutex::new(BTreeMap::new()),
+            events,
+            spawn: Some(PeerSpawn {
+                member_id,
+                cluster_id,
+                shared,
+                tls,
+                snapshot_files,
+            }),
+        };
+        t.set_peers(peers);
+        t
+    }
+
+    /// Makes the peer set exactly `peers` (ID, peer URLs; this member's own entry is
+    /// skipped): senders of removed members stop, new members get one, and a member whose
+    /// URLs changed is redialed at the new ones.
+    pub fn set_peers(&self, peers: &[(u64, Vec<String>)]) {
+        let Some(spawn) = &self.spawn else { return };
+        let mut map = self.peers.lock().unwrap();
+        map.retain(|id, q| peers.iter().any(|(p, urls)| p == id && *urls == q.urls));
         for (id, urls) in peers {
-            if *id == member_id {
+            if *id == spawn.member_id || map.contains_key(id) || urls.is_empty() {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            map.insert(*id, tx);
+            map.insert(
+                *id,
+                PeerQueue {
+                    urls: urls.clone(),
+                    queue: tx,
+                },
+            );
             let sender = PeerSender {
-                member_id,
-                cluster_id,
+                member_id: spawn.member_id,
+                cluster_id: spawn.cluster_id,
                 peer_id: *id,
                 urls: urls.clone(),
                 queue: rx,
-                events: events.clone(),
-                shared: shared.clone(),
-                tls: tls.clone(),
-                snapshot_files: snapshot_files.clone(),
+                events: self.events.clone(),
+                shared: spawn.shared.clone(),
+                tls: spawn.tls.clone(),
+                snapshot_files: spawn.snapshot_files.clone(),
                 snapshot_send: None,
+                active: false,
             };
             tokio::spawn(sender.run());
         }
-        Transport { peers: map, events }
     }
 
     /// Queues messages for their peers. A full queue means the peer is slow or gone: raft
     /// resends what matters, but a snapshot it must be told about, or it waits for that
     /// snapshot forever (the follower stays in snapshot state).
     pub fn send(&self, msgs: Vec<Message>) {
+        let map = self.peers.lock().unwrap();
         for m in msgs {
             let (to, is_snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
-            let queued = match self.peers.get(&to) {
-                Some(q) => q.try_send(m).is_ok(),
+            let queued = match map.get(&to) {
+                Some(q) => q.queue.try_send(m).is_ok(),
                 None => false,
             };
             if !queued && is_snapshot {
@@ -245,6 +300,8 @@ struct PeerSender {
     snapshot_files: Arc<dyn SnapshotFiles>,
     /// The snapshot being sent to this peer, if any.
     snapshot_send: Option<tokio::task::JoinHandle<()>>,
+    /// The stream to the peer is up (reported to the driver on every change).
+    active: bool,
 }
 
 enum Connect {
@@ -258,11 +315,17 @@ impl PeerSender {
         let mut backoff = RETRY_MIN;
         let mut url_index = 0usize;
         loop {
+            // The peer left the member list (or the member stopped): this task ends.
+            if self.queue.is_closed() {
+                self.set_active(false);
+                return;
+            }
             let url = self.urls[url_index % self.urls.len()].clone();
             url_index += 1;
             match self.connect(&url).await {
                 Connect::Stop => return,
                 Connect::Failed => {
+                    self.set_active(false);
                     self.drop_queued();
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_MAX);
@@ -270,13 +333,23 @@ impl PeerSender {
                 }
                 Connect::Ready(client) => {
                     backoff = RETRY_MIN;
-                    if self.stream(client).await {
+                    self.set_active(true);
+                    let done = self.stream(client).await;
+                    self.set_active(false);
+                    if done {
                         return;
                     }
                     self.drop_queued();
                     tokio::time::sleep(RETRY_MIN).await;
                 }
             }
+        }
+    }
+
+    fn set_active(&mut self, active: bool) {
+        if self.active != active {
+            self.active = active;
+            let _ = self.events.send(PeerEvent::Active(self.peer_id, active));
         }
     }
 
@@ -351,6 +424,11 @@ impl PeerSender {
             );
             tokio::time::sleep(RETRY_MAX).await;
             return Connect::Failed;
+        }
+        if resp.removed {
+            tracing::error!(peer = %format_id(self.peer_id), "{REMOVED_MEMBER}");
+            let _ = self.events.send(PeerEvent::Removed);
+            return Connect::Stop;
         }
         if !resp.refused.is_empty() {
             tracing::warn!(peer = %format_id(self.peer_id), "peer {url} refused us: {}", resp.refused);
@@ -498,6 +576,9 @@ pub struct PeerService {
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Message>,
     snapshot_files: Arc<dyn SnapshotFiles>,
+    member_changes: MemberChanges,
+    /// How long a forwarded membership change may take.
+    request_timeout: Duration,
 }
 
 impl PeerService {
@@ -505,11 +586,14 @@ impl PeerService {
         shared: Arc<Shared>,
         inputs: &NodeInputs,
         snapshot_files: Arc<dyn SnapshotFiles>,
+        request_timeout: Duration,
     ) -> PeerService {
         PeerService {
             shared,
             inbound: inputs.inbound.clone(),
             snapshot_files,
+            member_changes: inputs.member_changes.clone(),
+            request_timeout,
         }
     }
 
@@ -525,6 +609,17 @@ impl Peer for PeerService {
         req: Request<HandshakeRequest>,
     ) -> Result<Response<HandshakeResponse>, Status> {
         let req = req.into_inner();
+        let removed = req.cluster_id == self.shared.cluster_id
+            && self.shared.members.read().unwrap().is_removed(req.from);
+        if removed {
+            tracing::warn!(from = %format_id(req.from), "refused a removed member");
+            return Ok(Response::new(HandshakeResponse {
+                cluster_id: self.shared.cluster_id,
+                member_id: self.shared.member_id,
+                refused: REMOVED_MEMBER.into(),
+                removed: true,
+            }));
+        }
         let mut refused =
             peer::check_sender(req.cluster_id, req.from, self.shared.cluster_id, |id| {
                 self.is_member(id)
@@ -546,7 +641,55 @@ impl Peer for PeerService {
             cluster_id: self.shared.cluster_id,
             member_id: self.shared.member_id,
             refused,
+            removed: false,
         }))
+    }
+
+    async fn members(
+        &self,
+        _: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let m = self.shared.members.read().unwrap();
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.shared.cluster_id,
+            member_id: self.shared.member_id,
+            members: m.members().cloned().collect(),
+            removed: m.removed().collect(),
+        }))
+    }
+
+    /// A membership change a follower's client asked for: the leader checks and proposes it,
+    /// and answers with the index it applied at.
+    async fn member_change(
+        &self,
+        req: Request<MemberChangeRequest>,
+    ) -> Result<Response<MemberChangeResponse>, Status> {
+        let req = req.into_inner();
+        peer::check_sender(req.cluster_id, req.from, self.shared.cluster_id, |id| {
+            self.is_member(id)
+        })
+        .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let change = match req.change {
+            Some(member_change_request::Change::Add(m)) => MemberChange::Add(m),
+            Some(member_change_request::Change::Remove(id)) => MemberChange::Remove(id),
+            Some(member_change_request::Change::Update(u)) => MemberChange::Update(u),
+            Some(member_change_request::Change::Promote(id)) => MemberChange::Promote(id),
+            None => return Err(Status::invalid_argument("no membership change given")),
+        };
+        let res = self
+            .member_changes
+            .change(change, self.request_timeout)
+            .await;
+        let mut resp = MemberChangeResponse::default();
+        match res {
+            Ok(index) => resp.index = index,
+            Err(e) => {
+                let status = Status::from(e);
+                resp.error = status.message().to_string();
+                resp.grpc_code = status.code() as i32;
+            }
+        }
+        Ok(Response::new(resp))
     }
 
     async fn stream(
@@ -662,55 +805,64 @@ impl Peer for PeerService {
     }
 }
 
-/// Asks each peer for its cluster ID before this member writes anything to its data dir, so a
-/// member started against a running cluster of another identity exits without leaving state.
-/// Peers that do not answer are skipped: in a new cluster they are starting too.
-pub async fn check_peers_cluster_id(
-    member_id: u64,
-    cluster_id: u64,
-    peers: &[(u64, Vec<String>)],
-    tls: &PeerDialTls,
-) -> Result<(), BootstrapError> {
-    let mut checks = Vec::new();
-    for (id, urls) in peers {
-        if *id == member_id {
-            continue;
-        }
-        for url in urls {
-            let url = url.clone();
-            let to = *id;
-            checks.push(async move {
-                let ch = tokio::time::timeout(CONNECT_TIMEOUT, open_channel(&url, tls))
-                    .await
-                    .ok()?
-                    .ok()?;
-                let mut c = PeerClient::new(ch);
-                let req = HandshakeRequest {
-                    cluster_id,
-                    from: member_id,
-                    to,
-                };
-                let r = tokio::time::timeout(CONNECT_TIMEOUT, c.handshake(req))
-                    .await
-                    .ok()?
-                    .ok()?;
-                Some(r.into_inner().cluster_id)
-            });
-        }
-    }
-    for peer_cluster in futures::future::join_all(checks)
+/// Asks every given peer URL for its cluster's member list (the peer Members call), at most
+/// `CONNECT_TIMEOUT` each, all at once. Peers that do not answer are left out: in a new
+/// cluster they are starting too. The answers decide a new member's start
+/// (`bootstrap::check_new_member`) or a join (`bootstrap::plan_join`).
+pub async fn fetch_remote_clusters(urls: &[String], tls: &PeerDialTls) -> Vec<RemoteCluster> {
+    let asks = urls.iter().map(|url| async move {
+        let ch = tokio::time::timeout(CONNECT_TIMEOUT, open_channel(url, tls))
+            .await
+            .ok()?
+            .ok()?;
+        let mut c = PeerClient::new(ch);
+        let r = tokio::time::timeout(CONNECT_TIMEOUT * 2, c.members(MembersRequest {}))
+            .await
+            .ok()?
+            .ok()?
+            .into_inner();
+        Some(RemoteCluster {
+            cluster_id: r.cluster_id,
+            members: r.members,
+            removed: r.removed,
+        })
+    });
+    futures::future::join_all(asks)
         .await
         .into_iter()
         .flatten()
-    {
-        if peer_cluster != cluster_id {
-            return Err(BootstrapError::ConflictingClusterId {
-                local: cluster_id,
-                peer: peer_cluster,
-            });
-        }
+        .collect()
+}
+
+/// Sends a membership change to the leader at `urls` (its peer URLs, tried in order) and
+/// returns its answer.
+pub async fn forward_member_change(
+    urls: &[String],
+    tls: &PeerDialTls,
+    req: MemberChangeRequest,
+    timeout: Duration,
+) -> Result<MemberChangeResponse, String> {
+    let mut last = String::from("the leader has no peer URLs");
+    for url in urls {
+        let ch = match tokio::time::timeout(CONNECT_TIMEOUT, open_channel(url, tls)).await {
+            Ok(Ok(ch)) => ch,
+            Ok(Err(e)) => {
+                last = e;
+                continue;
+            }
+            Err(_) => {
+                last = format!("connecting to {url} timed out");
+                continue;
+            }
+        };
+        let mut c = PeerClient::new(ch);
+        return match tokio::time::timeout(timeout, c.member_change(req)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(e)) => Err(error_chain(&e)),
+            Err(_) => Err(format!("the leader at {url} did not answer in time")),
+        };
     }
-    Ok(())
+    Err(last)
 }
 
 #[cfg(test)]
@@ -732,8 +884,15 @@ mod tests {
         queue.try_send(msg(2, MessageType::MsgAppend)).unwrap(); // now full
         let (events, mut reports) = mpsc::unbounded_channel();
         let t = Transport {
-            peers: BTreeMap::from([(2, queue)]),
+            peers: Mutex::new(BTreeMap::from([(
+                2,
+                PeerQueue {
+                    urls: vec![],
+                    queue,
+                },
+            )])),
             events,
+            spawn: None,
         };
         t.send(vec![
             msg(2, MessageType::MsgAppend), // dropped: raft resends appends itself

@@ -117,6 +117,11 @@ const FLAGS: &[FlagSpec] = &[
         help: "Raise alarms when backend size exceeds the given quota (0 defaults to low space quota). [default: 0]",
     },
     FlagSpec {
+        name: "max-learners",
+        heading: CLUSTERING,
+        help: "Sets the maximum number of learners that can be available in the cluster membership. [default: 1]",
+    },
+    FlagSpec {
         name: "initial-advertise-peer-urls",
         heading: CLUSTERING,
         help: "List of this member's peer URLs to advertise to the rest of the cluster. [default: http://localhost:2380]",
@@ -174,6 +179,11 @@ const FLAGS: &[FlagSpec] = &[
 
 /// Boolean flags (Go's `--flag`, `--flag=true`, `--flag=false`); they also get `ETCD_*` variables.
 const BOOL_FLAGS: &[FlagSpec] = &[
+    FlagSpec {
+        name: "strict-reconfig-check",
+        heading: CLUSTERING,
+        help: "Reject reconfiguration requests that would cause quorum loss. [default: true]",
+    },
     FlagSpec { name: "client-cert-auth", heading: SECURITY, help: "Enable client cert authentication." },
     FlagSpec { name: "auto-tls", heading: SECURITY, help: "Client TLS using generated certificates." },
     FlagSpec { name: "peer-client-cert-auth", heading: SECURITY, help: "Enable peer client cert authentication." },
@@ -575,6 +585,12 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
     }
     if let Some(v) = uint("self-signed-cert-validity", u32::MAX as u64)? {
         c.self_signed_cert_validity = v as u32;
+    }
+    if given("strict-reconfig-check").is_some() {
+        c.strict_reconfig_check = boolean("strict-reconfig-check")?;
+    }
+    if let Some(v) = uint("max-learners", u32::MAX as u64)? {
+        c.max_learners = v as u32;
     }
     Ok(c)
 }

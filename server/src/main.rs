@@ -36,6 +36,11 @@ async fn main() -> ExitCode {
             }
             match detcd_net::run_member(config).await {
                 Ok(()) => ExitCode::SUCCESS,
+                // etcd stops a removed member and exits 0 (etcdmain: `<-stopped`, Exit(0)).
+                Err(detcd_net::MemberError::Node(detcd_net::node::NodeError::Removed)) => {
+                    tracing::warn!("the data-dir used by this member must be removed");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("detcd: {e}");
                     ExitCode::FAILURE

@@ -591,6 +591,12 @@ impl CoreSim {
                 }
                 Output::Response { id, result } => self.respond(i, id, result),
                 Output::ReadReady { id, result } => self.read_ready(i, id, result),
+                // The in-memory network routes by member ID, and this harness makes no
+                // membership changes: the member list never changes here.
+                Output::MembershipChanged(_) => {}
+                Output::Removed => {
+                    self.fatal = Some(format!("member {i} was removed, but no change was asked"))
+                }
             }
         }
     }
@@ -857,7 +863,9 @@ impl CoreSim {
             ),
             Ok(other) => panic!("unexpected apply result {other:?} for {op:?}"),
             // Never proposed: it did not happen.
-            Err(RequestError::NoLeader | RequestError::TooManyRequests) => (Outcome::Failed, None),
+            Err(
+                RequestError::NoLeader | RequestError::TooManyRequests | RequestError::NotLeader(_),
+            ) => (Outcome::Failed, None),
             Err(RequestError::Refused(_)) => (Outcome::Failed, None),
             Err(RequestError::LeaderChanged) => (Outcome::Unknown, None),
         };

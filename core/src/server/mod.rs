@@ -24,9 +24,10 @@
 //!
 //! Nothing here blocks, spawns, locks or reads a clock. A storage failure is [`Fatal`].
 
+use crate::membership::{MemberChange, MemberError};
 use crate::mvcc::MvccError;
 use crate::proto::detcdpb::{
-    internal_request::Request, InternalRequest, MemberAttributes, SnapshotRef,
+    internal_request::Request, ConfChangeContext, InternalRequest, MemberAttributes, SnapshotRef,
 };
 use crate::raft_log::RaftLog;
 use crate::state::{
@@ -66,6 +67,10 @@ pub enum RequestError {
     /// returns when apply falls too far behind commit).
     #[error("etcdserver: too many requests")]
     TooManyRequests,
+    /// A membership change reached a member that is not the leader (the leader's ID): the
+    /// executor forwards it there (etcd's ErrNotLeader text).
+    #[error("etcdserver: not leader")]
+    NotLeader(u64),
 }
 
 /// An MVCC refusal, kept as its text and gRPC code (MvccError is not Clone).
@@ -74,6 +79,15 @@ pub enum RequestError {
 pub struct RefusedBy {
     pub message: String,
     pub grpc_code: i32,
+}
+
+impl From<MemberError> for RefusedBy {
+    fn from(e: MemberError) -> Self {
+        RefusedBy {
+            grpc_code: e.grpc_code(),
+            message: e.to_string(),
+        }
+    }
 }
 
 impl From<MvccError> for RefusedBy {
@@ -124,6 +138,12 @@ pub enum Output {
         id: u64,
         result: Result<(), RequestError>,
     },
+    /// The member list changed (applied, or installed with a snapshot): the peer transport
+    /// now talks to exactly these members, (ID, peer URLs), this one included.
+    MembershipChanged(Vec<(u64, Vec<String>)>),
+    /// This member was removed from the cluster: the executor stops it (after a moment, so
+    /// the messages telling the others the removal committed get out).
+    Removed,
 }
 
 /// Deliberate bugs for proving the simulators' checkers can fail. All false in production.
@@ -137,6 +157,10 @@ pub struct Mutations {
     /// A restarted member forgets its vote but keeps its term (it may vote twice in a term).
     pub forget_vote: bool,
 }
+
+/// etcd's rule for promoting a learner: its raft log matches at least this share of the
+/// leader's (etcdserver/server.go, readyPercent).
+const LEARNER_READY_PERCENT: u64 = 90;
 
 /// How the server is set up; times are in ticks (one tick per heartbeat interval).
 #[derive(Debug, Clone)]
@@ -164,6 +188,13 @@ pub struct ServerConfig {
     /// Seed of the randomized election timeouts (raft-rs draws them from the OS otherwise,
     /// which would make a simulation depend on more than its seed).
     pub election_seed: u64,
+    /// `--strict-reconfig-check`: refuse membership changes that could cost the quorum.
+    pub strict_reconfig_check: bool,
+    /// `--max-learners` (etcd 3.6; 3.4 allows 1).
+    pub max_learners: usize,
+    /// How long every voter must have been connected to the leader for a strict
+    /// reconfiguration to count the cluster healthy (etcd's HealthInterval, 5 s), in ticks.
+    pub health_ticks: u64,
     pub mutations: Mutations,
 }
 
@@ -181,6 +212,9 @@ impl ServerConfig {
             attributes,
             start_unix_ms: 0,
             election_seed: id,
+            strict_reconfig_check: true,
+            max_learners: 1,
+            health_ticks: 50,
             mutations: Mutations::default(),
         }
     }
@@ -205,6 +239,10 @@ pub struct Status {
     /// ReadIndex batches sent again (after a leader change or unanswered), each under a
     /// fresh context.
     pub read_retries: u64,
+    /// This member is a learner in raft's configuration (it does not vote).
+    pub is_learner: bool,
+    /// This member was removed from the cluster.
+    pub removed: bool,
 }
 
 /// Request IDs unique across members and restarts, as etcd's idutil: the member's low 16
@@ -279,6 +317,9 @@ pub struct Server<V: StateViews> {
     installing: Option<Ready>,
     attributes_published: bool,
     ticks_since_publish: usize,
+    /// The tick since which the transport has been connected to each peer (absent: not
+    /// connected), for `--strict-reconfig-check`'s health rule.
+    peer_active_since: BTreeMap<u64, u64>,
     status: Status,
     /// xorshift64 state for election timeouts; the timeout last set, and the (term, role,
     /// leader) it was set for.
@@ -352,6 +393,7 @@ impl<V: StateViews> Server<V> {
             installing: None,
             attributes_published: false,
             ticks_since_publish: 0,
+            peer_active_since: BTreeMap::new(),
             status,
         };
         server.pin_election_timeout();
@@ -448,6 +490,144 @@ impl<V: StateViews> Server<V> {
             "snapshot file unusable; a new one will be built when needed"
         );
         self.raw.mut_store().forget_snapshot(index);
+    }
+
+    /// The transport's connection to peer `id` came up (`active`) or went down.
+    pub fn handle_peer_active(&mut self, id: u64, active: bool) {
+        if active {
+            self.peer_active_since.entry(id).or_insert(self.tick);
+        } else {
+            self.peer_active_since.remove(&id);
+        }
+    }
+
+    /// A membership change a client asked for (etcd's Cluster service). Returns the request
+    /// id its [`Output::Response`] carries: `Applied::MemberChanged` once it has applied
+    /// here, or why not. Only the leader takes changes, since only it knows the peers'
+    /// health and a learner's progress: elsewhere the answer is
+    /// [`RequestError::NotLeader`], and the executor forwards the change to the leader.
+    pub fn handle_member_change(&mut self, change: MemberChange) -> Result<u64, Fatal> {
+        let id = self.ids.next_id();
+        match self.check_member_change(&change) {
+            Err(e) => self
+                .outputs
+                .push_back(Output::Response { id, result: Err(e) }),
+            Ok(()) => {
+                tracing::info!("proposing membership change: {change}");
+                let proposed = match &change {
+                    MemberChange::Update(u) => {
+                        let data = InternalRequest {
+                            id,
+                            request: Some(Request::MemberUpdate(u.clone())),
+                            header: None,
+                        }
+                        .encode_to_vec();
+                        self.raw.propose(vec![], data)
+                    }
+                    _ => {
+                        let (cc, context) = conf_change_for(id, &change);
+                        let mut cc = cc;
+                        cc.context = context.into();
+                        self.raw.propose_conf_change(vec![], cc)
+                    }
+                };
+                match proposed {
+                    Ok(()) => {
+                        self.waiting.insert(id, ());
+                    }
+                    Err(_) => self.outputs.push_back(Output::Response {
+                        id,
+                        result: Err(RequestError::NoLeader),
+                    }),
+                }
+            }
+        }
+        self.drive()?;
+        Ok(id)
+    }
+
+    /// etcd's checks before proposing a membership change (etcdserver/server.go: AddMember,
+    /// RemoveMember, PromoteMember with mayAddMember, mayRemoveMember, mayPromoteMember).
+    fn check_member_change(&self, change: &MemberChange) -> Result<(), RequestError> {
+        let leader = self.raw.raft.leader_id;
+        if leader == 0 {
+            return Err(RequestError::NoLeader);
+        }
+        if !self.status.is_leader {
+            return Err(RequestError::NotLeader(leader));
+        }
+        let refused = |e: MemberError| RequestError::Refused(e.into());
+        let members = self.state.views().members(|m| m.clone());
+        members
+            .validate(change, self.cfg.max_learners)
+            .map_err(refused)?;
+        if !matches!(change, MemberChange::Update(_)) && self.raw.raft.has_pending_conf() {
+            return Err(refused(MemberError::ChangeInProgress));
+        }
+        let strict = self.cfg.strict_reconfig_check;
+        match change {
+            MemberChange::Add(m) => {
+                if strict && !m.is_learner && !members.ready_to_add_voter() {
+                    return Err(refused(MemberError::NotEnoughStarted));
+                }
+                if strict && !self.connected_to_all_voters(&members) {
+                    return Err(refused(MemberError::Unhealthy));
+                }
+            }
+            MemberChange::Remove(id) => {
+                let learner = members.get(*id).is_some_and(|m| m.is_learner);
+                if strict && !learner {
+                    if !members.ready_to_remove_voter(*id) {
+                        return Err(refused(MemberError::NotEnoughStarted));
+                    }
+                    // A member that is down is safe to remove: it is not in the active quorum.
+                    let down = *id != self.cfg.id && !self.peer_active_since.contains_key(id);
+                    let voters = members.voters().count();
+                    let active = members
+                        .voters()
+                        .filter(|m| m.id == self.cfg.id || self.healthy_peer(m.id))
+                        .count();
+                    if !down && active.saturating_sub(1) < 1 + (voters - 1) / 2 {
+                        return Err(refused(MemberError::Unhealthy));
+                    }
+                }
+            }
+            MemberChange::Promote(id) => {
+                if !self.learner_ready(*id) {
+                    return Err(refused(MemberError::LearnerNotReady));
+                }
+                if strict && !members.ready_to_promote(*id) {
+                    return Err(refused(MemberError::NotEnoughStarted));
+                }
+            }
+            MemberChange::Update(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Connected to the peer for the whole health interval (etcd's transport.ActiveSince).
+    fn healthy_peer(&self, id: u64) -> bool {
+        self.peer_active_since
+            .get(&id)
+            .is_some_and(|since| self.tick >= since + self.cfg.health_ticks)
+    }
+
+    /// etcd's isConnectedFullySince over the voters.
+    fn connected_to_all_voters(&self, members: &crate::membership::Membership) -> bool {
+        members
+            .voters()
+            .all(|m| m.id == self.cfg.id || self.healthy_peer(m.id))
+    }
+
+    /// On the leader: the learner's log matches at least 90% of the leader's (etcd's
+    /// isLearnerReady; a member raft does not track counts as ready, as there).
+    fn learner_ready(&self, id: u64) -> bool {
+        let prs = self.raw.raft.prs();
+        let Some(learner) = prs.get(id) else {
+            return true;
+        };
+        let leader = prs.get(self.cfg.id).map(|p| p.matched).unwrap_or(0);
+        learner.matched * 100 >= leader * LEARNER_READY_PERCENT
     }
 
     /// Writes for the state machine. Returns the request ids their [`Output::Response`]s
@@ -594,6 +774,7 @@ impl<V: StateViews> Server<V> {
         self.last_compaction_index = index;
         self.status.snapshots_installed += 1;
         tracing::info!(index, "installed snapshot from leader");
+        self.membership_changed();
         self.finish_ready(rd)?;
         self.drive()
     }
@@ -893,6 +1074,10 @@ impl<V: StateViews> Server<V> {
                 let req = InternalRequest::decode(e.data.as_ref()).map_err(|err| {
                     Fatal(format!("raft entry {} does not decode: {err}", e.index))
                 })?;
+                if let Some(Request::MemberUpdate(u)) = &req.request {
+                    let change = MemberChange::Update(u.clone());
+                    return self.apply_member_change(e.index, req.id, change, None);
+                }
                 let result = self.state.apply(e.index, &req)?;
                 if self.waiting.remove(&req.id).is_some() {
                     self.outputs.push_back(Output::Response {
@@ -901,22 +1086,90 @@ impl<V: StateViews> Server<V> {
                     });
                 }
             }
-            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                let cs = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
-                    let cc = crate::raftpb::decode_conf_change_v2(&e.data)
-                        .map_err(|err| Fatal::new("undecodable conf change", err))?;
-                    self.raw.apply_conf_change(&cc)
-                } else {
-                    let cc = crate::raftpb::decode_conf_change(&e.data)
-                        .map_err(|err| Fatal::new("undecodable conf change", err))?;
-                    self.raw.apply_conf_change(&cc)
-                }
-                .map_err(|err| Fatal::new("applying a conf change", err))?;
+            EntryType::EntryConfChange => {
+                let cc = crate::raftpb::decode_conf_change(&e.data)
+                    .map_err(|err| Fatal::new("undecodable conf change", err))?;
+                let (request_id, change) = change_from_conf_change(&cc)
+                    .map_err(|err| Fatal(format!("conf change at {}: {err}", e.index)))?;
+                return self.apply_member_change(e.index, request_id, change, Some(&cc));
+            }
+            EntryType::EntryConfChangeV2 => {
+                // detcd proposes none; only raft-rs itself could (leaving a joint config).
+                let cc = crate::raftpb::decode_conf_change_v2(&e.data)
+                    .map_err(|err| Fatal::new("undecodable conf change", err))?;
+                let cs = self
+                    .raw
+                    .apply_conf_change(&cc)
+                    .map_err(|err| Fatal::new("applying a conf change", err))?;
                 self.raw.mut_store().set_conf_state(cs.clone());
                 self.state.apply_conf_state(e.index, &cs)?;
             }
         }
         Ok(())
+    }
+
+    /// Applies a membership change at `index`: checked again against the member list as
+    /// it is now (the same on every member), then raft's configuration (for a conf change
+    /// `cc`), the member table and the peer set change together. A change that no longer
+    /// holds (a second add of one URL raced the first) is refused and changes nothing, as in
+    /// etcd's applyConfChange.
+    fn apply_member_change(
+        &mut self,
+        index: u64,
+        request_id: u64,
+        change: MemberChange,
+        cc: Option<&ConfChange>,
+    ) -> Result<(), Fatal> {
+        let verdict = self
+            .state
+            .views()
+            .members(|m| m.validate(&change, self.cfg.max_learners));
+        let result = match verdict {
+            Err(e) => {
+                tracing::warn!(index, "membership change refused at apply: {change}: {e}");
+                self.state.skip(index);
+                Err(RequestError::Refused(e.into()))
+            }
+            Ok(()) => {
+                let cs = match cc {
+                    Some(cc) => Some(
+                        self.raw
+                            .apply_conf_change(cc)
+                            .map_err(|err| Fatal::new("applying a conf change", err))?,
+                    ),
+                    None => None,
+                };
+                if let Some(cs) = &cs {
+                    self.raw.mut_store().set_conf_state(cs.clone());
+                }
+                self.state
+                    .apply_member_change(index, &change, cs.as_ref())?;
+                tracing::info!(index, "applied membership change: {change}");
+                self.membership_changed();
+                Ok(Applied::MemberChanged { index })
+            }
+        };
+        if self.waiting.remove(&request_id).is_some() {
+            self.outputs.push_back(Output::Response {
+                id: request_id,
+                result,
+            });
+        }
+        Ok(())
+    }
+
+    /// Tells the executor the new peer set, and stops a member that is no longer in it.
+    fn membership_changed(&mut self) {
+        let (peers, removed) = self
+            .state
+            .views()
+            .members(|m| (m.peers(), m.is_removed(self.cfg.id)));
+        self.outputs.push_back(Output::MembershipChanged(peers));
+        if removed && !self.status.removed {
+            self.status.removed = true;
+            tracing::warn!("this member was removed from the cluster");
+            self.outputs.push_back(Output::Removed);
+        }
     }
 
     /// Hands the open transaction out to be committed, if there is anything in it.
@@ -990,9 +1243,63 @@ impl<V: StateViews> Server<V> {
     }
 
     fn update_status(&mut self) {
+        self.status.is_learner = self.raw.raft.prs().conf().learners().contains(&self.cfg.id);
         self.status.term = self.raw.raft.term;
         self.status.vote = self.raw.raft.vote;
         self.status.commit = self.raw.raft.raft_log.committed;
         self.status.applied = self.state.applied();
     }
+}
+
+/// The raft ConfChange for a change of raft's configuration (not [`MemberChange::Update`]),
+/// and its context, which carries the request ID and the member (as etcd's carries its
+/// member as JSON). A promotion is AddNode of a learner, as in etcd.
+fn conf_change_for(request_id: u64, change: &MemberChange) -> (ConfChange, Vec<u8>) {
+    let mut cc = ConfChange::default();
+    cc.id = request_id;
+    cc.node_id = change.member_id();
+    let mut ctx = ConfChangeContext {
+        request_id,
+        ..Default::default()
+    };
+    match change {
+        MemberChange::Add(m) => {
+            cc.set_change_type(if m.is_learner {
+                ConfChangeType::AddLearnerNode
+            } else {
+                ConfChangeType::AddNode
+            });
+            ctx.member = Some(m.clone());
+        }
+        MemberChange::Remove(_) => cc.set_change_type(ConfChangeType::RemoveNode),
+        MemberChange::Promote(_) => {
+            cc.set_change_type(ConfChangeType::AddNode);
+            ctx.promote = true;
+        }
+        MemberChange::Update(_) => unreachable!("an update is not a raft configuration change"),
+    }
+    (cc, ctx.encode_to_vec())
+}
+
+/// The membership change a committed ConfChange carries (the inverse of [`conf_change_for`]).
+fn change_from_conf_change(cc: &ConfChange) -> Result<(u64, MemberChange), String> {
+    let ctx = ConfChangeContext::decode(cc.context.as_ref())
+        .map_err(|e| format!("undecodable context: {e}"))?;
+    let change = match (cc.get_change_type(), ctx.promote) {
+        (ConfChangeType::RemoveNode, _) => MemberChange::Remove(cc.node_id),
+        (ConfChangeType::AddNode, true) => MemberChange::Promote(cc.node_id),
+        (ConfChangeType::AddNode | ConfChangeType::AddLearnerNode, false) => {
+            let m = ctx.member.ok_or("an add without its member")?;
+            let learner = cc.get_change_type() == ConfChangeType::AddLearnerNode;
+            if m.id != cc.node_id || m.is_learner != learner {
+                return Err(format!(
+                    "member {} (learner {}) does not match node {}",
+                    m.id, m.is_learner, cc.node_id
+                ));
+            }
+            MemberChange::Add(m)
+        }
+        (ConfChangeType::AddLearnerNode, true) => return Err("a promotion to learner".into()),
+    };
+    Ok((ctx.request_id, change))
 }

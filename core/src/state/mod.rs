@@ -39,6 +39,10 @@ pub enum Applied {
     Compact(pb::CompactionResponse),
     /// A member published its name and client URLs.
     Attributes,
+    /// A membership change applied at this raft index.
+    MemberChanged {
+        index: u64,
+    },
 }
 
 /// A failure that stops the member: continuing would answer clients from a store that no
@@ -193,8 +197,46 @@ pub fn read_applied(db: &redb::Database) -> Result<u64, LogError> {
     }
 }
 
-/// Writes a brand-new member of a new cluster durably: the log file (empty, the voters
-/// known), the member table, the cluster and member IDs. `members` are (id, peer URLs).
+/// How a brand-new member starts ([`initialize_member`]).
+pub enum NewMember {
+    /// A member of a new cluster: every member is a voter, known from the bootstrap.
+    NewCluster,
+    /// A member joining a running cluster, whose member list (and removed IDs) it fetched:
+    /// its raft configuration and state come from the leader.
+    Joining { removed: Vec<u64> },
+}
+
+/// Writes a brand-new member durably: the log file (empty), the member table, the cluster
+/// and member IDs. `members` are the members as the bootstrap knows them.
+pub fn initialize_member(
+    db: &redb::Database,
+    log_file: &mut dyn crate::wal::LogFile,
+    cluster_id: u64,
+    local_id: u64,
+    members: Vec<crate::proto::detcdpb::MemberRecord>,
+    how: NewMember,
+) -> Result<crate::raft_log::RaftLog, LogError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| LogError::Storage(e.to_string()))?;
+    let (cs, base, removed) = match how {
+        NewMember::NewCluster => {
+            let mut cs = ConfState::default();
+            cs.voters = members.iter().map(|m| m.id).collect();
+            (cs, (1, 1), Vec::new())
+        }
+        NewMember::Joining { removed } => (ConfState::default(), (0, 0), removed),
+    };
+    let log = crate::raft_log::RaftLog::bootstrap(&txn, cs, base, log_file)?;
+    Membership::bootstrap(&txn, cluster_id, members, removed)?;
+    txn.open_table(META)?
+        .insert(meta_keys::MEMBER_ID, local_id.to_be_bytes().as_slice())?;
+    txn.open_table(crate::tables::KV)?;
+    txn.commit()?;
+    Ok(log)
+}
+
+/// [`initialize_member`] for a member of a new cluster; `members` are (id, peer URLs).
 pub fn initialize_new_member(
     db: &redb::Database,
     log_file: &mut dyn crate::wal::LogFile,
@@ -202,31 +244,22 @@ pub fn initialize_new_member(
     local_id: u64,
     members: &[(u64, Vec<String>)],
 ) -> Result<crate::raft_log::RaftLog, LogError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(|e| LogError::Storage(e.to_string()))?;
-    let mut cs = ConfState::default();
-    cs.voters = members.iter().map(|(id, _)| *id).collect();
-    let log = crate::raft_log::RaftLog::bootstrap(&txn, cs, log_file)?;
-    Membership::bootstrap(
-        &txn,
+    let records = members
+        .iter()
+        .map(|(id, urls)| crate::proto::detcdpb::MemberRecord {
+            id: *id,
+            peer_urls: urls.clone(),
+            ..Default::default()
+        })
+        .collect();
+    initialize_member(
+        db,
+        log_file,
         cluster_id,
-        members
-            .iter()
-            .map(|(id, urls)| crate::proto::detcdpb::MemberRecord {
-                id: *id,
-                name: String::new(),
-                peer_urls: urls.clone(),
-                client_urls: vec![],
-                is_learner: false,
-            }),
-    )?;
-    txn.open_table(META)?
-        .insert(meta_keys::MEMBER_ID, local_id.to_be_bytes().as_slice())?;
-    txn.open_table(crate::tables::KV)?;
-    txn.open_table(crate::tables::MEMBERS)?;
-    txn.commit()?;
-    Ok(log)
+        local_id,
+        records,
+        NewMember::NewCluster,
+    )
 }
 
 /// Loads the in-memory halves of the state machine from a data file.
@@ -320,6 +353,11 @@ impl<V: StateViews> KvState<V> {
                     .map_err(|e| Fatal::new("storing member attributes", e))?;
                 Ok(Applied::Attributes)
             }
+            Some(Request::MemberUpdate(_)) => {
+                return Err(Fatal(format!(
+                    "entry {index}: a membership change reached the key-value apply"
+                )))
+            }
             None => Ok(Applied::Attributes),
         };
         self.applied = index;
@@ -334,6 +372,29 @@ impl<V: StateViews> KvState<V> {
     /// An entry with no effect on the stores (an empty entry of a new leader).
     pub fn skip(&mut self, index: u64) {
         self.applied = self.applied.max(index);
+    }
+
+    /// Applies a membership change at `index` (validated by the caller) and, for a raft
+    /// configuration change, raft's new configuration `cs`, in one transaction: the member
+    /// table and raft's ConfState never disagree in the data file.
+    pub fn apply_member_change(
+        &mut self,
+        index: u64,
+        change: &crate::membership::MemberChange,
+        cs: Option<&ConfState>,
+    ) -> Result<(), Fatal> {
+        self.open_txn()?;
+        let txn = self.open_txn.as_ref().unwrap();
+        self.views
+            .members_mut(|m| m.apply(txn, change))
+            .map_err(|e| Fatal::new("storing a membership change", e))?;
+        if let Some(cs) = cs {
+            let mut bytes = Vec::new();
+            crate::raftpb::encode_conf_state(cs, &mut bytes);
+            put_meta(txn, meta_keys::CONF_STATE, &bytes)?;
+        }
+        self.applied = index;
+        Ok(())
     }
 
     /// Stores raft's configuration after a conf change entry at `index`.
