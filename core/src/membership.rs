@@ -372,17 +372,12 @@ impl Membership {
         is_quorum(started, voters)
     }
 
-    /// `--strict-reconfig-check` before promoting learner `id`: the started voters, the
-    /// learner counted, are a quorum of the voters after it (etcd's IsReadyToPromoteMember).
-    pub fn ready_to_promote(&self, id: u64) -> bool {
+    /// `--strict-reconfig-check` before promoting a learner: the started voters, the learner
+    /// counted as one of them (etcd counts it started, whatever it published), are a quorum of
+    /// the voters after it (etcd's IsReadyToPromoteMember).
+    pub fn ready_to_promote(&self) -> bool {
         let voters = self.voters().count() + 1;
-        let mut started = self.voters().filter(|m| Self::is_started(m)).count();
-        if self.get(id).is_some_and(Self::is_started) {
-            started += 1;
-        }
-        if started == 1 && voters == 2 {
-            return true;
-        }
+        let started = self.voters().filter(|m| Self::is_started(m)).count() + 1;
         is_quorum(started, voters)
     }
 

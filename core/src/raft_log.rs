@@ -478,11 +478,17 @@ impl raft::Storage for RaftLog {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    /// The snapshot built last, if it is not behind the log and names `to` in its
+    /// configuration; otherwise raft is told to ask again and a new one is built at the
+    /// applied index. A snapshot older than `to`'s `member add` would be refused by it (raft
+    /// restores only a snapshot whose ConfState includes the recipient), so a member added
+    /// after the last build gets a fresh one, as etcd sends every follower its current state.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         match &self.snapshot {
             Some(s)
                 if s.get_metadata().index >= self.compacted_index
-                    && s.get_metadata().index >= request_index =>
+                    && s.get_metadata().index >= request_index
+                    && names_member(s.get_metadata().get_conf_state(), to) =>
             {
                 Ok(s.clone())
             }
@@ -494,6 +500,18 @@ impl raft::Storage for RaftLog {
             }
         }
     }
+}
+
+/// `id` is a voter or learner of `cs` (either half of a joint configuration).
+fn names_member(cs: &ConfState, id: u64) -> bool {
+    [
+        &cs.voters,
+        &cs.learners,
+        &cs.voters_outgoing,
+        &cs.learners_next,
+    ]
+    .iter()
+    .any(|set| set.contains(&id))
 }
 
 #[cfg(test)]
@@ -668,10 +686,20 @@ mod tests {
         assert!(log.snapshot(0, 2).is_err());
         assert!(log.take_snapshot_wanted());
         assert!(!log.take_snapshot_wanted());
-        let mut snap = Snapshot::default();
-        snap.mut_metadata().index = 0;
-        log.set_snapshot(snap);
+        log.set_snapshot(snapshot_at(0, 0));
         assert!(log.snapshot(0, 2).is_ok());
+    }
+
+    /// Regression: a member added after the last build was offered that snapshot, whose
+    /// configuration does not name it; raft refuses such a snapshot, and the leader sent it
+    /// again every heartbeat. It gets a new build instead.
+    #[test]
+    fn a_member_added_after_the_build_gets_a_new_snapshot() {
+        let (_db, _file, mut log) = bootstrapped(&[1]);
+        log.set_snapshot(snapshot_at(0, 0)); // voters 1, 2, 3
+        assert!(log.snapshot(0, 3).is_ok());
+        assert!(log.snapshot(0, 4).is_err());
+        assert!(log.take_snapshot_wanted());
     }
 
     /// A snapshot whose file is unusable is offered no more: raft's next request asks for a
@@ -679,7 +707,7 @@ mod tests {
     #[test]
     fn a_forgotten_snapshot_is_built_anew() {
         let (_db, _file, mut log) = bootstrapped(&[1]);
-        log.set_snapshot(Snapshot::default());
+        log.set_snapshot(snapshot_at(0, 0));
         log.forget_snapshot(7);
         assert!(log.snapshot(0, 2).is_ok());
         log.forget_snapshot(0);

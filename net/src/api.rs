@@ -271,6 +271,9 @@ fn to_pb_member(m: &detcd_core::proto::detcdpb::MemberRecord) -> pb::Member {
     }
 }
 
+/// The pause before a membership change is forwarded again to a leader that did not answer.
+const FORWARD_RETRY: Duration = Duration::from_millis(200);
+
 /// Peer URLs as etcd's types.NewURLs takes them (`etcdserver: given member URLs are
 /// invalid` otherwise), as normalized strings in sorted order.
 fn parse_peer_urls(urls: &[String]) -> Result<Vec<detcd_core::config::Url>, Status> {
@@ -298,20 +301,47 @@ impl Api {
     /// list it answers with shows the change. Only the leader takes changes (it alone knows
     /// the peers' health and a learner's progress): a follower forwards the change over the
     /// peer port, as etcd forwards a promote, then waits for a ReadIndex, which covers the
-    /// index the leader applied it at.
+    /// index the leader applied it at. A leader that cannot be reached (it just died, and
+    /// this member has not noticed yet) is tried again, as etcd retries its forwarded
+    /// promote, until the request timeout.
     async fn change_members(&self, change: MemberChange) -> Result<(), Status> {
         self.refuse_learner()?;
-        let err = match self
-            .node
-            .member_changes
-            .change(change.clone(), self.request_timeout)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(ApiError::NotLeader(leader)) => leader,
-            Err(e) => return Err(e.into()),
-        };
-        let leader = err;
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let leader = match self.node.member_changes.change(change.clone(), left).await {
+                Ok(_) => return Ok(()),
+                Err(ApiError::NotLeader(leader)) => leader,
+                Err(e) => return Err(e.into()),
+            };
+            match self.forward_member_change(leader, &change, left).await {
+                Ok(resp) if resp.error.is_empty() => {
+                    self.node.read_barrier(left).await?;
+                    return Ok(());
+                }
+                Ok(resp) => {
+                    return Err(Status::new(tonic::Code::from(resp.grpc_code), resp.error));
+                }
+                Err(e) if tokio::time::Instant::now() + FORWARD_RETRY >= deadline => {
+                    return Err(Status::unavailable(format!(
+                        "forwarding the membership change to the leader {}: {e}",
+                        format_id(leader)
+                    )));
+                }
+                Err(e) => {
+                    tracing::debug!(leader = %format_id(leader), "forwarding a membership change: {e}; retrying");
+                    tokio::time::sleep(FORWARD_RETRY).await;
+                }
+            }
+        }
+    }
+
+    async fn forward_member_change(
+        &self,
+        leader: u64,
+        change: &MemberChange,
+        timeout: Duration,
+    ) -> Result<detcd_core::proto::detcdpb::MemberChangeResponse, String> {
         let urls = self
             .shared()
             .members
@@ -323,31 +353,14 @@ impl Api {
         let req = MemberChangeRequest {
             cluster_id: self.shared().cluster_id,
             from: self.shared().member_id,
-            change: Some(match change {
+            change: Some(match change.clone() {
                 MemberChange::Add(m) => member_change_request::Change::Add(m),
                 MemberChange::Remove(id) => member_change_request::Change::Remove(id),
                 MemberChange::Update(u) => member_change_request::Change::Update(u),
                 MemberChange::Promote(id) => member_change_request::Change::Promote(id),
             }),
         };
-        let resp = crate::transport::forward_member_change(
-            &urls,
-            &self.peer_tls,
-            req,
-            self.request_timeout,
-        )
-        .await
-        .map_err(|e| {
-            Status::unavailable(format!(
-                "forwarding the membership change to the leader {}: {e}",
-                format_id(leader)
-            ))
-        })?;
-        if !resp.error.is_empty() {
-            return Err(Status::new(tonic::Code::from(resp.grpc_code), resp.error));
-        }
-        self.node.read_barrier(self.request_timeout).await?;
-        Ok(())
+        crate::transport::forward_member_change(&urls, &self.peer_tls, req, timeout).await
     }
 
     fn pb_members(&self) -> Vec<pb::Member> {

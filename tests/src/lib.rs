@@ -49,6 +49,9 @@ pub mod subnet {
     pub const VERSION: u8 = 12;
     pub const DAMAGED_WAL: u8 = 13;
     pub const SNAPSHOT_CATCH_UP: u8 = 14;
+    pub const RECONFIGURATION: u8 = 15;
+    pub const RECONFIG_ERRORS: u8 = 16;
+    pub const RECONFIG_ONE: u8 = 17;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;

@@ -596,7 +596,7 @@ impl<V: StateViews> Server<V> {
                 if !self.learner_ready(*id) {
                     return Err(refused(MemberError::LearnerNotReady));
                 }
-                if strict && !members.ready_to_promote(*id) {
+                if strict && !members.ready_to_promote() {
                     return Err(refused(MemberError::NotEnoughStarted));
                 }
             }

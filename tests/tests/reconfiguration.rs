@@ -1,0 +1,576 @@
+//! Runtime reconfiguration with real processes and unmodified etcdctl 3.4: grow a cluster with
+//! a learner and a voter, promote, remove the leader, replace a member that lost its data dir,
+//! move a member to new peer URLs, all under a write load whose acknowledged writes must all
+//! survive; and the join and `--strict-reconfig-check` errors, end to end.
+
+use detcd_tests::etcd_client::{Client, GetOptions};
+use detcd_tests::{
+    client_options, etcdctl, have_etcdctl, ip, runtime, subnet, Cluster, Deadline, CLIENT_PORT,
+    HEALTHY_TIMEOUT, PEER_PORT,
+};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const TOKEN: &str = "reconfiguration";
+
+/// One row of `etcdctl member list`: ID, started, name, peer URLs, client URLs, learner.
+#[derive(Debug, Clone)]
+struct Row {
+    id: String,
+    started: bool,
+    name: String,
+    peer_urls: String,
+    learner: bool,
+}
+
+fn member_list(endpoints: &[String]) -> Vec<Row> {
+    let out = etcdctl(endpoints, &["member", "list"]);
+    assert!(out.success(), "member list failed: {out}");
+    out.stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split(", ").collect();
+            assert_eq!(f.len(), 6, "unexpected member list line {l:?}");
+            Row {
+                id: f[0].to_string(),
+                started: f[1] == "started",
+                name: f[2].to_string(),
+                peer_urls: f[3].to_string(),
+                learner: f[5] == "true",
+            }
+        })
+        .collect()
+}
+
+fn id_of(endpoints: &[String], name: &str) -> String {
+    member_list(endpoints)
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("{name} not in the member list"))
+        .id
+}
+
+/// Runs an etcdctl membership command until it succeeds, retrying while the cluster says it
+/// is not ready for it (right after a start every peer has been connected for less than etcd's
+/// 5 s health interval; a new learner needs a moment to catch up before its promotion).
+fn ctl_until_ok(endpoints: &[String], args: &[&str]) -> detcd_tests::CtlOutput {
+    let deadline = Deadline::new(Duration::from_secs(40), format!("etcdctl {args:?}"));
+    loop {
+        let out = etcdctl(endpoints, args);
+        if out.success() {
+            return out;
+        }
+        let retryable = ["unhealthy cluster", "in sync with leader", "no leader"]
+            .iter()
+            .any(|m| out.stderr.contains(m));
+        assert!(retryable, "etcdctl failed: {out}");
+        deadline.check(&out);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The `ETCD_*=".."` lines `member add` prints, as environment variables.
+fn printed_env(stdout: &str) -> Vec<(String, String)> {
+    let env: Vec<(String, String)> = stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| k.starts_with("ETCD_"))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect();
+    assert_eq!(env.len(), 4, "member add printed {stdout:?}");
+    env
+}
+
+/// Adds a member to `c` that starts from `member add`'s printed lines, with only its listen
+/// flags and data dir on the command line (as the guide says to start it).
+fn start_added(c: &mut Cluster, name: &str, index: usize, printed: &str) -> usize {
+    let me = ip(c.subnet, index);
+    let dir = c.dir().join(format!("{name}.etcd"));
+    let args = [
+        "--listen-peer-urls",
+        &format!("http://{me}:{PEER_PORT}"),
+        "--listen-client-urls",
+        &format!("http://{me}:{CLIENT_PORT}"),
+        "--advertise-client-urls",
+        &format!("http://{me}:{CLIENT_PORT}"),
+        "--data-dir",
+        &dir.to_string_lossy(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let i = c.add(name, me, args, printed_env(printed));
+    c.members[i].start();
+    c.members[i].wait_healthy(HEALTHY_TIMEOUT);
+    i
+}
+
+/// Waits until `name` is listed as started (it published its name and client URLs).
+fn wait_started(endpoints: &[String], name: &str) -> Row {
+    let deadline = Deadline::new(
+        Duration::from_secs(30),
+        format!("{name} to be listed as started"),
+    );
+    loop {
+        let rows = member_list(endpoints);
+        if let Some(r) = rows.iter().find(|r| r.name == name && r.started) {
+            return r.clone();
+        }
+        deadline.check(&format!("{rows:?}"));
+        deadline.pause();
+    }
+}
+
+/// `endpoint status` of one member: (is leader, is learner).
+fn role(endpoint: &str) -> Option<(bool, bool)> {
+    let out = etcdctl(&[endpoint.to_string()], &["endpoint", "status"]);
+    if !out.success() {
+        return None;
+    }
+    let f: Vec<&str> = out.stdout.trim().split(", ").collect();
+    Some((f.get(4) == Some(&"true"), f.get(5) == Some(&"true")))
+}
+
+/// Puts distinct keys one at a time until stopped, to whichever of the current endpoints
+/// answers, and records the acknowledged ones.
+struct Load {
+    stop: Arc<AtomicBool>,
+    endpoints: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<BTreeMap<String, String>>>,
+}
+
+impl Load {
+    fn start(endpoints: Vec<String>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let endpoints = Arc::new(Mutex::new(endpoints));
+        let (s, e) = (stop.clone(), endpoints.clone());
+        let thread = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let mut acked = BTreeMap::new();
+                let mut client: Option<Client> = None;
+                let mut n = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    if client.is_none() {
+                        let eps = e.lock().unwrap().clone();
+                        client = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            Client::connect(eps, Some(client_options())),
+                        )
+                        .await
+                        .ok()
+                        .and_then(|c| c.ok());
+                        if client.is_none() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    }
+                    let (k, v) = (format!("load/{n:06}"), format!("v{n}"));
+                    let put = client.as_mut().unwrap().put(k.clone(), v.clone(), None);
+                    match tokio::time::timeout(Duration::from_secs(5), put).await {
+                        Ok(Ok(_)) => {
+                            acked.insert(k, v);
+                        }
+                        _ => client = None,
+                    }
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                acked
+            })
+        });
+        Load {
+            stop,
+            endpoints,
+            thread: Some(thread),
+        }
+    }
+
+    fn set_endpoints(&self, endpoints: Vec<String>) {
+        *self.endpoints.lock().unwrap() = endpoints;
+    }
+
+    fn finish(mut self) -> BTreeMap<String, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("load thread")
+    }
+}
+
+/// Every acknowledged write is on `endpoint`, read linearizably.
+fn check_acked(endpoint: &str, acked: &BTreeMap<String, String>) {
+    let got: BTreeMap<String, String> = runtime().block_on(async {
+        let mut c = detcd_tests::connect(&[endpoint.to_string()]).await;
+        let resp = c
+            .get("load/", Some(GetOptions::new().with_prefix()))
+            .await
+            .expect("reading the load's keys");
+        resp.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    kv.value_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    });
+    for (k, v) in acked {
+        assert_eq!(
+            got.get(k),
+            Some(v),
+            "acknowledged write {k}={v} is missing on {endpoint}"
+        );
+    }
+}
+
+#[test]
+fn grow_promote_remove_the_leader_replace_and_move_under_load() {
+    if !have_etcdctl() {
+        return;
+    }
+    let mut c = Cluster::start_guide("reconfiguration", subnet::RECONFIGURATION, 3, TOKEN, &[]);
+    let load = Load::start(c.client_urls());
+    // The running members' endpoints; a learner's only while it is one (it refuses all but
+    // serializable reads, and etcdctl would retry on it).
+    let mut learner: Option<String> = None;
+    let eps = |c: &Cluster, learner: &Option<String>| -> Vec<String> {
+        c.members
+            .iter()
+            .filter(|m| m.last_exit.is_none())
+            .map(|m| m.client_url())
+            .filter(|u| Some(u) != learner.as_ref())
+            .collect()
+    };
+
+    // Grow: a learner first.
+    let peer3 = format!("http://{}:{PEER_PORT}", ip(c.subnet, 3));
+    let out = ctl_until_ok(
+        &eps(&c, &learner),
+        &[
+            "member",
+            "add",
+            "infra3",
+            "--learner",
+            "--peer-urls",
+            &peer3,
+        ],
+    );
+    assert!(
+        out.stdout
+            .contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
+    let i3 = start_added(&mut c, "infra3", 3, &out.stdout);
+    let learner_ep = c.members[i3].client_url();
+    learner = Some(learner_ep.clone());
+    let row = wait_started(&eps(&c, &learner), "infra3");
+    assert!(row.learner, "{row:?}");
+    assert_eq!(role(&learner_ep), Some((false, true)));
+    let refused = etcdctl(&[learner_ep.clone()], &["put", "k", "v"]);
+    assert!(
+        refused
+            .stderr
+            .contains("etcdserver: rpc not supported for learner"),
+        "a learner took a write: {refused}"
+    );
+    // Serializable reads are what a learner serves.
+    let read = etcdctl(
+        &[learner_ep.clone()],
+        &["get", "load/", "--prefix", "--consistency=s", "--limit=1"],
+    );
+    assert!(read.success(), "{read}");
+
+    // Promote it, then add a voter: five voters.
+    let id3 = id_of(&eps(&c, &learner), "infra3");
+    let out = ctl_until_ok(&eps(&c, &learner), &["member", "promote", &id3]);
+    assert!(
+        out.stdout.contains(&format!("Member {id3:>16} promoted")),
+        "{out}"
+    );
+    assert_eq!(role(&learner_ep), Some((false, false)));
+    learner = None;
+    let peer4 = format!("http://{}:{PEER_PORT}", ip(c.subnet, 4));
+    let out = ctl_until_ok(
+        &eps(&c, &learner),
+        &["member", "add", "infra4", "--peer-urls", &peer4],
+    );
+    start_added(&mut c, "infra4", 4, &out.stdout);
+    wait_started(&eps(&c, &learner), "infra4");
+    load.set_endpoints(eps(&c, &learner));
+    assert_eq!(member_list(&eps(&c, &learner)).len(), 5);
+
+    // Remove the leader: it exits 0 as etcd does, and the others elect a new one.
+    let leader = (0..c.members.len())
+        .find(|i| role(&c.members[*i].client_url()).is_some_and(|(l, _)| l))
+        .expect("a leader");
+    let leader_name = c.members[leader].name.clone();
+    let leader_id = id_of(&eps(&c, &learner), &leader_name);
+    let out = ctl_until_ok(&eps(&c, &learner), &["member", "remove", &leader_id]);
+    assert!(out.stdout.contains("removed from cluster"), "{out}");
+    let status = c.members[leader].wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "the removed leader exited with {status}");
+    assert!(
+        c.members[leader]
+            .stderr()
+            .contains("the member has been permanently removed from the cluster"),
+        "{}",
+        c.members[leader].log_tail(20)
+    );
+    load.set_endpoints(eps(&c, &learner));
+    let deadline = Deadline::new(Duration::from_secs(20), "a new leader");
+    while !eps(&c, &learner)
+        .iter()
+        .any(|e| role(e).is_some_and(|(l, _)| l))
+    {
+        deadline.check(&"no leader yet");
+        deadline.pause();
+    }
+    assert!(member_list(&eps(&c, &learner))
+        .iter()
+        .all(|r| r.name != leader_name));
+    // Restarted, the removed member refuses to start instead of rejoining.
+    c.members[leader].start();
+    let status = c.members[leader].wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1));
+    assert!(c.members[leader].stderr().contains("permanently removed"));
+
+    // Replace a member that lost its data dir: restarted as it was, it is refused; removed,
+    // added again and started from the printed lines, it serves.
+    let victim = (0..3).find(|i| *i != leader).unwrap();
+    let victim_name = c.members[victim].name.clone();
+    let victim_id = id_of(&eps(&c, &learner), &victim_name);
+    c.members[victim].kill();
+    std::fs::remove_dir_all(&c.members[victim].data_dir).unwrap();
+    c.members[victim].last_exit = None;
+    c.members[victim].start();
+    let status = c.members[victim].wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", c.members[victim].log_tail(20));
+    let refused = format!("member {victim_id} has already been bootstrapped");
+    assert!(
+        c.members[victim].stderr().contains(&refused),
+        "{}",
+        c.members[victim].log_tail(20)
+    );
+    assert!(
+        !c.members[victim].data_dir.exists(),
+        "a refused start left its data dir"
+    );
+    load.set_endpoints(eps(&c, &learner));
+    ctl_until_ok(&eps(&c, &learner), &["member", "remove", &victim_id]);
+    let peer = c.members[victim].peer_url();
+    let out = ctl_until_ok(
+        &eps(&c, &learner),
+        &["member", "add", &victim_name, "--peer-urls", &peer],
+    );
+    c.members[victim].env = printed_env(&out.stdout);
+    c.members[victim].args = vec![
+        "--listen-peer-urls".into(),
+        peer.clone(),
+        "--listen-client-urls".into(),
+        c.members[victim].client_url(),
+        "--advertise-client-urls".into(),
+        c.members[victim].client_url(),
+        "--data-dir".into(),
+        c.members[victim].data_dir.to_string_lossy().into_owned(),
+    ];
+    c.members[victim].last_exit = None;
+    c.members[victim].start();
+    c.members[victim].wait_healthy(HEALTHY_TIMEOUT);
+    let row = wait_started(&eps(&c, &learner), &victim_name);
+    assert!(row.id != victim_id && !row.learner, "{row:?}");
+
+    // Move infra3 to new peer URLs: update, then restart it listening there.
+    let moved = format!("http://{}:{PEER_PORT}", ip(c.subnet, 5));
+    let out = ctl_until_ok(
+        &eps(&c, &learner),
+        &["member", "update", &id3, &format!("--peer-urls={moved}")],
+    );
+    assert!(out.stdout.contains("updated in cluster"), "{out}");
+    c.members[i3].kill();
+    c.members[i3].last_exit = None;
+    c.members[i3].args[1] = moved.clone();
+    c.members[i3].start();
+    c.members[i3].wait_healthy(HEALTHY_TIMEOUT);
+    let row = member_list(&eps(&c, &learner))
+        .into_iter()
+        .find(|r| r.name == "infra3");
+    assert!(row.is_some_and(|r| r.peer_urls == moved && !r.learner));
+    let deadline = Deadline::new(Duration::from_secs(20), "infra3 to follow at its new URL");
+    while etcdctl(&[c.members[i3].client_url()], &["put", "moved", "yes"])
+        .status
+        .code()
+        != Some(0)
+    {
+        deadline.check(&"infra3 cannot write yet");
+        deadline.pause();
+    }
+
+    let acked = load.finish();
+    assert!(
+        acked.len() > 20,
+        "the load made too little progress: {}",
+        acked.len()
+    );
+    for e in eps(&c, &learner) {
+        check_acked(&e, &acked);
+    }
+}
+
+#[test]
+fn join_errors_and_strict_reconfiguration_refusals() {
+    if !have_etcdctl() {
+        return;
+    }
+    let mut c = Cluster::start_guide("reconfig-errors", subnet::RECONFIG_ERRORS, 3, TOKEN, &[]);
+    let eps = c.client_urls();
+    let all_peers: Vec<String> = (0..3)
+        .map(|i| format!("infra{i}=http://{}:{PEER_PORT}", ip(c.subnet, i)))
+        .collect();
+    let me = ip(c.subnet, 3);
+    // `label` names the attempt's logs and data dir; the member is infra3 in both.
+    let join = |c: &mut Cluster, label: &str, initial_cluster: String| -> usize {
+        let dir = c.dir().join(format!("{label}.etcd"));
+        let mut args = detcd_tests::guide_args(c.dir(), c.subnet, 3, 4, TOKEN);
+        detcd_tests::set_flag(&mut args, "--initial-cluster", &initial_cluster);
+        detcd_tests::set_flag(&mut args, "--initial-cluster-state", "existing");
+        detcd_tests::set_flag(&mut args, "--data-dir", &dir.to_string_lossy());
+        let i = c.add(label, me.clone(), args, vec![]);
+        c.members[i].start();
+        let status = c.members[i].wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(1), "{}", c.members[i].log_tail(20));
+        i
+    };
+    // Not added first: the running cluster has three members, --initial-cluster four.
+    let four = format!("{},infra3=http://{me}:{PEER_PORT}", all_peers.join(","));
+    let i = join(&mut c, "join-four", four);
+    assert!(
+        c.members[i].stderr().contains("member count is unequal"),
+        "{}",
+        c.members[i].log_tail(20)
+    );
+    // Three entries, one of them not a running member's peer URLs.
+    let wrong = format!(
+        "{},infra3=http://{me}:{PEER_PORT}",
+        all_peers[..2].join(",")
+    );
+    let i = join(&mut c, "join-wrong", wrong);
+    let stderr = c.members[i].stderr();
+    assert!(
+        stderr.contains("PeerURLs: no match found for existing member (")
+            && stderr.contains(&format!("http://{}:{PEER_PORT}", ip(c.subnet, 2))),
+        "{}",
+        c.members[i].log_tail(20)
+    );
+
+    // Strict reconfiguration: with a follower down, no change that needs it is allowed.
+    let leader = (0..3)
+        .find(|i| role(&eps[*i]).is_some_and(|(l, _)| l))
+        .expect("a leader");
+    let (up, down) = ((leader + 1) % 3, (leader + 2) % 3);
+    c.members[down].kill();
+    let live = vec![eps[leader].clone(), eps[up].clone()];
+    let peer3 = format!("http://{me}:{PEER_PORT}");
+    let up_id = id_of(&live, &c.members[up].name);
+    for args in [
+        vec!["member", "add", "x", "--peer-urls", peer3.as_str()],
+        vec!["member", "remove", up_id.as_str()],
+    ] {
+        // Until the leader has seen the connection drop.
+        let deadline = Deadline::new(Duration::from_secs(15), format!("{args:?} to be refused"));
+        loop {
+            let out = etcdctl(&live, &args);
+            assert!(!out.success(), "allowed with a member down: {out}");
+            if out.stderr.contains("etcdserver: unhealthy cluster") {
+                break;
+            }
+            deadline.check(&out);
+            deadline.pause();
+        }
+    }
+
+    // One learner at most (--max-learners 1), and a learner that never caught up stays one.
+    c.members[down].last_exit = None;
+    c.members[down].start();
+    c.members[down].wait_healthy(HEALTHY_TIMEOUT);
+    ctl_until_ok(
+        &eps,
+        &["member", "add", "l1", "--learner", "--peer-urls", &peer3],
+    );
+    let peer4 = format!("http://{}:{PEER_PORT}", ip(c.subnet, 4));
+    let out = etcdctl(
+        &eps,
+        &["member", "add", "l2", "--learner", "--peer-urls", &peer4],
+    );
+    assert!(
+        out.stderr
+            .contains("etcdserver: too many learner members in cluster"),
+        "{out}"
+    );
+    let l1 = member_list(&eps)
+        .into_iter()
+        .find(|r| r.learner)
+        .expect("the learner")
+        .id;
+    let out = etcdctl(&eps, &["member", "promote", &l1]);
+    assert!(
+        out.stderr
+            .contains("etcdserver: can only promote a learner member which is in sync with leader"),
+        "{out}"
+    );
+    let out = etcdctl(&eps, &["member", "promote", &id_of(&eps, "infra0")]);
+    assert!(
+        out.stderr
+            .contains("etcdserver: can only promote a learner member"),
+        "{out}"
+    );
+    let out = etcdctl(&eps, &["member", "add", "dup", "--peer-urls", &peer3]);
+    assert!(
+        out.stderr.contains("etcdserver: Peer URLs already exists"),
+        "{out}"
+    );
+    let out = etcdctl(&eps, &["member", "remove", "1234"]);
+    assert!(out.stderr.contains("etcdserver: member not found"), "{out}");
+    ctl_until_ok(&eps, &["member", "remove", &l1]);
+    let out = etcdctl(&eps, &["member", "remove", &l1]);
+    assert!(
+        out.stderr.contains("etcdserver: member not found"),
+        "removed twice: {out}"
+    );
+}
+
+#[test]
+fn a_one_member_cluster_refuses_a_second_unstarted_voter() {
+    // A long election timeout: once the second voter is in, the member has no quorum and
+    // steps down after a few election timeouts; the refusal must come before that.
+    let c = Cluster::start_guide(
+        "reconfig-one",
+        subnet::RECONFIG_ONE,
+        1,
+        TOKEN,
+        &["--election-timeout", "5000"],
+    );
+    let peer = |i| format!("http://{}:{PEER_PORT}", ip(c.subnet, i));
+    let (second, third) = runtime().block_on(async {
+        let mut client = detcd_tests::connect(&c.client_urls()).await;
+        let deadline = Deadline::new(Duration::from_secs(30), "the first member add");
+        // Growing a one-member cluster is allowed (etcd's exception for restoring data) ...
+        let second = loop {
+            match client.member_add([peer(1)], None).await {
+                Ok(r) => break r,
+                Err(e) => deadline.check(&detcd_tests::grpc_message(&e)),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // ... but a third voter while the second has not started would leave no started quorum.
+        let third = client.member_add([peer(2)], None).await;
+        (second, third)
+    });
+    assert_eq!(second.member_list().len(), 2);
+    let e = third.expect_err("a third voter was added with one of two started");
+    assert_eq!(
+        detcd_tests::grpc_message(&e),
+        "etcdserver: re-configuration failed due to not enough started members"
+    );
+}
