@@ -268,7 +268,7 @@ fn grow_promote_remove_the_leader_replace_and_move_under_load() {
     let row = wait_started(&eps(&c, &learner), "infra3");
     assert!(row.learner, "{row:?}");
     assert_eq!(role(&learner_ep), Some((false, true)));
-    let refused = etcdctl(&[learner_ep.clone()], &["put", "k", "v"]);
+    let refused = etcdctl(std::slice::from_ref(&learner_ep), &["put", "k", "v"]);
     assert!(
         refused
             .stderr
@@ -277,7 +277,7 @@ fn grow_promote_remove_the_leader_replace_and_move_under_load() {
     );
     // Serializable reads are what a learner serves.
     let read = etcdctl(
-        &[learner_ep.clone()],
+        std::slice::from_ref(&learner_ep),
         &["get", "load/", "--prefix", "--consistency=s", "--limit=1"],
     );
     assert!(read.success(), "{read}");
