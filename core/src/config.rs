@@ -92,6 +92,8 @@ pub struct Config {
     pub strict_reconfig_check: bool,
     /// `--max-learners` (etcd 3.6; default 1, 3.4's fixed limit).
     pub max_learners: u32,
+    /// `--force-new-cluster`: restart from the data dir as the only member of the cluster.
+    pub force_new_cluster: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -352,6 +354,7 @@ impl Default for Config {
             self_signed_cert_validity: 1,
             strict_reconfig_check: true,
             max_learners: 1,
+            force_new_cluster: false,
         }
     }
 }

@@ -58,6 +58,15 @@ impl From<wal::WalError> for LogError {
     }
 }
 
+/// What `--force-new-cluster` did to the log ([`RaftLog::force_new_cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForcedCluster {
+    /// The members the appended entries remove.
+    pub removed: Vec<u64>,
+    /// The new commit index (the last appended entry).
+    pub commit: u64,
+}
+
 /// Raft's persistent view: hard state, conf state, and the entries after the last compaction.
 pub struct RaftLog {
     hard_state: HardState,
@@ -251,6 +260,89 @@ impl RaftLog {
             snapshot: None,
             snapshot_wanted: Cell::new(false),
             pending: Vec::new(),
+        })
+    }
+
+    /// `--force-new-cluster` (etcd's restartAsStandaloneNode, etcdserver/raft.go): makes
+    /// this member, restarted from its data, the only member of its cluster. Entries are
+    /// appended that remove every other member (voters and learners: etcd 3.4 drops only
+    /// the learners its log added, a quirk not copied) and promote this one if it is a
+    /// learner, and everything in the log is committed. They apply as any membership change
+    /// does, so the removed IDs are recorded and never accepted again. The caller replaces
+    /// the log file with [`RaftLog::file_image`] before raft starts.
+    ///
+    /// Unlike etcd, no entry is discarded: etcd drops the entries past the commit index its
+    /// WAL recorded, but detcd records the commit index lazily (a restart takes it from the
+    /// applied index), so an entry past it may be a write a client saw acknowledged. An
+    /// entry that never committed is a write whose client saw it fail or time out, whose
+    /// outcome was unknown: applying it breaks no promise.
+    pub fn force_new_cluster(&mut self, local_id: u64) -> Result<ForcedCluster, LogError> {
+        // The members after every entry: the applied configuration, then the conf changes
+        // in the log past it.
+        let mut voters: std::collections::BTreeSet<u64> =
+            self.conf_state.voters.iter().copied().collect();
+        let mut learners: std::collections::BTreeSet<u64> =
+            self.conf_state.learners.iter().copied().collect();
+        for e in &self.entries {
+            if e.get_entry_type() != raft::prelude::EntryType::EntryConfChange {
+                continue;
+            }
+            let cc = raftpb::decode_conf_change(&e.data)?;
+            use raft::prelude::ConfChangeType as T;
+            match cc.get_change_type() {
+                T::AddNode => {
+                    learners.remove(&cc.node_id);
+                    voters.insert(cc.node_id);
+                }
+                T::AddLearnerNode => {
+                    learners.insert(cc.node_id);
+                }
+                T::RemoveNode => {
+                    voters.remove(&cc.node_id);
+                    learners.remove(&cc.node_id);
+                }
+            }
+        }
+        let term = self.hard_state.term.max(self.compacted_term);
+        let mut changes = Vec::new();
+        if !voters.contains(&local_id) {
+            changes.push((raft::prelude::ConfChangeType::AddNode, local_id, true));
+        }
+        let removed: Vec<u64> = voters
+            .iter()
+            .chain(learners.iter())
+            .copied()
+            .filter(|id| *id != local_id)
+            .collect();
+        for id in &removed {
+            changes.push((raft::prelude::ConfChangeType::RemoveNode, *id, false));
+        }
+        let mut index = self.last();
+        for (ty, node_id, promote) in changes {
+            index += 1;
+            let mut cc = raft::prelude::ConfChange::default();
+            cc.set_change_type(ty);
+            cc.node_id = node_id;
+            let ctx = crate::proto::detcdpb::ConfChangeContext {
+                request_id: 0,
+                member: None,
+                promote,
+            };
+            cc.context = prost::Message::encode_to_vec(&ctx).into();
+            let mut data = Vec::new();
+            raftpb::encode_conf_change(&cc, &mut data);
+            let mut e = Entry::default();
+            e.set_entry_type(raft::prelude::EntryType::EntryConfChange);
+            e.index = index;
+            e.term = term;
+            e.data = data.into();
+            self.entries.push(e);
+        }
+        self.hard_state.commit = index;
+        self.hard_state.term = term;
+        Ok(ForcedCluster {
+            removed,
+            commit: index,
         })
     }
 
@@ -688,6 +780,62 @@ mod tests {
         assert!(!log.take_snapshot_wanted());
         log.set_snapshot(snapshot_at(0, 0));
         assert!(log.snapshot(0, 2).is_ok());
+    }
+
+    fn conf_change_entry(index: u64, ty: raft::prelude::ConfChangeType, node: u64) -> Entry {
+        let mut cc = raft::prelude::ConfChange::default();
+        cc.set_change_type(ty);
+        cc.node_id = node;
+        let mut e = entry(index, 1);
+        e.set_entry_type(raft::prelude::EntryType::EntryConfChange);
+        let mut data = Vec::new();
+        raftpb::encode_conf_change(&cc, &mut data);
+        e.data = data.into();
+        e
+    }
+
+    #[test]
+    fn force_new_cluster_keeps_every_entry_and_removes_everyone_else() {
+        use raft::prelude::ConfChangeType as T;
+        let (db, file, mut log) = bootstrapped(&[1, 2, 3]);
+        log.append(&[
+            entry(1, 1),
+            conf_change_entry(2, T::AddLearnerNode, 4),
+            entry(3, 1),
+            entry(4, 2),
+        ])
+        .unwrap();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.commit = 3;
+        log.set_hard_state(&hs);
+        let forced = log.force_new_cluster(1).unwrap();
+        assert_eq!(
+            forced,
+            ForcedCluster {
+                removed: vec![2, 3, 4],
+                commit: 7,
+            }
+        );
+        let ents = log
+            .entries(5, 8, None, GetEntriesContext::empty(false))
+            .unwrap();
+        let removes: Vec<(u64, u64, u64)> = ents
+            .iter()
+            .map(|e| {
+                let cc = raftpb::decode_conf_change(&e.data).unwrap();
+                assert_eq!(cc.get_change_type(), T::RemoveNode);
+                (e.index, e.term, cc.node_id)
+            })
+            .collect();
+        assert_eq!(removes, vec![(5, 2, 2), (6, 2, 3), (7, 2, 4)]);
+        assert_eq!(log.hard_state().commit, 7);
+        // Durable once the file is replaced: a reload sees the same log.
+        let mut f = file.clone();
+        f.replace(&log.file_image()).unwrap();
+        let again = RaftLog::load(&db, &mut file.clone()).unwrap();
+        assert_eq!(again.hard_state().commit, 7);
+        assert_eq!(again.last(), 7);
     }
 
     /// Regression: a member added after the last build was offered that snapshot, whose

@@ -195,7 +195,7 @@ pub async fn run_member_with(
     let decision = bootstrap::decide(&cfg, state, &resolve_host)?;
     let (log, member_id, cluster_id, restarted) = match decision {
         Bootstrap::Restart => {
-            let log = RaftLog::load(&db, log_file.as_mut())?;
+            let mut log = RaftLog::load(&db, log_file.as_mut())?;
             let txn = db.begin_read().map_err(storage_err)?;
             let members = Membership::load(&txn)?;
             let meta = txn.open_table(META).map_err(storage_err)?;
@@ -206,6 +206,9 @@ pub async fn run_member_with(
                 .ok_or_else(|| LogError::Corrupt("member id missing from data file".into()))?;
             if members.is_removed(member_id) {
                 return Err(BootstrapError::Removed(member_id).into());
+            }
+            if cfg.force_new_cluster {
+                force_new_cluster(&mut log, log_file.as_mut(), member_id, &members)?;
             }
             tracing::info!(
                 member = %format_id(member_id),
@@ -386,6 +389,29 @@ pub async fn run_member_with(
             Err(e)
         }
     }
+}
+
+/// `--force-new-cluster`: rewrites the log so this member restarts as the only member of its
+/// cluster (the removals apply as raft starts), and logs what it did as etcd does.
+fn force_new_cluster(
+    log: &mut RaftLog,
+    log_file: &mut dyn LogFile,
+    member_id: u64,
+    members: &Membership,
+) -> Result<(), MemberError> {
+    let forced = log.force_new_cluster(member_id)?;
+    log_file
+        .replace(&log.file_image())
+        .map_err(LogError::from)?;
+    let removed: Vec<String> = forced.removed.iter().map(|id| format_id(*id)).collect();
+    tracing::warn!(
+        local_member_id = %format_id(member_id),
+        cluster_id = %format_id(members.cluster_id()),
+        commit_index = forced.commit,
+        removing = %removed.join(","),
+        "forcing restart member: it is now the only member of its cluster (--force-new-cluster)"
+    );
+    Ok(())
 }
 
 /// The peer URLs of every member but `local_id`, sorted (etcd's getRemotePeerURLs): where a

@@ -180,6 +180,11 @@ const FLAGS: &[FlagSpec] = &[
 /// Boolean flags (Go's `--flag`, `--flag=true`, `--flag=false`); they also get `ETCD_*` variables.
 const BOOL_FLAGS: &[FlagSpec] = &[
     FlagSpec {
+        name: "force-new-cluster",
+        heading: CLUSTERING,
+        help: "Force to create a new one member cluster.",
+    },
+    FlagSpec {
         name: "strict-reconfig-check",
         heading: CLUSTERING,
         help: "Reject reconfiguration requests that would cause quorum loss. [default: true]",
@@ -589,6 +594,7 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
     if given("strict-reconfig-check").is_some() {
         c.strict_reconfig_check = boolean("strict-reconfig-check")?;
     }
+    c.force_new_cluster = boolean("force-new-cluster")?;
     if let Some(v) = uint("max-learners", u32::MAX as u64)? {
         c.max_learners = v as u32;
     }

@@ -52,6 +52,7 @@ pub mod subnet {
     pub const RECONFIGURATION: u8 = 15;
     pub const RECONFIG_ERRORS: u8 = 16;
     pub const RECONFIG_ONE: u8 = 17;
+    pub const FORCE_NEW_CLUSTER: u8 = 18;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;

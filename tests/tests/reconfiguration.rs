@@ -574,3 +574,77 @@ fn a_one_member_cluster_refuses_a_second_unstarted_voter() {
         "etcdserver: re-configuration failed due to not enough started members"
     );
 }
+
+#[test]
+fn force_new_cluster_recovers_from_lost_quorum_without_losing_acknowledged_writes() {
+    if !have_etcdctl() {
+        return;
+    }
+    let mut c = Cluster::start_guide("force-new", subnet::FORCE_NEW_CLUSTER, 3, TOKEN, &[]);
+    let eps = c.client_urls();
+    let load = Load::start(eps.clone());
+    let deadline = Deadline::new(Duration::from_secs(20), "the load to get going");
+    while etcdctl(&eps[..1], &["get", "load/", "--prefix", "--limit=1"])
+        .stdout
+        .is_empty()
+    {
+        deadline.check(&"no load keys yet");
+        deadline.pause();
+    }
+    // Two of three members are lost for good: no quorum, nothing can be written.
+    c.members[1].kill();
+    c.members[2].kill();
+    // The survivor restarts as a one-member cluster with everything it had.
+    c.members[0].kill();
+    c.members[0].last_exit = None;
+    c.members[0].args.push("--force-new-cluster".into());
+    c.members[0].start();
+    c.members[0].wait_healthy(HEALTHY_TIMEOUT);
+    assert!(
+        c.members[0].stderr().contains("forcing restart member"),
+        "{}",
+        c.members[0].log_tail(20)
+    );
+    let one = vec![eps[0].clone()];
+    load.set_endpoints(one.clone());
+    let rows = member_list(&one);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].name, "infra0");
+
+    // Re-grow: infra1, its data dir gone, is added again and joins.
+    std::fs::remove_dir_all(&c.members[1].data_dir).unwrap();
+    let peer1 = c.members[1].peer_url();
+    let out = ctl_until_ok(&one, &["member", "add", "infra1", "--peer-urls", &peer1]);
+    c.members[1].env = printed_env(&out.stdout);
+    c.members[1].args = vec![
+        "--listen-peer-urls".into(),
+        peer1.clone(),
+        "--listen-client-urls".into(),
+        eps[1].clone(),
+        "--advertise-client-urls".into(),
+        eps[1].clone(),
+        "--data-dir".into(),
+        c.members[1].data_dir.to_string_lossy().into_owned(),
+    ];
+    c.members[1].last_exit = None;
+    c.members[1].start();
+    c.members[1].wait_healthy(HEALTHY_TIMEOUT);
+    wait_started(&one, "infra1");
+    load.set_endpoints(eps[..2].to_vec());
+
+    // infra2 comes back with its old data: it was removed, and it stops.
+    c.members[2].last_exit = None;
+    c.members[2].start();
+    let status = c.members[2].wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{}", c.members[2].log_tail(20));
+    assert!(c.members[2].stderr().contains("permanently removed"));
+
+    let acked = load.finish();
+    assert!(
+        acked.len() > 5,
+        "the load made too little progress: {}",
+        acked.len()
+    );
+    check_acked(&eps[0], &acked);
+    check_acked(&eps[1], &acked);
+}
