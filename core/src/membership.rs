@@ -273,8 +273,12 @@ impl Membership {
                 }
             }
             MemberChange::Remove(_) => {
-                if !self.contains(id) {
+                let Some(m) = self.get(id) else {
                     return Err(MemberError::NotFound);
+                };
+                // raft cannot run without a voter (raft-rs refuses the change outright).
+                if !m.is_learner && self.voters().count() == 1 {
+                    return Err(MemberError::NotEnoughStarted);
                 }
             }
             MemberChange::Promote(_) => match self.get(id) {
@@ -468,5 +472,161 @@ mod tests {
         let imported = Membership::import(&txn, &snap).unwrap();
         txn.commit().unwrap();
         assert_eq!(imported, m);
+    }
+
+    fn member(id: u64, url: &str, learner: bool, started: bool) -> MemberRecord {
+        MemberRecord {
+            id,
+            peer_urls: vec![url.into()],
+            is_learner: learner,
+            name: if started {
+                format!("m{id}")
+            } else {
+                String::new()
+            },
+            client_urls: vec![],
+        }
+    }
+
+    fn members(list: &[MemberRecord], removed: &[u64]) -> Membership {
+        Membership {
+            cluster_id: 7,
+            members: list.iter().map(|m| (m.id, m.clone())).collect(),
+            removed: removed.iter().copied().collect(),
+        }
+    }
+
+    /// etcd's ValidateConfigurationChange, rule by rule.
+    #[test]
+    fn changes_are_validated_as_etcd_does() {
+        let m = members(
+            &[
+                member(1, "http://a:2380", false, true),
+                member(2, "http://b:2380", false, true),
+                member(3, "http://c:2380", true, false),
+            ],
+            &[9],
+        );
+        let add = |id, url: &str, learner| MemberChange::Add(member(id, url, learner, false));
+        assert_eq!(m.validate(&add(4, "http://d:2380", false), 1), Ok(()));
+        assert_eq!(
+            m.validate(&add(1, "http://d:2380", false), 1),
+            Err(MemberError::IdExists)
+        );
+        assert_eq!(
+            m.validate(&add(9, "http://d:2380", false), 1),
+            Err(MemberError::NotFound)
+        );
+        assert_eq!(
+            m.validate(&add(4, "http://b:2380", false), 1),
+            Err(MemberError::PeerUrlExists)
+        );
+        assert_eq!(
+            m.validate(&add(4, "http://d:2380", true), 1),
+            Err(MemberError::TooManyLearners)
+        );
+        assert_eq!(m.validate(&add(4, "http://d:2380", true), 2), Ok(()));
+        assert_eq!(
+            m.validate(&MemberChange::Remove(5), 1),
+            Err(MemberError::NotFound)
+        );
+        assert_eq!(
+            m.validate(&MemberChange::Remove(9), 1),
+            Err(MemberError::NotFound)
+        );
+        assert_eq!(m.validate(&MemberChange::Remove(3), 1), Ok(()));
+        assert_eq!(m.validate(&MemberChange::Promote(3), 1), Ok(()));
+        assert_eq!(
+            m.validate(&MemberChange::Promote(1), 1),
+            Err(MemberError::NotLearner)
+        );
+        let update = |id, url: &str| {
+            MemberChange::Update(MemberUpdate {
+                member_id: id,
+                peer_urls: vec![url.into()],
+            })
+        };
+        assert_eq!(m.validate(&update(1, "http://a2:2380"), 1), Ok(()));
+        assert_eq!(m.validate(&update(1, "http://a:2380"), 1), Ok(()));
+        assert_eq!(
+            m.validate(&update(1, "http://b:2380"), 1),
+            Err(MemberError::PeerUrlExists)
+        );
+        assert_eq!(
+            m.validate(&update(5, "http://e:2380"), 1),
+            Err(MemberError::NotFound)
+        );
+        // The last voter is never removed (raft needs one).
+        let alone = members(&[member(1, "http://a:2380", false, true)], &[]);
+        assert_eq!(
+            alone.validate(&MemberChange::Remove(1), 1),
+            Err(MemberError::NotEnoughStarted)
+        );
+    }
+
+    /// etcd's IsReadyToAddVotingMember, IsReadyToRemoveVotingMember, IsReadyToPromoteMember.
+    #[test]
+    fn strict_reconfiguration_counts_started_voters() {
+        let one = members(&[member(1, "a", false, true)], &[]);
+        assert!(one.ready_to_add_voter(), "growing a one-member cluster");
+        let two_one_started = members(
+            &[member(1, "a", false, true), member(2, "b", false, false)],
+            &[],
+        );
+        assert!(!two_one_started.ready_to_add_voter());
+        assert!(!two_one_started.ready_to_remove_voter(1));
+        assert!(two_one_started.ready_to_remove_voter(2));
+        let three = members(
+            &[
+                member(1, "a", false, true),
+                member(2, "b", false, true),
+                member(3, "c", false, false),
+                member(4, "d", true, false),
+            ],
+            &[],
+        );
+        assert!(
+            !three.ready_to_add_voter(),
+            "2 started of 4 voters after it: no quorum"
+        );
+        assert!(
+            three.ready_to_promote(),
+            "the learner counts as started: 3 of 4"
+        );
+        assert!(three.ready_to_remove_voter(3));
+        assert!(!three.ready_to_remove_voter(1));
+    }
+
+    #[test]
+    fn applied_changes_update_the_table_and_survive_a_reload() {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut m =
+            Membership::bootstrap(&txn, 7, [member(1, "http://a:2380", false, true)], []).unwrap();
+        for change in [
+            MemberChange::Add(member(2, "http://b:2380", true, false)),
+            MemberChange::Promote(2),
+            MemberChange::Update(MemberUpdate {
+                member_id: 2,
+                peer_urls: vec!["http://z:2380".into(), "http://y:2380".into()],
+            }),
+            MemberChange::Add(member(3, "http://c:2380", false, false)),
+            MemberChange::Remove(3),
+        ] {
+            m.validate(&change, 1).unwrap();
+            m.apply(&txn, &change).unwrap();
+        }
+        txn.commit().unwrap();
+        let loaded = Membership::load(&db.begin_read().unwrap()).unwrap();
+        assert_eq!(loaded, m);
+        let two = loaded.get(2).unwrap();
+        assert!(!two.is_learner);
+        assert_eq!(two.peer_urls, vec!["http://y:2380", "http://z:2380"]);
+        assert!(loaded.is_removed(3) && !loaded.contains(3));
+        let mut snap = SnapshotData::default();
+        loaded.export(&mut snap);
+        assert_eq!(snap.removed, vec![3]);
     }
 }

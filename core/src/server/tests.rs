@@ -143,3 +143,105 @@ fn reads_beyond_the_pending_limit_get_too_many_requests() {
         other => panic!("{other:?}"),
     }
 }
+
+fn lone_leader() -> (Server<Owned>, MemFile) {
+    let (mut s, mut file) = server(&[1]);
+    for _ in 0..25 {
+        s.handle_tick().unwrap();
+        run_outputs(&mut s, &mut file);
+    }
+    assert!(s.status().is_leader);
+    (s, file)
+}
+
+fn change(
+    s: &mut Server<Owned>,
+    file: &mut MemFile,
+    c: MemberChange,
+) -> (Result<Applied, RequestError>, Vec<Output>) {
+    let id = s.handle_member_change(c).unwrap();
+    let mut outs = run_outputs(s, file);
+    let at = outs
+        .iter()
+        .position(|o| matches!(o, Output::Response { id: got, .. } if *got == id))
+        .expect("the change is answered");
+    let Output::Response { result, .. } = outs.remove(at) else {
+        unreachable!()
+    };
+    (result, outs)
+}
+
+fn refused(e: MemberError) -> Result<Applied, RequestError> {
+    Err(RequestError::Refused(e.into()))
+}
+
+/// A membership change goes through raft and changes the member table, raft's
+/// configuration and the peer set together; etcd's checks refuse what they refuse.
+#[test]
+fn membership_changes_apply_in_one_step_and_are_checked() {
+    use crate::proto::detcdpb::MemberRecord;
+    let (mut s, mut file) = lone_leader();
+    let learner = MemberRecord {
+        id: 2,
+        peer_urls: vec!["http://b:2380".into()],
+        is_learner: true,
+        ..Default::default()
+    };
+    let (result, outs) = change(&mut s, &mut file, MemberChange::Add(learner.clone()));
+    assert!(
+        matches!(result, Ok(Applied::MemberChanged { .. })),
+        "{result:?}"
+    );
+    let peers: Vec<&Output> = outs
+        .iter()
+        .filter(|o| matches!(o, Output::MembershipChanged(_)))
+        .collect();
+    assert!(
+        matches!(peers[..], [Output::MembershipChanged(p)] if p.len() == 2),
+        "{outs:?}"
+    );
+    assert_eq!(s.raw.raft.prs().conf().learners().len(), 1);
+    assert!(s.state().views().members(|m| m.get(2).unwrap().is_learner));
+
+    let second = MemberRecord {
+        id: 3,
+        peer_urls: vec!["http://c:2380".into()],
+        is_learner: true,
+        ..Default::default()
+    };
+    let (result, _) = change(&mut s, &mut file, MemberChange::Add(second));
+    assert_eq!(result, refused(MemberError::TooManyLearners));
+    // The learner never answered: it is not in sync with the leader.
+    let (result, _) = change(&mut s, &mut file, MemberChange::Promote(2));
+    assert_eq!(result, refused(MemberError::LearnerNotReady));
+    let (result, _) = change(&mut s, &mut file, MemberChange::Promote(1));
+    assert_eq!(result, refused(MemberError::NotLearner));
+    // The only voter cannot go.
+    let (result, _) = change(&mut s, &mut file, MemberChange::Remove(1));
+    assert_eq!(result, refused(MemberError::NotEnoughStarted));
+
+    let (result, outs) = change(&mut s, &mut file, MemberChange::Remove(2));
+    assert!(
+        matches!(result, Ok(Applied::MemberChanged { .. })),
+        "{result:?}"
+    );
+    assert!(outs
+        .iter()
+        .any(|o| matches!(o, Output::MembershipChanged(p) if p.len() == 1)));
+    assert!(s.raw.raft.prs().conf().learners().is_empty());
+    // A removed ID is gone for good.
+    let (result, _) = change(&mut s, &mut file, MemberChange::Add(learner));
+    assert_eq!(result, refused(MemberError::NotFound));
+    assert_eq!(
+        MemberError::NotEnoughStarted.to_string(),
+        "etcdserver: re-configuration failed due to not enough started members"
+    );
+}
+
+/// Only the leader takes membership changes: a member without one says so.
+#[test]
+fn a_member_without_a_leader_refuses_membership_changes() {
+    let (mut s, mut file) = server(&[1, 2, 3]);
+    let (result, _) = change(&mut s, &mut file, MemberChange::Remove(2));
+    assert_eq!(result, Err(RequestError::NoLeader));
+}
