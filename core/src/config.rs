@@ -94,6 +94,8 @@ pub struct Config {
     pub max_learners: u32,
     /// `--force-new-cluster`: restart from the data dir as the only member of the cluster.
     pub force_new_cluster: bool,
+    /// `--feature-gates=AutoPromoteLearners=true`: the leader promotes learners once in sync.
+    pub auto_promote_learners: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,6 +357,7 @@ impl Default for Config {
             strict_reconfig_check: true,
             max_learners: 1,
             force_new_cluster: false,
+            auto_promote_learners: false,
         }
     }
 }

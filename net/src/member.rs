@@ -319,6 +319,7 @@ pub async fn run_member_with(
         },
         strict_reconfig_check: cfg.strict_reconfig_check,
         max_learners: cfg.max_learners as usize,
+        auto_promote_learners: cfg.auto_promote_learners,
     };
     let storage = NodeStorage {
         log,

@@ -235,6 +235,8 @@ pub struct NodeParams {
     pub strict_reconfig_check: bool,
     /// `--max-learners`.
     pub max_learners: usize,
+    /// `--feature-gates=AutoPromoteLearners=true`.
+    pub auto_promote_learners: bool,
 }
 
 /// etcd's HealthInterval: every voter connected this long before a strict reconfiguration.
@@ -351,6 +353,7 @@ impl Node {
         cfg.read_retry_ticks = (500 / heartbeat_ms).max(1);
         cfg.strict_reconfig_check = params.strict_reconfig_check;
         cfg.max_learners = params.max_learners;
+        cfg.auto_promote_learners = params.auto_promote_learners;
         cfg.health_ticks = (HEALTH_INTERVAL.as_millis() as u64).div_ceil(heartbeat_ms);
         let server = Server::new(
             cfg,

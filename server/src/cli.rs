@@ -122,6 +122,11 @@ const FLAGS: &[FlagSpec] = &[
         help: "Sets the maximum number of learners that can be available in the cluster membership. [default: 1]",
     },
     FlagSpec {
+        name: "feature-gates",
+        heading: CLUSTERING,
+        help: "A set of key=value pairs that describe server level feature gates for alpha/experimental features. Options are:\n               AutoPromoteLearners=true|false (ALPHA - default=false): the leader promotes a learner once it is in sync (detcd only)",
+    },
+    FlagSpec {
         name: "initial-advertise-peer-urls",
         heading: CLUSTERING,
         help: "List of this member's peer URLs to advertise to the rest of the cluster. [default: http://localhost:2380]",
@@ -595,10 +600,43 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
         c.strict_reconfig_check = boolean("strict-reconfig-check")?;
     }
     c.force_new_cluster = boolean("force-new-cluster")?;
+    if let Some(g) = given("feature-gates") {
+        for (gate, on) in
+            parse_feature_gates(&g.value).map_err(|e| g.invalid("feature-gates", e))?
+        {
+            match gate.as_str() {
+                "AutoPromoteLearners" => c.auto_promote_learners = on,
+                _ => {
+                    return Err(g.invalid(
+                        "feature-gates",
+                        format!("unrecognized feature gate: {gate}"),
+                    ))
+                }
+            }
+        }
+    }
     if let Some(v) = uint("max-learners", u32::MAX as u64)? {
         c.max_learners = v as u32;
     }
     Ok(c)
+}
+
+/// `--feature-gates`: comma-separated `Name=bool` pairs (Kubernetes' featuregate syntax, which
+/// etcd 3.6 uses), with its messages.
+fn parse_feature_gates(s: &str) -> Result<Vec<(String, bool)>, String> {
+    let mut gates = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(format!("missing bool value for {pair}"));
+        };
+        let on = parse_go_bool(value.trim()).ok_or_else(|| {
+            format!(
+                "invalid value of {name}={value}, err: strconv.ParseBool: parsing {value:?}: invalid syntax"
+            )
+        })?;
+        gates.push((name.trim().to_string(), on));
+    }
+    Ok(gates)
 }
 
 /// Go's `strconv.ParseUint(s, 0, 64)` as the flag package uses it: decimal, or `0x`, `0o`,
@@ -724,6 +762,28 @@ mod tests {
     }
 
     #[test]
+    fn reconfiguration_flags() {
+        let c = config(&[], &[]);
+        assert!(c.strict_reconfig_check && !c.force_new_cluster && !c.auto_promote_learners);
+        assert_eq!(c.max_learners, 1);
+        let c = config(
+            &["--strict-reconfig-check=false", "--force-new-cluster"],
+            &[("ETCD_FEATURE_GATES", "AutoPromoteLearners=false")],
+        );
+        assert!(!c.strict_reconfig_check && c.force_new_cluster && !c.auto_promote_learners);
+        assert_eq!(
+            error(&["--feature-gates", "Bogus=true"], &[]),
+            "invalid value \"Bogus=true\" for flag --feature-gates: unrecognized feature gate: Bogus"
+        );
+        assert!(error(&["--feature-gates", "AutoPromoteLearners"], &[])
+            .ends_with("missing bool value for AutoPromoteLearners"));
+        assert!(
+            error(&["--feature-gates", "AutoPromoteLearners=maybe"], &[])
+                .contains("strconv.ParseBool: parsing \"maybe\": invalid syntax")
+        );
+    }
+
+    #[test]
     fn every_flag_both_spellings() {
         let all: &[(&str, &str)] = &[
             ("name", "n1"),
@@ -744,6 +804,8 @@ mod tests {
             ("quota-backend-bytes", "8589934592"),
             ("max-request-bytes", "10485760"),
             ("log-level", "debug"),
+            ("max-learners", "2"),
+            ("feature-gates", "AutoPromoteLearners=true"),
         ];
         let check = |c: &Config| {
             assert_eq!(c.name, "n1");
@@ -767,6 +829,8 @@ mod tests {
             assert_eq!(c.quota_backend_bytes, 8589934592);
             assert_eq!(c.max_request_bytes, 10485760);
             assert_eq!(c.log_level, "debug");
+            assert_eq!(c.max_learners, 2);
+            assert!(c.auto_promote_learners);
         };
         let separate: Vec<String> = all
             .iter()

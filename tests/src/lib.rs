@@ -53,6 +53,7 @@ pub mod subnet {
     pub const RECONFIG_ERRORS: u8 = 16;
     pub const RECONFIG_ONE: u8 = 17;
     pub const FORCE_NEW_CLUSTER: u8 = 18;
+    pub const AUTO_PROMOTE: u8 = 19;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;

@@ -648,3 +648,38 @@ fn force_new_cluster_recovers_from_lost_quorum_without_losing_acknowledged_write
     check_acked(&eps[0], &acked);
     check_acked(&eps[1], &acked);
 }
+
+#[test]
+fn auto_promote_learners_promotes_a_learner_once_in_sync() {
+    if !have_etcdctl() {
+        return;
+    }
+    let gate = ["--feature-gates", "AutoPromoteLearners=true"];
+    let mut c = Cluster::start_guide("auto-promote", subnet::AUTO_PROMOTE, 1, TOKEN, &gate);
+    let eps = c.client_urls();
+    let peer = format!("http://{}:{PEER_PORT}", ip(c.subnet, 1));
+    let out = ctl_until_ok(
+        &eps,
+        &["member", "add", "infra1", "--learner", "--peer-urls", &peer],
+    );
+    // The gate matters on the leader, which decides promotions.
+    let i = start_added(&mut c, "infra1", 1, &out.stdout);
+    let deadline = Deadline::new(Duration::from_secs(30), "the learner to be promoted");
+    loop {
+        let rows = member_list(&eps);
+        if rows
+            .iter()
+            .any(|r| r.name == "infra1" && r.started && !r.learner)
+        {
+            break;
+        }
+        deadline.check(&format!("{rows:?}"));
+        deadline.pause();
+    }
+    assert!(
+        c.members[0].stderr().contains("AutoPromoteLearners"),
+        "{}",
+        c.members[0].log_tail(20)
+    );
+    assert_eq!(role(&c.members[i].client_url()), Some((false, false)));
+}

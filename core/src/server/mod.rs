@@ -195,6 +195,9 @@ pub struct ServerConfig {
     /// How long every voter must have been connected to the leader for a strict
     /// reconfiguration to count the cluster healthy (etcd's HealthInterval, 5 s), in ticks.
     pub health_ticks: u64,
+    /// `--feature-gates=AutoPromoteLearners=true`: the leader promotes a learner once it is
+    /// in sync, under the same checks as `member promote` (etcd issue 15107).
+    pub auto_promote_learners: bool,
     pub mutations: Mutations,
 }
 
@@ -215,6 +218,7 @@ impl ServerConfig {
             strict_reconfig_check: true,
             max_learners: 1,
             health_ticks: 50,
+            auto_promote_learners: false,
             mutations: Mutations::default(),
         }
     }
@@ -452,6 +456,12 @@ impl<V: StateViews> Server<V> {
         }
         self.expire_held();
         self.retry_reads();
+        if self.cfg.auto_promote_learners
+            && self.status.is_leader
+            && self.tick.is_multiple_of(self.cfg.election_ticks as u64)
+        {
+            self.auto_promote();
+        }
         // etcd's backend commits its batch every 100 ms: make the applied effects durable.
         self.request_commit()?;
         self.drive()
@@ -603,6 +613,31 @@ impl<V: StateViews> Server<V> {
             MemberChange::Update(_) => {}
         }
         Ok(())
+    }
+
+    /// AutoPromoteLearners: proposes the promotion of the first learner that `member promote`
+    /// would promote now (one at a time: raft takes one configuration change at once). No
+    /// client waits for it; it is applied and logged as any promotion.
+    fn auto_promote(&mut self) {
+        let learners: Vec<u64> = self
+            .state
+            .views()
+            .members(|m| m.members().filter(|m| m.is_learner).map(|m| m.id).collect());
+        for id in learners {
+            let change = MemberChange::Promote(id);
+            if self.check_member_change(&change).is_err() {
+                continue;
+            }
+            let (mut cc, context) = conf_change_for(self.ids.next_id(), &change);
+            cc.context = context.into();
+            if self.raw.propose_conf_change(vec![], cc).is_ok() {
+                tracing::info!(
+                    "promoting learner {}: it is in sync with the leader (AutoPromoteLearners)",
+                    crate::ids::format_id(id)
+                );
+            }
+            return;
+        }
     }
 
     /// Connected to the peer for the whole health interval (etcd's transport.ActiveSince).
