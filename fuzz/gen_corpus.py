@@ -213,6 +213,35 @@ SEEDS = {
     },
 }
 
+def member_record(mid, peer, client=b"", learner=False):
+    r = field_varint(1, mid) + field_bytes(3, peer)
+    if client:
+        r += field_bytes(2, b"m") + field_bytes(4, client)
+    if learner:
+        r += field_varint(5, 1)
+    return r
+
+def members_response(cluster, records, removed=()):
+    b = field_varint(1, cluster) + field_varint(2, 1)
+    for r in records:
+        b += field_bytes(3, r)
+    for r in removed:
+        b += field_varint(4, r)
+    return b
+
+RUNNING = [member_record(1, b"http://10.0.1.10:2380", b"http://10.0.1.10:2379"),
+           member_record(2, b"http://10.0.1.11:2380", b"http://10.0.1.11:2379"),
+           member_record(3, b"http://10.0.1.12:2380", b"http://10.0.1.12:2379")]
+
+SEEDS["remote_cluster"] = {
+    "ok_join": members_response(0x1000, RUNNING + [member_record(77, b"http://10.0.1.13:2380", learner=True)], [9]),
+    "bad_count": members_response(0x1000, RUNNING),
+    "bad_no_match": members_response(0x1000, RUNNING + [member_record(77, b"http://10.0.1.99:2380")]),
+    "bad_already_started": members_response(0x1000, RUNNING + [member_record(77, b"http://10.0.1.13:2380", b"http://10.0.1.13:2379")]),
+    "bad_nested_groups": members_response(0x1000, [NESTED_GROUPS]),
+    "empty": b"",
+}
+
 for target, seeds in SEEDS.items():
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)

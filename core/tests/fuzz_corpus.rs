@@ -105,3 +105,12 @@ fn peer_snapshot_corpus() {
             .is_some()
     });
 }
+
+#[test]
+fn remote_cluster_corpus() {
+    replay("remote_cluster", checks::check_remote_cluster, |d| {
+        checks::remote_cluster(d).is_some_and(|r| {
+            detcd_core::bootstrap::plan_join("infra3", &checks::joining_members(), &r).is_ok()
+        })
+    });
+}

@@ -6,6 +6,7 @@
 //! a string that parses to the same value (member IDs are hashed from those strings, and peers
 //! re-parse them), and a peer batch that is accepted only carries messages from a member to us.
 
+use detcd_core::bootstrap::{check_new_member, plan_join, BootstrapMember, RemoteCluster};
 use detcd_core::config::{
     format_initial_cluster, format_urls, parse_initial_cluster, parse_urls, Url,
 };
@@ -193,4 +194,57 @@ pub fn check_peer_snapshot(data: &[u8]) {
             "accepted a message that is not a snapshot"
         );
     }
+}
+
+/// The joining member in `check_remote_cluster`: infra3 of a four-member --initial-cluster.
+pub fn joining_members() -> Vec<BootstrapMember> {
+    (0..4)
+        .map(|i| BootstrapMember {
+            id: 100 + i,
+            name: format!("infra{i}"),
+            peer_urls: parse_urls(&format!("http://10.0.1.1{i}:2380")).unwrap(),
+        })
+        .collect()
+}
+
+/// What a peer's Members answer (network input) decodes to, if it decodes.
+pub fn remote_cluster(data: &[u8]) -> Option<RemoteCluster> {
+    let r = <detcd_core::proto::detcdpb::MembersResponse as prost::Message>::decode(data).ok()?;
+    Some(RemoteCluster {
+        cluster_id: r.cluster_id,
+        members: r.members,
+        removed: r.removed,
+    })
+}
+
+/// `remote_cluster`: a peer's Members answer, as a joining member (`plan_join`) and a new
+/// member (`check_new_member`) take it. A join that is accepted takes the ID of the running
+/// member whose peer URLs are exactly its own, one that never started, and the cluster's ID.
+pub fn check_remote_cluster(data: &[u8]) {
+    let Some(remote) = remote_cluster(data) else {
+        return;
+    };
+    let local = joining_members();
+    if let Ok(plan) = plan_join("infra3", &local, &remote) {
+        assert_eq!(plan.cluster_id, remote.cluster_id);
+        let me = remote
+            .members
+            .iter()
+            .find(|m| m.id == plan.local_id)
+            .expect("joined as a member the cluster does not list");
+        let mut urls = me.peer_urls.clone();
+        urls.sort();
+        urls.dedup();
+        assert_eq!(
+            urls,
+            vec!["http://10.0.1.13:2380".to_string()],
+            "joined as {me:?}"
+        );
+        assert!(
+            me.client_urls.is_empty(),
+            "joined as a member that already started"
+        );
+        assert_eq!(remote.members.len(), local.len());
+    }
+    let _ = check_new_member(100, 0x1000, std::slice::from_ref(&remote));
 }
