@@ -84,12 +84,10 @@ fn printed_env(stdout: &str) -> Vec<(String, String)> {
     env
 }
 
-/// Adds a member to `c` that starts from `member add`'s printed lines, with only its listen
-/// flags and data dir on the command line (as the guide says to start it).
-fn start_added(c: &mut Cluster, name: &str, index: usize, printed: &str) -> usize {
-    let me = ip(c.subnet, index);
-    let dir = c.dir().join(format!("{name}.etcd"));
-    let args = [
+/// The command line of a member started from `member add`'s printed lines: only its listen
+/// URLs and data dir (as the guide says to start it). `args[1]` is the peer listen URL.
+fn joining_args(me: &str, data_dir: &std::path::Path) -> Vec<String> {
+    [
         "--listen-peer-urls",
         &format!("http://{me}:{PEER_PORT}"),
         "--listen-client-urls",
@@ -97,11 +95,17 @@ fn start_added(c: &mut Cluster, name: &str, index: usize, printed: &str) -> usiz
         "--advertise-client-urls",
         &format!("http://{me}:{CLIENT_PORT}"),
         "--data-dir",
-        &dir.to_string_lossy(),
+        &data_dir.to_string_lossy(),
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect();
+    .collect()
+}
+
+/// Adds a member to `c` that starts from `member add`'s printed lines ([`joining_args`]).
+fn start_added(c: &mut Cluster, name: &str, index: usize, printed: &str) -> usize {
+    let me = ip(c.subnet, index);
+    let args = joining_args(&me, &c.dir().join(format!("{name}.etcd")));
     let i = c.add(name, me, args, printed_env(printed));
     c.members[i].start();
     c.members[i].wait_healthy(HEALTHY_TIMEOUT);
@@ -365,16 +369,7 @@ fn grow_promote_remove_the_leader_replace_and_move_under_load() {
         &["member", "add", &victim_name, "--peer-urls", &peer],
     );
     c.members[victim].env = printed_env(&out.stdout);
-    c.members[victim].args = vec![
-        "--listen-peer-urls".into(),
-        peer.clone(),
-        "--listen-client-urls".into(),
-        c.members[victim].client_url(),
-        "--advertise-client-urls".into(),
-        c.members[victim].client_url(),
-        "--data-dir".into(),
-        c.members[victim].data_dir.to_string_lossy().into_owned(),
-    ];
+    c.members[victim].args = joining_args(&c.members[victim].ip, &c.members[victim].data_dir);
     c.members[victim].last_exit = None;
     c.members[victim].start();
     c.members[victim].wait_healthy(HEALTHY_TIMEOUT);
@@ -616,16 +611,7 @@ fn force_new_cluster_recovers_from_lost_quorum_without_losing_acknowledged_write
     let peer1 = c.members[1].peer_url();
     let out = ctl_until_ok(&one, &["member", "add", "infra1", "--peer-urls", &peer1]);
     c.members[1].env = printed_env(&out.stdout);
-    c.members[1].args = vec![
-        "--listen-peer-urls".into(),
-        peer1.clone(),
-        "--listen-client-urls".into(),
-        eps[1].clone(),
-        "--advertise-client-urls".into(),
-        eps[1].clone(),
-        "--data-dir".into(),
-        c.members[1].data_dir.to_string_lossy().into_owned(),
-    ];
+    c.members[1].args = joining_args(&c.members[1].ip, &c.members[1].data_dir);
     c.members[1].last_exit = None;
     c.members[1].start();
     c.members[1].wait_healthy(HEALTHY_TIMEOUT);
