@@ -9,6 +9,8 @@
 //!   a lower header revision (etcd's revisions are a real-time order).
 //! - `[convergence]`: after healing, every member holds the same key-value content at the
 //!   same revision.
+//! - `[configuration]`: after runtime reconfiguration, every member lists the same members
+//!   (IDs, names, peer URLs, learner flags), the ones the harness added and did not remove.
 
 use crate::history::{HistorySnapshot, OpId, Outcome};
 use crate::linearizability::{self, Budget, CheckResult};
@@ -174,4 +176,75 @@ pub fn hash_kvs(kvs: &[detcd_core::proto::mvccpb::KeyValue]) -> u64 {
         feed(&kv.version.to_le_bytes());
     }
     h
+}
+
+/// One member as a member list names it: ID, name, peer URLs (sorted), learner or voter.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListedMember {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub learner: bool,
+}
+
+impl ListedMember {
+    pub fn from_pb(m: &pb::Member) -> ListedMember {
+        let mut peer_urls = m.peer_ur_ls.clone();
+        peer_urls.sort();
+        ListedMember {
+            id: m.id,
+            name: m.name.clone(),
+            peer_urls,
+            learner: m.is_learner,
+        }
+    }
+}
+
+impl std::fmt::Display for ListedMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:x} {:?} {}{}",
+            self.id,
+            self.name,
+            self.peer_urls.join(","),
+            if self.learner { " (learner)" } else { "" }
+        )
+    }
+}
+
+fn describe(members: &[ListedMember]) -> String {
+    let mut sorted = members.to_vec();
+    sorted.sort();
+    let rows: Vec<String> = sorted.iter().map(|m| m.to_string()).collect();
+    format!("[{}]", rows.join("; "))
+}
+
+/// `[configuration]`: every member's own member list (`lists`: the member asked, what it
+/// listed; `None` when it did not answer) names exactly the `expected` members: same IDs,
+/// names, peer URLs and learner flags. Order does not matter.
+pub fn configurations_agree(
+    expected: &[ListedMember],
+    lists: &[(String, Option<Vec<ListedMember>>)],
+) -> Result<(), String> {
+    let mut want = expected.to_vec();
+    want.sort();
+    for (member, list) in lists {
+        let Some(list) = list else {
+            return Err(format!(
+                "[configuration] {member} did not answer its member list; expected {}",
+                describe(expected)
+            ));
+        };
+        let mut got = list.clone();
+        got.sort();
+        if got != want {
+            return Err(format!(
+                "[configuration] {member} lists {}, expected {}",
+                describe(&got),
+                describe(&want)
+            ));
+        }
+    }
+    Ok(())
 }

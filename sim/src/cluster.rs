@@ -10,6 +10,7 @@ use detcd_net::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -53,6 +54,8 @@ pub struct SimMember {
     /// The flags the next (re)start uses; tests change them to check they are ignored.
     pub config: Arc<Mutex<Config>>,
     pub exit: ExitNote,
+    /// How many times a process started on this member's host (the first start included).
+    pub starts: Arc<AtomicU64>,
     pub alive: bool,
 }
 
@@ -74,12 +77,14 @@ pub fn start_member(handle: &Handle, cfg: Config, ip: IpAddr, disk: SimDisk) -> 
     let name = cfg.name.clone();
     let config = Arc::new(Mutex::new(cfg));
     let exit: ExitNote = Arc::new(Mutex::new(None));
+    let starts = Arc::new(AtomicU64::new(0));
     // Snapshot files outlive restarts (they are synced when committed), like the disk.
     let snapshots = detcd_net::snapshot_files::MemSnapshots::default();
     let node = {
         let config = config.clone();
         let disk = disk.clone();
         let exit = exit.clone();
+        let starts = starts.clone();
         handle
             .create_node()
             .name(name.clone())
@@ -89,6 +94,7 @@ pub fn start_member(handle: &Handle, cfg: Config, ip: IpAddr, disk: SimDisk) -> 
                 let disk = disk.clone();
                 let exit = exit.clone();
                 let snapshots = snapshots.clone();
+                starts.fetch_add(1, Ordering::Relaxed);
                 async move {
                     *exit.lock().unwrap() = None;
                     let db = match redb::Builder::new().create_with_backend(disk.open()) {
@@ -124,6 +130,7 @@ pub fn start_member(handle: &Handle, cfg: Config, ip: IpAddr, disk: SimDisk) -> 
         disk,
         config,
         exit,
+        starts,
         alive: true,
     }
 }

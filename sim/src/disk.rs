@@ -23,6 +23,8 @@ struct Image {
     tear_on_crash: bool,
     syncs: u64,
     log: LogImage,
+    /// Tripwire: a process that writes a raft log file here panics with this message.
+    forbid_log: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +85,30 @@ impl SimDisk {
         log.synced = keep;
     }
 
+    /// The data dir is lost (`rm -rf`, or a new disk): both images of the data file and the
+    /// whole raft log file are gone, and the old process's handles go dead. (Snapshot files are
+    /// kept by the member's `MemSnapshots`, not here: they may stay.)
+    pub fn wipe(&self) {
+        let mut img = self.image.lock().unwrap();
+        img.generation += 1;
+        img.volatile.clear();
+        img.durable.clear();
+        img.torn_write = None;
+        img.log = LogImage::default();
+    }
+
+    /// A tripwire for a member that must refuse to start: the first raft log write on this
+    /// disk (a member starting afresh writes its first log before it talks to any peer)
+    /// panics with `message`, inside the member, before its raft can do anything.
+    pub fn forbid_log_writes(&self, message: String) {
+        self.image.lock().unwrap().forbid_log = Some(message);
+    }
+
+    /// Bytes in the raft log file.
+    pub fn log_len(&self) -> u64 {
+        self.image.lock().unwrap().log.bytes.len() as u64
+    }
+
     /// The raft log file for a newly started member process.
     pub fn open_log(&self) -> SimLogFile {
         SimLogFile(self.open())
@@ -130,12 +156,22 @@ impl SimBackend {
 #[derive(Debug)]
 pub struct SimLogFile(SimBackend);
 
+impl SimLogFile {
+    fn check_tripwire(&self) {
+        let forbidden = self.0.disk.image.lock().unwrap().forbid_log.clone();
+        if let Some(message) = forbidden {
+            panic!("{message}");
+        }
+    }
+}
+
 impl detcd_core::wal::LogFile for SimLogFile {
     fn read_all(&mut self) -> io::Result<Vec<u8>> {
         self.0.with(|img| Ok(img.log.bytes.clone()))
     }
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.check_tripwire();
         self.0.with(|img| {
             img.log.bytes.extend_from_slice(bytes);
             Ok(())
@@ -162,6 +198,7 @@ impl detcd_core::wal::LogFile for SimLogFile {
     }
 
     fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.check_tripwire();
         self.0.with(|img| {
             if img.fail_sync {
                 return Err(io::Error::other("simulated fsync failure"));
@@ -266,6 +303,40 @@ mod tests {
             .create_with_backend(disk.open())
             .unwrap();
         assert_eq!(keys(&db), vec![1]);
+    }
+
+    #[test]
+    fn wipe_loses_everything() {
+        use detcd_core::wal::LogFile;
+        let disk = SimDisk::new();
+        {
+            let db = redb::Builder::new()
+                .create_with_backend(disk.open())
+                .unwrap();
+            put(&db, 1, redb::Durability::Immediate);
+            let mut log = disk.open_log();
+            log.append(b"entries").unwrap();
+            log.sync().unwrap();
+            disk.wipe();
+            // The old process's handles are dead.
+            assert!(log.append(b"more").is_err());
+        }
+        assert!(disk.is_empty());
+        assert_eq!(disk.log_len(), 0);
+        let db = redb::Builder::new()
+            .create_with_backend(disk.open())
+            .unwrap();
+        let txn = db.begin_read().unwrap();
+        assert!(txn.open_table(T).is_err(), "a wiped disk has no tables");
+    }
+
+    #[test]
+    #[should_panic(expected = "must not start")]
+    fn forbidden_log_write_panics() {
+        use detcd_core::wal::LogFile;
+        let disk = SimDisk::new();
+        disk.forbid_log_writes("must not start".into());
+        let _ = disk.open_log().replace(b"fresh log");
     }
 
     #[test]

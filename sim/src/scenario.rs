@@ -288,7 +288,7 @@ pub async fn wait_serving(endpoints: Vec<String>, bound: Duration) -> Result<(),
 /// (member ID, revision, content hash) of every member that answers a serializable range of
 /// all keys, polled until they all report one revision (or `bound` passes: the checker then
 /// shows the difference).
-async fn member_states(endpoints: Vec<String>, bound: Duration) -> Vec<(u64, i64, u64)> {
+pub async fn member_states(endpoints: Vec<String>, bound: Duration) -> Vec<(u64, i64, u64)> {
     let deadline = madsim::time::Instant::now() + bound;
     loop {
         let mut states = Vec::new();
@@ -319,7 +319,8 @@ async fn member_states(endpoints: Vec<String>, bound: Duration) -> Vec<(u64, i64
     }
 }
 
-async fn final_reads(
+/// Reads every key through every member into the history (client 1000).
+pub async fn final_reads(
     endpoints: Vec<String>,
     keys: usize,
     history: History,

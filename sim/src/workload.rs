@@ -322,17 +322,29 @@ impl Invariants {
 
 /// Polls every member's Status every 50 ms of simulated time until `stop`.
 pub async fn watch(endpoints: Vec<String>, inv: Arc<Mutex<Invariants>>, stop: Arc<AtomicBool>) {
-    let mut clients: Vec<Option<Client>> = vec![None; endpoints.len()];
+    watch_members(Arc::new(Mutex::new(endpoints)), inv, stop).await
+}
+
+/// `watch` over a member list that changes while it runs (reconfiguration): each round polls
+/// the endpoints listed at its start.
+pub async fn watch_members(
+    endpoints: Arc<Mutex<Vec<String>>>,
+    inv: Arc<Mutex<Invariants>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut clients: BTreeMap<String, Option<Client>> = BTreeMap::new();
     while !stop.load(Ordering::Relaxed) {
-        for (i, url) in endpoints.iter().enumerate() {
-            if clients[i].is_none() {
-                clients[i] =
-                    madsim::time::timeout(Duration::from_millis(300), Client::connect(url))
-                        .await
-                        .ok()
-                        .flatten();
+        let urls = endpoints.lock().unwrap().clone();
+        clients.retain(|url, _| urls.contains(url));
+        for url in &urls {
+            let slot = clients.entry(url.clone()).or_insert(None);
+            if slot.is_none() {
+                *slot = madsim::time::timeout(Duration::from_millis(300), Client::connect(url))
+                    .await
+                    .ok()
+                    .flatten();
             }
-            let Some(c) = &mut clients[i] else { continue };
+            let Some(c) = slot else { continue };
             let asked_at_restarts = inv.lock().unwrap().restarts();
             match madsim::time::timeout(
                 Duration::from_millis(300),
@@ -352,7 +364,7 @@ pub async fn watch(endpoints: Vec<String>, inv: Arc<Mutex<Invariants>>, stop: Ar
                         h.revision,
                     );
                 }
-                _ => clients[i] = None,
+                _ => *slot = None,
             }
         }
         madsim::time::sleep(Duration::from_millis(50)).await;
