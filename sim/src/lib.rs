@@ -13,6 +13,8 @@ pub mod linearizability;
 #[cfg(madsim)]
 pub mod cluster;
 #[cfg(madsim)]
+pub mod reconfig;
+#[cfg(madsim)]
 pub mod scenario;
 #[cfg(madsim)]
 pub mod workload;
