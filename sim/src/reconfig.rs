@@ -985,6 +985,7 @@ impl Harness {
         self.cluster.crash(i);
         let disk = self.cluster.members[i].disk.clone();
         disk.wipe();
+        self.log(format!("crashed {name} ({id:x}) and wiped its disk"));
         disk.forbid_log_writes(format!(
             "[wiped member refused] {name} ({id:x}) lost its data dir and, restarted with its \
              original flags (--initial-cluster-state new), began a new raft log instead of \
@@ -998,7 +999,6 @@ impl Harness {
             starts: u64::MAX,
         });
         self.refresh_watch();
-        self.log(format!("crashed {name} ({id:x}) and wiped its disk"));
         self.pause(Duration::from_millis(thread_rng().gen_range(100..1500)))
             .await;
         self.inv.lock().unwrap().restarted(id);
