@@ -6,6 +6,8 @@
 //! - `stale-read`: serve linearizable reads from local state without a ReadIndex.
 //! - `forget-hardstate`: forget the persisted term and vote on restart.
 //! - `skip-apply`: infra1 skips applying one committed entry (its replica diverges).
+//! - `accept-wiped-member`: a new member skips the check that the running cluster never saw
+//!   it start, so a member that lost its data dir starts afresh (it could vote twice in a term).
 
 #[cfg(madsim)]
 pub fn active(name: &str) -> bool {
