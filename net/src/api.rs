@@ -274,6 +274,13 @@ fn to_pb_member(m: &detcd_core::proto::detcdpb::MemberRecord) -> pb::Member {
 /// The pause before a membership change is forwarded again to a leader that did not answer.
 const FORWARD_RETRY: Duration = Duration::from_millis(200);
 
+/// A forwarded membership change's answers that mean "ask the new leader".
+const LEADER_MOVED: [&str; 3] = [
+    "etcdserver: not leader",
+    "etcdserver: no leader",
+    "etcdserver: leader changed",
+];
+
 /// Peer URLs as etcd's types.NewURLs takes them (`etcdserver: given member URLs are
 /// invalid` otherwise), as normalized strings in sorted order.
 fn parse_peer_urls(urls: &[String]) -> Result<Vec<detcd_core::config::Url>, Status> {
@@ -306,6 +313,7 @@ impl Api {
     /// promote, until the request timeout.
     async fn change_members(&self, change: MemberChange) -> Result<(), Status> {
         self.refuse_learner()?;
+        let self_removal = MemberChange::Remove(self.shared().member_id);
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -315,9 +323,19 @@ impl Api {
                 Err(e) => return Err(e.into()),
             };
             match self.forward_member_change(leader, &change, left).await {
+                // This member was removed: it has stopped taking part in raft, so it cannot
+                // wait for a read index (the member list it answers leaves it out).
+                Ok(resp) if resp.error.is_empty() && change == self_removal => return Ok(()),
                 Ok(resp) if resp.error.is_empty() => {
                     self.node.read_barrier(left).await?;
                     return Ok(());
+                }
+                // Leadership moved on (or is being handed over) meanwhile: ask again.
+                Ok(resp)
+                    if LEADER_MOVED.contains(&resp.error.as_str())
+                        && tokio::time::Instant::now() + FORWARD_RETRY < deadline =>
+                {
+                    tokio::time::sleep(FORWARD_RETRY).await;
                 }
                 Ok(resp) => {
                     return Err(Status::new(tonic::Code::from(resp.grpc_code), resp.error));
@@ -363,12 +381,16 @@ impl Api {
         crate::transport::forward_member_change(&urls, &self.peer_tls, req, timeout).await
     }
 
+    /// The member list as this member has applied it; without this member once it is
+    /// removed (it may not have applied its own removal when it answers).
     fn pb_members(&self) -> Vec<pb::Member> {
+        let removed = self.shared().status().removed;
         self.shared()
             .members
             .read()
             .unwrap()
             .members()
+            .filter(|m| !(removed && m.id == self.shared().member_id))
             .map(to_pb_member)
             .collect()
     }
@@ -405,9 +427,11 @@ impl Cluster for Api {
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
         self.change_members(MemberChange::Remove(id)).await?;
+        let mut members = self.pb_members();
+        members.retain(|m| m.id != id);
         Ok(Response::new(pb::MemberRemoveResponse {
             header: self.header(None),
-            members: self.pb_members(),
+            members,
         }))
     }
 

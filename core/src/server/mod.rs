@@ -444,6 +444,9 @@ impl<V: StateViews> Server<V> {
 
     /// One heartbeat interval passed.
     pub fn handle_tick(&mut self) -> Result<(), Fatal> {
+        if self.status.removed {
+            return Ok(()); // see `drive`: raft is not driven any more
+        }
         self.tick += 1;
         self.raw.tick();
         self.ticks_since_publish += 1;
@@ -470,6 +473,9 @@ impl<V: StateViews> Server<V> {
     /// Messages from peers (already checked to come from members of this cluster), handled
     /// as one batch: one Ready for all of them.
     pub fn handle_messages(&mut self, msgs: Vec<Message>) -> Result<(), Fatal> {
+        if self.status.removed {
+            return Ok(());
+        }
         for msg in msgs {
             // raft rejects stale or odd messages itself; that is not the member's fault.
             let _ = self.raw.step(msg);
@@ -518,6 +524,31 @@ impl<V: StateViews> Server<V> {
     /// [`RequestError::NotLeader`], and the executor forwards the change to the leader.
     pub fn handle_member_change(&mut self, change: MemberChange) -> Result<u64, Fatal> {
         let id = self.ids.next_id();
+        if self.status.removed {
+            self.outputs.push_back(Output::Response {
+                id,
+                result: Err(RequestError::NoLeader),
+            });
+            return Ok(id);
+        }
+        if change == MemberChange::Remove(self.cfg.id) && self.status.is_leader {
+            // raft-rs cannot run a leader that removed itself (its progress is gone, and
+            // the next append answer panics in maybe_commit): hand leadership over first;
+            // the executor then forwards the removal to the new leader.
+            if let Some(to) = self.transfer_target() {
+                tracing::info!(
+                    "transferring leadership to {} before removing this member",
+                    crate::ids::format_id(to)
+                );
+                self.raw.transfer_leader(to);
+                self.outputs.push_back(Output::Response {
+                    id,
+                    result: Err(RequestError::NotLeader(to)),
+                });
+                self.drive()?;
+                return Ok(id);
+            }
+        }
         match self.check_member_change(&change) {
             Err(e) => self
                 .outputs
@@ -640,6 +671,18 @@ impl<V: StateViews> Server<V> {
         }
     }
 
+    /// The voter (not this member) whose log matches the leader's most, to hand leadership to.
+    fn transfer_target(&self) -> Option<u64> {
+        let prs = self.raw.raft.prs();
+        let voters = prs.conf().voters().ids();
+        voters
+            .iter()
+            .filter(|id| *id != self.cfg.id)
+            .filter_map(|id| prs.get(id).map(|p| (p.matched, id)))
+            .max()
+            .map(|(_, id)| id)
+    }
+
     /// Connected to the peer for the whole health interval (etcd's transport.ActiveSince).
     fn healthy_peer(&self, id: u64) -> bool {
         self.peer_active_since
@@ -714,6 +757,9 @@ impl<V: StateViews> Server<V> {
         while self.persisting.front().is_some_and(|n| *n <= number) {
             self.persisting.pop_front();
         }
+        if self.status.removed {
+            return Ok(());
+        }
         self.raw.on_persist_ready(number);
         self.drive()
     }
@@ -765,11 +811,17 @@ impl<V: StateViews> Server<V> {
 
     // ---- the Ready loop ----
 
+    /// Runs raft until it has nothing to do. Not once this member is removed: raft-rs
+    /// panics if it steps on as a member missing from its own configuration (a removed
+    /// leader unwraps its own progress), and the executor is about to stop it anyway.
     fn drive(&mut self) -> Result<(), Fatal> {
+        if self.status.removed {
+            return Ok(());
+        }
         self.pin_election_timeout();
         self.flush_held();
         for _ in 0..MAX_READIES_PER_INPUT {
-            if !self.raw.has_ready() || self.must_defer_ready() {
+            if self.status.removed || !self.raw.has_ready() || self.must_defer_ready() {
                 break;
             }
             self.handle_ready()?;
@@ -843,6 +895,9 @@ impl<V: StateViews> Server<V> {
     fn finish_ready(&mut self, mut rd: Ready) -> Result<(), Fatal> {
         // 3. Committed entries (all persisted locally: raft-rs bounds them so).
         self.apply_committed(rd.take_committed_entries())?;
+        if self.status.removed {
+            return Ok(()); // see `drive`
+        }
 
         // 4-5. New entries and hard state go to the log. A hard state that only moved its
         // commit index is not worth a sync: a restart takes commit from the applied index.
