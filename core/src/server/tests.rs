@@ -245,3 +245,151 @@ fn a_member_without_a_leader_refuses_membership_changes() {
     let (result, _) = change(&mut s, &mut file, MemberChange::Remove(2));
     assert_eq!(result, Err(RequestError::NoLeader));
 }
+
+/// Carries out outputs like `run_outputs`, but hands back snapshot builds (not carried out)
+/// and the messages sent, for tests of the snapshot policy.
+fn run_outputs_holding_builds(
+    s: &mut Server<Owned>,
+    file: &mut MemFile,
+    builds: &mut Vec<SnapshotSource>,
+    sent: &mut Vec<Message>,
+) {
+    for _ in 0..1000 {
+        let Some(out) = s.poll_output() else {
+            return;
+        };
+        match out {
+            Output::AppendLog {
+                number,
+                records,
+                then_send,
+                ..
+            } => {
+                file.append(&records).unwrap();
+                sent.extend(then_send);
+                s.handle_persisted(number).unwrap();
+            }
+            Output::ReplaceLog { image } => file.replace(&image).unwrap(),
+            Output::Commit(c) => {
+                let applied = c.applied;
+                c.txn.commit().unwrap();
+                s.handle_committed(applied).unwrap();
+            }
+            Output::BuildSnapshot(source) => builds.push(*source),
+            Output::Send(msgs) => sent.extend(msgs),
+            _ => {}
+        }
+    }
+    panic!("outputs never ran out");
+}
+
+/// A lone leader with learner 2, which (by the answers the test makes up for it) needs a
+/// snapshot: its log is behind the leader's first index.
+fn leader_with_a_lagging_learner() -> (Server<Owned>, MemFile, Vec<Message>) {
+    use crate::proto::detcdpb::MemberRecord;
+    let (mut s, mut file) = lone_leader();
+    let learner = MemberRecord {
+        id: 2,
+        peer_urls: vec!["http://b:2380".into()],
+        is_learner: true,
+        ..Default::default()
+    };
+    let (result, _) = change(&mut s, &mut file, MemberChange::Add(learner));
+    assert!(result.is_ok(), "{result:?}");
+    (s, file, Vec::new())
+}
+
+/// What the learner would answer to the last append it was sent: "I have nothing", so the
+/// leader must go back to index 0, which only a snapshot covers.
+fn reject_from_learner(s: &Server<Owned>, sent: &[Message]) -> Message {
+    let app = sent
+        .iter()
+        .rev()
+        .find(|m| m.to == 2 && m.get_msg_type() == MessageType::MsgAppend)
+        .expect("an append was sent to the learner");
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgAppendResponse);
+    m.from = 2;
+    m.to = 1;
+    m.term = s.status().term;
+    m.index = app.index;
+    m.reject = true;
+    m.reject_hint = 0;
+    m
+}
+
+fn heartbeat_answer(s: &Server<Owned>) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeatResponse);
+    m.from = 2;
+    m.to = 1;
+    m.term = s.status().term;
+    m
+}
+
+/// One build at a time: raft asking again while a snapshot is being built starts no second
+/// build; a failed build is retried only after SNAPSHOT_RETRY_TICKS; a finished one is sent.
+#[test]
+fn snapshots_are_built_once_at_a_time_and_retried_after_a_pause() {
+    let (mut s, mut file, mut sent) = leader_with_a_lagging_learner();
+    let mut builds = Vec::new();
+    // The adds's own outputs carried the first append to 2: make the leader send one more.
+    s.handle_tick().unwrap();
+    run_outputs_holding_builds(&mut s, &mut file, &mut builds, &mut sent);
+    s.handle_messages(vec![heartbeat_answer(&s)]).unwrap();
+    run_outputs_holding_builds(&mut s, &mut file, &mut builds, &mut sent);
+    let reject = reject_from_learner(&s, &sent);
+    s.handle_messages(vec![reject]).unwrap();
+    run_outputs_holding_builds(&mut s, &mut file, &mut builds, &mut sent);
+    assert_eq!(builds.len(), 1, "raft's request starts one build");
+
+    // Asked again while it is being built: no second build.
+    for _ in 0..5 {
+        s.handle_tick().unwrap();
+        s.handle_messages(vec![heartbeat_answer(&s)]).unwrap();
+        run_outputs_holding_builds(&mut s, &mut file, &mut builds, &mut sent);
+    }
+    assert_eq!(
+        builds.len(),
+        1,
+        "a second build started while one was in flight"
+    );
+
+    // The build fails (a full disk): the member goes on, and builds again only after a pause.
+    builds.clear();
+    s.handle_snapshot_built(Err(Fatal("no space left on device".into())))
+        .unwrap();
+    let mut ticks = 0;
+    while builds.is_empty() {
+        ticks += 1;
+        assert!(
+            ticks <= SNAPSHOT_RETRY_TICKS + 5,
+            "the failed build was never retried"
+        );
+        s.handle_tick().unwrap();
+        s.handle_messages(vec![heartbeat_answer(&s)]).unwrap();
+        run_outputs_holding_builds(&mut s, &mut file, &mut builds, &mut sent);
+    }
+    assert!(
+        ticks >= SNAPSHOT_RETRY_TICKS - 1,
+        "rebuilt after {ticks} ticks, before the pause of {SNAPSHOT_RETRY_TICKS}"
+    );
+    assert_eq!(builds.len(), 1);
+
+    // Built: raft sends it to the learner.
+    sent.clear();
+    let source = builds.pop().unwrap();
+    let (_, file_ref) = source.write_to(Vec::new()).unwrap();
+    s.handle_snapshot_built(Ok(file_ref)).unwrap();
+    for _ in 0..3 {
+        s.handle_tick().unwrap();
+        s.handle_messages(vec![heartbeat_answer(&s)]).unwrap();
+        run_outputs_holding_builds(&mut s, &mut file, &mut builds, &mut sent);
+    }
+    assert!(
+        sent.iter()
+            .any(|m| m.to == 2 && m.get_msg_type() == MessageType::MsgSnapshot),
+        "the built snapshot was not sent"
+    );
+    assert!(builds.is_empty(), "built again although one was ready");
+}
