@@ -336,7 +336,9 @@ pub fn write_chunks(
                     None => return file.commit(),
                 }
             }
-            Err(io::Error::other(
+            // UnexpectedEof: the receiver maps it to "the sender's file is at fault".
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
                 "the transfer ended before the file was complete",
             ))
         }

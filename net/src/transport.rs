@@ -741,67 +741,102 @@ impl Peer for PeerService {
             tracing::warn!(from = %format_id(first.from), "refused snapshot: {e}");
             Status::permission_denied(e.to_string())
         })?;
+        let from = first.from;
+        let bytes = store_snapshot_file(
+            &msg,
+            &file_ref,
+            first.data,
+            &mut stream,
+            self.snapshot_files.clone(),
+            SNAPSHOT_CHUNK_TIMEOUT,
+        )
+        .await
+        .inspect_err(
+            |e| tracing::warn!(from = %format_id(from), "refused snapshot file: {}", e.message()),
+        )?;
         let index = msg.get_snapshot().get_metadata().index;
-        let (file, stored) = snapshot_files::write_chunks(self.snapshot_files.clone(), index);
-        let mut check = FileCheck::default();
-        let mut data = first.data;
-        loop {
-            if !data.is_empty() {
-                check.update(&data);
-                if check.size > file_ref.size {
-                    return Err(Status::data_loss(format!(
-                        "snapshot file {index} is longer than its reference ({} bytes)",
-                        file_ref.size
-                    )));
-                }
-                if file.send(Some(data)).await.is_err() {
-                    break; // the writer failed: `stored` says why
-                }
-            }
-            match tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, stream.message()).await {
-                Ok(Ok(Some(chunk))) => data = chunk.data,
-                Ok(Ok(None)) => break,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "no chunk of snapshot file {index} for {SNAPSHOT_CHUNK_TIMEOUT:?}"
-                    )))
-                }
-            }
-        }
-        let complete = check.matches(&file_ref);
-        if complete {
-            let _ = file.send(None).await;
-        }
-        drop(file);
-        match stored.await {
-            Ok(Ok(())) => {}
-            // Short or different bytes: the writer was told to discard them.
-            Ok(Err(e)) if !complete && e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                tracing::warn!(
-                    from = %format_id(first.from),
-                    index,
-                    "refused snapshot file: got {} bytes (crc32c {:08x}), its reference says {} (crc32c {:08x})",
-                    check.size, check.crc32c, file_ref.size, file_ref.crc32c
-                );
-                return Err(Status::data_loss(format!(
-                    "snapshot file {index} does not match its reference"
-                )));
-            }
-            Ok(Err(e)) => {
-                tracing::error!(index, "storing snapshot file failed: {e}");
-                return Err(Status::internal(format!(
-                    "storing snapshot file {index}: {e}"
-                )));
-            }
-            Err(_) => return Err(Status::internal("the snapshot file writer stopped")),
-        }
-        tracing::info!(from = %format_id(first.from), index, bytes = check.size, "received snapshot");
+        tracing::info!(from = %format_id(from), index, bytes, "received snapshot");
         self.inbound
             .send(msg)
             .await
             .map_err(|_| Status::unavailable("member stopped"))?;
-        Ok(Response::new(SnapshotReceived { bytes: check.size }))
+        Ok(Response::new(SnapshotReceived { bytes }))
+    }
+}
+
+/// Where a snapshot's chunks come from (the gRPC stream; a channel in tests).
+pub trait ChunkSource {
+    fn next_chunk(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<SnapshotChunk>, Status>> + Send;
+}
+
+impl ChunkSource for Streaming<SnapshotChunk> {
+    async fn next_chunk(&mut self) -> Result<Option<SnapshotChunk>, Status> {
+        self.message().await
+    }
+}
+
+/// Stores the snapshot file a MsgSnapshot names: `first_data` and every chunk that follows,
+/// written off the async workers, checked against `file_ref` (size and CRC-32C), synced.
+/// Returns the bytes stored. Refuses, leaving nothing behind, a file longer or other than
+/// its reference (DataLoss: the sender's file is at fault), a transfer whose next chunk
+/// does not come within `idle` (DeadlineExceeded), and a disk that fails (Internal).
+pub async fn store_snapshot_file(
+    msg: &Message,
+    file_ref: &detcd_core::proto::detcdpb::SnapshotRef,
+    first_data: Vec<u8>,
+    stream: &mut impl ChunkSource,
+    files: Arc<dyn SnapshotFiles>,
+    idle: Duration,
+) -> Result<u64, Status> {
+    let index = msg.get_snapshot().get_metadata().index;
+    let (file, stored) = snapshot_files::write_chunks(files, index);
+    let mut check = FileCheck::default();
+    let mut data = first_data;
+    loop {
+        if !data.is_empty() {
+            check.update(&data);
+            if check.size > file_ref.size {
+                return Err(Status::data_loss(format!(
+                    "snapshot file {index} is longer than its reference ({} bytes)",
+                    file_ref.size
+                )));
+            }
+            if file.send(Some(data)).await.is_err() {
+                break; // the writer failed: `stored` says why
+            }
+        }
+        match tokio::time::timeout(idle, stream.next_chunk()).await {
+            Ok(Ok(Some(chunk))) => data = chunk.data,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no chunk of snapshot file {index} for {idle:?}"
+                )))
+            }
+        }
+    }
+    let complete = check.matches(file_ref);
+    if complete {
+        let _ = file.send(None).await;
+    }
+    drop(file);
+    match stored.await {
+        Ok(Ok(())) => Ok(check.size),
+        // Short or different bytes: the writer was told to discard them.
+        Ok(Err(e)) if !complete && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(Status::data_loss(format!(
+                "snapshot file {index} does not match its reference: got {} bytes (crc32c {:08x}), its reference says {} (crc32c {:08x})",
+                check.size, check.crc32c, file_ref.size, file_ref.crc32c
+            )))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(index, "storing snapshot file failed: {e}");
+            Err(Status::internal(format!("storing snapshot file {index}: {e}")))
+        }
+        Err(_) => Err(Status::internal("the snapshot file writer stopped")),
     }
 }
 
@@ -868,6 +903,7 @@ pub async fn forward_member_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn msg(to: u64, ty: MessageType) -> Message {
         let mut m = Message::default();
@@ -904,5 +940,139 @@ mod tests {
             got.push(format!("{ev:?}"));
         }
         assert_eq!(got, vec!["Snapshot(2, false)", "Snapshot(3, false)"]);
+    }
+
+    /// A test's chunks: whatever the channel gives, then pending forever if `stall`.
+    struct TestChunks {
+        chunks: std::collections::VecDeque<Vec<u8>>,
+        stall: bool,
+    }
+
+    impl ChunkSource for TestChunks {
+        async fn next_chunk(&mut self) -> Result<Option<SnapshotChunk>, Status> {
+            match self.chunks.pop_front() {
+                Some(data) => Ok(Some(SnapshotChunk {
+                    data,
+                    ..Default::default()
+                })),
+                None if self.stall => std::future::pending().await,
+                None => Ok(None),
+            }
+        }
+    }
+
+    fn snapshot_msg(index: u64) -> Message {
+        let mut m = msg(1, MessageType::MsgSnapshot);
+        m.mut_snapshot().mut_metadata().index = index;
+        m
+    }
+
+    fn file_ref_of(bytes: &[u8]) -> detcd_core::proto::detcdpb::SnapshotRef {
+        let mut c = FileCheck::default();
+        c.update(bytes);
+        c.to_ref()
+    }
+
+    /// The idle timeout in these tests: short, as a stalled sender is the case under test.
+    const TEST_IDLE: Duration = Duration::from_millis(50);
+
+    async fn store(
+        chunks: &[&[u8]],
+        stall: bool,
+        file_ref: detcd_core::proto::detcdpb::SnapshotRef,
+        files: Arc<dyn SnapshotFiles>,
+    ) -> Result<u64, Status> {
+        let mut rest = TestChunks {
+            chunks: chunks[1..].iter().map(|c| c.to_vec()).collect(),
+            stall,
+        };
+        store_snapshot_file(
+            &snapshot_msg(7),
+            &file_ref,
+            chunks[0].to_vec(),
+            &mut rest,
+            files,
+            TEST_IDLE,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_file_is_stored_only_when_it_matches_its_reference() {
+        let files = Arc::new(snapshot_files::MemSnapshots::default());
+        let good = file_ref_of(b"abcdef");
+        assert_eq!(
+            store(&[b"abc", b"def"], false, good.clone(), files.clone())
+                .await
+                .unwrap(),
+            6
+        );
+        let mut stored = Vec::new();
+        files.open(7).unwrap().read_to_end(&mut stored).unwrap();
+        assert_eq!(stored, b"abcdef");
+
+        let other = Arc::new(snapshot_files::MemSnapshots::default());
+        for chunks in [&[&b"abc"[..], b"deX"][..], &[b"abc"], &[b"abc", b"defg"]] {
+            let e = store(chunks, false, good.clone(), other.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::DataLoss, "{chunks:?}: {e}");
+            assert!(
+                other.open(7).is_err(),
+                "{chunks:?}: a refused file was kept"
+            );
+        }
+    }
+
+    /// Regression guard: a sender that vanishes without closing the call would hold the
+    /// receiver (and a half-written file) forever without the idle timeout.
+    #[tokio::test]
+    async fn a_stalled_snapshot_transfer_is_abandoned_after_the_idle_timeout() {
+        let files = Arc::new(snapshot_files::MemSnapshots::default());
+        let e = store(&[b"abc"], true, file_ref_of(b"abcdef"), files.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
+        assert!(files.open(7).is_err(), "a partial file was kept");
+    }
+
+    /// A disk that fails while the file is written is this member's fault, not the sender's
+    /// file's: Internal (the sender keeps offering that file), not DataLoss.
+    #[tokio::test]
+    async fn a_disk_failure_while_storing_is_reported_as_internal() {
+        struct FullDisk;
+        struct FullWriter;
+        impl std::io::Write for FullWriter {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("no space left on device"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl snapshot_files::FileWriter for FullWriter {
+            fn commit(self: Box<Self>) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl SnapshotFiles for FullDisk {
+            fn create(&self, _: u64) -> std::io::Result<Box<dyn snapshot_files::FileWriter>> {
+                Ok(Box::new(FullWriter))
+            }
+            fn open(&self, _: u64) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+                Err(std::io::Error::other("none"))
+            }
+            fn remove(&self, _: u64) {}
+        }
+        let e = store(
+            &[b"abc", b"def"],
+            false,
+            file_ref_of(b"abcdef"),
+            Arc::new(FullDisk),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Internal, "{e}");
+        assert!(e.message().contains("no space left on device"), "{e}");
     }
 }
