@@ -1002,7 +1002,7 @@ mod tests {
         let files = Arc::new(snapshot_files::MemSnapshots::default());
         let good = file_ref_of(b"abcdef");
         assert_eq!(
-            store(&[b"abc", b"def"], false, good.clone(), files.clone())
+            store(&[b"abc", b"def"], false, good, files.clone())
                 .await
                 .unwrap(),
             6
@@ -1013,9 +1013,7 @@ mod tests {
 
         let other = Arc::new(snapshot_files::MemSnapshots::default());
         for chunks in [&[&b"abc"[..], b"deX"][..], &[b"abc"], &[b"abc", b"defg"]] {
-            let e = store(chunks, false, good.clone(), other.clone())
-                .await
-                .unwrap_err();
+            let e = store(chunks, false, good, other.clone()).await.unwrap_err();
             assert_eq!(e.code(), tonic::Code::DataLoss, "{chunks:?}: {e}");
             assert!(
                 other.open(7).is_err(),
