@@ -89,11 +89,10 @@ pub struct ReconfigPlan {
     pub call_bound: Duration,
     /// The healed cluster must serve within this.
     pub recovery_bound: Duration,
-    /// Remove the leader whenever it is a candidate (not infra0). Off by default: a removed
-    /// leader applies its own removal and, while it runs on for a second, handles an append
-    /// answer; raft-rs 0.7's `Raft::maybe_commit` then unwraps the leader's own progress, which
-    /// the removal deleted, and panics (a server bug: `removing_the_leader` shows it).
-    pub remove_leader: bool,
+    /// Every remove takes the leader (moving the leadership off infra0 first when it leads:
+    /// infra0 is cut off for a few election timeouts). Otherwise a remove takes the leader a
+    /// third of the time it is a candidate.
+    pub leader_first: bool,
 }
 
 impl Default for ReconfigPlan {
@@ -109,7 +108,7 @@ impl Default for ReconfigPlan {
             max_voters: 5,
             call_bound: Duration::from_secs(60),
             recovery_bound: Duration::from_secs(20),
-            remove_leader: false,
+            leader_first: false,
         }
     }
 }
@@ -612,7 +611,11 @@ impl Harness {
             // An earlier attempt with an unknown outcome did it.
             if maybe_done {
                 let done = match &change {
-                    Change::Add { .. } => msg.contains("Peer URLs already exists"),
+                    // The same URLs in the same second make the same ID.
+                    Change::Add { .. } => {
+                        msg.contains("Peer URLs already exists")
+                            || msg.contains("member ID already exist")
+                    }
                     Change::Remove(_) => msg.contains("member not found"),
                     Change::Promote(_) => msg == "etcdserver: can only promote a learner member",
                 };
@@ -861,19 +864,14 @@ impl Harness {
     }
 
     /// Removes a running voter other than infra0; its process must stop with etcd's message.
-    /// The leader is removed only with `plan.remove_leader` (then whenever it is a candidate):
-    /// a removed leader's raft-rs panics (see `ReconfigPlan::remove_leader`).
+    /// The leader, when it is a candidate, is picked a third of the time, or always with
+    /// `plan.leader_first` (which first moves the leadership off infra0 if needed).
     async fn remove(&mut self) {
-        let mut leader = 0;
-        for attempt in 0..2 {
-            // The leader as infra0 sees it, once there is one.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                leader = self.leader().await;
-                if leader != 0 || Instant::now() > deadline {
-                    break;
-                }
-                self.pause(Duration::from_millis(200)).await;
+        for attempt in 0..3 {
+            let leader = self.known_leader().await;
+            if self.plan.leader_first && leader == self.tracked[0].id && attempt < 2 {
+                self.move_leadership_off_infra0().await;
+                continue;
             }
             let guides_left = (1..self.tracked.len())
                 .filter(|i| self.tracked[*i].guide && self.tracked[*i].running_voter())
@@ -882,31 +880,52 @@ impl Harness {
                 .filter(|i| self.tracked[*i].running_voter())
                 // Keep a guide member for the replaces still to come.
                 .filter(|i| !(self.tracked[*i].guide && guides_left <= self.replaces_left))
-                .filter(|i| self.plan.remove_leader || self.tracked[*i].id != leader)
                 .collect();
             if candidates.is_empty() {
-                if attempt == 0 {
-                    // Whoever is down comes back first, and is a candidate then.
-                    for j in 0..self.tracked.len() {
-                        if self.tracked[j].down_until.is_some() {
-                            self.restart(j);
-                        }
+                // Whoever is down comes back first, and is a candidate then.
+                for j in 0..self.tracked.len() {
+                    if self.tracked[j].down_until.is_some() {
+                        self.restart(j);
                     }
-                    continue;
                 }
-                self.log("remove: no candidate".into());
-                return;
+                continue;
             }
             let leading = candidates
                 .iter()
                 .copied()
                 .find(|i| self.tracked[*i].id == leader);
             let i = match leading {
-                Some(l) => l,
-                None => candidates[thread_rng().gen_range(0..candidates.len())],
+                Some(l) if self.plan.leader_first || thread_rng().gen_bool(0.34) => l,
+                _ => candidates[thread_rng().gen_range(0..candidates.len())],
             };
             return self.remove_member(i, leader).await;
         }
+        self.log("remove: no candidate".into());
+    }
+
+    /// The leader as infra0 sees it, waiting (bounded) for one.
+    async fn known_leader(&mut self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let leader = self.leader().await;
+            if leader != 0 || Instant::now() > deadline {
+                return leader;
+            }
+            self.pause(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Cuts infra0 off for a few election timeouts, so another member takes over (infra0
+    /// itself is never removed).
+    async fn move_leadership_off_infra0(&mut self) {
+        let node = self.cluster.node_id(0);
+        madsim::net::NetSim::current().clog_node(node);
+        self.log("isolated infra0 (the leader) to move the leadership".into());
+        self.pause(Duration::from_millis(thread_rng().gen_range(2500..4000)))
+            .await;
+        madsim::net::NetSim::current().unclog_node(node);
+        self.log("healed infra0".into());
+        self.pause(Duration::from_secs(1)).await;
     }
 
     async fn remove_member(&mut self, i: usize, leader: u64) {
