@@ -527,12 +527,14 @@ impl Harness {
 
     /// Checks the members a membership answer lists against the expected ones (names aside:
     /// a member publishes its name only once it has started).
-    fn check_answer(&self, what: &str, members: &[pb::Member]) {
+    fn check_answer(&self, what: &str, members: &[pb::Member], added: Option<&Tracked>) {
         let strip = |mut m: ListedMember| {
             m.name.clear();
             m
         };
-        let expected: Vec<ListedMember> = self.expected().into_iter().map(strip).collect();
+        let mut expected = self.expected();
+        expected.extend(added.map(Tracked::expected));
+        let expected: Vec<ListedMember> = expected.into_iter().map(strip).collect();
         let got: Vec<ListedMember> = members
             .iter()
             .map(|m| strip(ListedMember::from_pb(m)))
@@ -759,7 +761,7 @@ impl Harness {
             );
         };
         let id = added.id;
-        self.tracked.push(Tracked {
+        let new = Tracked {
             id,
             name: name.clone(),
             peer_url: peer_url.clone(),
@@ -768,8 +770,8 @@ impl Harness {
             learner,
             down_until: None,
             gone: None,
-        });
-        self.check_answer("the member add answer", &members);
+        };
+        self.check_answer("the member add answer", &members, Some(&new));
         self.log(format!(
             "added {} {name} ({id:x}) at {peer_url}",
             if learner { "learner" } else { "voter" }
@@ -820,7 +822,9 @@ impl Harness {
             cfg.snapshot_count = s;
         }
         let member = start_member(&self.cluster.handle, cfg, ip, SimDisk::new());
+        // `tracked` and the cluster's members stay index for index.
         self.cluster.members.push(member);
+        self.tracked.push(new);
         let i = self.cluster.members.len() - 1;
         self.refresh_watch();
 
@@ -854,7 +858,7 @@ impl Harness {
             .await;
             let (_, members) = self.change(Change::Promote(id)).await;
             self.tracked[i].learner = false;
-            self.check_answer("the promote answer", &members);
+            self.check_answer("the promote answer", &members, None);
             self.report.learners_promoted += 1;
             self.log(format!("promoted {name} ({id:x})"));
         } else {
@@ -941,7 +945,7 @@ impl Harness {
         self.refresh_watch();
         let (_, members) = self.change(Change::Remove(id)).await;
         self.tracked[i].listed = false;
-        self.check_answer("the member remove answer", &members);
+        self.check_answer("the member remove answer", &members, None);
         let removed_at = Instant::now();
         let was_leader = id == leader;
         self.log(format!(
@@ -1049,7 +1053,7 @@ impl Harness {
 
         let (_, members) = self.change(Change::Remove(id)).await;
         self.tracked[i].listed = false;
-        self.check_answer("the member remove answer", &members);
+        self.check_answer("the member remove answer", &members, None);
         self.log(format!("removed the wiped {name} ({id:x})"));
         let learner = thread_rng().gen_bool(0.5);
         self.add_member(learner, Some(name)).await;

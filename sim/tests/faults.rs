@@ -163,7 +163,7 @@ async fn swarm() {
 
 #[madsim::test]
 async fn reconfiguration_under_load() {
-    // Every kind of membership change, then two more at random; no faults besides the
+    // Every kind of membership change, then four more at random; no faults besides the
     // replaced member's lost disk.
     let r = run_reconfiguration(ReconfigPlan {
         name: "reconfiguration_under_load",
@@ -173,7 +173,7 @@ async fn reconfiguration_under_load() {
             OpKind::Remove,
             OpKind::Replace,
         ],
-        extra: 2,
+        extra: 4,
         ..ReconfigPlan::default()
     })
     .await;
@@ -202,7 +202,7 @@ async fn reconfiguration_with_crashes() {
             OpKind::Crash,
             OpKind::Crash,
         ],
-        extra: 3,
+        extra: 4,
         extra_kinds: vec![
             OpKind::AddLearner,
             OpKind::AddVoter,
