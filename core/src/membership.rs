@@ -64,6 +64,9 @@ pub enum MemberError {
     Unhealthy,
     #[error("etcdserver: given member URLs are invalid")]
     BadUrls,
+    /// ID 0 is raft's "nobody" (only a forged peer request could carry it).
+    #[error("etcdserver: member ID 0 is not valid")]
+    ZeroId,
     /// raft takes one configuration change at a time (etcd's raft would drop the second one
     /// and its client would wait for its timeout; detcd says so at once).
     #[error("etcdserver: another membership change is in progress, retry when it has applied")]
@@ -81,7 +84,7 @@ impl MemberError {
         const UNAVAILABLE: i32 = 14;
         match self {
             MemberError::NotFound => NOT_FOUND,
-            MemberError::BadUrls => INVALID_ARGUMENT,
+            MemberError::BadUrls | MemberError::ZeroId => INVALID_ARGUMENT,
             MemberError::Unhealthy => UNAVAILABLE,
             MemberError::NotEnoughStarted => UNKNOWN,
             MemberError::IdExists
@@ -99,6 +102,12 @@ pub struct Membership {
     cluster_id: u64,
     members: BTreeMap<u64, MemberRecord>,
     removed: BTreeSet<u64>,
+}
+
+/// Peer URLs as etcd's types.NewURLs takes them (the API normalizes them so; a peer's
+/// forwarded change is checked again here).
+fn valid_urls(urls: &[String]) -> bool {
+    !urls.is_empty() && urls.iter().all(|u| crate::config::Url::parse(u).is_ok())
 }
 
 /// `started` members are a quorum of `voters` (etcd writes `nstarted >= nmembers/2+1`).
@@ -248,6 +257,9 @@ impl Membership {
     /// applies. `max_learners` is etcd 3.6's `--max-learners`.
     pub fn validate(&self, change: &MemberChange, max_learners: usize) -> Result<(), MemberError> {
         let id = change.member_id();
+        if id == 0 {
+            return Err(MemberError::ZeroId);
+        }
         if self.is_removed(id) {
             return Err(MemberError::NotFound);
         }
@@ -256,7 +268,7 @@ impl Membership {
                 if self.contains(id) {
                     return Err(MemberError::IdExists);
                 }
-                if m.peer_urls.is_empty() {
+                if !valid_urls(&m.peer_urls) {
                     return Err(MemberError::BadUrls);
                 }
                 let urls = sorted(&m.peer_urls);
@@ -290,7 +302,7 @@ impl Membership {
                 if !self.contains(id) {
                     return Err(MemberError::NotFound);
                 }
-                if u.peer_urls.is_empty() {
+                if !valid_urls(&u.peer_urls) {
                     return Err(MemberError::BadUrls);
                 }
                 if self

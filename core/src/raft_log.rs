@@ -202,6 +202,16 @@ impl RaftLog {
             }
             (base_index, base_term) = (index, term);
         }
+        // A data dir from before members could be added starts its log at index 0, its
+        // initial configuration in no entry: a member added later would be sent entries from
+        // index 1, which cannot tell it the voters (it would count itself alone). Entry 1 is
+        // applied, so the log starts after it, as a new cluster's does: the new member is
+        // sent a snapshot, which carries the configuration.
+        if base_index == 0 && applied >= 1 && !entries.is_empty() {
+            base_term = entries[0].term;
+            base_index = 1;
+            entries.remove(0);
+        }
         let last = base_index + entries.len() as u64;
         if applied > last {
             return Err(LogError::Corrupt(format!(
@@ -780,6 +790,31 @@ mod tests {
         assert!(!log.take_snapshot_wanted());
         log.set_snapshot(snapshot_at(0, 0));
         assert!(log.snapshot(0, 2).is_ok());
+    }
+
+    /// Regression (review of runtime reconfiguration): a data dir from before members could
+    /// be added starts at index 0; its log now starts after the applied entry 1, so a member
+    /// added later is sent a snapshot, never entries that cannot tell it the voters.
+    #[test]
+    fn a_log_from_index_zero_starts_after_its_first_applied_entry() {
+        let (db, file, mut log) = bootstrapped(&[1, 2, 3]);
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 2)])
+            .unwrap();
+        sync(&mut log, &file);
+        set_applied(&db, 2);
+        let again = RaftLog::load(&db, &mut file.clone()).unwrap();
+        assert_eq!(again.compacted_index(), 1);
+        assert_eq!(again.first_index().unwrap(), 2);
+        assert_eq!(again.last_index().unwrap(), 3);
+        assert_eq!(again.term(1).unwrap(), 1);
+        // Nothing applied yet: nothing is dropped.
+        set_applied(&db, 0);
+        assert_eq!(
+            RaftLog::load(&db, &mut file.clone())
+                .unwrap()
+                .compacted_index(),
+            0
+        );
     }
 
     fn conf_change_entry(index: u64, ty: raft::prelude::ConfChangeType, node: u64) -> Entry {

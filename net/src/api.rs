@@ -35,6 +35,8 @@ pub struct Api {
     pub db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// How to dial the leader's peer URLs (membership changes asked of a follower).
     pub peer_tls: PeerDialTls,
+    /// `--strict-reconfig-check`, passed with every membership change this member asks for.
+    pub strict_reconfig_check: bool,
 }
 
 impl Api {
@@ -274,12 +276,32 @@ fn to_pb_member(m: &detcd_core::proto::detcdpb::MemberRecord) -> pb::Member {
 /// The pause before a membership change is forwarded again to a leader that did not answer.
 const FORWARD_RETRY: Duration = Duration::from_millis(200);
 
-/// A forwarded membership change's answers that mean "ask the new leader".
-const LEADER_MOVED: [&str; 3] = [
-    "etcdserver: not leader",
-    "etcdserver: no leader",
-    "etcdserver: leader changed",
-];
+/// Whether a membership change's answer means "ask again": leadership is moving, or raft
+/// is applying another change (etcd's client would time out there; detcd waits for it).
+fn retry_member_change(error: &str) -> bool {
+    [
+        "etcdserver: not leader",
+        "etcdserver: no leader",
+        "etcdserver: leader changed",
+        "etcdserver: request timed out",
+        "etcdserver: another membership change is in progress, retry when it has applied",
+    ]
+    .contains(&error)
+}
+
+/// Whether the member list already shows `change` (it applied in an earlier attempt).
+fn change_in_effect(members: &detcd_core::membership::Membership, change: &MemberChange) -> bool {
+    match change {
+        MemberChange::Add(m) => members
+            .get(m.id)
+            .is_some_and(|have| have.peer_urls == m.peer_urls && have.is_learner == m.is_learner),
+        MemberChange::Remove(id) => members.is_removed(*id),
+        MemberChange::Promote(id) => members.get(*id).is_some_and(|m| !m.is_learner),
+        MemberChange::Update(u) => members
+            .get(u.member_id)
+            .is_some_and(|m| m.peer_urls == u.peer_urls),
+    }
+}
 
 /// Peer URLs as etcd's types.NewURLs takes them (`etcdserver: given member URLs are
 /// invalid` otherwise), as normalized strings in sorted order.
@@ -315,14 +337,38 @@ impl Api {
         self.refuse_learner()?;
         let self_removal = MemberChange::Remove(self.shared().member_id);
         let deadline = tokio::time::Instant::now() + self.request_timeout;
+        // Set once an attempt may have applied without this member hearing so (a forward
+        // that failed in flight, a leader change): a later refusal may be that attempt's
+        // own effect ("already exist" for an add that did apply).
+        let mut maybe_applied = false;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let leader = match self.node.member_changes.change(change.clone(), left).await {
+            if left.is_zero() {
+                // etcd's answer for an outcome nobody knows.
+                return Err(ApiError::Timeout.into());
+            }
+            let local = self
+                .node
+                .member_changes
+                .change(change.clone(), self.strict_reconfig_check, left)
+                .await;
+            let leader = match local {
                 Ok(_) => return Ok(()),
                 Err(ApiError::NotLeader(leader)) => leader,
+                Err(e) if retry_member_change(&e.to_string()) => {
+                    maybe_applied |= !matches!(e, ApiError::Refused(_));
+                    tokio::time::sleep(FORWARD_RETRY.min(left)).await;
+                    continue;
+                }
+                Err(ApiError::Refused(r)) if maybe_applied => {
+                    return self
+                        .in_effect_or(&change, left, ApiError::Refused(r).into())
+                        .await;
+                }
                 Err(e) => return Err(e.into()),
             };
-            match self.forward_member_change(leader, &change, left).await {
+            let forwarded = self.forward_member_change(leader, &change, left).await;
+            match forwarded {
                 // This member was removed: it has stopped taking part in raft, so it cannot
                 // wait for a read index (the member list it answers leaves it out).
                 Ok(resp) if resp.error.is_empty() && change == self_removal => return Ok(()),
@@ -330,28 +376,42 @@ impl Api {
                     self.node.read_barrier(left).await?;
                     return Ok(());
                 }
-                // Leadership moved on (or is being handed over) meanwhile: ask again.
-                Ok(resp)
-                    if LEADER_MOVED.contains(&resp.error.as_str())
-                        && tokio::time::Instant::now() + FORWARD_RETRY < deadline =>
-                {
-                    tokio::time::sleep(FORWARD_RETRY).await;
+                // Leadership moved on (or is being handed over), or another change is being
+                // applied: ask again.
+                Ok(resp) if retry_member_change(&resp.error) => {
+                    maybe_applied |= resp.error != MemberError::ChangeInProgress.to_string();
+                    tokio::time::sleep(FORWARD_RETRY.min(left)).await;
                 }
                 Ok(resp) => {
-                    return Err(Status::new(tonic::Code::from(resp.grpc_code), resp.error));
-                }
-                Err(e) if tokio::time::Instant::now() + FORWARD_RETRY >= deadline => {
-                    return Err(Status::unavailable(format!(
-                        "forwarding the membership change to the leader {}: {e}",
-                        format_id(leader)
-                    )));
+                    let refused = Status::new(tonic::Code::from(resp.grpc_code), resp.error);
+                    if maybe_applied {
+                        return self.in_effect_or(&change, left, refused).await;
+                    }
+                    return Err(refused);
                 }
                 Err(e) => {
-                    tracing::debug!(leader = %format_id(leader), "forwarding a membership change: {e}; retrying");
-                    tokio::time::sleep(FORWARD_RETRY).await;
+                    tracing::info!(leader = %format_id(leader), "forwarding a membership change failed: {e}; retrying");
+                    maybe_applied = true;
+                    tokio::time::sleep(FORWARD_RETRY.min(left)).await;
                 }
             }
         }
+    }
+
+    /// After an attempt whose outcome was unknown, a refusal may be that attempt's own
+    /// effect: if the member list (read linearizably) shows the change, it succeeded.
+    async fn in_effect_or(
+        &self,
+        change: &MemberChange,
+        left: Duration,
+        refused: Status,
+    ) -> Result<(), Status> {
+        self.node.read_barrier(left).await?;
+        let done = change_in_effect(&self.shared().members.read().unwrap(), change);
+        if done {
+            return Ok(());
+        }
+        Err(refused)
     }
 
     async fn forward_member_change(
@@ -371,6 +431,7 @@ impl Api {
         let req = MemberChangeRequest {
             cluster_id: self.shared().cluster_id,
             from: self.shared().member_id,
+            strict: self.strict_reconfig_check,
             change: Some(match change.clone() {
                 MemberChange::Add(m) => member_change_request::Change::Add(m),
                 MemberChange::Remove(id) => member_change_request::Change::Remove(id),

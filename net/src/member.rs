@@ -257,7 +257,22 @@ pub async fn run_member_with(
             let local = members.iter().find(|m| m.name == local_name).map(|m| m.id);
             let urls = other_peer_urls(&members, local.unwrap_or(0));
             let remotes = fetch_remote_clusters(&urls, &peer_tls).await;
-            let remote = remotes.first().ok_or(BootstrapError::NoRemoteCluster)?;
+            // The answer of a member that already lists this one (a peer lagging behind the
+            // `member add` would not), else the first in URL order, as etcd takes it.
+            let mine: Vec<String> = cfg
+                .initial_advertise_peer_urls
+                .iter()
+                .map(|u| u.to_string())
+                .collect();
+            let remote = remotes
+                .iter()
+                .find(|r| {
+                    r.members
+                        .iter()
+                        .any(|m| m.peer_urls.iter().any(|u| mine.contains(u)))
+                })
+                .or(remotes.first())
+                .ok_or(BootstrapError::NoRemoteCluster)?;
             let plan = bootstrap::plan_join(&local_name, &members, remote)?;
             let log = detcd_core::state::initialize_member(
                 &db,
@@ -336,6 +351,7 @@ pub async fn run_member_with(
         request_timeout,
         db_size,
         peer_tls: peer_tls.clone(),
+        strict_reconfig_check: cfg.strict_reconfig_check,
     };
     // A server that stops (its listener failed) stops the member.
     let (server_err_tx, mut server_err) = mpsc::channel::<MemberError>(4);

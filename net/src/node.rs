@@ -120,8 +120,9 @@ struct Proposal {
     respond: oneshot::Sender<ApplyResult>,
 }
 
-/// A membership change for the driver, and who waits for its result.
-type MemberChangeJob = (MemberChange, oneshot::Sender<ApplyResult>);
+/// A membership change for the driver, the asked member's `--strict-reconfig-check`, and who
+/// waits for its result.
+type MemberChangeJob = (MemberChange, bool, oneshot::Sender<ApplyResult>);
 
 /// Membership changes queued to the driver (few: clients, and followers forwarding theirs).
 pub const MEMBER_CHANGE_QUEUE: usize = 64;
@@ -134,10 +135,15 @@ impl MemberChanges {
     /// Hands `change` to this member's server and waits until it has applied here. Returns
     /// the raft index it applied at; [`ApiError::NotLeader`] when this member is not the
     /// leader (the caller forwards it there).
-    pub async fn change(&self, change: MemberChange, timeout: Duration) -> Result<u64, ApiError> {
+    pub async fn change(
+        &self,
+        change: MemberChange,
+        strict: bool,
+        timeout: Duration,
+    ) -> Result<u64, ApiError> {
         let (tx, rx) = oneshot::channel();
         self.0
-            .send((change, tx))
+            .send((change, strict, tx))
             .await
             .map_err(|_| ApiError::Stopped)?;
         match tokio::time::timeout(timeout, rx).await {
@@ -431,7 +437,10 @@ impl Node {
                     PeerEvent::Unreachable(id) => self.server.handle_unreachable(id),
                     PeerEvent::Snapshot(id, ok) => self.server.handle_snapshot_status(id, ok),
                     PeerEvent::SnapshotFileUnusable(index) => self.server.handle_snapshot_unusable(index),
-                    PeerEvent::Active(id, active) => self.server.handle_peer_active(id, active),
+                    // A sender replaced meanwhile (new URLs) reports for a peer it no longer serves.
+                    PeerEvent::Active(id, sender, active) => if self.transport.is_current(id, sender) {
+                        self.server.handle_peer_active(id, active)
+                    },
                     PeerEvent::Removed => return Err(NodeError::Removed),
                     PeerEvent::Fatal(msg) => return Err(NodeError::Fatal(msg)),
                 },
@@ -461,8 +470,8 @@ impl Node {
                     let ids = timed("handling proposals", || self.server.handle_proposals(requests))?;
                     self.waiting_writes.extend(ids.into_iter().zip(responders));
                 }
-                Some((change, respond)) = self.member_changes.recv() => {
-                    let id = self.server.handle_member_change(change)?;
+                Some((change, strict, respond)) = self.member_changes.recv() => {
+                    let id = self.server.handle_member_change(change, strict)?;
                     self.waiting_writes.insert(id, respond);
                 }
                 Some(r) = self.reads.recv() => {

@@ -168,8 +168,9 @@ pub enum PeerEvent {
     /// The snapshot file of this index could not be read, or the peer found it damaged: raft
     /// must not offer that snapshot again.
     SnapshotFileUnusable(u64),
-    /// The stream to the peer came up (true) or broke (false).
-    Active(u64, bool),
+    /// The stream to the peer came up (true) or broke (false), as seen by the sender task
+    /// with this number ([`Transport::is_current`]).
+    Active(u64, u64, bool),
     /// A peer answered that this member was removed from the cluster: it must stop.
     Removed,
     Fatal(String),
@@ -182,6 +183,7 @@ pub const REMOVED_MEMBER: &str = "the member has been permanently removed from t
 /// member list ([`Transport::set_peers`]).
 pub struct Transport {
     peers: Mutex<BTreeMap<u64, PeerQueue>>,
+    next_sender: std::sync::atomic::AtomicU64,
     events: mpsc::UnboundedSender<PeerEvent>,
     /// What a new peer's sender task needs (None in unit tests, which start no tasks).
     spawn: Option<PeerSpawn>,
@@ -191,6 +193,8 @@ pub struct Transport {
 struct PeerQueue {
     urls: Vec<String>,
     queue: mpsc::Sender<Message>,
+    /// The number of the sender task serving it (each new one gets the next).
+    sender: u64,
 }
 
 #[derive(Clone)]
@@ -216,6 +220,7 @@ impl Transport {
     ) -> Transport {
         let t = Transport {
             peers: Mutex::new(BTreeMap::new()),
+            next_sender: std::sync::atomic::AtomicU64::new(1),
             events,
             spawn: Some(PeerSpawn {
                 member_id,
@@ -241,14 +246,17 @@ impl Transport {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let number = self.next_sender.fetch_add(1, Ordering::Relaxed);
             map.insert(
                 *id,
                 PeerQueue {
                     urls: urls.clone(),
                     queue: tx,
+                    sender: number,
                 },
             );
             let sender = PeerSender {
+                number,
                 member_id: spawn.member_id,
                 cluster_id: spawn.cluster_id,
                 peer_id: *id,
@@ -263,6 +271,15 @@ impl Transport {
             };
             tokio::spawn(sender.run());
         }
+    }
+
+    /// Whether sender task `sender` still serves peer `id` (its reports are current).
+    pub fn is_current(&self, id: u64, sender: u64) -> bool {
+        self.peers
+            .lock()
+            .unwrap()
+            .get(&id)
+            .is_some_and(|q| q.sender == sender)
     }
 
     /// Queues messages for their peers. A full queue means the peer is slow or gone: raft
@@ -289,6 +306,8 @@ impl Transport {
 }
 
 struct PeerSender {
+    /// This task's number (see [`PeerEvent::Active`]).
+    number: u64,
     member_id: u64,
     cluster_id: u64,
     peer_id: u64,
@@ -312,6 +331,14 @@ enum Connect {
 
 impl PeerSender {
     async fn run(mut self) {
+        self.serve().await;
+        // A snapshot still streaming to a peer that left the member list is abandoned.
+        if let Some(send) = self.snapshot_send.take() {
+            send.abort();
+        }
+    }
+
+    async fn serve(&mut self) {
         let mut backoff = RETRY_MIN;
         let mut url_index = 0usize;
         loop {
@@ -349,7 +376,9 @@ impl PeerSender {
     fn set_active(&mut self, active: bool) {
         if self.active != active {
             self.active = active;
-            let _ = self.events.send(PeerEvent::Active(self.peer_id, active));
+            let _ = self
+                .events
+                .send(PeerEvent::Active(self.peer_id, self.number, active));
         }
     }
 
@@ -678,7 +707,7 @@ impl Peer for PeerService {
         };
         let res = self
             .member_changes
-            .change(change, self.request_timeout)
+            .change(change, req.strict, self.request_timeout)
             .await;
         let mut resp = MemberChangeResponse::default();
         match res {
@@ -925,8 +954,10 @@ mod tests {
                 PeerQueue {
                     urls: vec![],
                     queue,
+                    sender: 1,
                 },
             )])),
+            next_sender: std::sync::atomic::AtomicU64::new(2),
             events,
             spawn: None,
         };

@@ -324,6 +324,9 @@ pub struct Server<V: StateViews> {
     /// The tick since which the transport has been connected to each peer (absent: not
     /// connected), for `--strict-reconfig-check`'s health rule.
     peer_active_since: BTreeMap<u64, u64>,
+    /// A member that joined a running cluster and has not installed the leader's snapshot
+    /// yet: it knows no raft configuration, so it must not apply entries.
+    awaiting_first_snapshot: bool,
     status: Status,
     /// xorshift64 state for election timeouts; the timeout last set, and the (term, role,
     /// leader) it was set for.
@@ -362,6 +365,9 @@ impl<V: StateViews> Server<V> {
         raft_cfg
             .validate()
             .map_err(|e| Fatal::new("raft configuration", e))?;
+        let cs = log.conf_state();
+        let awaiting_first_snapshot =
+            log.compacted_index() == 0 && cs.voters.is_empty() && cs.learners.is_empty();
         let raw =
             RawNode::new(&raft_cfg, log, logger).map_err(|e| Fatal::new("starting raft", e))?;
         let ids = IdGen::new(cfg.id, cfg.start_unix_ms);
@@ -398,9 +404,12 @@ impl<V: StateViews> Server<V> {
             attributes_published: false,
             ticks_since_publish: 0,
             peer_active_since: BTreeMap::new(),
+            awaiting_first_snapshot: false,
             status,
         };
+        server.awaiting_first_snapshot = awaiting_first_snapshot;
         server.pin_election_timeout();
+        server.update_status();
         Ok(server)
     }
 
@@ -522,7 +531,14 @@ impl<V: StateViews> Server<V> {
     /// here, or why not. Only the leader takes changes, since only it knows the peers'
     /// health and a learner's progress: elsewhere the answer is
     /// [`RequestError::NotLeader`], and the executor forwards the change to the leader.
-    pub fn handle_member_change(&mut self, change: MemberChange) -> Result<u64, Fatal> {
+    ///
+    /// `strict` is `--strict-reconfig-check` of the member the client asked (etcd runs its
+    /// may* checks with that member's flag); the checks themselves use what the leader knows.
+    pub fn handle_member_change(
+        &mut self,
+        change: MemberChange,
+        strict: bool,
+    ) -> Result<u64, Fatal> {
         let id = self.ids.next_id();
         if self.status.removed {
             self.outputs.push_back(Output::Response {
@@ -531,25 +547,28 @@ impl<V: StateViews> Server<V> {
             });
             return Ok(id);
         }
-        if change == MemberChange::Remove(self.cfg.id) && self.status.is_leader {
+        let checked = self.check_member_change(&change, strict);
+        if checked.is_ok() && change == MemberChange::Remove(self.cfg.id) {
             // raft-rs cannot run a leader that removed itself (its progress is gone, and
-            // the next append answer panics in maybe_commit): hand leadership over first;
-            // the executor then forwards the removal to the new leader.
-            if let Some(to) = self.transfer_target() {
-                tracing::info!(
-                    "transferring leadership to {} before removing this member",
-                    crate::ids::format_id(to)
-                );
-                self.raw.transfer_leader(to);
-                self.outputs.push_back(Output::Response {
-                    id,
-                    result: Err(RequestError::NotLeader(to)),
-                });
-                self.drive()?;
-                return Ok(id);
-            }
+            // the next append answer panics in maybe_commit): once the removal passed the
+            // checks, hand leadership to a healthy, caught-up voter; the executor then
+            // forwards the removal to it.
+            let result = match self.transfer_target() {
+                Some(to) => {
+                    tracing::info!(
+                        "transferring leadership to {} before removing this member",
+                        crate::ids::format_id(to)
+                    );
+                    self.raw.transfer_leader(to);
+                    Err(RequestError::NotLeader(to))
+                }
+                None => Err(RequestError::Refused(MemberError::Unhealthy.into())),
+            };
+            self.outputs.push_back(Output::Response { id, result });
+            self.drive()?;
+            return Ok(id);
         }
-        match self.check_member_change(&change) {
+        match checked {
             Err(e) => self
                 .outputs
                 .push_back(Output::Response { id, result: Err(e) }),
@@ -589,7 +608,7 @@ impl<V: StateViews> Server<V> {
 
     /// etcd's checks before proposing a membership change (etcdserver/server.go: AddMember,
     /// RemoveMember, PromoteMember with mayAddMember, mayRemoveMember, mayPromoteMember).
-    fn check_member_change(&self, change: &MemberChange) -> Result<(), RequestError> {
+    fn check_member_change(&self, change: &MemberChange, strict: bool) -> Result<(), RequestError> {
         let leader = self.raw.raft.leader_id;
         if leader == 0 {
             return Err(RequestError::NoLeader);
@@ -605,7 +624,6 @@ impl<V: StateViews> Server<V> {
         if !matches!(change, MemberChange::Update(_)) && self.raw.raft.has_pending_conf() {
             return Err(refused(MemberError::ChangeInProgress));
         }
-        let strict = self.cfg.strict_reconfig_check;
         match change {
             MemberChange::Add(m) => {
                 if strict && !m.is_learner && !members.ready_to_add_voter() {
@@ -628,7 +646,7 @@ impl<V: StateViews> Server<V> {
                         .voters()
                         .filter(|m| m.id == self.cfg.id || self.healthy_peer(m.id))
                         .count();
-                    if !down && active.saturating_sub(1) < 1 + (voters - 1) / 2 {
+                    if !down && active.saturating_sub(1) < 1 + voters.saturating_sub(1) / 2 {
                         return Err(refused(MemberError::Unhealthy));
                     }
                 }
@@ -656,7 +674,10 @@ impl<V: StateViews> Server<V> {
             .members(|m| m.members().filter(|m| m.is_learner).map(|m| m.id).collect());
         for id in learners {
             let change = MemberChange::Promote(id);
-            if self.check_member_change(&change).is_err() {
+            if self
+                .check_member_change(&change, self.cfg.strict_reconfig_check)
+                .is_err()
+            {
                 continue;
             }
             let (mut cc, context) = conf_change_for(self.ids.next_id(), &change);
@@ -671,16 +692,18 @@ impl<V: StateViews> Server<V> {
         }
     }
 
-    /// The voter (not this member) whose log matches the leader's most, to hand leadership to.
+    /// A voter to hand leadership to: connected for the health interval, its log the most
+    /// caught up of those (raft-rs drops proposals while a transfer is pending, so a dead
+    /// target would stall writes until the transfer times out).
     fn transfer_target(&self) -> Option<u64> {
         let prs = self.raw.raft.prs();
         let voters = prs.conf().voters().ids();
         voters
             .iter()
-            .filter(|id| *id != self.cfg.id)
-            .filter_map(|id| prs.get(id).map(|p| (p.matched, id)))
+            .filter(|id| *id != self.cfg.id && self.healthy_peer(*id))
+            .filter_map(|id| prs.get(id).map(|p| (p.matched, std::cmp::Reverse(id), id)))
             .max()
-            .map(|(_, id)| id)
+            .map(|(_, _, id)| id)
     }
 
     /// Connected to the peer for the whole health interval (etcd's transport.ActiveSince).
@@ -767,6 +790,9 @@ impl<V: StateViews> Server<V> {
     /// The [`Output::Commit`] for `applied` is durable.
     pub fn handle_committed(&mut self, applied: u64) -> Result<(), Fatal> {
         self.state.committed(applied);
+        if self.status.removed {
+            return self.request_commit(); // whatever applied after the one in flight
+        }
         if self.state.durable_applied() == self.state.applied() {
             self.snapshot_and_compact()?;
         }
@@ -859,6 +885,7 @@ impl<V: StateViews> Server<V> {
         let image = log.file_image();
         self.outputs.push_back(Output::ReplaceLog { image });
         self.last_compaction_index = index;
+        self.awaiting_first_snapshot = false;
         self.status.snapshots_installed += 1;
         tracing::info!(index, "installed snapshot from leader");
         self.membership_changed();
@@ -1127,6 +1154,16 @@ impl<V: StateViews> Server<V> {
         if entries.is_empty() {
             return Ok(());
         }
+        if self.awaiting_first_snapshot {
+            // Applying them would judge each configuration change against a member list
+            // from later, and could leave raft counting this member as the only voter.
+            return Err(Fatal(format!(
+                "this member joined a running cluster, and the leader sent it log entries from \
+                 index {} instead of a snapshot: they cannot tell it the cluster's \
+                 configuration. Stopping before applying them",
+                entries[0].index
+            )));
+        }
         self.to_apply.push_back(entries);
         self.apply_queued()
     }
@@ -1139,6 +1176,11 @@ impl<V: StateViews> Server<V> {
             };
             for e in &entries {
                 self.apply_entry(e)?;
+            }
+            if self.status.removed {
+                // Make the removal durable now (raft is not driven any more, and no tick
+                // will ask): restarted, this member then refuses to start.
+                return self.request_commit();
             }
             self.raw.advance_apply_to(self.state.applied());
             if self.state.uncommitted_rows() >= self.cfg.max_uncommitted_rows {
@@ -1210,10 +1252,12 @@ impl<V: StateViews> Server<V> {
         change: MemberChange,
         cc: Option<&ConfChange>,
     ) -> Result<(), Fatal> {
+        // Only replicated state may decide here, or members would disagree: the learner limit
+        // (a flag) was checked when the change was proposed.
         let verdict = self
             .state
             .views()
-            .members(|m| m.validate(&change, self.cfg.max_learners));
+            .members(|m| m.validate(&change, usize::MAX));
         let result = match verdict {
             Err(e) => {
                 tracing::warn!(index, "membership change refused at apply: {change}: {e}");
@@ -1333,7 +1377,12 @@ impl<V: StateViews> Server<V> {
     }
 
     fn update_status(&mut self) {
-        self.status.is_learner = self.raw.raft.prs().conf().learners().contains(&self.cfg.id);
+        // From the member table, which a joining member has before raft's configuration
+        // reaches it with the leader's snapshot.
+        self.status.is_learner = self
+            .state
+            .views()
+            .members(|m| m.get(self.cfg.id).is_some_and(|m| m.is_learner));
         self.status.term = self.raw.raft.term;
         self.status.vote = self.raw.raft.vote;
         self.status.commit = self.raw.raft.raft_log.committed;

@@ -159,7 +159,7 @@ fn change(
     file: &mut MemFile,
     c: MemberChange,
 ) -> (Result<Applied, RequestError>, Vec<Output>) {
-    let id = s.handle_member_change(c).unwrap();
+    let id = s.handle_member_change(c, true).unwrap();
     let mut outs = run_outputs(s, file);
     let at = outs
         .iter()
@@ -392,4 +392,80 @@ fn snapshots_are_built_once_at_a_time_and_retried_after_a_pause() {
         "the built snapshot was not sent"
     );
     assert!(builds.is_empty(), "built again although one was ready");
+}
+
+/// Defense in depth (review of runtime reconfiguration): a member that joined and knows no
+/// raft configuration yet refuses to apply entries a leader sends instead of a snapshot.
+#[test]
+fn a_joining_member_refuses_entries_before_its_first_snapshot() {
+    use crate::proto::detcdpb::MemberRecord;
+    use crate::state::{initialize_member, NewMember};
+    let db = redb::Builder::new()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .unwrap();
+    let mut file = MemFile::default();
+    let members = vec![
+        MemberRecord {
+            id: 1,
+            peer_urls: vec!["http://a:2380".into()],
+            ..Default::default()
+        },
+        MemberRecord {
+            id: 2,
+            peer_urls: vec!["http://b:2380".into()],
+            is_learner: true,
+            ..Default::default()
+        },
+    ];
+    let log = initialize_member(
+        &db,
+        &mut file,
+        7,
+        2,
+        members,
+        NewMember::Joining { removed: vec![] },
+    )
+    .unwrap();
+    let views = Owned::new(load_views(&db).unwrap());
+    let state = KvState::new(Arc::new(db), views, 0);
+    let cfg = ServerConfig::new(2, 10, MemberAttributes::default());
+    let logger = crate::raft_logger::raft_logger();
+    let mut s = Server::new(cfg, log, state, false, &logger).unwrap();
+    assert!(
+        s.status().is_learner,
+        "a joining learner says so before its snapshot"
+    );
+    // Leader 1 sends entries 1..2 (with commit 2) from index 0, as a leader whose log starts
+    // at 0 would.
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgAppend);
+    m.from = 1;
+    m.to = 2;
+    m.term = 1;
+    m.index = 0;
+    m.log_term = 0;
+    m.commit = 2;
+    let mut e1 = Entry::default();
+    e1.index = 1;
+    e1.term = 1;
+    let mut e2 = e1.clone();
+    e2.index = 2;
+    m.set_entries(vec![e1, e2].into());
+    s.handle_messages(vec![m]).unwrap();
+    let mut stopped = None;
+    for _ in 0..10 {
+        let Some(out) = s.poll_output() else { break };
+        if let Output::AppendLog {
+            number, records, ..
+        } = out
+        {
+            file.append(&records).unwrap();
+            if let Err(e) = s.handle_persisted(number) {
+                stopped = Some(e);
+                break;
+            }
+        }
+    }
+    let e = stopped.expect("the member applied entries it cannot trust");
+    assert!(e.0.contains("instead of a snapshot"), "{e}");
 }
