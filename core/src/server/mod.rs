@@ -409,7 +409,9 @@ impl<V: StateViews> Server<V> {
         };
         server.awaiting_first_snapshot = awaiting_first_snapshot;
         server.pin_election_timeout();
-        server.update_status();
+        // A joining learner refuses what learners refuse from the start (the rest of the
+        // status comes with the first Ready).
+        server.status.is_learner = server.is_learner();
         Ok(server)
     }
 
@@ -1376,13 +1378,16 @@ impl<V: StateViews> Server<V> {
         Ok(())
     }
 
-    fn update_status(&mut self) {
-        // From the member table, which a joining member has before raft's configuration
-        // reaches it with the leader's snapshot.
-        self.status.is_learner = self
-            .state
+    /// From the member table, which a joining member has before raft's configuration reaches
+    /// it with the leader's snapshot.
+    fn is_learner(&self) -> bool {
+        self.state
             .views()
-            .members(|m| m.get(self.cfg.id).is_some_and(|m| m.is_learner));
+            .members(|m| m.get(self.cfg.id).is_some_and(|m| m.is_learner))
+    }
+
+    fn update_status(&mut self) {
+        self.status.is_learner = self.is_learner();
         self.status.term = self.raw.raft.term;
         self.status.vote = self.raw.raft.vote;
         self.status.commit = self.raw.raft.raft_log.committed;
