@@ -69,6 +69,9 @@ pub enum OpKind {
     /// Crash a member other than infra0; it comes back 0.5-4 s later, while the next
     /// operations run.
     Crash,
+    /// Cut a running member other than infra0 off the network (both ways) for 0.5-4 s,
+    /// while the next operations run: the leader itself, half of the time it can be.
+    Isolate,
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +134,9 @@ pub struct ReconfigReport {
     /// Wiped members removed and added back as new members.
     pub replaced: usize,
     pub crashes: usize,
+    /// Members cut off the network for a while, and how many of them were leading.
+    pub isolations: usize,
+    pub leaders_isolated: usize,
     /// Membership calls retried after a busy answer or an unknown outcome.
     pub retries: usize,
     /// Voters at the end.
@@ -240,6 +246,8 @@ struct Harness {
     replaces_left: usize,
     report: ReconfigReport,
     start: Instant,
+    /// A member is cut off the network until then (one at a time).
+    isolated_until: Option<Instant>,
 }
 
 /// Runs `plan`: the guide's cluster under clients, the membership operations, healing, and
@@ -324,10 +332,12 @@ pub async fn run_reconfiguration(plan: ReconfigPlan) -> ReconfigReport {
         replaces_left,
         report: ReconfigReport::default(),
         start,
+        isolated_until: None,
     };
     h.operations().await;
 
-    // Heal: every crashed member back; then the cluster must serve again.
+    // Heal: the network whole, every crashed member back; then the cluster must serve again.
+    h.heal();
     for i in 0..h.tracked.len() {
         if h.tracked[i].down_until.is_some() {
             h.restart(i);
@@ -473,9 +483,13 @@ impl Harness {
         self.refresh_watch();
     }
 
-    /// Restarts crashed members whose time has come; fails if a running member stopped.
+    /// Restarts crashed members and heals an isolation whose time has come; fails if a
+    /// running member stopped.
     fn tick(&mut self) {
         let now = Instant::now();
+        if self.isolated_until.is_some_and(|t| t <= now) {
+            self.heal();
+        }
         for i in 0..self.tracked.len() {
             if self.tracked[i].down_until.is_some_and(|t| t <= now) {
                 self.restart(i);
@@ -735,6 +749,7 @@ impl Harness {
                 OpKind::Remove => self.remove().await,
                 OpKind::Replace => self.replace().await,
                 OpKind::Crash => self.crash().await,
+                OpKind::Isolate => self.isolate().await,
             }
         }
     }
@@ -988,7 +1003,10 @@ impl Harness {
     /// Then it is removed and added back as a new member on a fresh host and disk.
     async fn replace(&mut self) {
         // The cluster first gets back whoever is down (a wiped voter and a crashed one at once
-        // would leave three voters without a quorum).
+        // would leave three voters without a quorum), and the network whole: a wiped member
+        // learns it must not start from its peers, and one that reaches none cannot tell (as
+        // in etcd; README, "Runtime reconfiguration").
+        self.heal();
         for j in 0..self.tracked.len() {
             if self.tracked[j].down_until.is_some() {
                 self.restart(j);
@@ -1058,6 +1076,50 @@ impl Harness {
         let learner = thread_rng().gen_bool(0.5);
         self.add_member(learner, Some(name)).await;
         self.report.replaced += 1;
+    }
+
+    /// Cuts a running member other than infra0 off the network for 0.5-4 s (one at a time):
+    /// the leader half of the time it is not infra0, so elections and membership changes
+    /// meet a leader that vanished without crashing.
+    async fn isolate(&mut self) {
+        self.heal();
+        let leader = self.leader().await;
+        let candidates: Vec<usize> = (1..self.tracked.len())
+            .filter(|i| self.tracked[*i].running() && self.tracked[*i].listed)
+            .collect();
+        if candidates.is_empty() {
+            self.log("isolate: no candidate".into());
+            return;
+        }
+        let leading = candidates
+            .iter()
+            .copied()
+            .find(|i| self.tracked[*i].id == leader);
+        let i = match leading {
+            Some(l) if thread_rng().gen_bool(0.5) => l,
+            _ => candidates[thread_rng().gen_range(0..candidates.len())],
+        };
+        self.cluster.isolate(i);
+        let down = Duration::from_millis(thread_rng().gen_range(500..4000));
+        self.isolated_until = Some(Instant::now() + down);
+        let name = self.tracked[i].name.clone();
+        let was_leader = self.tracked[i].id == leader;
+        self.log(format!(
+            "isolated {name}{} for {down:?}",
+            if was_leader { " (the leader)" } else { "" }
+        ));
+        self.report.isolations += 1;
+        if was_leader {
+            self.report.leaders_isolated += 1;
+        }
+    }
+
+    /// Ends an isolation (every link back).
+    fn heal(&mut self) {
+        if self.isolated_until.take().is_some() {
+            self.cluster.heal_all();
+            self.log("healed the network".into());
+        }
     }
 
     /// Crashes a running voter other than infra0 (power loss); it comes back 0.5-4 s later,

@@ -191,7 +191,8 @@ async fn reconfiguration_under_load() {
 
 #[madsim::test]
 async fn reconfiguration_with_crashes() {
-    // Members crash (power loss) and stay down while the next membership changes run.
+    // Members crash (power loss) and stay down, or are cut off the network (the leader
+    // among them), while the next membership changes run.
     let r = run_reconfiguration(ReconfigPlan {
         name: "reconfiguration_with_crashes",
         required: vec![
@@ -201,6 +202,8 @@ async fn reconfiguration_with_crashes() {
             OpKind::Replace,
             OpKind::Crash,
             OpKind::Crash,
+            OpKind::Isolate,
+            OpKind::Isolate,
         ],
         extra: 4,
         extra_kinds: vec![
@@ -208,6 +211,7 @@ async fn reconfiguration_with_crashes() {
             OpKind::AddVoter,
             OpKind::Remove,
             OpKind::Crash,
+            OpKind::Isolate,
         ],
         // Compaction and snapshots all along: a restarted member may catch up from a
         // snapshot whose configuration it has not seen yet.
@@ -222,7 +226,8 @@ async fn reconfiguration_with_crashes() {
             && r.removed >= 1
             && r.wiped_refused == 1
             && r.replaced == 1
-            && r.crashes >= 2,
+            && r.crashes >= 2
+            && r.isolations >= 2,
         "the planned operations did not all happen: {r:?}"
     );
 }
