@@ -469,3 +469,37 @@ fn a_joining_member_refuses_entries_before_its_first_snapshot() {
     let e = stopped.expect("the member applied entries it cannot trust");
     assert!(e.0.contains("instead of a snapshot"), "{e}");
 }
+
+/// Regression (review of runtime reconfiguration): apply decides from replicated state only.
+/// A second learner proposed by a leader started with a larger --max-learners applies here
+/// too, although this member's own limit is 1; refusing it here alone would leave this
+/// member's configuration different from the others'.
+#[test]
+fn apply_ignores_this_members_learner_limit() {
+    use crate::proto::detcdpb::MemberRecord;
+    let (mut s, mut file) = lone_leader();
+    assert_eq!(s.cfg.max_learners, 1);
+    let learner = |id: u64| MemberRecord {
+        id,
+        peer_urls: vec![format!("http://m{id}:2380")],
+        is_learner: true,
+        ..Default::default()
+    };
+    let (result, _) = change(&mut s, &mut file, MemberChange::Add(learner(2)));
+    assert!(result.is_ok(), "{result:?}");
+    // As another leader with --max-learners 2 would propose it.
+    let (mut cc, context) = conf_change_for(99, &MemberChange::Add(learner(3)));
+    cc.context = context.into();
+    s.raw.propose_conf_change(vec![], cc).unwrap();
+    s.drive().unwrap();
+    run_outputs(&mut s, &mut file);
+    let learners = s
+        .state()
+        .views()
+        .members(|m| m.members().filter(|m| m.is_learner).count());
+    assert_eq!(
+        learners, 2,
+        "the member refused a change the others applied"
+    );
+    assert_eq!(s.raw.raft.prs().conf().learners().len(), 2);
+}
