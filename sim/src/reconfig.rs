@@ -28,10 +28,8 @@
 use crate::checkers::{self, ListedMember};
 use crate::cluster::{start_member, Client, SimCluster, GUIDE_MEMBERS};
 use crate::disk::SimDisk;
-use crate::history::History;
-use crate::linearizability::{check, Budget, CheckResult};
-use crate::scenario::{final_reads, member_states, replay_command, wait_serving};
-use crate::workload::{run_client, watch_members, Invariants, Revisions};
+use crate::scenario::{replay_command, Workload};
+use crate::workload::Invariants;
 use detcd_core::config::{parse_initial_cluster, parse_urls, ClusterState, Config};
 use detcd_core::proto::etcdserverpb as pb;
 use madsim::rand::{thread_rng, Rng};
@@ -40,7 +38,7 @@ use madsim::time::Instant;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -287,34 +285,18 @@ pub async fn run_reconfiguration(plan: ReconfigPlan) -> ReconfigReport {
         .name("operator")
         .ip("10.0.1.201".parse().unwrap())
         .build();
-    let start = Instant::now();
-    let history = History::new();
-    let revisions = Revisions::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let inv = Arc::new(Mutex::new(Invariants::default()));
     let watched = Arc::new(Mutex::new(endpoints.clone()));
-
-    let up = client_host.spawn(wait_serving(endpoints.clone(), Duration::from_secs(10)));
-    if let Err(e) = up.await.unwrap() {
-        panic!(
-            "cluster did not start: {e}\nreplay: {}",
-            replay_command(plan.name)
-        );
-    }
-    let mut tasks = Vec::new();
-    for id in 0..plan.clients {
-        // The guide's three endpoints: infra0 is always among them and always up.
-        tasks.push(client_host.spawn(run_client(
-            id,
-            endpoints.clone(),
-            plan.keys,
-            history.clone(),
-            revisions.clone(),
-            start,
-            stop.clone(),
-        )));
-    }
-    let watcher = client_host.spawn(watch_members(watched.clone(), inv.clone(), stop.clone()));
+    // The clients use the guide's three endpoints: infra0 is always among them and always up.
+    let mut work = Workload::start(
+        &client_host,
+        plan.name,
+        endpoints.clone(),
+        watched.clone(),
+        plan.clients,
+        plan.keys,
+    )
+    .await;
+    let (inv, start) = (work.inv.clone(), work.start);
 
     let replaces_left = plan
         .required
@@ -345,77 +327,17 @@ pub async fn run_reconfiguration(plan: ReconfigPlan) -> ReconfigReport {
     }
     h.refresh_watch();
     let live = h.running_endpoints();
-    let healthy = client_host
-        .spawn(wait_serving(live.clone(), plan.recovery_bound))
-        .await
-        .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let _ = watcher.await;
-    if let Err(e) = healthy {
-        panic!(
-            "liveness: the reconfigured cluster did not serve within {:?}: {e}\nops: {:?}\nreplay: {}",
-            plan.recovery_bound,
-            h.report.log,
-            replay_command(plan.name)
-        );
-    }
-    client_host
-        .spawn(final_reads(live.clone(), plan.keys, history.clone(), start))
-        .await
-        .unwrap();
-    let states = client_host
-        .spawn(member_states(live.clone(), Duration::from_secs(10)))
-        .await
-        .unwrap();
-
+    let context = format!("ops: {:?}", h.report.log);
+    let states = work
+        .finish(&client_host, &live, plan.recovery_bound, &context)
+        .await;
     h.check_members_running();
     h.check_gone();
     h.check_configuration().await;
-    let inv = inv.lock().unwrap();
-    assert!(
-        inv.violations.is_empty(),
-        "[invariants] violations: {:#?}\nops: {:?}\nreplay: {}",
-        inv.violations,
-        h.report.log,
-        replay_command(plan.name)
-    );
-    if let Err(e) = checkers::replicas_converge(&states, live.len()) {
-        panic!(
-            "{e}\nops: {:?}\nreplay: {}",
-            h.report.log,
-            replay_command(plan.name)
-        );
-    }
-    let snap = history.snapshot();
-    match check(&snap, Budget::default()) {
-        CheckResult::Ok => {}
-        CheckResult::Unknown { keys } => panic!(
-            "[linearizability] check ran out of budget on keys {keys:?}: the history proves \
-             nothing\nops: {:?}\nreplay: {}",
-            h.report.log,
-            replay_command(plan.name)
-        ),
-        CheckResult::Illegal(v) => panic!(
-            "[linearizability] history is not linearizable:\n{v}\nhistory of key {:?}:\n{}\nops: {:?}\nreplay: {}",
-            v.key,
-            snap.dump_key(&v.key),
-            h.report.log,
-            replay_command(plan.name)
-        ),
-    }
-    if let Err(e) = checkers::revisions_never_go_back(&snap, &revisions.lock().unwrap()) {
-        panic!(
-            "{e}\nops: {:?}\nreplay: {}",
-            h.report.log,
-            replay_command(plan.name)
-        );
-    }
+    let (ops, samples) = work.check(&states, live.len(), &context);
     let mut report = std::mem::take(&mut h.report);
-    report.ops = snap.entries().len();
-    report.samples = inv.samples;
+    report.ops = ops;
+    report.samples = samples;
     report.voters = h.tracked.iter().filter(|t| t.listed && !t.learner).count();
     report.simulated = start.elapsed();
     report

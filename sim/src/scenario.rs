@@ -5,7 +5,7 @@ use crate::checkers;
 use crate::cluster::{Client, SimCluster, GUIDE_MEMBERS};
 use crate::history::History;
 use crate::linearizability::{check, Budget, CheckResult};
-use crate::workload::{run_client, watch, Invariants, Revisions};
+use crate::workload::{run_client, watch_members, Invariants, Revisions};
 use detcd_core::proto::etcdserverpb::{PutRequest, RangeRequest};
 use madsim::rand::{thread_rng, Rng};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +97,145 @@ pub fn replay_command(test: &str) -> String {
     format!("{mutation}MADSIM_TEST_SEED={seed} cargo sim --test faults -- --exact {test}")
 }
 
+/// The clients of one run, their history, and the invariant watcher: shared by the fault
+/// scenarios (`run`) and the reconfiguration harness (`crate::reconfig`).
+pub struct Workload {
+    name: &'static str,
+    keys: usize,
+    pub history: History,
+    pub revisions: Revisions,
+    pub inv: Arc<Mutex<Invariants>>,
+    pub start: madsim::time::Instant,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<madsim::task::JoinHandle<()>>,
+    watcher: Option<madsim::task::JoinHandle<()>>,
+}
+
+impl Workload {
+    /// Waits for the cluster at `endpoints` to serve, then starts `clients` clients on them
+    /// (from `host`) and the invariant watcher over the endpoints in `watched` (which the
+    /// caller may change as members come and go).
+    pub async fn start(
+        host: &madsim::runtime::NodeHandle,
+        name: &'static str,
+        endpoints: Vec<String>,
+        watched: Arc<Mutex<Vec<String>>>,
+        clients: u32,
+        keys: usize,
+    ) -> Workload {
+        let start = madsim::time::Instant::now();
+        // The cluster must come up before faults begin.
+        let up = host.spawn(wait_serving(endpoints.clone(), Duration::from_secs(10)));
+        if let Err(e) = up.await.unwrap() {
+            panic!(
+                "cluster did not start: {e}\nreplay: {}",
+                replay_command(name)
+            );
+        }
+        let w = Workload {
+            name,
+            keys,
+            history: History::new(),
+            revisions: Revisions::default(),
+            inv: Arc::new(Mutex::new(Invariants::default())),
+            start,
+            stop: Arc::new(AtomicBool::new(false)),
+            tasks: Vec::new(),
+            watcher: None,
+        };
+        let mut w = w;
+        for id in 0..clients {
+            w.tasks.push(host.spawn(run_client(
+                id,
+                endpoints.clone(),
+                keys,
+                w.history.clone(),
+                w.revisions.clone(),
+                start,
+                w.stop.clone(),
+            )));
+        }
+        w.watcher = Some(host.spawn(watch_members(watched, w.inv.clone(), w.stop.clone())));
+        w
+    }
+
+    /// After healing: waits up to `bound` for every member at `live` to serve, stops the
+    /// clients and the watcher, then reads every key through every live member into the
+    /// history (an acknowledged write lost in a crash shows up there as a read the checker
+    /// cannot explain) and returns the members' local states once they are at one
+    /// revision. Panics if the cluster does not serve in time (`context`: what the run did).
+    pub async fn finish(
+        &mut self,
+        host: &madsim::runtime::NodeHandle,
+        live: &[String],
+        bound: Duration,
+        context: &str,
+    ) -> Vec<(u64, i64, u64)> {
+        let healthy = host
+            .spawn(wait_serving(live.to_vec(), bound))
+            .await
+            .unwrap();
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        if let Some(w) = self.watcher.take() {
+            let _ = w.await;
+        }
+        if let Err(e) = healthy {
+            panic!(
+                "liveness: the healed cluster did not serve within {bound:?}: {e}\n{context}\nreplay: {}",
+                replay_command(self.name)
+            );
+        }
+        host.spawn(final_reads(
+            live.to_vec(),
+            self.keys,
+            self.history.clone(),
+            self.start,
+        ))
+        .await
+        .unwrap();
+        host.spawn(member_states(live.to_vec(), Duration::from_secs(10)))
+            .await
+            .unwrap()
+    }
+
+    /// The checks over the finished run: `[invariants]`, `[convergence]` of `states` (from
+    /// `members` members), `[linearizability]` and `[revision order]`. Panics with the
+    /// evidence, `context` and the replay command; returns (operations, watcher samples).
+    pub fn check(&self, states: &[(u64, i64, u64)], members: usize, context: &str) -> (usize, u64) {
+        let replay = replay_command(self.name);
+        let inv = self.inv.lock().unwrap();
+        assert!(
+            inv.violations.is_empty(),
+            "[invariants] violations: {:#?}\n{context}\nreplay: {replay}",
+            inv.violations
+        );
+        if let Err(e) = checkers::replicas_converge(states, members) {
+            panic!("{e}\n{context}\nreplay: {replay}");
+        }
+        let snap = self.history.snapshot();
+        match check(&snap, Budget::default()) {
+            CheckResult::Ok => {}
+            // A search out of budget proves nothing: the run fails, and its seed replays it.
+            CheckResult::Unknown { keys } => panic!(
+                "[linearizability] check ran out of budget on keys {keys:?}: the history proves \
+                 nothing\n{context}\nreplay: {replay}"
+            ),
+            CheckResult::Illegal(v) => panic!(
+                "[linearizability] history is not linearizable:\n{v}\nhistory of key {:?}:\n{}\n{context}\nreplay: {replay}",
+                v.key,
+                snap.dump_key(&v.key)
+            ),
+        }
+        if let Err(e) = checkers::revisions_never_go_back(&snap, &self.revisions.lock().unwrap()) {
+            panic!("{e}\n{context}\nreplay: {replay}");
+        }
+        (snap.entries().len(), inv.samples)
+    }
+}
+
 /// Runs `plan` on the guide's cluster and panics (with the evidence) on any violation.
 pub async fn run(plan: Plan) -> Report {
     let mut cluster = SimCluster::start_with(&GUIDE_MEMBERS, "etcd-cluster-1", |cfg| {
@@ -116,34 +255,16 @@ pub async fn run(plan: Plan) -> Report {
         .name("clients")
         .ip("10.0.1.100".parse().unwrap())
         .build();
-    let start = madsim::time::Instant::now();
-    let history = History::new();
-    let revisions = Revisions::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let inv = Arc::new(Mutex::new(Invariants::default()));
-
-    // The cluster must come up before faults begin.
-    let up = client_host.spawn(wait_serving(endpoints.clone(), Duration::from_secs(10)));
-    if let Err(e) = up.await.unwrap() {
-        panic!(
-            "cluster did not start: {e}\nreplay: {}",
-            replay_command(plan.name)
-        );
-    }
-
-    let mut tasks = Vec::new();
-    for id in 0..plan.clients {
-        tasks.push(client_host.spawn(run_client(
-            id,
-            endpoints.clone(),
-            plan.keys,
-            history.clone(),
-            revisions.clone(),
-            start,
-            stop.clone(),
-        )));
-    }
-    let watcher = client_host.spawn(watch(endpoints.clone(), inv.clone(), stop.clone()));
+    let mut work = Workload::start(
+        &client_host,
+        plan.name,
+        endpoints.clone(),
+        Arc::new(Mutex::new(endpoints.clone())),
+        plan.clients,
+        plan.keys,
+    )
+    .await;
+    let inv = work.inv.clone();
 
     let injected = nemesis(&mut cluster, &plan, &inv).await;
 
@@ -159,38 +280,10 @@ pub async fn run(plan: Plan) -> Report {
             cluster.restart(i);
         }
     }
-    let healthy = client_host
-        .spawn(wait_serving(endpoints.clone(), plan.recovery_bound))
-        .await
-        .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let _ = watcher.await;
-    if let Err(e) = healthy {
-        panic!(
-            "liveness: the healed cluster did not serve within {:?}: {e}\nfaults: {injected:?}\nreplay: {}",
-            plan.recovery_bound,
-            replay_command(plan.name)
-        );
-    }
-
-    // Final reads of every key through every member join the history: an acknowledged write
-    // lost in a crash shows up here as a read the checker cannot explain.
-    let final_reads = client_host.spawn(final_reads(
-        endpoints.clone(),
-        plan.keys,
-        history.clone(),
-        start,
-    ));
-    final_reads.await.unwrap();
-    // Every member, read locally once all are at one revision, holds the same content.
-    let states = client_host
-        .spawn(member_states(endpoints.clone(), Duration::from_secs(10)))
-        .await
-        .unwrap();
-
+    let context = format!("faults: {injected:?}");
+    let states = work
+        .finish(&client_host, &endpoints, plan.recovery_bound, &context)
+        .await;
     for i in 0..cluster.members.len() {
         if let Some(exit) = cluster.exit_of(i) {
             panic!(
@@ -200,44 +293,10 @@ pub async fn run(plan: Plan) -> Report {
             );
         }
     }
-    let inv = inv.lock().unwrap();
-    assert!(
-        inv.violations.is_empty(),
-        "[invariants] violations: {:#?}\nreplay: {}",
-        inv.violations,
-        replay_command(plan.name)
-    );
-    if let Err(e) = checkers::replicas_converge(&states, cluster.members.len()) {
-        panic!(
-            "{e}\nfaults: {injected:?}\nreplay: {}",
-            replay_command(plan.name)
-        );
-    }
-    let snap = history.snapshot();
-    match check(&snap, Budget::default()) {
-        CheckResult::Ok => {}
-        // A search out of budget proves nothing: the run fails, and its seed replays it.
-        CheckResult::Unknown { keys } => panic!(
-            "[linearizability] check ran out of budget on keys {keys:?}: the history proves \
-             nothing\nfaults: {injected:?}\nreplay: {}",
-            replay_command(plan.name)
-        ),
-        CheckResult::Illegal(v) => panic!(
-            "[linearizability] history is not linearizable:\n{v}\nhistory of key {:?}:\n{}\nfaults: {injected:?}\nreplay: {}",
-            v.key,
-            snap.dump_key(&v.key),
-            replay_command(plan.name)
-        ),
-    }
-    if let Err(e) = checkers::revisions_never_go_back(&snap, &revisions.lock().unwrap()) {
-        panic!(
-            "{e}\nfaults: {injected:?}\nreplay: {}",
-            replay_command(plan.name)
-        );
-    }
+    let (ops, samples) = work.check(&states, cluster.members.len(), &context);
     Report {
-        ops: snap.entries().len(),
-        samples: inv.samples,
+        ops,
+        samples,
         faults_injected: injected,
     }
 }

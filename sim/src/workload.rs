@@ -320,13 +320,9 @@ impl Invariants {
     }
 }
 
-/// Polls every member's Status every 50 ms of simulated time until `stop`.
-pub async fn watch(endpoints: Vec<String>, inv: Arc<Mutex<Invariants>>, stop: Arc<AtomicBool>) {
-    watch_members(Arc::new(Mutex::new(endpoints)), inv, stop).await
-}
-
-/// `watch` over a member list that changes while it runs (reconfiguration): each round polls
-/// the endpoints listed at its start.
+/// Polls every member's Status every 50 ms of simulated time until `stop`, over a member
+/// list that may change while it runs (reconfiguration): each round polls the endpoints
+/// listed at its start.
 pub async fn watch_members(
     endpoints: Arc<Mutex<Vec<String>>>,
     inv: Arc<Mutex<Invariants>>,

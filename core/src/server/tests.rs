@@ -34,6 +34,18 @@ fn server(voters: &[u64]) -> (Server<Owned>, MemFile) {
 
 /// Carries out outputs as an executor with an instant disk would; returns the responses.
 fn run_outputs(s: &mut Server<Owned>, file: &mut MemFile) -> Vec<Output> {
+    carry_out(s, file, None, &mut Vec::new())
+}
+
+/// Carries out outputs as an executor with an instant disk would: snapshot builds too, or,
+/// given `builds`, hands them back not carried out; collects the messages sent into `sent`.
+/// Returns the responses.
+fn carry_out(
+    s: &mut Server<Owned>,
+    file: &mut MemFile,
+    mut builds: Option<&mut Vec<SnapshotSource>>,
+    sent: &mut Vec<Message>,
+) -> Vec<Output> {
     let mut answers = Vec::new();
     for _ in 0..1000 {
         let Some(out) = s.poll_output() else {
@@ -41,9 +53,13 @@ fn run_outputs(s: &mut Server<Owned>, file: &mut MemFile) -> Vec<Output> {
         };
         match out {
             Output::AppendLog {
-                number, records, ..
+                number,
+                records,
+                then_send,
+                ..
             } => {
                 file.append(&records).unwrap();
+                sent.extend(then_send);
                 s.handle_persisted(number).unwrap();
             }
             Output::ReplaceLog { image } => file.replace(&image).unwrap(),
@@ -52,12 +68,15 @@ fn run_outputs(s: &mut Server<Owned>, file: &mut MemFile) -> Vec<Output> {
                 c.txn.commit().unwrap();
                 s.handle_committed(applied).unwrap();
             }
-            Output::BuildSnapshot(source) => {
-                let built = source.write_to(Vec::new()).map(|(_, file)| file);
-                s.handle_snapshot_built(built).unwrap()
-            }
+            Output::BuildSnapshot(source) => match builds.as_deref_mut() {
+                Some(held) => held.push(*source),
+                None => {
+                    let built = source.write_to(Vec::new()).map(|(_, file)| file);
+                    s.handle_snapshot_built(built).unwrap()
+                }
+            },
             Output::InstallSnapshot(_) => panic!("a lone member has no leader to send snapshots"),
-            Output::Send(_) => {}
+            Output::Send(msgs) => sent.extend(msgs),
             other => answers.push(other),
         }
     }
@@ -246,41 +265,14 @@ fn a_member_without_a_leader_refuses_membership_changes() {
     assert_eq!(result, Err(RequestError::NoLeader));
 }
 
-/// Carries out outputs like `run_outputs`, but hands back snapshot builds (not carried out)
-/// and the messages sent, for tests of the snapshot policy.
+/// `carry_out` holding snapshot builds back.
 fn run_outputs_holding_builds(
     s: &mut Server<Owned>,
     file: &mut MemFile,
     builds: &mut Vec<SnapshotSource>,
     sent: &mut Vec<Message>,
 ) {
-    for _ in 0..1000 {
-        let Some(out) = s.poll_output() else {
-            return;
-        };
-        match out {
-            Output::AppendLog {
-                number,
-                records,
-                then_send,
-                ..
-            } => {
-                file.append(&records).unwrap();
-                sent.extend(then_send);
-                s.handle_persisted(number).unwrap();
-            }
-            Output::ReplaceLog { image } => file.replace(&image).unwrap(),
-            Output::Commit(c) => {
-                let applied = c.applied;
-                c.txn.commit().unwrap();
-                s.handle_committed(applied).unwrap();
-            }
-            Output::BuildSnapshot(source) => builds.push(*source),
-            Output::Send(msgs) => sent.extend(msgs),
-            _ => {}
-        }
-    }
-    panic!("outputs never ran out");
+    carry_out(s, file, Some(builds), sent);
 }
 
 /// A lone leader with learner 2, which (by the answers the test makes up for it) needs a
