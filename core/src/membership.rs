@@ -568,6 +568,19 @@ mod tests {
             m.validate(&update(5, "http://e:2380"), 1),
             Err(MemberError::NotFound)
         );
+        // What only a forged peer request could carry.
+        assert_eq!(
+            m.validate(&add(0, "http://d:2380", false), 1),
+            Err(MemberError::ZeroId)
+        );
+        assert_eq!(
+            m.validate(&add(4, "not a url", false), 1),
+            Err(MemberError::BadUrls)
+        );
+        assert_eq!(
+            m.validate(&update(1, "http://a:2380/path"), 1),
+            Err(MemberError::BadUrls)
+        );
         // The last voter is never removed (raft needs one).
         let alone = members(&[member(1, "http://a:2380", false, true)], &[]);
         assert_eq!(

@@ -579,3 +579,57 @@ impl Maintenance for Api {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detcd_core::membership::Membership;
+
+    /// A change retried after an unknown outcome answers success when the member list shows
+    /// the first attempt applied it, and only then.
+    #[test]
+    fn a_change_is_in_effect_only_when_the_member_list_shows_it() {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        let rec = |id, url: &str, learner| MemberRecord {
+            id,
+            peer_urls: vec![url.to_string()],
+            is_learner: learner,
+            ..Default::default()
+        };
+        let mut m = Membership::bootstrap(&txn, 7, [rec(1, "http://a:2380", false)], []).unwrap();
+        let add = MemberChange::Add(rec(2, "http://b:2380", true));
+        assert!(!change_in_effect(&m, &add));
+        m.apply(&txn, &add).unwrap();
+        assert!(change_in_effect(&m, &add));
+        assert!(!change_in_effect(
+            &m,
+            &MemberChange::Add(rec(2, "http://b:2380", false))
+        ));
+        assert!(!change_in_effect(&m, &MemberChange::Promote(2)));
+        m.apply(&txn, &MemberChange::Promote(2)).unwrap();
+        assert!(change_in_effect(&m, &MemberChange::Promote(2)));
+        assert!(!change_in_effect(&m, &MemberChange::Remove(2)));
+        m.apply(&txn, &MemberChange::Remove(2)).unwrap();
+        assert!(change_in_effect(&m, &MemberChange::Remove(2)));
+        let update = MemberChange::Update(MemberUpdate {
+            member_id: 1,
+            peer_urls: vec!["http://z:2380".into()],
+        });
+        assert!(!change_in_effect(&m, &update));
+        m.apply(&txn, &update).unwrap();
+        assert!(change_in_effect(&m, &update));
+    }
+
+    #[test]
+    fn only_leadership_moves_and_busy_raft_are_retried() {
+        assert!(retry_member_change("etcdserver: not leader"));
+        assert!(retry_member_change(
+            &MemberError::ChangeInProgress.to_string()
+        ));
+        assert!(!retry_member_change("etcdserver: member ID already exist"));
+        assert!(!retry_member_change("etcdserver: unhealthy cluster"));
+    }
+}

@@ -8,6 +8,9 @@
 //! - `skip-apply`: infra1 skips applying one committed entry (its replica diverges).
 //! - `accept-wiped-member`: a new member skips the check that the running cluster never saw
 //!   it start, so a member that lost its data dir starts afresh (it could vote twice in a term).
+//! - `stale-member-table`: infra1's member table misses other members' promotions (raft
+//!   applies them), so its member list differs from the others'.
+//! - `ignore-removal`: a removed member keeps running instead of stopping.
 
 #[cfg(madsim)]
 pub fn active(name: &str) -> bool {

@@ -352,6 +352,8 @@ impl Node {
         if skip_apply {
             cfg.mutations.skip_apply_at = Some(SKIP_APPLY_MUTATION_INDEX);
         }
+        cfg.mutations.stale_member_table =
+            crate::mutation::active("stale-member-table") && cfg.attributes.name == "infra1";
         cfg.snapshot_count = params.snapshot_count;
         cfg.start_unix_ms = params.start_unix_ms;
         cfg.election_seed = params.member_id ^ params.start_unix_ms.rotate_left(17);
@@ -441,6 +443,7 @@ impl Node {
                     PeerEvent::Active(id, sender, active) => if self.transport.is_current(id, sender) {
                         self.server.handle_peer_active(id, active)
                     },
+                    PeerEvent::Removed if crate::mutation::active("ignore-removal") => {}
                     PeerEvent::Removed => return Err(NodeError::Removed),
                     PeerEvent::Fatal(msg) => return Err(NodeError::Fatal(msg)),
                 },
@@ -551,6 +554,7 @@ impl Node {
                     }
                 }
                 Output::MembershipChanged(peers) => self.transport.set_peers(&peers),
+                Output::Removed if crate::mutation::active("ignore-removal") => {}
                 Output::Removed => {
                     tracing::warn!(
                         "{}; the data-dir used by this member must be removed",

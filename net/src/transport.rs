@@ -973,6 +973,30 @@ mod tests {
         assert_eq!(got, vec!["Snapshot(2, false)", "Snapshot(3, false)"]);
     }
 
+    /// Only the sender task that serves a peer now reports for it: a replaced sender's late
+    /// "disconnected" must not make the leader think a connected peer is down.
+    #[test]
+    fn only_the_current_sender_reports_for_its_peer() {
+        let (queue, _rx) = mpsc::channel(1);
+        let (events, _reports) = mpsc::unbounded_channel();
+        let t = Transport {
+            peers: Mutex::new(BTreeMap::from([(
+                2,
+                PeerQueue {
+                    urls: vec![],
+                    queue,
+                    sender: 5,
+                },
+            )])),
+            next_sender: std::sync::atomic::AtomicU64::new(6),
+            events,
+            spawn: None,
+        };
+        assert!(t.is_current(2, 5));
+        assert!(!t.is_current(2, 4), "a replaced sender");
+        assert!(!t.is_current(3, 5), "a peer that left");
+    }
+
     /// A test's chunks: whatever the channel gives, then pending forever if `stall`.
     struct TestChunks {
         chunks: std::collections::VecDeque<Vec<u8>>,

@@ -156,6 +156,9 @@ pub struct Mutations {
     pub skip_apply_at: Option<u64>,
     /// A restarted member forgets its vote but keeps its term (it may vote twice in a term).
     pub forget_vote: bool,
+    /// This member's member table misses other members' promotions (raft's configuration
+    /// still applies them): its member list differs from the others'.
+    pub stale_member_table: bool,
 }
 
 /// etcd's rule for promoting a learner: its raft log matches at least this share of the
@@ -1278,8 +1281,16 @@ impl<V: StateViews> Server<V> {
                 if let Some(cs) = &cs {
                     self.raw.mut_store().set_conf_state(cs.clone());
                 }
-                self.state
-                    .apply_member_change(index, &change, cs.as_ref())?;
+                if self.cfg.mutations.stale_member_table
+                    && matches!(change, MemberChange::Promote(id) if id != self.cfg.id)
+                {
+                    if let Some(cs) = &cs {
+                        self.state.apply_conf_state(index, cs)?;
+                    }
+                } else {
+                    self.state
+                        .apply_member_change(index, &change, cs.as_ref())?;
+                }
                 tracing::info!(index, "applied membership change: {change}");
                 self.membership_changed();
                 Ok(Applied::MemberChanged { index })
