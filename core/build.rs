@@ -13,6 +13,8 @@ fn main() {
             "proto/rpc.proto",
             "proto/detcd.proto",
             "proto/raftpb.proto",
+            "proto/v3lock.proto",
+            "proto/v3election.proto",
         ],
         &["proto"],
     )

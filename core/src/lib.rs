@@ -9,6 +9,7 @@ pub mod proto;
 pub mod bootstrap;
 pub mod config;
 pub mod ids;
+pub mod lease;
 pub mod membership;
 pub mod mvcc;
 pub mod peer;

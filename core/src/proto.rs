@@ -10,3 +10,9 @@ pub mod etcdserverpb {
 pub mod detcdpb {
     include!(concat!(env!("OUT_DIR"), "/detcdpb.rs"));
 }
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+}
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+}

@@ -9,6 +9,8 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 /// IDs of members removed from the cluster (never accepted as peers again, never reused).
 pub const REMOVED_MEMBERS: TableDefinition<u64, ()> = TableDefinition::new("removed_members");
+/// Leases granted and not revoked: lease id -> detcdpb::LeaseRecord, owned by `lease`.
+pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 /// MVCC key-value history, owned by `mvcc`.
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 

@@ -57,7 +57,7 @@ use crate::proto::etcdserverpb::{
     CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
-use crate::proto::mvccpb::KeyValue;
+use crate::proto::mvccpb::{event::EventType, Event as WatchEvent, KeyValue};
 use crate::tables::{self, meta_keys};
 
 pub use index::Revision;
@@ -87,6 +87,13 @@ pub enum MvccError {
     DuplicateKey,
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
+    /// A put names a lease that does not exist (etcd's lease.ErrLeaseNotFound, checked at
+    /// apply along a txn's taken branch).
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A lease grant, revoke or checkpoint refused by the lessor.
+    #[error("{0}")]
+    Lease(#[from] crate::lease::LeaseError),
     /// [`Mvcc::txn_read`] was given a txn with writes (those go through raft).
     #[error("detcd: txn request is not read-only")]
     NotReadOnly,
@@ -111,6 +118,8 @@ impl From<TableError> for MvccError {
 /// gRPC status codes (numeric, as `tonic::Code::from(i32)` takes them).
 pub mod grpc_code {
     pub const INVALID_ARGUMENT: i32 = 3;
+    pub const NOT_FOUND: i32 = 5;
+    pub const FAILED_PRECONDITION: i32 = 9;
     pub const OUT_OF_RANGE: i32 = 11;
     pub const INTERNAL: i32 = 13;
 }
@@ -127,6 +136,13 @@ impl MvccError {
             KeyNotFound | EmptyKey | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption => grpc_code::INVALID_ARGUMENT,
             NotReadOnly | Storage(_) | Corrupt(_) => grpc_code::INTERNAL,
+            LeaseNotFound => grpc_code::NOT_FOUND,
+            Lease(e) => match e {
+                crate::lease::LeaseError::NotFound => grpc_code::NOT_FOUND,
+                crate::lease::LeaseError::Exists => grpc_code::FAILED_PRECONDITION,
+                crate::lease::LeaseError::TtlTooLarge => grpc_code::OUT_OF_RANGE,
+                crate::lease::LeaseError::NotPrimary => grpc_code::FAILED_PRECONDITION,
+            },
         }
     }
 }
@@ -223,6 +239,8 @@ struct WriteState {
     undo: Vec<Vec<u8>>,
     /// Revision keys of the rows written, to forget on failure.
     rows: Vec<Vec<u8>>,
+    /// The changes as watch events, published on success ([`Mvcc::take_events`]).
+    events: Vec<WatchEvent>,
 }
 
 impl WriteState {
@@ -303,7 +321,8 @@ pub fn is_txn_readonly(req: &TxnRequest) -> bool {
 }
 
 /// The MVCC state: the in-memory key index and the store's revisions. See the module docs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Two states are equal when they describe the same store (events not yet taken aside).
+#[derive(Debug, Clone)]
 pub struct Mvcc {
     index: Index,
     /// Rows written since the caller last reported a commit ([`Mvcc::committed`]): a read
@@ -312,11 +331,37 @@ pub struct Mvcc {
     current_rev: i64,
     /// -1 until the first compaction, as etcd's compactMainRev.
     compact_rev: i64,
+    /// Changes of the writes applied since the caller last took them, in revision order
+    /// (what Watch and the lessor learn of each write).
+    events: Vec<WatchEvent>,
 }
+
+impl PartialEq for Mvcc {
+    fn eq(&self, other: &Mvcc) -> bool {
+        self.index == other.index
+            && self.uncommitted == other.uncommitted
+            && self.current_rev == other.current_rev
+            && self.compact_rev == other.compact_rev
+    }
+}
+
+impl Eq for Mvcc {}
+
+/// Which lease IDs exist, asked by puts that name one (etcd checks at apply).
+pub type LeaseExists<'a> = &'a dyn Fn(i64) -> bool;
+
+/// The keys carrying a lease in the current state, each with its lease: what the lessor
+/// attaches at load or snapshot install.
+pub type LeasedKeys = Vec<(Vec<u8>, i64)>;
 
 impl Mvcc {
     /// Rebuilds the state from the tables; a database without them is an empty store.
     pub fn open(txn: &ReadTransaction) -> Result<Mvcc, MvccError> {
+        Self::open_leased(txn).map(|(m, _)| m)
+    }
+
+    /// [`Mvcc::open`], also returning the keys whose current version carries a lease.
+    pub fn open_leased(txn: &ReadTransaction) -> Result<(Mvcc, LeasedKeys), MvccError> {
         let compact_rev = match txn.open_table(tables::META) {
             Ok(meta) => match meta.get(meta_keys::MVCC_COMPACT_REVISION)? {
                 Some(v) => decode_i64(v.value())?,
@@ -327,7 +372,7 @@ impl Mvcc {
         };
         match txn.open_table(tables::KV) {
             Ok(kv) => Self::rebuild(&kv, compact_rev),
-            Err(TableError::TableDoesNotExist(_)) => Ok(Self::empty(compact_rev)),
+            Err(TableError::TableDoesNotExist(_)) => Ok((Self::empty(compact_rev), Vec::new())),
             Err(e) => Err(e.into()),
         }
     }
@@ -338,14 +383,17 @@ impl Mvcc {
             uncommitted: imbl::OrdMap::new(),
             current_rev: compact_rev.max(1),
             compact_rev,
+            events: Vec::new(),
         }
     }
 
     fn rebuild(
         kv: &impl ReadableTable<&'static [u8], &'static [u8]>,
         compact_rev: i64,
-    ) -> Result<Mvcc, MvccError> {
+    ) -> Result<(Mvcc, LeasedKeys), MvccError> {
         let mut m = Self::empty(compact_rev);
+        // Rows come in revision order: the last one of a key decides its lease.
+        let mut leased = std::collections::BTreeMap::new();
         for row in kv.iter()? {
             let (k, v) = row?;
             let (rev, tombstone) = parse_revision_key(k.value())
@@ -353,8 +401,13 @@ impl Mvcc {
             let kvp = KeyValue::decode(v.value()).map_err(corrupt)?;
             m.index.push(&kvp.key, Event { rev, tombstone });
             m.current_rev = m.current_rev.max(rev.main);
+            if tombstone || kvp.lease == 0 {
+                leased.remove(&kvp.key);
+            } else {
+                leased.insert(kvp.key, kvp.lease);
+            }
         }
-        Ok(m)
+        Ok((m, leased.into_iter().collect()))
     }
 
     /// The store revision: that of the last write.
@@ -371,6 +424,14 @@ impl Mvcc {
     /// find those rows in the table from now on.
     pub fn committed(&mut self) {
         self.uncommitted = imbl::OrdMap::new();
+    }
+
+    /// The changes of every write since the last call, as watch events in revision order: a
+    /// put's event carries the new KeyValue, a delete's only the key and the deleting
+    /// revision (etcd's watchable_store_txn.go). No prev_kv: a watcher that wants it reads
+    /// the key at the revision before.
+    pub fn take_events(&mut self) -> Vec<WatchEvent> {
+        std::mem::take(&mut self.events)
     }
 
     /// Rows written and not yet reported committed (the caller bounds this by committing).
@@ -414,6 +475,100 @@ impl Mvcc {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The version of `key` visible at revision `at` (None if absent then, or compacted
+    /// away), read through `txn` as [`Mvcc::range_in`] reads: a watch event's prev_kv.
+    pub fn kv_at_in(
+        &self,
+        txn: &ReadTransaction,
+        key: &[u8],
+        at: i64,
+    ) -> Result<Option<KeyValue>, MvccError> {
+        let Some(rev) = self.index.get(key, at) else {
+            return Ok(None);
+        };
+        match txn.open_table(tables::KV) {
+            Ok(kv) => read_kv(&self.layered(&kv), rev).map(Some),
+            Err(TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The changes of main revisions `from..=to` as watch events (as [`Mvcc::take_events`]
+    /// gives them), read through `txn` (a read transaction consistent with this state): what a
+    /// watcher that fell behind catches up from. Stops after the revision in which the count
+    /// reaches `max_events`, so one revision's events are never split. Returns the events and
+    /// the last revision covered. The caller checks `from` against the compacted revision
+    /// (before and after: a compaction may have removed rows since the view was taken).
+    pub fn history_in(
+        &self,
+        txn: &ReadTransaction,
+        from: i64,
+        to: i64,
+        max_events: usize,
+    ) -> Result<(Vec<WatchEvent>, i64), MvccError> {
+        let (from, to) = (from.max(1), to.min(self.current_rev));
+        if from > to {
+            return Ok((Vec::new(), to));
+        }
+        let lo = revision_key(Revision { main: from, sub: 0 }, false);
+        let hi = revision_key(Revision { main: to + 1, sub: 0 }, false);
+        let mut events = Vec::new();
+        let mut last = to;
+        // Rows not yet committed first in the merge: a row can be in both while its commit
+        // is being reported; it counts once.
+        let mut pending = self
+            .uncommitted
+            .range(lo.clone()..hi.clone())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .peekable();
+        let table = match txn.open_table(tables::KV) {
+            Ok(t) => Some(t),
+            Err(TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut stored = match &table {
+            Some(t) => Some(t.range(lo.as_slice()..hi.as_slice())?),
+            None => None,
+        };
+        let mut next_stored = || -> Result<Option<(Vec<u8>, Vec<u8>)>, MvccError> {
+            match stored.as_mut().and_then(|it| it.next()) {
+                Some(r) => {
+                    let (k, v) = r?;
+                    Ok(Some((k.value().to_vec(), v.value().to_vec())))
+                }
+                None => Ok(None),
+            }
+        };
+        let mut head = next_stored()?;
+        loop {
+            let pk = pending.peek().map(|(k, _)| k.clone());
+            if matches!((&pk, &head), (Some(p), Some((s, _))) if p == s) {
+                head = next_stored()?;
+            }
+            let take_pending = match (&pk, &head) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(p), Some((s, _))) => p < s,
+            };
+            let (k, v) = if take_pending {
+                pending.next().expect("peeked")
+            } else {
+                let row = head.take().expect("present");
+                head = next_stored()?;
+                row
+            };
+            let (main, event) = row_event(&k, &v)?;
+            if events.len() >= max_events && main != last {
+                // `last` is the revision before the one not taken.
+                return Ok((events, last));
+            }
+            last = main;
+            events.push(event);
+        }
+        Ok((events, to))
     }
 
     /// A read-only txn (see [`is_txn_readonly`]) served without raft, as etcd serves them after
@@ -605,19 +760,33 @@ impl Mvcc {
     }
 
     /// etcd's checkRequests(checkPut): ignore_value/ignore_lease need the key to exist before
-    /// the txn.
-    fn check_puts(&self, req: &TxnRequest, plan: &Plan, at: i64) -> Result<(), MvccError> {
+    /// the txn; a lease named must exist.
+    fn check_puts(
+        &self,
+        req: &TxnRequest,
+        plan: &Plan,
+        at: i64,
+        leases: LeaseExists<'_>,
+    ) -> Result<(), MvccError> {
         let mut children = plan.children.iter();
         for op in branch(req, plan.succeeded) {
             match &op.request {
-                Some(Request::RequestTxn(t)) => {
-                    self.check_puts(t, children.next().expect("plan matches txn"), at)?
-                }
+                Some(Request::RequestTxn(t)) => self.check_puts(
+                    t,
+                    children.next().expect("plan matches txn"),
+                    at,
+                    leases,
+                )?,
                 Some(Request::RequestPut(p))
                     if (p.ignore_value || p.ignore_lease)
                         && self.index.get(&p.key, at).is_none() =>
                 {
                     return Err(MvccError::KeyNotFound);
+                }
+                Some(Request::RequestPut(p))
+                    if !p.ignore_lease && p.lease != 0 && !leases(p.lease) =>
+                {
+                    return Err(MvccError::LeaseNotFound);
                 }
                 _ => {}
             }
@@ -657,6 +826,7 @@ impl Mvcc {
             changes: 0,
             undo: Vec::new(),
             rows: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -674,6 +844,7 @@ impl Mvcc {
                 if ws.changes > 0 {
                     self.current_rev = ws.begin + 1;
                 }
+                self.events.extend(ws.events);
                 Ok(v)
             }
             Err(e) => {
@@ -704,6 +875,7 @@ impl Mvcc {
         ws.rows.push(key);
         self.index.push(&value.key, Event { rev, tombstone });
         ws.undo.push(value.key.clone());
+        ws.events.push(change_event(value.clone(), rev.main, tombstone));
         Ok(())
     }
 
@@ -714,8 +886,25 @@ impl Mvcc {
         txn: &WriteTransaction,
         req: &PutRequest,
     ) -> Result<PutResponse, MvccError> {
+        self.put_leased(txn, req, &|_| true)
+    }
+
+    /// [`Mvcc::put`] where a lease the put names must exist (`leases`): LeaseNotFound if not.
+    pub fn put_leased(
+        &mut self,
+        txn: &WriteTransaction,
+        req: &PutRequest,
+        leases: LeaseExists<'_>,
+    ) -> Result<PutResponse, MvccError> {
         validate::check_put(req)?;
         let mut kv = txn.open_table(tables::KV)?;
+        if !req.ignore_lease && req.lease != 0 && !leases(req.lease) {
+            // etcd looks the key up first: ignore_value on an absent key is KeyNotFound.
+            if req.ignore_value && self.index.get(&req.key, self.current_rev).is_none() {
+                return Err(MvccError::KeyNotFound);
+            }
+            return Err(MvccError::LeaseNotFound);
+        }
         let mut ws = self.begin_write();
         let r = self.exec_put(&mut kv, &mut ws, req);
         self.end_write(&mut kv, ws, r)
@@ -826,11 +1015,22 @@ impl Mvcc {
         txn: &WriteTransaction,
         req: &TxnRequest,
     ) -> Result<TxnResponse, MvccError> {
+        self.txn_leased(txn, req, &|_| true)
+    }
+
+    /// [`Mvcc::txn`] where a lease named by a put of the taken branch must exist (`leases`):
+    /// LeaseNotFound if not, before anything is written.
+    pub fn txn_leased(
+        &mut self,
+        txn: &WriteTransaction,
+        req: &TxnRequest,
+        leases: LeaseExists<'_>,
+    ) -> Result<TxnResponse, MvccError> {
         validate::check_txn_full(req, usize::MAX)?;
         let mut kv = txn.open_table(tables::KV)?;
         let at = self.current_rev;
         let plan = self.plan(&kv, req, at)?;
-        self.check_puts(req, &plan, at)?;
+        self.check_puts(req, &plan, at, leases)?;
         self.check_ranges(req, &plan, at)?;
         let mut ws = self.begin_write();
         let r = self.exec_txn(&mut kv, &mut ws, req, &plan).map(|mut resp| {
@@ -995,7 +1195,7 @@ impl Mvcc {
     /// snapshot's current revision.
     pub fn import(txn: &WriteTransaction, data: &SnapshotData) -> Result<Mvcc, MvccError> {
         let rows = data.rows.iter().map(|r| Ok::<_, MvccError>(r.clone()));
-        Self::import_rows(txn, data, rows)
+        Self::import_rows(txn, data, rows).map(|(m, _)| m)
     }
 
     /// [`Mvcc::import`] with the rows streamed (`head`'s own rows are ignored): a snapshot
@@ -1005,7 +1205,7 @@ impl Mvcc {
         txn: &WriteTransaction,
         head: &SnapshotData,
         rows: impl Iterator<Item = Result<MvccRow, E>>,
-    ) -> Result<Mvcc, E> {
+    ) -> Result<(Mvcc, LeasedKeys), E> {
         let mut any_row = false;
         {
             let mut kv = txn.open_table(tables::KV).map_err(MvccError::from)?;
@@ -1040,7 +1240,7 @@ impl Mvcc {
             }
         }
         let kv = txn.open_table(tables::KV).map_err(MvccError::from)?;
-        let m = Self::rebuild(&kv, compact_rev)?;
+        let (m, leased) = Self::rebuild(&kv, compact_rev)?;
         if !unset && m.current_rev != head.current_revision {
             return Err(corrupt(format!(
                 "snapshot says revision {} but its rows say {}",
@@ -1048,7 +1248,37 @@ impl Mvcc {
             ))
             .into());
         }
-        Ok(m)
+        Ok((m, leased))
+    }
+}
+
+/// A KV-table row as a watch event, with its main revision.
+fn row_event(k: &[u8], v: &[u8]) -> Result<(i64, WatchEvent), MvccError> {
+    let (rev, tombstone) =
+        parse_revision_key(k).ok_or_else(|| corrupt(format!("bad revision key {k:?}")))?;
+    let kv = KeyValue::decode(v).map_err(corrupt)?;
+    Ok((rev.main, change_event(kv, rev.main, tombstone)))
+}
+
+/// One change as a watch event: a put carries the new KeyValue; a delete only the key and the
+/// deleting revision (etcd's watchable_store_txn.go).
+fn change_event(kv: KeyValue, main: i64, tombstone: bool) -> WatchEvent {
+    if tombstone {
+        WatchEvent {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                key: kv.key,
+                mod_revision: main,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    } else {
+        WatchEvent {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: None,
+        }
     }
 }
 

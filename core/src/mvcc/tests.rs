@@ -1476,3 +1476,83 @@ fn txn_failing_part_way_leaves_nothing_behind() {
         .unwrap();
     assert_eq!(r.kvs[0].value, b"1");
 }
+
+// ---------- watch events and history ----------
+
+/// (type, key, mod revision) of events, for comparing.
+fn ev_list(evs: &[WatchEvent]) -> Vec<(i32, String, i64)> {
+    evs.iter()
+        .map(|e| {
+            let kv = e.kv.as_ref().unwrap();
+            (
+                e.r#type,
+                String::from_utf8(kv.key.clone()).unwrap(),
+                kv.mod_revision,
+            )
+        })
+        .collect()
+}
+
+/// Every successful write's changes come out as events, in revision order; a refused write
+/// (a txn failing part way, undone) emits none; and the history read back from the store
+/// (committed rows, and rows not yet committed) is the same events.
+#[test]
+fn writes_emit_events_and_history_replays_them() {
+    let mut h = H::batched();
+    h.put(put("a", "1")).unwrap();
+    h.put(put("b", "1")).unwrap();
+    h.flush();
+    h.del(del("a", "")).unwrap();
+    let t = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(Request::RequestPut(put("c", "1"))),
+            },
+            RequestOp {
+                request: Some(Request::RequestDeleteRange(del("b", ""))),
+            },
+        ],
+        ..Default::default()
+    };
+    h.txn(t).unwrap();
+    let bad = TxnRequest {
+        success: vec![RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"zz".to_vec(),
+                ignore_value: true,
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    assert!(h.txn(bad).is_err());
+    let (put_t, del_t) = (EventType::Put as i32, EventType::Delete as i32);
+    let want = vec![
+        (put_t, "a".into(), 2),
+        (put_t, "b".into(), 3),
+        (del_t, "a".into(), 4),
+        (put_t, "c".into(), 5),
+        (del_t, "b".into(), 5),
+    ];
+    let events = h.m.take_events();
+    assert_eq!(ev_list(&events), want);
+    assert!(events[2].kv.as_ref().unwrap().value.is_empty());
+
+    // Half the rows are committed, half only in memory: history merges both.
+    let rt = h.db.begin_read().unwrap();
+    let (hist, last) = h.m.history_in(&rt, 1, 5, 1000).unwrap();
+    assert_eq!((ev_list(&hist), last), (want.clone(), 5));
+    // A limit stops at a revision boundary, never inside revision 5's two events.
+    let (hist, last) = h.m.history_in(&rt, 4, 5, 2).unwrap();
+    assert_eq!((ev_list(&hist), last), (want[2..].to_vec(), 5));
+    let (hist, last) = h.m.history_in(&rt, 2, 5, 1).unwrap();
+    assert_eq!((ev_list(&hist), last), (want[..1].to_vec(), 2));
+    h.flush();
+    let rt = h.db.begin_read().unwrap();
+    let (hist, _) = h.m.history_in(&rt, 3, 9, 1000).unwrap();
+    assert_eq!(ev_list(&hist), want[1..].to_vec());
+    // prev_kv of the delete at 4 is the version at 3.
+    let prev = h.m.kv_at_in(&rt, b"a", 3).unwrap().unwrap();
+    assert_eq!(prev.mod_revision, 2);
+    assert_eq!(h.m.kv_at_in(&rt, b"a", 4).unwrap(), None);
+}

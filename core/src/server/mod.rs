@@ -29,6 +29,7 @@ use crate::mvcc::MvccError;
 use crate::proto::detcdpb::{
     internal_request::Request, ConfChangeContext, InternalRequest, MemberAttributes, SnapshotRef,
 };
+use crate::proto::etcdserverpb as pb;
 use crate::raft_log::RaftLog;
 use crate::state::{
     Applied, Fatal, Installed, KvState, PendingCommit, SnapshotInstall, SnapshotSource, StateViews,
@@ -48,6 +49,10 @@ const SNAPSHOT_RETRY_TICKS: u64 = 100;
 pub const MAX_HELD_PROPOSALS: usize = 4096;
 /// Reads waiting for a leader, for their read index, or for apply to reach it.
 pub const MAX_PENDING_READS: usize = 16384;
+/// The leader proposes at most this many lease revokes a second (etcd's leaseRevokeRate).
+const LEASE_REVOKES_PER_SECOND: u64 = 1000;
+/// Leases checkpointed in one proposal at most (etcd's maxLeaseCheckpointBatchSize).
+const MAX_LEASE_CHECKPOINTS: usize = 1000;
 /// Readies handled per input at most (each drains raft's queues, so this is rarely reached).
 const MAX_READIES_PER_INPUT: usize = 16;
 
@@ -144,6 +149,12 @@ pub enum Output {
     /// This member was removed from the cluster: the executor stops it (after a moment, so
     /// the messages telling the others the removal committed get out).
     Removed,
+    /// Writes applied since the last `Events`: their changes in revision order (Watch
+    /// publishes them). The state views already show them.
+    Events(Vec<crate::proto::mvccpb::Event>),
+    /// A snapshot from the leader replaced the state machine, now at this store revision:
+    /// its changes have no events, so every watcher catches up from the store.
+    StoreReplaced(i64),
 }
 
 /// Deliberate bugs for proving the simulators' checkers can fail. All false in production.
@@ -159,6 +170,8 @@ pub struct Mutations {
     /// This member's member table misses other members' promotions (raft's configuration
     /// still applies them): its member list differs from the others'.
     pub stale_member_table: bool,
+    /// The leader revokes leases this many milliseconds before they expire.
+    pub early_lease_expiry_ms: u64,
 }
 
 /// etcd's rule for promoting a learner: its raft log matches at least this share of the
@@ -201,6 +214,11 @@ pub struct ServerConfig {
     /// `--feature-gates=AutoPromoteLearners=true`: the leader promotes a learner once it is
     /// in sync, under the same checks as `member promote` (etcd issue 15107).
     pub auto_promote_learners: bool,
+    /// One tick in milliseconds (`--heartbeat-interval`): the leases' clock.
+    pub tick_ms: u64,
+    /// `--experimental-enable-lease-checkpoint`: the leader checkpoints leases' remaining TTL
+    /// this often (etcd: 5 min), so a new leader does not count them afresh. None: off.
+    pub lease_checkpoint_interval_ms: Option<u64>,
     pub mutations: Mutations,
 }
 
@@ -222,6 +240,8 @@ impl ServerConfig {
             max_learners: 1,
             health_ticks: 50,
             auto_promote_learners: false,
+            tick_ms: 100,
+            lease_checkpoint_interval_ms: None,
             mutations: Mutations::default(),
         }
     }
@@ -348,7 +368,11 @@ impl<V: StateViews> Server<V> {
         restarted: bool,
         logger: &slog::Logger,
     ) -> Result<Server<V>, Fatal> {
-        let mut log = log;
+        let (mut log, mut state) = (log, state);
+        state.set_min_lease_ttl(crate::lease::min_lease_ttl(
+            cfg.election_ticks as u64,
+            cfg.tick_ms,
+        ));
         if restarted && cfg.mutations.forget_vote {
             log.forget_vote();
         }
@@ -473,6 +497,7 @@ impl<V: StateViews> Server<V> {
         }
         self.expire_held();
         self.retry_reads();
+        self.tick_leases();
         if self.cfg.auto_promote_learners
             && self.status.is_leader
             && self.tick.is_multiple_of(self.cfg.election_ticks as u64)
@@ -740,8 +765,14 @@ impl<V: StateViews> Server<V> {
     /// carry, in order.
     pub fn handle_proposals(&mut self, requests: Vec<Request>) -> Result<Vec<u64>, Fatal> {
         let mut ids = Vec::with_capacity(requests.len());
-        for request in requests {
+        for mut request in requests {
             let id = self.ids.next_id();
+            if let Request::LeaseGrant(g) = &mut request {
+                if g.id == 0 {
+                    // etcd's LeaseGrant: a positive ID from the request ID generator.
+                    g.id = (id & (i64::MAX as u64)) as i64;
+                }
+            }
             let data = InternalRequest {
                 id,
                 request: Some(request),
@@ -893,6 +924,9 @@ impl<V: StateViews> Server<V> {
         self.awaiting_first_snapshot = false;
         self.status.snapshots_installed += 1;
         tracing::info!(index, "installed snapshot from leader");
+        if let Some(revision) = self.state.take_replaced() {
+            self.outputs.push_back(Output::StoreReplaced(revision));
+        }
         self.membership_changed();
         self.finish_ready(rd)?;
         self.drive()
@@ -993,6 +1027,9 @@ impl<V: StateViews> Server<V> {
                 self.pending_reads
                     .extend(b.ids.into_iter().map(|id| (id, since)));
             }
+        }
+        if self.status.is_leader && role != StateRole::Leader {
+            self.state.views().leases_mut(|l| l.demote());
         }
         self.status.leader = leader;
         self.status.is_leader = role == StateRole::Leader;
@@ -1153,6 +1190,49 @@ impl<V: StateViews> Server<V> {
         let _ = self.raw.propose(vec![], req.encode_to_vec());
     }
 
+    // ---- leases ----
+
+    /// The leases' clock moves with the ticks; the leader proposes the revokes of expired
+    /// leases (at most etcd's 1000 a second) and the checkpoints due.
+    fn tick_leases(&mut self) {
+        let now = self.tick * self.cfg.tick_ms + self.cfg.mutations.early_lease_expiry_ms;
+        let per_tick = (LEASE_REVOKES_PER_SECOND * self.cfg.tick_ms / 1000).max(1) as usize;
+        let interval = self.cfg.lease_checkpoint_interval_ms;
+        let (expired, checkpoints) = self.state.views().leases_mut(|l| {
+            l.advance(now);
+            let expired = l.expired(per_tick);
+            (expired, l.checkpoints_due(interval, MAX_LEASE_CHECKPOINTS))
+        });
+        if !self.status.is_leader {
+            return;
+        }
+        for id in expired {
+            self.propose_internal(Request::LeaseRevoke(pb::LeaseRevokeRequest { id }));
+        }
+        if !checkpoints.is_empty() {
+            let checkpoints = checkpoints
+                .into_iter()
+                .map(|(id, remaining_ttl)| pb::LeaseCheckpoint { id, remaining_ttl })
+                .collect();
+            self.propose_internal(Request::LeaseCheckpoint(pb::LeaseCheckpointRequest {
+                checkpoints,
+            }));
+        }
+    }
+
+    /// Proposes a request of the leader's own (no client waits for it). A proposal raft
+    /// drops is not retried here: the caller asks again when it is still due.
+    fn propose_internal(&mut self, request: Request) {
+        let id = self.ids.next_id();
+        let data = InternalRequest {
+            id,
+            request: Some(request),
+            header: None,
+        }
+        .encode_to_vec();
+        let _ = self.raw.propose(vec![], data);
+    }
+
     // ---- apply ----
 
     fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
@@ -1182,6 +1262,10 @@ impl<V: StateViews> Server<V> {
             for e in &entries {
                 self.apply_entry(e)?;
             }
+            let events = self.state.take_events();
+            if !events.is_empty() {
+                self.outputs.push_back(Output::Events(events));
+            }
             if self.status.removed {
                 // Make the removal durable now (raft is not driven any more, and no tick
                 // will ask): restarted, this member then refuses to start.
@@ -1204,7 +1288,18 @@ impl<V: StateViews> Server<V> {
             return Ok(());
         }
         match e.get_entry_type() {
-            EntryType::EntryNormal if e.data.is_empty() => self.state.skip(e.index),
+            EntryType::EntryNormal if e.data.is_empty() => {
+                self.state.skip(e.index);
+                // A new leader's empty entry: everything of earlier terms is applied, so
+                // the leader takes over the leases' clock (etcd's applyEntryNormal).
+                if self.status.is_leader && e.term == self.raw.raft.term {
+                    let extend = self.cfg.election_ticks as u64 * self.cfg.tick_ms;
+                    let interval = self.cfg.lease_checkpoint_interval_ms;
+                    self.state
+                        .views()
+                        .leases_mut(|l| l.promote(extend, interval));
+                }
+            }
             EntryType::EntryNormal => {
                 // Only members write entries: one that does not decode is corruption or a
                 // bug, and applying around it would make this replica differ.

@@ -109,7 +109,8 @@ fn a_single_member_elects_itself_and_answers_a_put_after_its_log_write() {
         file.append(&records).unwrap();
         s.handle_persisted(number).unwrap();
     }
-    let answers = run_outputs(&mut s, &mut file);
+    let mut answers = run_outputs(&mut s, &mut file);
+    answers.retain(|o| !matches!(o, Output::Events(_)));
     assert!(
         matches!(&answers[..], [Output::Response { id: got, result: Ok(Applied::Put(_)) }] if *got == id),
         "{answers:?}"
@@ -494,4 +495,89 @@ fn apply_ignores_this_members_learner_limit() {
         "the member refused a change the others applied"
     );
     assert_eq!(s.raw.raft.prs().conf().learners().len(), 2);
+}
+
+/// Proposes `request` on a lone leader and returns its answer and the events it produced.
+fn propose_one(
+    s: &mut Server<Owned>,
+    file: &mut MemFile,
+    request: Request,
+) -> (Result<Applied, RequestError>, Vec<crate::proto::mvccpb::Event>) {
+    let id = s.handle_proposals(vec![request]).unwrap()[0];
+    let mut result = None;
+    let mut events = Vec::new();
+    for out in run_outputs(s, file) {
+        match out {
+            Output::Response { id: got, result: r } if got == id => result = Some(r),
+            Output::Events(evs) => events.extend(evs),
+            _ => {}
+        }
+    }
+    (result.expect("answered"), events)
+}
+
+fn leased_put(key: &str, lease: i64) -> Request {
+    Request::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    })
+}
+
+/// etcd's lease life on one leader: a grant is raised to the minimum TTL and gets an ID; a
+/// put naming a missing lease is refused; at expiry the leader revokes the lease through
+/// raft, deleting its keys in one revision (events for both, one revision).
+#[test]
+fn an_expired_lease_is_revoked_through_raft_with_its_keys_in_one_revision() {
+    let (mut s, mut file) = lone_leader();
+    let grant = Request::LeaseGrant(pb::LeaseGrantRequest { ttl: 1, id: 0 });
+    let (granted, _) = propose_one(&mut s, &mut file, grant);
+    let Ok(Applied::LeaseGrant(g)) = granted else {
+        panic!("{granted:?}")
+    };
+    assert_eq!(g.ttl, 2, "raised to ceil(1.5 election timeouts)");
+    assert!(g.id > 0);
+    for key in ["a", "b"] {
+        let (r, events) = propose_one(&mut s, &mut file, leased_put(key, g.id));
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(events.len(), 1);
+    }
+    let (r, events) = propose_one(&mut s, &mut file, leased_put("c", g.id + 1));
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "etcdserver: requested lease not found"
+    );
+    assert!(events.is_empty());
+    let (left, ttl) = s.state().views().leases(|l| l.time_to_live(g.id)).unwrap();
+    assert_eq!((left, ttl), (2, 2));
+
+    let mut deletes = Vec::new();
+    let mut ticks = 0;
+    while deletes.is_empty() {
+        ticks += 1;
+        assert!(ticks <= 30, "the lease never expired");
+        s.handle_tick().unwrap();
+        for out in run_outputs(&mut s, &mut file) {
+            if let Output::Events(evs) = out {
+                deletes.extend(evs);
+            }
+        }
+    }
+    assert_eq!(ticks, 20, "expires after its TTL of 20 ticks, not before");
+    assert_eq!(deletes.len(), 2);
+    let rev = deletes[0].kv.as_ref().unwrap().mod_revision;
+    assert!(deletes
+        .iter()
+        .all(|e| e.r#type == 1 && e.kv.as_ref().unwrap().mod_revision == rev));
+    assert!(!s.state().views().leases(|l| l.contains(g.id)));
+    let (r, _) = propose_one(
+        &mut s,
+        &mut file,
+        Request::LeaseRevoke(pb::LeaseRevokeRequest { id: g.id }),
+    );
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "etcdserver: requested lease not found"
+    );
 }

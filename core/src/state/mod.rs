@@ -1,6 +1,9 @@
 //! The replicated state machine: what applying one committed raft entry does, over its
-//! sub-stores (the MVCC key-value store and the member table; leases, auth, alarms and the v2
-//! store join here).
+//! sub-stores (the MVCC key-value store, the member table and the leases; auth, alarms and
+//! the v2 store join here).
+//!
+//! Every write's changes come out as watch events ([`KvState::take_events`]), in revision
+//! order: Watch publishes them, and the lessor attaches and detaches keys from them.
 //!
 //! One redb write transaction holds everything applied since the last durable commit (etcd's
 //! backend batch). Readers see those writes at once through the MVCC store's uncommitted rows.
@@ -13,8 +16,10 @@
 //! storage failure is [`Fatal`] and the member must stop, its open transaction dropped, so no
 //! half-applied batch ever becomes durable.
 
+use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::mvcc::{Mvcc, MvccError};
+use crate::proto::mvccpb::{event::EventType, Event as WatchEvent};
 use crate::proto::detcdpb::{
     internal_request::Request, InternalRequest, SnapshotData, SnapshotRef,
 };
@@ -37,6 +42,9 @@ pub enum Applied {
     DeleteRange(pb::DeleteRangeResponse),
     Txn(pb::TxnResponse),
     Compact(pb::CompactionResponse),
+    LeaseGrant(pb::LeaseGrantResponse),
+    LeaseRevoke(pb::LeaseRevokeResponse),
+    LeaseCheckpoint,
     /// A member published its name and client URLs.
     Attributes,
     /// A membership change applied at this raft index.
@@ -66,6 +74,16 @@ pub trait StateViews {
     fn mvcc_mut<R>(&self, f: impl FnOnce(&mut Mvcc) -> R) -> R;
     fn members<R>(&self, f: impl FnOnce(&Membership) -> R) -> R;
     fn members_mut<R>(&self, f: impl FnOnce(&mut Membership) -> R) -> R;
+    fn leases<R>(&self, f: impl FnOnce(&Lessor) -> R) -> R;
+    fn leases_mut<R>(&self, f: impl FnOnce(&mut Lessor) -> R) -> R;
+}
+
+/// The in-memory halves as loaded from a data file ([`load_views`]).
+#[derive(Debug)]
+pub struct Loaded {
+    pub mvcc: Mvcc,
+    pub members: Membership,
+    pub leases: Lessor,
 }
 
 /// [`StateViews`] owned by one thread (the core-only simulator, unit tests).
@@ -73,13 +91,15 @@ pub trait StateViews {
 pub struct Owned {
     pub mvcc: std::cell::RefCell<Mvcc>,
     pub members: std::cell::RefCell<Membership>,
+    pub leases: std::cell::RefCell<Lessor>,
 }
 
 impl Owned {
-    pub fn new((mvcc, members): (Mvcc, Membership)) -> Owned {
+    pub fn new(loaded: Loaded) -> Owned {
         Owned {
-            mvcc: mvcc.into(),
-            members: members.into(),
+            mvcc: loaded.mvcc.into(),
+            members: loaded.members.into(),
+            leases: loaded.leases.into(),
         }
     }
 }
@@ -96,6 +116,12 @@ impl StateViews for Owned {
     }
     fn members_mut<R>(&self, f: impl FnOnce(&mut Membership) -> R) -> R {
         f(&mut self.members.borrow_mut())
+    }
+    fn leases<R>(&self, f: impl FnOnce(&Lessor) -> R) -> R {
+        f(&self.leases.borrow())
+    }
+    fn leases_mut<R>(&self, f: impl FnOnce(&mut Lessor) -> R) -> R {
+        f(&mut self.leases.borrow_mut())
     }
 }
 
@@ -119,6 +145,7 @@ pub struct SnapshotSource {
     current_rev: i64,
     compact_rev: i64,
     members: Membership,
+    leases: Lessor,
     pub index: u64,
 }
 
@@ -140,6 +167,7 @@ impl SnapshotSource {
             ..Default::default()
         };
         self.members.export(&mut head);
+        self.leases.export(&mut head);
         let write_err = |e: std::io::Error| Fatal::new("writing the snapshot file", e);
         let mut w = SnapshotWriter::new(out, &head).map_err(write_err)?;
         Mvcc::export_rows(&self.txn, |k: &[u8], v: &[u8]| -> Result<(), Fatal> {
@@ -168,6 +196,13 @@ pub struct KvState<V: StateViews> {
     open_txn: Option<redb::WriteTransaction>,
     /// A commit handed out and not yet reported: redb allows one write transaction at a time.
     commit_in_flight: Option<u64>,
+    /// Changes applied since the caller last took them ([`KvState::take_events`]).
+    events: Vec<WatchEvent>,
+    /// The store revision after the last snapshot install not yet reported to Watch: its
+    /// changes came without events.
+    replaced_at: Option<i64>,
+    /// etcd's minimum lease TTL, seconds ([`crate::lease::min_lease_ttl`]).
+    min_lease_ttl: i64,
 }
 
 /// Writes one META value in `txn`.
@@ -263,11 +298,35 @@ pub fn initialize_new_member(
 }
 
 /// Loads the in-memory halves of the state machine from a data file.
-pub fn load_views(db: &redb::Database) -> Result<(Mvcc, Membership), LogError> {
+pub fn load_views(db: &redb::Database) -> Result<Loaded, LogError> {
     let txn = db.begin_read()?;
-    let mvcc = Mvcc::open(&txn).map_err(|e| LogError::Corrupt(e.to_string()))?;
+    let (mvcc, leased) = Mvcc::open_leased(&txn).map_err(|e| LogError::Corrupt(e.to_string()))?;
     let members = Membership::load(&txn)?;
-    Ok((mvcc, members))
+    let leases = Lessor::load(&txn, leased)?;
+    Ok(Loaded {
+        mvcc,
+        members,
+        leases,
+    })
+}
+
+/// The lease IDs a write names in its puts (any branch of a txn), for the existence check at
+/// apply.
+fn named_leases(req: &Request, out: &mut Vec<i64>) {
+    fn in_txn(t: &pb::TxnRequest, out: &mut Vec<i64>) {
+        for op in t.success.iter().chain(&t.failure) {
+            match &op.request {
+                Some(pb::request_op::Request::RequestPut(p)) if p.lease != 0 => out.push(p.lease),
+                Some(pb::request_op::Request::RequestTxn(t)) => in_txn(t, out),
+                _ => {}
+            }
+        }
+    }
+    match req {
+        Request::Put(p) if p.lease != 0 => out.push(p.lease),
+        Request::Txn(t) => in_txn(t, out),
+        _ => {}
+    }
 }
 
 impl<V: StateViews> KvState<V> {
@@ -281,7 +340,43 @@ impl<V: StateViews> KvState<V> {
             durable_applied: applied,
             open_txn: None,
             commit_in_flight: None,
+            events: Vec::new(),
+            replaced_at: None,
+            min_lease_ttl: crate::lease::min_lease_ttl(10, 100),
         }
+    }
+
+    /// Sets etcd's minimum lease TTL (seconds), from the member's timing.
+    pub fn set_min_lease_ttl(&mut self, seconds: i64) {
+        self.min_lease_ttl = seconds;
+    }
+
+    /// The changes applied since the last call, as watch events in revision order.
+    pub fn take_events(&mut self) -> Vec<WatchEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The store revision a snapshot install jumped to since the last call, if one did: its
+    /// changes have no events, so watchers must catch up from the store.
+    pub fn take_replaced(&mut self) -> Option<i64> {
+        self.replaced_at.take()
+    }
+
+    /// Moves the changes the MVCC store recorded into the event queue, attaching and
+    /// detaching leased keys on the way.
+    fn collect_events(&mut self) {
+        let events = self.views.mvcc_mut(|m| m.take_events());
+        if events.is_empty() {
+            return;
+        }
+        self.views.leases_mut(|l| {
+            for ev in &events {
+                let kv = ev.kv.as_ref().expect("events carry their KeyValue");
+                let lease = (ev.r#type == EventType::Put as i32).then_some(kv.lease);
+                l.key_changed(&kv.key, lease);
+            }
+        });
+        self.events.extend(events);
     }
 
     pub fn views(&self) -> &V {
@@ -336,13 +431,54 @@ impl<V: StateViews> KvState<V> {
         debug_assert!(index > self.applied, "entry {index} applied twice");
         self.open_txn()?;
         let txn = self.open_txn.as_ref().unwrap();
+        let mut named = Vec::new();
+        if let Some(r) = &req.request {
+            named_leases(r, &mut named);
+        }
+        let missing: Vec<i64> = self
+            .views
+            .leases(|l| named.into_iter().filter(|id| !l.contains(*id)).collect());
+        let exists = |id: i64| !missing.contains(&id);
         let result = match &req.request {
-            Some(Request::Put(r)) => self.views.mvcc_mut(|m| m.put(txn, r)).map(Applied::Put),
+            Some(Request::Put(r)) => self
+                .views
+                .mvcc_mut(|m| m.put_leased(txn, r, &exists))
+                .map(Applied::Put),
             Some(Request::DeleteRange(r)) => self
                 .views
                 .mvcc_mut(|m| m.delete_range(txn, r))
                 .map(Applied::DeleteRange),
-            Some(Request::Txn(r)) => self.views.mvcc_mut(|m| m.txn(txn, r)).map(Applied::Txn),
+            Some(Request::Txn(r)) => self
+                .views
+                .mvcc_mut(|m| m.txn_leased(txn, r, &exists))
+                .map(Applied::Txn),
+            Some(Request::LeaseGrant(r)) => {
+                let min = self.min_lease_ttl;
+                self.views
+                    .leases_mut(|l| l.grant(txn, r.id, r.ttl, min))
+                    .map_err(|e| Fatal::new("storing a lease", e))?
+                    .map(|ttl| {
+                        Applied::LeaseGrant(pb::LeaseGrantResponse {
+                            header: None,
+                            id: r.id,
+                            ttl,
+                            error: String::new(),
+                        })
+                    })
+                    .map_err(MvccError::from)
+            }
+            Some(Request::LeaseRevoke(r)) => self.revoke(txn, r.id),
+            Some(Request::LeaseCheckpoint(r)) => {
+                let remaining: Vec<(i64, i64)> = r
+                    .checkpoints
+                    .iter()
+                    .map(|c| (c.id, c.remaining_ttl))
+                    .collect();
+                self.views
+                    .leases_mut(|l| l.checkpoint(txn, &remaining))
+                    .map_err(|e| Fatal::new("storing a lease checkpoint", e))?;
+                Ok(Applied::LeaseCheckpoint)
+            }
             Some(Request::Compaction(r)) => self
                 .views
                 .mvcc_mut(|m| m.compact(txn, r.revision))
@@ -365,8 +501,46 @@ impl<V: StateViews> KvState<V> {
             Err(e @ (MvccError::Storage(_) | MvccError::Corrupt(_))) => {
                 Err(Fatal::new(&format!("applying entry {index}"), e))
             }
-            other => Ok(other),
+            other => {
+                self.collect_events();
+                Ok(other)
+            }
         }
+    }
+
+    /// etcd's LeaseRevoke apply: every key attached to the lease is deleted in one revision
+    /// (one txn of deletes), then the lease goes. Error: the lease does not exist.
+    fn revoke(
+        &self,
+        txn: &redb::WriteTransaction,
+        id: i64,
+    ) -> Result<Applied, MvccError> {
+        let keys = match self.views.leases(|l| l.keys_of(id)) {
+            Ok(keys) => keys,
+            Err(e) => return Err(e.into()),
+        };
+        let mut header = None;
+        if !keys.is_empty() {
+            let deletes = pb::TxnRequest {
+                success: keys
+                    .into_iter()
+                    .map(|key| pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestDeleteRange(
+                            pb::DeleteRangeRequest {
+                                key,
+                                ..Default::default()
+                            },
+                        )),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            header = self.views.mvcc_mut(|m| m.txn(txn, &deletes))?.header;
+        }
+        self.views
+            .leases_mut(|l| l.remove(txn, id))
+            .map_err(|e| MvccError::Corrupt(format!("removing lease {id:x}: {e}")))?;
+        Ok(Applied::LeaseRevoke(pb::LeaseRevokeResponse { header }))
     }
 
     /// An entry with no effect on the stores (an empty entry of a new leader).
@@ -467,6 +641,7 @@ impl<V: StateViews> KvState<V> {
             current_rev,
             compact_rev,
             members: self.views.members(|m| m.clone()),
+            leases: self.views.leases(|l| l.clone()),
             index: self.applied,
         })
     }
@@ -497,11 +672,18 @@ impl<V: StateViews> KvState<V> {
             index,
             mvcc,
             members,
+            mut leases,
         } = installed;
+        let revision = mvcc.current_revision();
         self.views.mvcc_mut(|m| *m = mvcc);
         self.views.members_mut(|m| *m = members);
+        self.views.leases_mut(|l| {
+            leases.keep_clock_of(l);
+            *l = leases
+        });
         self.applied = index;
         self.durable_applied = index;
+        self.replaced_at = Some(revision);
     }
 }
 
@@ -541,6 +723,7 @@ pub struct Installed {
     pub index: u64,
     mvcc: Mvcc,
     members: Membership,
+    leases: Lessor,
 }
 
 impl SnapshotInstall {
@@ -573,7 +756,7 @@ impl SnapshotInstall {
         txn.set_durability(Durability::Immediate)
             .map_err(|e| Fatal::new("setting durability", e))?;
         let rows = reader.rows().map(|r| r.map_err(damaged));
-        let mvcc = Mvcc::import_rows(&txn, &head, rows)
+        let (mvcc, leased) = Mvcc::import_rows(&txn, &head, rows)
             .map_err(|e| Fatal(format!("installing snapshot: {e}")))?;
         // The reader read to the end: the bytes must be the file raft's snapshot names.
         if !check.matches(&want) {
@@ -585,6 +768,8 @@ impl SnapshotInstall {
         }
         let members = Membership::import(&txn, &head)
             .map_err(|e| Fatal::new("installing snapshot members", e))?;
+        let leases = Lessor::import(&txn, &head, leased)
+            .map_err(|e| Fatal::new("installing snapshot leases", e))?;
         crate::raft_log::write_snapshot_meta(&txn, snap)
             .map_err(|e| Fatal::new("storing snapshot metadata", e))?;
         put_meta(&txn, meta_keys::APPLIED_INDEX, &index.to_be_bytes())?;
@@ -594,6 +779,7 @@ impl SnapshotInstall {
             index,
             mvcc,
             members,
+            leases,
         })
     }
 }
