@@ -7,8 +7,15 @@ fn main() {
         .extern_path(".mvccpb", "::detcd_core::proto::mvccpb")
         .extern_path(".etcdserverpb", "::detcd_core::proto::etcdserverpb")
         .extern_path(".detcdpb", "::detcd_core::proto::detcdpb")
+        .extern_path(".v3lockpb", "::detcd_core::proto::v3lockpb")
+        .extern_path(".v3electionpb", "::detcd_core::proto::v3electionpb")
         .compile_protos(
-            &["../core/proto/rpc.proto", "../core/proto/detcd.proto"],
+            &[
+                "../core/proto/rpc.proto",
+                "../core/proto/detcd.proto",
+                "../core/proto/v3lock.proto",
+                "../core/proto/v3election.proto",
+            ],
             &["../core/proto"],
         )
         .expect("compile protos");

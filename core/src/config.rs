@@ -96,6 +96,11 @@ pub struct Config {
     pub force_new_cluster: bool,
     /// `--feature-gates=AutoPromoteLearners=true`: the leader promotes learners once in sync.
     pub auto_promote_learners: bool,
+    /// `--experimental-enable-lease-checkpoint`: the leader checkpoints leases' remaining TTL
+    /// every 5 minutes, so a new leader does not count them afresh.
+    pub lease_checkpoint: bool,
+    /// `--experimental-watch-progress-notify-interval` in milliseconds (etcd: 10 min).
+    pub watch_progress_notify_interval_ms: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,6 +363,8 @@ impl Default for Config {
             max_learners: 1,
             force_new_cluster: false,
             auto_promote_learners: false,
+            lease_checkpoint: false,
+            watch_progress_notify_interval_ms: 10 * 60 * 1000,
         }
     }
 }

@@ -25,8 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 
 /// After proposing a revoke, the leader proposes it again this long later if the lease is
-/// still there (etcd's expiredLeaseRetryInterval, 3 s): the first proposal may be lost.
-pub const REVOKE_RETRY_MS: u64 = 3_000;
+/// still there: the first proposal may be lost. etcd uses its request timeout, 5 s plus two
+/// election timeouts (7 s by default; etcdserver/server.go expiredLeaseRetryInterval).
+pub const REVOKE_RETRY_MS: u64 = 7_000;
 
 /// etcd's minimum lease TTL (etcdserver/server.go): one and a half election timeouts, rounded
 /// up to whole seconds: `ceil(((3 * election_ticks) / 2) * heartbeat_ms / 1000)`.
@@ -202,7 +203,8 @@ impl Lessor {
 
     // ---- the replicated half (apply) ----
 
-    /// Applies a grant (etcd's lessor.Grant): `ttl` is raised to `min_ttl`. Error: Exists.
+    /// Applies a grant (etcd's lessor.Grant): `ttl` is raised to `min_ttl`. Errors:
+    /// TtlTooLarge (above [`MAX_LEASE_TTL`], checked at apply as etcd does), Exists.
     /// Returns the lease's TTL.
     pub fn grant(
         &mut self,
@@ -211,6 +213,9 @@ impl Lessor {
         ttl: i64,
         min_ttl: i64,
     ) -> Result<Result<i64, LeaseError>, LogError> {
+        if ttl > MAX_LEASE_TTL {
+            return Ok(Err(LeaseError::TtlTooLarge));
+        }
         if self.leases.contains_key(&id) {
             return Ok(Err(LeaseError::Exists));
         }
@@ -298,7 +303,7 @@ impl Lessor {
         let mut l = Lessor::default();
         for r in &data.leases {
             table.insert(r.id, r.encode_to_vec().as_slice())?;
-            l.insert(r.clone());
+            l.insert(*r);
         }
         for (key, id) in leased_keys {
             l.attach(key, id);
@@ -389,9 +394,7 @@ impl Lessor {
                 break;
             }
             let expired = l.expiry_ms.is_some_and(|e| e <= now);
-            let due = l
-                .revoke_asked_ms
-                .is_none_or(|t| now >= t + REVOKE_RETRY_MS);
+            let due = l.revoke_asked_ms.is_none_or(|t| now >= t + REVOKE_RETRY_MS);
             if expired && due {
                 l.revoke_asked_ms = Some(now);
                 out.push(l.id);
@@ -436,8 +439,11 @@ impl Lessor {
                 continue;
             }
             let left = (expiry - now).div_ceil(1000) as i64;
-            out.push((l.id, left));
             l.checkpoint_ms = checkpoint_due(now, left, Some(interval));
+            // A lease renewed since has its whole TTL left: nothing to record.
+            if left < l.ttl {
+                out.push((l.id, left));
+            }
         }
         out
     }
@@ -488,6 +494,21 @@ mod tests {
     }
 
     #[test]
+    fn a_ttl_above_etcds_maximum_is_refused() {
+        let db = db();
+        let mut l = Lessor::default();
+        let txn = db.begin_write().unwrap();
+        assert_eq!(
+            l.grant(&txn, 1, MAX_LEASE_TTL + 1, 2).unwrap(),
+            Err(LeaseError::TtlTooLarge)
+        );
+        assert_eq!(
+            l.grant(&txn, 1, MAX_LEASE_TTL, 2).unwrap(),
+            Ok(MAX_LEASE_TTL)
+        );
+    }
+
+    #[test]
     fn keys_follow_their_latest_write() {
         let db = db();
         let mut l = granted(&db, &[(1, 10), (2, 10)], 2);
@@ -512,7 +533,11 @@ mod tests {
         l.advance(100_000);
         assert!(l.expired(10).is_empty(), "a follower expires nothing");
         l.promote(1_000, None);
-        assert_eq!(l.time_to_live(1), Ok((6, 5)), "TTL plus the election timeout");
+        assert_eq!(
+            l.time_to_live(1),
+            Ok((6, 5)),
+            "TTL plus the election timeout"
+        );
         l.advance(105_999);
         assert!(l.expired(10).is_empty());
         l.advance(106_000);

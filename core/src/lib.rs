@@ -21,3 +21,4 @@ pub mod state;
 pub mod tables;
 pub mod tls;
 pub mod wal;
+pub mod watch;

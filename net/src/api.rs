@@ -37,9 +37,20 @@ pub struct Api {
     pub peer_tls: PeerDialTls,
     /// `--strict-reconfig-check`, passed with every membership change this member asks for.
     pub strict_reconfig_check: bool,
+    /// `--experimental-watch-progress-notify-interval`.
+    pub watch_progress_interval: Duration,
 }
 
 impl Api {
+    /// The Watch service over this member's watch hub.
+    pub fn watch_service(&self) -> crate::watch::WatchService {
+        crate::watch::WatchService {
+            shared: self.node.shared.clone(),
+            max_request_bytes: self.max_request_bytes,
+            progress_interval: self.watch_progress_interval,
+        }
+    }
+
     fn shared(&self) -> &Shared {
         &self.node.shared
     }
@@ -58,7 +69,7 @@ impl Api {
 
     /// A learner serves only Status and serializable ranges (etcd's
     /// api/v3rpc/interceptor.go): everything else is refused with etcd's error.
-    fn refuse_learner(&self) -> Result<(), ApiError> {
+    pub(crate) fn refuse_learner(&self) -> Result<(), ApiError> {
         if self.shared().status().is_learner {
             return Err(ApiError::NotSupportedForLearner);
         }
@@ -74,7 +85,7 @@ impl Api {
     }
 
     /// Proposes a write and answers with the response `pick` finds in its applied result.
-    async fn write_as<T: WithHeader>(
+    pub(crate) async fn write_as<T: WithHeader>(
         &self,
         req: Internal,
         encoded_len: usize,
@@ -121,7 +132,7 @@ fn may_be_large(r: &pb::RangeRequest) -> bool {
 
 /// Runs a long read on a blocking thread.
 #[cfg(not(madsim))]
-async fn run_blocking<T: Send + 'static>(
+pub(crate) async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
@@ -131,14 +142,14 @@ async fn run_blocking<T: Send + 'static>(
 
 /// Under madsim there are no blocking threads: the read runs in place.
 #[cfg(madsim)]
-async fn run_blocking<T: Send + 'static>(
+pub(crate) async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
     f()
 }
 
 /// The write responses, whose headers the API fills (cluster, member, term).
-trait WithHeader {
+pub(crate) trait WithHeader {
     fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
 }
 
@@ -155,7 +166,9 @@ with_header!(
     pb::PutResponse,
     pb::DeleteRangeResponse,
     pb::TxnResponse,
-    pb::CompactionResponse
+    pb::CompactionResponse,
+    pb::LeaseGrantResponse,
+    pb::LeaseRevokeResponse
 );
 
 #[tonic::async_trait]

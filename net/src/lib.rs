@@ -9,6 +9,7 @@ pub mod h2_authority;
 #[cfg(not(madsim))]
 pub mod hpack;
 pub mod http;
+pub mod lease;
 pub mod log_file;
 pub mod member;
 pub mod mutation;
@@ -18,6 +19,7 @@ pub mod snapshot_files;
 #[cfg(not(madsim))]
 pub mod tls;
 pub mod transport;
+pub mod watch;
 
 #[cfg(not(madsim))]
 pub use member::run_member;

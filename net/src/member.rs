@@ -6,7 +6,8 @@ use crate::api::Api;
 use crate::node::{Node, NodeError, NodeParams, NodeStorage};
 use crate::proto::detcdpb::peer_server::PeerServer;
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use crate::snapshot_files::SnapshotFiles;
 #[cfg(not(madsim))]
@@ -335,6 +336,7 @@ pub async fn run_member_with(
         strict_reconfig_check: cfg.strict_reconfig_check,
         max_learners: cfg.max_learners as usize,
         auto_promote_learners: cfg.auto_promote_learners,
+        lease_checkpoint: cfg.lease_checkpoint,
     };
     let storage = NodeStorage {
         log,
@@ -352,6 +354,7 @@ pub async fn run_member_with(
         db_size,
         peer_tls: peer_tls.clone(),
         strict_reconfig_check: cfg.strict_reconfig_check,
+        watch_progress_interval: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
     };
     // A server that stops (its listener failed) stops the member.
     let (server_err_tx, mut server_err) = mpsc::channel::<MemberError>(4);
@@ -605,9 +608,14 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
     let kv = KvServer::new(api.clone()).max_decoding_message_size(limit);
     let cluster = ClusterServer::new(api.clone()).max_decoding_message_size(limit);
     let maint = MaintenanceServer::new(api.clone()).max_decoding_message_size(limit);
+    let watch = WatchServer::new(api.watch_service()).max_decoding_message_size(limit);
+    let lease = LeaseServer::new(crate::lease::LeaseService::new(api.clone()))
+        .max_decoding_message_size(limit);
     let routes = tonic::service::Routes::new(kv)
         .add_service(cluster)
         .add_service(maint)
+        .add_service(watch)
+        .add_service(lease)
         .into_axum_router();
     let app = crate::http::routes(api.node.shared.clone(), routes);
     // Our own accept loop rather than axum::serve: each connection's bytes go through
@@ -691,6 +699,10 @@ async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), Me
     tonic::transport::Server::builder()
         .add_service(KvServer::new(api.clone()))
         .add_service(ClusterServer::new(api.clone()))
+        .add_service(WatchServer::new(api.watch_service()))
+        .add_service(LeaseServer::new(crate::lease::LeaseService::new(
+            api.clone(),
+        )))
         .add_service(MaintenanceServer::new(api))
         .serve(addr)
         .await

@@ -14,6 +14,7 @@
 use crate::errors::ApiError;
 use crate::snapshot_files::SnapshotFiles;
 use crate::transport::{PeerEvent, Transport};
+use detcd_core::lease::Lessor;
 use detcd_core::membership::{MemberChange, Membership};
 use detcd_core::mvcc::Mvcc;
 use detcd_core::proto::detcdpb::{self, internal_request::Request};
@@ -55,7 +56,11 @@ pub struct Shared {
     /// never sees an index entry whose row is not yet visible.
     pub mvcc: RwLock<Mvcc>,
     pub members: RwLock<Membership>,
+    /// Leases; the leader's clock over them is advanced by the driver's ticks.
+    pub leases: RwLock<Lessor>,
     pub status: Mutex<RaftStatus>,
+    /// The watchers of this member's clients, fed by the driver after each apply.
+    pub watch: crate::watch::WatchHub,
 }
 
 impl Shared {
@@ -112,6 +117,12 @@ impl StateViews for SharedViews {
     }
     fn members_mut<R>(&self, f: impl FnOnce(&mut Membership) -> R) -> R {
         f(&mut self.0.members.write().unwrap())
+    }
+    fn leases<R>(&self, f: impl FnOnce(&Lessor) -> R) -> R {
+        f(&self.0.leases.read().unwrap())
+    }
+    fn leases_mut<R>(&self, f: impl FnOnce(&mut Lessor) -> R) -> R {
+        f(&mut self.0.leases.write().unwrap())
     }
 }
 
@@ -243,7 +254,12 @@ pub struct NodeParams {
     pub max_learners: usize,
     /// `--feature-gates=AutoPromoteLearners=true`.
     pub auto_promote_learners: bool,
+    /// `--experimental-enable-lease-checkpoint`.
+    pub lease_checkpoint: bool,
 }
+
+/// etcd's lease checkpoint interval (lease/lessor.go defaultLeaseCheckpointInterval).
+const LEASE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// etcd's HealthInterval: every voter connected this long before a strict reconfiguration.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
@@ -260,7 +276,7 @@ enum DiskDone {
     Persisted(u64),
     Committed(u64),
     SnapshotBuilt(Result<detcd_core::proto::detcdpb::SnapshotRef, Fatal>),
-    SnapshotInstalled(Result<detcd_core::state::Installed, Fatal>),
+    SnapshotInstalled(Box<Result<detcd_core::state::Installed, Fatal>>),
     Failed(String),
 }
 
@@ -330,7 +346,11 @@ impl Node {
             db,
             snapshot_files,
         } = storage;
-        let (mvcc, members) = state::load_views(&db)?;
+        let state::Loaded {
+            mvcc,
+            members,
+            leases,
+        } = state::load_views(&db)?;
         let applied = state::read_applied(&db)?;
         let mut log = log;
         if restarted && crate::mutation::active("forget-hardstate") {
@@ -340,8 +360,10 @@ impl Node {
             member_id: params.member_id,
             cluster_id: params.cluster_id,
             db: db.clone(),
+            watch: crate::watch::WatchHub::new(mvcc.current_revision()),
             mvcc: RwLock::new(mvcc),
             members: RwLock::new(members),
+            leases: RwLock::new(leases),
             status: Mutex::new(RaftStatus::default()),
         });
         let kv = KvState::new(db, SharedViews(shared.clone()), applied);
@@ -362,6 +384,13 @@ impl Node {
         cfg.strict_reconfig_check = params.strict_reconfig_check;
         cfg.max_learners = params.max_learners;
         cfg.auto_promote_learners = params.auto_promote_learners;
+        cfg.tick_ms = heartbeat_ms;
+        cfg.lease_checkpoint_interval_ms = params
+            .lease_checkpoint
+            .then_some(LEASE_CHECKPOINT_INTERVAL.as_millis() as u64);
+        if crate::mutation::active("early-lease-expiry") {
+            cfg.mutations.early_lease_expiry_ms = 1000;
+        }
         cfg.health_ticks = (HEALTH_INTERVAL.as_millis() as u64).div_ceil(heartbeat_ms);
         let server = Server::new(
             cfg,
@@ -432,7 +461,7 @@ impl Node {
                     DiskDone::Persisted(n) => timed("handling a log write", || self.server.handle_persisted(n))?,
                     DiskDone::Committed(applied) => timed("handling a commit", || self.server.handle_committed(applied))?,
                     DiskDone::SnapshotBuilt(data) => self.server.handle_snapshot_built(data)?,
-                    DiskDone::SnapshotInstalled(res) => self.server.handle_snapshot_installed(res)?,
+                    DiskDone::SnapshotInstalled(res) => self.server.handle_snapshot_installed(*res)?,
                     DiskDone::Failed(msg) => return Err(NodeError::Fatal(msg)),
                 },
                 Some(ev) = self.peer_events.recv() => match ev {
@@ -533,7 +562,7 @@ impl Node {
                             // The data file holds it now; the copy would double the data dir.
                             files.remove(index);
                         }
-                        let _ = done.send(DiskDone::SnapshotInstalled(installed));
+                        let _ = done.send(DiskDone::SnapshotInstalled(Box::new(installed)));
                     });
                 }
                 Output::BuildSnapshot(source) => {
@@ -554,6 +583,8 @@ impl Node {
                     }
                 }
                 Output::MembershipChanged(peers) => self.transport.set_peers(&peers),
+                Output::Events(events) => self.shared.watch.publish(&events),
+                Output::StoreReplaced(revision) => self.shared.watch.replaced(revision),
                 Output::Removed if crate::mutation::active("ignore-removal") => {}
                 Output::Removed => {
                     tracing::warn!(

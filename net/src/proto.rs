@@ -7,3 +7,9 @@ pub mod etcdserverpb {
 pub mod detcdpb {
     tonic::include_proto!("detcdpb");
 }
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}

@@ -15,9 +15,9 @@ use detcd_core::ids::format_id;
 use detcd_core::membership::MemberChange;
 use detcd_core::peer;
 use detcd_core::proto::detcdpb::{
-    member_change_request, HandshakeRequest, HandshakeResponse, MemberChangeRequest,
-    MemberChangeResponse, MembersRequest, MembersResponse, MessageBatch, SnapshotChunk,
-    SnapshotReceived, StreamSummary,
+    member_change_request, HandshakeRequest, HandshakeResponse, LeaseAnswer, LeaseForwardRequest,
+    MemberChangeRequest, MemberChangeResponse, MembersRequest, MembersResponse, MessageBatch,
+    SnapshotChunk, SnapshotReceived, StreamSummary,
 };
 use detcd_core::state::snapshot::FileCheck;
 use raft::prelude::{Message, MessageType};
@@ -687,6 +687,24 @@ impl Peer for PeerService {
         }))
     }
 
+    /// A lease call a follower's client made that only the leader can answer.
+    async fn lease_forward(
+        &self,
+        req: Request<LeaseForwardRequest>,
+    ) -> Result<Response<LeaseAnswer>, Status> {
+        let req = req.into_inner();
+        peer::check_sender(req.cluster_id, req.from, self.shared.cluster_id, |id| {
+            self.is_member(id)
+        })
+        .map_err(|e| Status::permission_denied(e.to_string()))?;
+        let call = req
+            .call
+            .ok_or_else(|| Status::invalid_argument("no lease call given"))?;
+        Ok(Response::new(
+            crate::lease::answer_on_leader(&self.shared, call).await,
+        ))
+    }
+
     /// A membership change a follower's client asked for: the leader checks and proposes it,
     /// and answers with the index it applied at.
     async fn member_change(
@@ -896,6 +914,22 @@ pub async fn fetch_remote_clusters(urls: &[String], tls: &PeerDialTls) -> Vec<Re
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// A peer client for the first of `urls` that connects (each tried for `CONNECT_TIMEOUT`).
+pub async fn peer_client(
+    urls: &[String],
+    tls: &PeerDialTls,
+) -> Result<PeerClient<tonic::transport::Channel>, String> {
+    let mut last = String::from("the member has no peer URLs");
+    for url in urls {
+        match tokio::time::timeout(CONNECT_TIMEOUT, open_channel(url, tls)).await {
+            Ok(Ok(ch)) => return Ok(PeerClient::new(ch)),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = format!("connecting to {url} timed out"),
+        }
+    }
+    Err(last)
 }
 
 /// Sends a membership change to the leader at `urls` (its peer URLs, tried in order) and

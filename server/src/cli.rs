@@ -122,6 +122,11 @@ const FLAGS: &[FlagSpec] = &[
         help: "Sets the maximum number of learners that can be available in the cluster membership. [default: 1]",
     },
     FlagSpec {
+        name: "experimental-watch-progress-notify-interval",
+        heading: CLUSTERING,
+        help: "Duration of periodic watch progress notifications. [default: 10m0s]",
+    },
+    FlagSpec {
         name: "feature-gates",
         heading: CLUSTERING,
         help: "A set of key=value pairs that describe server level feature gates for alpha/experimental features. Options are:\n               AutoPromoteLearners=true|false (ALPHA - default=false): the leader promotes a learner once it is in sync (detcd only)",
@@ -193,6 +198,11 @@ const BOOL_FLAGS: &[FlagSpec] = &[
         name: "strict-reconfig-check",
         heading: CLUSTERING,
         help: "Reject reconfiguration requests that would cause quorum loss. [default: true]",
+    },
+    FlagSpec {
+        name: "experimental-enable-lease-checkpoint",
+        heading: CLUSTERING,
+        help: "Enable to persist lease remaining TTL to prevent indefinite auto-renewal of long lived leases.",
     },
     FlagSpec { name: "client-cert-auth", heading: SECURITY, help: "Enable client cert authentication." },
     FlagSpec { name: "auto-tls", heading: SECURITY, help: "Client TLS using generated certificates." },
@@ -618,6 +628,11 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
     if let Some(v) = uint("max-learners", u32::MAX as u64)? {
         c.max_learners = v as u32;
     }
+    c.lease_checkpoint = boolean("experimental-enable-lease-checkpoint")?;
+    if let Some(g) = given("experimental-watch-progress-notify-interval") {
+        c.watch_progress_notify_interval_ms = parse_go_duration_ms(&g.value)
+            .map_err(|e| g.invalid("experimental-watch-progress-notify-interval", e))?;
+    }
     Ok(c)
 }
 
@@ -682,6 +697,55 @@ fn parse_go_int(s: &str) -> Result<i64, &'static str> {
     }
 }
 
+/// Go's `time.ParseDuration`, in whole milliseconds (rounded down): decimal numbers with
+/// optional fractions, each with a unit (ns, us, µs, ms, s, m, h), an optional sign; "0"
+/// alone needs no unit. Negative durations are refused here (no duration flag takes one).
+fn parse_go_duration_ms(s: &str) -> Result<u64, String> {
+    let invalid = || format!("time: invalid duration {s:?}");
+    let rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.starts_with('-') {
+        return Err(invalid());
+    }
+    if rest == "0" {
+        return Ok(0);
+    }
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    let mut total_ns: f64 = 0.0;
+    let mut rest = rest;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(num_len);
+        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+            return Err(invalid());
+        }
+        let value: f64 = num.parse().map_err(|_| invalid())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "" => return Err(format!("time: missing unit in duration {s:?}")),
+            _ => return Err(format!("time: unknown unit {unit:?} in duration {s:?}")),
+        };
+        total_ns += value * scale;
+        rest = tail;
+    }
+    if total_ns > i64::MAX as f64 {
+        return Err(invalid());
+    }
+    Ok((total_ns / 1e6) as u64)
+}
+
 /// Go's `strconv.ParseBool`.
 fn parse_go_bool(s: &str) -> Option<bool> {
     match s {
@@ -694,6 +758,24 @@ fn parse_go_bool(s: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations_parse_as_go_does() {
+        assert_eq!(parse_go_duration_ms("10m"), Ok(600_000));
+        assert_eq!(parse_go_duration_ms("1h2m3.5s"), Ok(3_723_500));
+        assert_eq!(parse_go_duration_ms("100ms"), Ok(100));
+        assert_eq!(parse_go_duration_ms("0"), Ok(0));
+        assert_eq!(parse_go_duration_ms("1500us"), Ok(1));
+        assert!(parse_go_duration_ms("10")
+            .unwrap_err()
+            .contains("missing unit"));
+        assert!(parse_go_duration_ms("10x")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_go_duration_ms("").is_err());
+        assert!(parse_go_duration_ms("-1s").is_err());
+        assert!(parse_go_duration_ms("1..2s").is_err());
+    }
     use detcd_core::config::{format_initial_cluster, format_urls, Url};
 
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<(Cli, Vec<String>), CliError> {

@@ -347,6 +347,9 @@ impl PartialEq for Mvcc {
 
 impl Eq for Mvcc {}
 
+/// A KV-table row: revision key, encoded KeyValue.
+type Row = (Vec<u8>, Vec<u8>);
+
 /// Which lease IDs exist, asked by puts that name one (etcd checks at apply).
 pub type LeaseExists<'a> = &'a dyn Fn(i64) -> bool;
 
@@ -513,7 +516,13 @@ impl Mvcc {
             return Ok((Vec::new(), to));
         }
         let lo = revision_key(Revision { main: from, sub: 0 }, false);
-        let hi = revision_key(Revision { main: to + 1, sub: 0 }, false);
+        let hi = revision_key(
+            Revision {
+                main: to + 1,
+                sub: 0,
+            },
+            false,
+        );
         let mut events = Vec::new();
         let mut last = to;
         // Rows not yet committed first in the merge: a row can be in both while its commit
@@ -532,7 +541,7 @@ impl Mvcc {
             Some(t) => Some(t.range(lo.as_slice()..hi.as_slice())?),
             None => None,
         };
-        let mut next_stored = || -> Result<Option<(Vec<u8>, Vec<u8>)>, MvccError> {
+        let mut next_stored = || -> Result<Option<Row>, MvccError> {
             match stored.as_mut().and_then(|it| it.next()) {
                 Some(r) => {
                     let (k, v) = r?;
@@ -771,12 +780,9 @@ impl Mvcc {
         let mut children = plan.children.iter();
         for op in branch(req, plan.succeeded) {
             match &op.request {
-                Some(Request::RequestTxn(t)) => self.check_puts(
-                    t,
-                    children.next().expect("plan matches txn"),
-                    at,
-                    leases,
-                )?,
+                Some(Request::RequestTxn(t)) => {
+                    self.check_puts(t, children.next().expect("plan matches txn"), at, leases)?
+                }
                 Some(Request::RequestPut(p))
                     if (p.ignore_value || p.ignore_lease)
                         && self.index.get(&p.key, at).is_none() =>
@@ -875,7 +881,8 @@ impl Mvcc {
         ws.rows.push(key);
         self.index.push(&value.key, Event { rev, tombstone });
         ws.undo.push(value.key.clone());
-        ws.events.push(change_event(value.clone(), rev.main, tombstone));
+        ws.events
+            .push(change_event(value.clone(), rev.main, tombstone));
         Ok(())
     }
 

@@ -502,7 +502,10 @@ fn propose_one(
     s: &mut Server<Owned>,
     file: &mut MemFile,
     request: Request,
-) -> (Result<Applied, RequestError>, Vec<crate::proto::mvccpb::Event>) {
+) -> (
+    Result<Applied, RequestError>,
+    Vec<crate::proto::mvccpb::Event>,
+) {
     let id = s.handle_proposals(vec![request]).unwrap()[0];
     let mut result = None;
     let mut events = Vec::new();

@@ -19,11 +19,11 @@
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::mvcc::{Mvcc, MvccError};
-use crate::proto::mvccpb::{event::EventType, Event as WatchEvent};
 use crate::proto::detcdpb::{
     internal_request::Request, InternalRequest, SnapshotData, SnapshotRef,
 };
 use crate::proto::etcdserverpb as pb;
+use crate::proto::mvccpb::{event::EventType, Event as WatchEvent};
 use crate::raft_log::LogError;
 use crate::tables::{meta_keys, META};
 use prost::Message as _;
@@ -510,15 +510,8 @@ impl<V: StateViews> KvState<V> {
 
     /// etcd's LeaseRevoke apply: every key attached to the lease is deleted in one revision
     /// (one txn of deletes), then the lease goes. Error: the lease does not exist.
-    fn revoke(
-        &self,
-        txn: &redb::WriteTransaction,
-        id: i64,
-    ) -> Result<Applied, MvccError> {
-        let keys = match self.views.leases(|l| l.keys_of(id)) {
-            Ok(keys) => keys,
-            Err(e) => return Err(e.into()),
-        };
+    fn revoke(&self, txn: &redb::WriteTransaction, id: i64) -> Result<Applied, MvccError> {
+        let keys = self.views.leases(|l| l.keys_of(id))?;
         let mut header = None;
         if !keys.is_empty() {
             let deletes = pb::TxnRequest {

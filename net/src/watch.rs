@@ -1,0 +1,657 @@
+//! etcd's Watch service: many watchers per gRPC stream, fed from this member's applied writes.
+//!
+//! The driver publishes every applied write's events to the [`WatchHub`] (in revision order,
+//! after the state views show them). A *synced* watcher gets them straight away through its
+//! stream's bounded queue. A watcher that starts in the past, whose stream's queue was full
+//! (a slow client: etcd's "victim"), or that lived through a snapshot install is *unsynced*:
+//! its stream's catch-up task reads the missing revisions from the store's history and sends
+//! them, then makes it synced again under the hub's lock, so no revision is skipped or sent
+//! twice. Publishing never waits for a client.
+//!
+//! Every watcher has `next_rev`, the first revision it has not been sent: it only ever grows,
+//! and a synced watcher takes only events at or above it. A watcher becomes synced only once
+//! `next_rev` is past every published revision.
+//!
+//! Rules from etcd 3.4 (etcdserver/api/v3rpc/watch.go, mvcc/watchable_store.go), see
+//! ../shared/watch-lease-facts.md; progress requests follow etcd 3.4.31/3.5.13 (issue 15220):
+//! answered only when every watcher of the stream is synced.
+
+use crate::errors::ApiError;
+use crate::node::Shared;
+use crate::proto::etcdserverpb::watch_server::Watch;
+use detcd_core::proto::etcdserverpb::{
+    watch_request::RequestUnion, ResponseHeader, WatchRequest, WatchResponse,
+};
+use detcd_core::proto::mvccpb::Event;
+use detcd_core::watch::{fragment, WatchIds, WatchSpec};
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Responses queued per stream (etcd's chanBufLen): when full, the stream's synced watchers
+/// fall back to catching up from history.
+pub const STREAM_QUEUE: usize = 128;
+/// Events read from history per catch-up step (etcd sends up to 1000 revisions per sync).
+const CATCH_UP_EVENTS: usize = 1000;
+/// etcd's grpcOverheadBytes: a fragmented response stays under max-request-bytes plus this.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// The smallest progress notification interval etcd takes (watch.go minWatchProgressInterval).
+const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One response on its way to the client.
+pub struct Outgoing {
+    resp: WatchResponse,
+    /// Fill each event's prev_kv (the key at the revision before) on the way out.
+    fill_prev: bool,
+    /// Split it if large (the watcher asked for fragments).
+    fragment: bool,
+}
+
+struct Watcher {
+    /// Unique in the hub: tells a catch-up whether the watcher it read for is still there.
+    generation: u64,
+    spec: WatchSpec,
+    next_rev: i64,
+    synced: bool,
+    /// Sent an event since the last progress tick (etcd elides the next notification).
+    sent_since_tick: bool,
+}
+
+struct StreamState {
+    tx: mpsc::Sender<Outgoing>,
+    watchers: BTreeMap<i64, Watcher>,
+    ids: WatchIds,
+    wake: Arc<Notify>,
+    /// A progress request waits for every watcher of the stream to be synced.
+    progress_wanted: bool,
+}
+
+impl StreamState {
+    fn all_synced(&self) -> bool {
+        self.watchers.values().all(|w| w.synced)
+    }
+}
+
+struct HubState {
+    /// The revision of the last events published (or of the store a snapshot installed).
+    published: i64,
+    streams: BTreeMap<u64, StreamState>,
+    next_stream: u64,
+    next_generation: u64,
+}
+
+/// Every watcher of this member, and the revision published to them.
+pub struct WatchHub {
+    state: Mutex<HubState>,
+}
+
+/// What a catch-up reads for one unsynced watcher.
+#[derive(Clone)]
+struct Behind {
+    watch_id: i64,
+    generation: u64,
+    spec: WatchSpec,
+    next_rev: i64,
+}
+
+fn progress_response(revision: i64, watch_id: i64) -> WatchResponse {
+    WatchResponse {
+        header: Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        }),
+        watch_id,
+        ..Default::default()
+    }
+}
+
+impl WatchHub {
+    /// A hub whose store is at `revision`.
+    pub fn new(revision: i64) -> WatchHub {
+        WatchHub {
+            state: Mutex::new(HubState {
+                published: revision,
+                streams: BTreeMap::new(),
+                next_stream: 1,
+                next_generation: 1,
+            }),
+        }
+    }
+
+    /// Watchers on every stream (for metrics and tests).
+    pub fn watchers(&self) -> usize {
+        let st = self.state.lock().unwrap();
+        st.streams.values().map(|s| s.watchers.len()).sum()
+    }
+
+    /// Publishes applied events (revision order). Synced watchers get theirs queued at once;
+    /// a watcher whose stream queue is full becomes unsynced and catches up later.
+    pub fn publish(&self, events: &[Event]) {
+        let Some(last) = events
+            .last()
+            .and_then(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
+        else {
+            return;
+        };
+        let mut st = self.state.lock().unwrap();
+        let mut closed = Vec::new();
+        for (sid, stream) in st.streams.iter_mut() {
+            let mut woke = false;
+            for (id, w) in stream.watchers.iter_mut() {
+                if !w.synced {
+                    continue;
+                }
+                let evs: Vec<Event> = w.spec.select(events, w.next_rev).cloned().collect();
+                if evs.is_empty() {
+                    continue;
+                }
+                let out = Outgoing {
+                    resp: WatchResponse {
+                        header: Some(ResponseHeader {
+                            revision: last,
+                            ..Default::default()
+                        }),
+                        watch_id: *id,
+                        events: evs,
+                        ..Default::default()
+                    },
+                    fill_prev: w.spec.prev_kv,
+                    fragment: w.spec.fragment,
+                };
+                if crate::mutation::active("drop-watch-event") && last % 7 == 0 {
+                    w.next_rev = last + 1; // a deliberate loss, for the watch checker
+                    continue;
+                }
+                match stream.tx.try_send(out) {
+                    Ok(()) => {
+                        w.next_rev = last + 1;
+                        w.sent_since_tick = true;
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        w.synced = false;
+                        woke = true;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*sid),
+                }
+            }
+            if woke {
+                stream.wake.notify_one();
+            }
+        }
+        st.published = st.published.max(last);
+        for sid in closed {
+            st.streams.remove(&sid);
+        }
+    }
+
+    /// A snapshot install replaced the store, now at `revision`, without events: every
+    /// watcher catches up from the store.
+    pub fn replaced(&self, revision: i64) {
+        let mut st = self.state.lock().unwrap();
+        st.published = st.published.max(revision);
+        for stream in st.streams.values_mut() {
+            for w in stream.watchers.values_mut() {
+                w.synced = false;
+            }
+            stream.wake.notify_one();
+        }
+    }
+
+    fn open_stream(
+        &self,
+    ) -> (
+        u64,
+        mpsc::Receiver<Outgoing>,
+        mpsc::Sender<Outgoing>,
+        Arc<Notify>,
+    ) {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let wake = Arc::new(Notify::new());
+        let mut st = self.state.lock().unwrap();
+        let sid = st.next_stream;
+        st.next_stream += 1;
+        st.streams.insert(
+            sid,
+            StreamState {
+                tx: tx.clone(),
+                watchers: BTreeMap::new(),
+                ids: WatchIds::default(),
+                wake: wake.clone(),
+                progress_wanted: false,
+            },
+        );
+        (sid, rx, tx, wake)
+    }
+
+    fn close_stream(&self, sid: u64) {
+        self.state.lock().unwrap().streams.remove(&sid);
+    }
+
+    /// Creates a watcher (etcd's sends `created` first, then anything else for it).
+    fn create(
+        &self,
+        sid: u64,
+        permit: mpsc::Permit<'_, Outgoing>,
+        req: &detcd_core::proto::etcdserverpb::WatchCreateRequest,
+    ) {
+        let mut guard = self.state.lock().unwrap();
+        let st = &mut *guard;
+        let published = st.published;
+        let Some(stream) = st.streams.get_mut(&sid) else {
+            return;
+        };
+        let created = WatchResponse {
+            header: Some(ResponseHeader {
+                revision: published,
+                ..Default::default()
+            }),
+            created: true,
+            ..Default::default()
+        };
+        let refuse = |reason: String| Outgoing {
+            resp: WatchResponse {
+                watch_id: -1,
+                canceled: true,
+                cancel_reason: reason,
+                ..created.clone()
+            },
+            fill_prev: false,
+            fragment: false,
+        };
+        let spec = match WatchSpec::from_request(req) {
+            Ok(s) => s,
+            Err(e) => return permit.send(refuse(e.to_string())),
+        };
+        let id = match stream.ids.assign(req.watch_id, &stream.watchers) {
+            Ok(id) => id,
+            Err(e) => return permit.send(refuse(e.to_string())),
+        };
+        // Start 0 means "from the next revision"; one in the future waits for it, synced.
+        let (next_rev, synced) = match req.start_revision {
+            r if r <= 0 => (published + 1, true),
+            r if r > published => (r, true),
+            r => (r, false),
+        };
+        st.next_generation += 1;
+        stream.watchers.insert(
+            id,
+            Watcher {
+                generation: st.next_generation,
+                spec,
+                next_rev,
+                synced,
+                sent_since_tick: false,
+            },
+        );
+        permit.send(Outgoing {
+            resp: WatchResponse {
+                watch_id: id,
+                ..created
+            },
+            fill_prev: false,
+            fragment: false,
+        });
+        if !synced {
+            stream.wake.notify_one();
+        }
+    }
+
+    /// Cancels a watcher; an unknown ID gets no answer (etcd's).
+    fn cancel(&self, sid: u64, permit: mpsc::Permit<'_, Outgoing>, watch_id: i64) {
+        let mut st = self.state.lock().unwrap();
+        let published = st.published;
+        let Some(stream) = st.streams.get_mut(&sid) else {
+            return;
+        };
+        if stream.watchers.remove(&watch_id).is_some() {
+            permit.send(Outgoing {
+                resp: WatchResponse {
+                    watch_id,
+                    canceled: true,
+                    ..progress_response(published, watch_id)
+                },
+                fill_prev: false,
+                fragment: false,
+            });
+        }
+    }
+
+    /// A progress request: answered with watch_id -1 and the published revision once every
+    /// watcher of the stream is synced (etcd issue 15220).
+    fn request_progress(&self, sid: u64, permit: mpsc::Permit<'_, Outgoing>) {
+        let mut st = self.state.lock().unwrap();
+        let published = st.published;
+        let Some(stream) = st.streams.get_mut(&sid) else {
+            return;
+        };
+        if stream.all_synced() || crate::mutation::active("progress-before-sync") {
+            permit.send(Outgoing {
+                resp: progress_response(published, -1),
+                fill_prev: false,
+                fragment: false,
+            });
+        } else {
+            stream.progress_wanted = true;
+        }
+    }
+
+    /// The periodic progress notification (`--experimental-watch-progress-notify-interval`):
+    /// each synced watcher that asked for them and was sent nothing since the last tick gets
+    /// its ID and the published revision. Dropped if the queue is full, as etcd's.
+    fn progress_tick(&self, sid: u64) {
+        let mut st = self.state.lock().unwrap();
+        let published = st.published;
+        let Some(stream) = st.streams.get_mut(&sid) else {
+            return;
+        };
+        for (id, w) in stream.watchers.iter_mut() {
+            if w.spec.progress_notify && w.synced && !w.sent_since_tick {
+                let _ = stream.tx.try_send(Outgoing {
+                    resp: progress_response(published, *id),
+                    fill_prev: false,
+                    fragment: false,
+                });
+            }
+            w.sent_since_tick = false;
+        }
+    }
+
+    fn behind(&self, sid: u64) -> Vec<Behind> {
+        let st = self.state.lock().unwrap();
+        let Some(stream) = st.streams.get(&sid) else {
+            return Vec::new();
+        };
+        stream
+            .watchers
+            .iter()
+            .filter(|(_, w)| !w.synced)
+            .map(|(id, w)| Behind {
+                watch_id: *id,
+                generation: w.generation,
+                spec: w.spec.clone(),
+                next_rev: w.next_rev,
+            })
+            .collect()
+    }
+
+    /// A catch-up sent `b` everything through `last`: it is synced if nothing published is
+    /// left. Returns a progress response that was waiting for the stream to be synced.
+    fn caught_up(&self, sid: u64, b: &Behind, last: i64) -> Option<WatchResponse> {
+        let mut st = self.state.lock().unwrap();
+        let published = st.published;
+        let stream = st.streams.get_mut(&sid)?;
+        let w = stream
+            .watchers
+            .get_mut(&b.watch_id)
+            .filter(|w| w.generation == b.generation && !w.synced)?;
+        w.next_rev = w.next_rev.max(last + 1);
+        if w.next_rev > published {
+            w.synced = true;
+        }
+        if stream.progress_wanted && stream.all_synced() {
+            stream.progress_wanted = false;
+            return Some(progress_response(published, -1));
+        }
+        None
+    }
+
+    /// Removes a watcher whose start revision was compacted (after its cancel was queued).
+    fn forget(&self, sid: u64, b: &Behind) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(stream) = st.streams.get_mut(&sid) {
+            if stream
+                .watchers
+                .get(&b.watch_id)
+                .is_some_and(|w| w.generation == b.generation)
+            {
+                stream.watchers.remove(&b.watch_id);
+            }
+        }
+    }
+}
+
+/// What one catch-up read found for a watcher.
+enum CatchUp {
+    /// Its next revision was compacted away: canceled with this compact revision.
+    Compacted(i64),
+    /// The events it takes among those read, and the last revision read.
+    Events(Vec<Event>, i64),
+}
+
+/// Reads the history one unsynced watcher misses (blocking: it reads the store).
+fn read_behind(shared: &Shared, b: &Behind) -> Result<CatchUp, Status> {
+    let (mvcc, txn) = shared
+        .read_view()
+        .map_err(|e| Status::internal(e.to_string()))?;
+    // etcd cancels a watcher whose next revision is below the compacted one.
+    if b.next_rev < mvcc.compact_revision() {
+        return Ok(CatchUp::Compacted(mvcc.compact_revision()));
+    }
+    let (events, last) = mvcc
+        .history_in(&txn, b.next_rev, mvcc.current_revision(), CATCH_UP_EVENTS)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    // A compaction committed after the view was taken may have removed rows it read past.
+    let compacted = shared.mvcc.read().unwrap().compact_revision();
+    if b.next_rev < compacted {
+        return Ok(CatchUp::Compacted(compacted));
+    }
+    let taken = b.spec.select(&events, b.next_rev).cloned().collect();
+    Ok(CatchUp::Events(taken, last))
+}
+
+/// The stream's catch-up task: whenever woken, sends every unsynced watcher what it misses.
+async fn catch_up(
+    shared: Arc<Shared>,
+    sid: u64,
+    tx: mpsc::Sender<Outgoing>,
+    wake: Arc<Notify>,
+    progress_interval: Duration,
+) {
+    let interval = progress_interval.max(MIN_PROGRESS_INTERVAL);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tokio::select! {
+            biased;
+            _ = tx.closed() => return,
+            _ = wake.notified() => {}
+            _ = ticker.tick() => {
+                shared.watch.progress_tick(sid);
+                continue;
+            }
+        }
+        // Bounded: each round either moves a watcher's next revision on or syncs it.
+        loop {
+            let behind = shared.watch.behind(sid);
+            if behind.is_empty() {
+                break;
+            }
+            for b in &behind {
+                let read = {
+                    let (shared, b) = (shared.clone(), b.clone());
+                    crate::api::run_blocking(move || read_behind(&shared, &b)).await
+                };
+                let out = match read {
+                    Ok(CatchUp::Compacted(rev)) => {
+                        let resp = WatchResponse {
+                            header: Some(ResponseHeader::default()),
+                            watch_id: b.watch_id,
+                            canceled: true,
+                            compact_revision: rev,
+                            ..Default::default()
+                        };
+                        let sent = tx
+                            .send(Outgoing {
+                                resp,
+                                fill_prev: false,
+                                fragment: false,
+                            })
+                            .await;
+                        shared.watch.forget(sid, b);
+                        if sent.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Ok(CatchUp::Events(events, last)) => (events, last),
+                    Err(e) => {
+                        tracing::error!("watch catch-up read failed: {e}");
+                        return;
+                    }
+                };
+                let (events, last) = out;
+                if !events.is_empty() {
+                    let resp = WatchResponse {
+                        header: Some(ResponseHeader {
+                            revision: last,
+                            ..Default::default()
+                        }),
+                        watch_id: b.watch_id,
+                        events,
+                        ..Default::default()
+                    };
+                    let o = Outgoing {
+                        resp,
+                        fill_prev: b.spec.prev_kv,
+                        fragment: b.spec.fragment,
+                    };
+                    if tx.send(o).await.is_err() {
+                        return;
+                    }
+                }
+                if let Some(progress) = shared.watch.caught_up(sid, b, last) {
+                    let o = Outgoing {
+                        resp: progress,
+                        fill_prev: false,
+                        fragment: false,
+                    };
+                    if tx.send(o).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Fills what the hub leaves out: the header's cluster, member and term; prev_kv for
+/// watchers that want it (read at the revision before each event, left out if compacted,
+/// as etcd's); fragments.
+fn finish(shared: &Shared, out: Outgoing, limit: usize) -> Vec<WatchResponse> {
+    let Outgoing {
+        mut resp,
+        fill_prev,
+        fragment: split,
+    } = out;
+    if let Some(h) = resp.header.as_mut() {
+        let full = shared.header_at(h.revision);
+        *h = ResponseHeader {
+            revision: h.revision,
+            ..full
+        };
+    }
+    if fill_prev && !resp.events.is_empty() {
+        if let Ok((mvcc, txn)) = shared.read_view() {
+            for ev in &mut resp.events {
+                let Some(kv) = &ev.kv else { continue };
+                if kv.create_revision == kv.mod_revision && ev.r#type == 0 {
+                    continue; // a create has no previous version
+                }
+                if let Ok(Some(prev)) = mvcc.kv_at_in(&txn, &kv.key, kv.mod_revision - 1) {
+                    ev.prev_kv = Some(prev);
+                }
+            }
+        }
+    }
+    if split {
+        fragment(resp, limit)
+    } else {
+        vec![resp]
+    }
+}
+
+/// The Watch gRPC service.
+#[derive(Clone)]
+pub struct WatchService {
+    pub shared: Arc<Shared>,
+    /// `--max-request-bytes`: fragments stay under it plus gRPC's overhead.
+    pub max_request_bytes: usize,
+    /// `--experimental-watch-progress-notify-interval` (etcd: 10 min).
+    pub progress_interval: Duration,
+}
+
+type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+/// etcd's `hasleader` gRPC metadata (clientv3.WithRequireLeader): refuse at once without a
+/// leader (api/v3rpc/interceptor.go).
+pub fn require_leader<T>(req: &Request<T>, shared: &Shared) -> Result<(), Status> {
+    let wants = req
+        .metadata()
+        .get("hasleader")
+        .is_some_and(|v| v.as_bytes() == b"true");
+    if wants && shared.status().leader == 0 {
+        return Err(ApiError::NoLeader.into());
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<WatchStream>, Status> {
+        require_leader(&req, &self.shared)?;
+        if self.shared.status().is_learner {
+            return Err(ApiError::NotSupportedForLearner.into());
+        }
+        let mut incoming = req.into_inner();
+        let shared = self.shared.clone();
+        let (sid, mut rx, tx, wake) = shared.watch.open_stream();
+        tokio::spawn(catch_up(
+            shared.clone(),
+            sid,
+            tx.clone(),
+            wake,
+            self.progress_interval,
+        ));
+        let reader = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = match incoming.message().await {
+                    Ok(Some(m)) => m,
+                    _ => break,
+                };
+                // Room for the answer first, so it is queued in order with events.
+                let Ok(permit) = tx.reserve().await else {
+                    break;
+                };
+                match msg.request_union {
+                    Some(RequestUnion::CreateRequest(c)) => reader.watch.create(sid, permit, &c),
+                    Some(RequestUnion::CancelRequest(c)) => {
+                        reader.watch.cancel(sid, permit, c.watch_id)
+                    }
+                    Some(RequestUnion::ProgressRequest(_)) => {
+                        reader.watch.request_progress(sid, permit)
+                    }
+                    None => {}
+                }
+            }
+            reader.watch.close_stream(sid);
+        });
+        let limit = self.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let out = async_stream::stream! {
+            while let Some(o) = rx.recv().await {
+                for resp in finish(&shared, o, limit) {
+                    yield Ok(resp);
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(out)))
+    }
+}
