@@ -384,6 +384,12 @@ impl Lessor {
     /// [`REVOKE_RETRY_MS`] ago), at most `limit` (etcd limits revokes to 1000 a second),
     /// marked as asked now.
     pub fn expired(&mut self, limit: usize) -> Vec<i64> {
+        self.expired_early(limit, 0)
+    }
+
+    /// [`Lessor::expired`] where a lease counts as expired once `early_percent` of its TTL
+    /// is left: only the `early-lease-expiry` mutation passes anything but 0.
+    pub fn expired_early(&mut self, limit: usize, early_percent: u64) -> Vec<i64> {
         if !self.primary {
             return Vec::new();
         }
@@ -393,7 +399,8 @@ impl Lessor {
             if out.len() >= limit {
                 break;
             }
-            let expired = l.expiry_ms.is_some_and(|e| e <= now);
+            let early = l.ttl as u64 * 10 * early_percent;
+            let expired = l.expiry_ms.is_some_and(|e| e.saturating_sub(early) <= now);
             let due = l.revoke_asked_ms.is_none_or(|t| now >= t + REVOKE_RETRY_MS);
             if expired && due {
                 l.revoke_asked_ms = Some(now);

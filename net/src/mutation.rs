@@ -11,6 +11,11 @@
 //! - `stale-member-table`: infra1's member table misses other members' promotions (raft
 //!   applies them), so its member list differs from the others'.
 //! - `ignore-removal`: a removed member keeps running instead of stopping.
+//! - `drop-watch-event`: the watch hub skips a synced watcher's events at revisions that are
+//!   multiples of 7 (as if lost), moving its next revision past them.
+//! - `early-lease-expiry`: the leader revokes a lease once a quarter of its TTL has passed.
+//! - `progress-before-sync`: a progress request is answered at once, before the stream's
+//!   watchers have caught up (etcd 3.4.23's bug, issue 15220).
 
 #[cfg(madsim)]
 pub fn active(name: &str) -> bool {

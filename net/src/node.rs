@@ -389,7 +389,9 @@ impl Node {
             .lease_checkpoint
             .then_some(LEASE_CHECKPOINT_INTERVAL.as_millis() as u64);
         if crate::mutation::active("early-lease-expiry") {
-            cfg.mutations.early_lease_expiry_ms = 1000;
+            // Leases expire after a quarter of their TTL: a client's keep-alives (every
+            // third of the TTL) can no longer hold them.
+            cfg.mutations.early_lease_expiry_percent = 75;
         }
         cfg.health_ticks = (HEALTH_INTERVAL.as_millis() as u64).div_ceil(heartbeat_ms);
         let server = Server::new(

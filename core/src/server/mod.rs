@@ -170,8 +170,8 @@ pub struct Mutations {
     /// This member's member table misses other members' promotions (raft's configuration
     /// still applies them): its member list differs from the others'.
     pub stale_member_table: bool,
-    /// The leader revokes leases this many milliseconds before they expire.
-    pub early_lease_expiry_ms: u64,
+    /// The leader revokes leases once this percentage of their TTL is left (0: at expiry).
+    pub early_lease_expiry_percent: u64,
 }
 
 /// etcd's rule for promoting a learner: its raft log matches at least this share of the
@@ -1195,12 +1195,13 @@ impl<V: StateViews> Server<V> {
     /// The leases' clock moves with the ticks; the leader proposes the revokes of expired
     /// leases (at most etcd's 1000 a second) and the checkpoints due.
     fn tick_leases(&mut self) {
-        let now = self.tick * self.cfg.tick_ms + self.cfg.mutations.early_lease_expiry_ms;
+        let now = self.tick * self.cfg.tick_ms;
+        let early = self.cfg.mutations.early_lease_expiry_percent;
         let per_tick = (LEASE_REVOKES_PER_SECOND * self.cfg.tick_ms / 1000).max(1) as usize;
         let interval = self.cfg.lease_checkpoint_interval_ms;
         let (expired, checkpoints) = self.state.views().leases_mut(|l| {
             l.advance(now);
-            let expired = l.expired(per_tick);
+            let expired = l.expired_early(per_tick, early);
             (expired, l.checkpoints_due(interval, MAX_LEASE_CHECKPOINTS))
         });
         if !self.status.is_leader {
