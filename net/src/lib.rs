@@ -3,6 +3,7 @@
 //! behind the `tokio` and `tonic` names).
 
 pub mod api;
+pub mod concurrency;
 pub mod errors;
 #[cfg(not(madsim))]
 pub mod h2_authority;

@@ -9,6 +9,8 @@ use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::snapshot_files::SnapshotFiles;
 #[cfg(not(madsim))]
 use crate::transport::MAX_PEER_MESSAGE_BYTES;
@@ -616,6 +618,12 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
         .add_service(maint)
         .add_service(watch)
         .add_service(lease)
+        .add_service(LockServer::new(crate::concurrency::Concurrency::new(
+            api.clone(),
+        )))
+        .add_service(ElectionServer::new(crate::concurrency::Concurrency::new(
+            api.clone(),
+        )))
         .into_axum_router();
     let app = crate::http::routes(api.node.shared.clone(), routes);
     // Our own accept loop rather than axum::serve: each connection's bytes go through

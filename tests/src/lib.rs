@@ -54,6 +54,8 @@ pub mod subnet {
     pub const RECONFIG_ONE: u8 = 17;
     pub const FORCE_NEW_CLUSTER: u8 = 18;
     pub const AUTO_PROMOTE: u8 = 19;
+    pub const WATCH_LEASE_ETCDCTL: u8 = 20;
+    pub const CONCURRENCY_CLIENT: u8 = 21;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;
@@ -760,6 +762,114 @@ pub fn etcdctl_ok(endpoints: &[String], args: &[&str]) -> CtlOutput {
     let out = etcdctl(endpoints, args);
     assert!(out.success(), "etcdctl failed: {out}");
     out
+}
+
+/// A long-running etcdctl (watch, lock, elect, keep-alive) whose output is read as it
+/// comes. Killed (SIGKILL) and reaped on drop.
+pub struct CtlProcess {
+    child: Child,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    pub command: String,
+}
+
+impl CtlProcess {
+    /// Starts `ETCDCTL_API=3 etcdctl --endpoints=<endpoints> <args>`.
+    pub fn start(endpoints: &[String], args: &[&str]) -> CtlProcess {
+        let bin = etcdctl_path().expect("etcdctl not installed (call have_etcdctl() first)");
+        let eps = format!("--endpoints={}", endpoints.join(","));
+        let command = format!("ETCDCTL_API=3 etcdctl {eps} {}", args.join(" "));
+        let mut cmd = Command::new(&bin);
+        scrub_env(&mut cmd);
+        cmd.env("ETCDCTL_API", "3")
+            .arg(&eps)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let collect = |mut r: Box<dyn Read + Send>| {
+            let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            let into = buf.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = r.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    into.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+            });
+            buf
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        CtlProcess {
+            child,
+            stdout,
+            stderr,
+            command,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stdout satisfies `done` (or panics after `timeout`, showing the output).
+    pub fn wait_stdout(&mut self, timeout: Duration, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Deadline::new(timeout, format!("`{}` to print {what}", self.command));
+        loop {
+            let out = self.stdout();
+            if done(&out) {
+                return;
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            deadline.check(&format!(
+                "exit {exited:?}\nstdout:\n{out}\nstderr:\n{}",
+                self.stderr()
+            ));
+            deadline.pause();
+        }
+    }
+
+    /// Sends SIGTERM (etcdctl resigns or unlocks on it) and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Deadline::new(
+            Duration::from_secs(10),
+            format!("`{}` to exit", self.command),
+        );
+        loop {
+            if let Some(st) = self.child.try_wait().expect("waiting for etcdctl") {
+                return st;
+            }
+            deadline.check(&self.stderr());
+            deadline.pause();
+        }
+    }
+
+    /// SIGKILL: the process ends without cleaning up (its lease is left to expire).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CtlProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
