@@ -22,8 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-/// The etcd API level detcd implements, reported by Status and /version.
-pub const ETCD_VERSION: &str = "3.4.0";
+/// The etcd server version detcd answers as, in Status and /version (the two always agree).
+/// 3.4.31 is the first 3.4 whose watch progress requests wait until every watcher of the
+/// stream is synced (etcd issue 15220), as detcd's do (net/src/watch.rs): Kubernetes serves
+/// consistent lists from its watch cache only from this version on.
+pub const ETCD_VERSION: &str = "3.4.31";
+/// The cluster version (etcd reports major.minor.0).
+pub const ETCD_CLUSTER_VERSION: &str = "3.4.0";
 
 #[derive(Clone)]
 pub struct Api {

@@ -1,6 +1,6 @@
 //! etcd's HTTP endpoints on the client port: `/health` and `/version`, with etcd's JSON shapes.
 
-use crate::api::ETCD_VERSION;
+use crate::api::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 use crate::node::Shared;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -24,8 +24,9 @@ pub fn routes(shared: Arc<Shared>, grpc: Router) -> Router {
         }
     };
     let version = || async {
-        let body = serde_json::json!({ "etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION })
-            .to_string();
+        let body =
+            serde_json::json!({ "etcdserver": ETCD_VERSION, "etcdcluster": ETCD_CLUSTER_VERSION })
+                .to_string();
         (StatusCode::OK, [("content-type", "application/json")], body)
     };
     grpc.route("/health", get(health))
