@@ -1,6 +1,6 @@
-//! `detcd bench`: etcd's benchmark tool (tools/benchmark) for the `put` and `range` loads, with
-//! its flags and its report, driving any etcd v3 endpoint (detcd or etcd) through detcd's own
-//! generated gRPC client.
+//! `detcd bench`: etcd's benchmark tool (tools/benchmark) for the `put`, `range`,
+//! `watch-latency` and `lease-keepalive` loads, with its flags and its report, driving any etcd
+//! v3 endpoint (detcd or etcd) through detcd's own generated gRPC client.
 //!
 //! Shape, as in etcd's tool: `--conns` gRPC channels, `--clients` concurrent workers sharing
 //! them round-robin, one producer filling a bounded request queue with exactly `--total`
@@ -10,8 +10,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use detcd_core::proto::etcdserverpb::{PutRequest, RangeRequest};
+use detcd_core::proto::etcdserverpb::{
+    watch_request::RequestUnion, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest,
+    RangeRequest, WatchCreateRequest, WatchRequest,
+};
 use detcd_net::proto::etcdserverpb::kv_client::KvClient;
+use detcd_net::proto::etcdserverpb::lease_client::LeaseClient;
+use detcd_net::proto::etcdserverpb::watch_client::WatchClient;
+use futures::SinkExt;
 use tonic::transport::{Channel, Endpoint};
 
 const USAGE: &str = "\
@@ -20,6 +26,14 @@ A low-level benchmark tool for etcd v3 endpoints (etcd's tools/benchmark).
 Usage:
   detcd bench [global flags] put [--key-size 8] [--val-size 8] [--key-space-size 1] [--sequential-keys] [--total 10000] [--rate 0]
   detcd bench [global flags] range <key> [end-range] [--consistency l|s] [--total 10000] [--rate 0]
+  detcd bench [global flags] watch-latency [--put-total 1000] [--put-rate 100] [--key-size 32] [--val-size 32]
+  detcd bench [global flags] lease-keepalive [--total 10000]
+
+put --watchers N (detcd's own): N watch streams on every key, spread over the connections and
+drained while the puts run, to measure what watchers cost writers.
+watch-latency: --clients watchers of one key; each put's latency is from its answer to each
+watcher's event (etcd's measure). lease-keepalive: each client grants a lease (TTL 100) and
+sends keep-alives one stream at a time, as clientv3's KeepAliveOnce.
 
 Global flags:
       --endpoints string   comma separated gRPC endpoints (default \"127.0.0.1:2379\")
@@ -55,7 +69,18 @@ pub enum Load {
         val_size: usize,
         key_space_size: u64,
         sequential_keys: bool,
+        /// Watch streams on every key held open during the run (detcd's extension).
+        watchers: usize,
     },
+    /// etcd's watch-latency: `--clients` watchers of one key, `put_total` puts at `put_rate`.
+    WatchLatency {
+        put_total: usize,
+        put_rate: u64,
+        key_size: usize,
+        val_size: usize,
+    },
+    /// etcd's lease-keepalive: `--total` keep-alives, one stream each.
+    LeaseKeepalive,
     Range {
         key: String,
         end: Option<String>,
@@ -105,8 +130,11 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
     let mut precise = false;
     let mut dial_timeout = None;
     let mut slow = None;
-    let mut key_size = 8usize;
-    let mut val_size = 8usize;
+    let mut key_size: Option<usize> = None;
+    let mut val_size: Option<usize> = None;
+    let mut put_total = 1000usize;
+    let mut put_rate = 100u64;
+    let mut watchers = 0usize;
     let mut key_space_size = 1u64;
     let mut sequential_keys = false;
     let mut consistency = "l".to_string();
@@ -161,8 +189,11 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
             "precise" => precise = on,
             "dial-timeout" => dial_timeout = Some(parse_duration(name, &value)?),
             "slow" => slow = Some(parse_duration(name, &value)?),
-            "key-size" => key_size = num(name, &value)?,
-            "val-size" => val_size = num(name, &value)?,
+            "key-size" => key_size = Some(num(name, &value)?),
+            "val-size" => val_size = Some(num(name, &value)?),
+            "put-total" => put_total = num(name, &value)?,
+            "put-rate" => put_rate = num(name, &value)?,
+            "watchers" => watchers = num(name, &value)?,
             "key-space-size" => key_space_size = num(name, &value)?,
             "sequential-keys" => sequential_keys = on,
             "consistency" => consistency = value,
@@ -190,15 +221,39 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
             if key_space_size == 0 {
                 return Err("expected positive --key-space-size, got (0)".into());
             }
+            let key_size = key_size.unwrap_or(8);
             if key_size < 1 {
                 return Err("expected positive --key-size".into());
             }
             Load::Put {
                 key_size,
-                val_size,
+                val_size: val_size.unwrap_or(8),
                 key_space_size,
                 sequential_keys,
+                watchers,
             }
+        }
+        Some("watch-latency") => {
+            if let Some(extra) = pos.next() {
+                return Err(format!("watch-latency takes no arguments (got {extra:?})"));
+            }
+            if put_rate == 0 {
+                return Err("expected positive --put-rate".into());
+            }
+            Load::WatchLatency {
+                put_total,
+                put_rate,
+                key_size: key_size.unwrap_or(32).max(1),
+                val_size: val_size.unwrap_or(32),
+            }
+        }
+        Some("lease-keepalive") => {
+            if let Some(extra) = pos.next() {
+                return Err(format!(
+                    "lease-keepalive takes no arguments (got {extra:?})"
+                ));
+            }
+            Load::LeaseKeepalive
         }
         Some("range") => {
             let Some(key) = pos.next() else {
@@ -219,7 +274,11 @@ pub fn parse_args(args: &[String]) -> Result<Parsed, String> {
                 serializable,
             }
         }
-        Some(other) => return Err(format!("unknown command {other:?} (available: put, range)")),
+        Some(other) => {
+            return Err(format!(
+                "unknown command {other:?} (available: put, range, watch-latency, lease-keepalive)"
+            ))
+        }
         None => return Ok(Parsed::Help),
     };
     Ok(Parsed::Run(BenchArgs {
@@ -458,6 +517,218 @@ async fn connect(args: &BenchArgs) -> Result<Vec<Channel>, String> {
 /// Runs the load and returns one outcome per request plus the wall time from the first request.
 async fn drive(args: &BenchArgs) -> Result<(Vec<Outcome>, Duration), String> {
     let chans = connect(args).await?;
+    match args.load {
+        Load::WatchLatency { .. } => return watch_latency(args, &chans).await,
+        Load::LeaseKeepalive => return lease_keepalive(args, &chans).await,
+        _ => {}
+    }
+    let watching = match args.load {
+        Load::Put { watchers, .. } if watchers > 0 => {
+            eprintln!("opening {watchers} watch streams");
+            hold_watchers(&chans, watchers).await?
+        }
+        _ => Vec::new(),
+    };
+    let result = drive_kv(args, chans).await;
+    for w in watching {
+        w.abort();
+    }
+    result
+}
+
+/// A watch stream on `[key, range_end)`; returns once the server has answered `created`,
+/// with the sender that keeps the stream open and the stream of responses.
+async fn open_watch(
+    chan: &Channel,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+) -> Result<
+    (
+        futures::channel::mpsc::Sender<WatchRequest>,
+        tonic::Streaming<detcd_core::proto::etcdserverpb::WatchResponse>,
+    ),
+    String,
+> {
+    let (mut tx, rx) = futures::channel::mpsc::channel(1);
+    tx.send(WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key,
+            range_end,
+            ..Default::default()
+        })),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut stream = WatchClient::new(chan.clone())
+        .watch(rx)
+        .await
+        .map_err(|e| format!("watch: {e}"))?
+        .into_inner();
+    match stream.message().await {
+        Ok(Some(r)) if r.created => Ok((tx, stream)),
+        other => Err(format!("watch was not created: {other:?}")),
+    }
+}
+
+/// Opens `n` watch streams on every key over `chans`, each drained by a task of its own.
+async fn hold_watchers(
+    chans: &[Channel],
+    n: usize,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tx, mut stream) = open_watch(&chans[i % chans.len()], vec![0], vec![0]).await?;
+        tasks.push(tokio::spawn(async move {
+            let _keep_open = tx;
+            while let Ok(Some(_)) = stream.message().await {}
+        }));
+    }
+    Ok(tasks)
+}
+
+/// etcd's watch-latency: `--clients` watchers of one key (one stream each, over the
+/// connections); `put_total` puts at `put_rate` a second from one more connection; each
+/// watcher's latency is from the put's answer to its event.
+async fn watch_latency(
+    args: &BenchArgs,
+    chans: &[Channel],
+) -> Result<(Vec<Outcome>, Duration), String> {
+    let Load::WatchLatency {
+        put_total,
+        put_rate,
+        key_size,
+        val_size,
+    } = args.load
+    else {
+        unreachable!("watch_latency runs the watch-latency load");
+    };
+    let mut rng = Rng(0x5eed ^ u64::from(std::process::id()) << 32);
+    let key: Vec<u8> = (0..key_size)
+        .map(|_| b'a' + (rng.next() % 26) as u8)
+        .collect();
+    let value: Vec<u8> = (0..val_size).map(|_| rng.next() as u8).collect();
+    let mut streams = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        streams.push(open_watch(&chans[i % chans.len()], key.clone(), Vec::new()).await?);
+    }
+    let mut put = KvClient::new(
+        connect(&BenchArgs {
+            conns: 1,
+            ..args.clone()
+        })
+        .await?
+        .remove(0),
+    );
+    let start = Instant::now();
+    let mut outcomes = Vec::with_capacity(put_total * streams.len());
+    for i in 0..put_total {
+        let due = start + Duration::from_secs_f64(i as f64 / put_rate as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let req = PutRequest {
+            key: key.clone(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        put.put(req)
+            .await
+            .map_err(|e| format!("Failed to Put for watch latency benchmark: {e}"))?;
+        let acked = Instant::now();
+        // Every watcher's next event, read concurrently.
+        let waits = streams.iter_mut().map(|(_, s)| async move {
+            loop {
+                match s.message().await {
+                    Ok(Some(r)) if !r.events.is_empty() => return Ok(acked.elapsed()),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err("watch stream ended".to_string()),
+                    Err(e) => return Err(format!("watch: {e}")),
+                }
+            }
+        });
+        for r in futures::future::join_all(waits).await {
+            outcomes.push(match r {
+                Ok(d) => Outcome {
+                    secs: d.as_secs_f64(),
+                    err: None,
+                },
+                Err(e) => return Err(e),
+            });
+        }
+        if (i + 1) % (put_total / 10).max(1) == 0 {
+            eprint!("\r{} / {} puts", i + 1, put_total);
+        }
+    }
+    eprintln!();
+    Ok((outcomes, start.elapsed()))
+}
+
+/// etcd's lease-keepalive: each client grants a lease (TTL 100), then the clients share
+/// `--total` keep-alives, each on a stream of its own (clientv3's KeepAliveOnce).
+async fn lease_keepalive(
+    args: &BenchArgs,
+    chans: &[Channel],
+) -> Result<(Vec<Outcome>, Duration), String> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (otx, mut orx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    let mut leases = Vec::with_capacity(args.clients);
+    for c in 0..args.clients {
+        let mut client = LeaseClient::new(chans[c % chans.len()].clone());
+        let id = client
+            .lease_grant(LeaseGrantRequest { ttl: 100, id: 0 })
+            .await
+            .map_err(|e| format!("lease grant: {e}"))?
+            .into_inner()
+            .id;
+        leases.push((client, id));
+    }
+    let start = Instant::now();
+    let total = args.total;
+    let mut workers = Vec::with_capacity(leases.len());
+    for (mut client, id) in leases {
+        let (next, otx) = (next.clone(), otx.clone());
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let t = Instant::now();
+                let res = async {
+                    let once = futures::stream::iter([LeaseKeepAliveRequest { id }]);
+                    let mut s = client.lease_keep_alive(once).await?.into_inner();
+                    match s.message().await? {
+                        Some(r) if r.ttl > 0 => Ok(()),
+                        _ => Err(tonic::Status::not_found(
+                            "etcdserver: requested lease not found",
+                        )),
+                    }
+                }
+                .await;
+                let err = res
+                    .err()
+                    .map(|s| format!("rpc error: code = {:?} desc = {}", s.code(), s.message()));
+                let outcome = Outcome {
+                    secs: t.elapsed().as_secs_f64(),
+                    err,
+                };
+                if otx.send(outcome).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(otx);
+    let mut outcomes = Vec::with_capacity(total);
+    while let Some(o) = orx.recv().await {
+        outcomes.push(o);
+    }
+    let elapsed = start.elapsed();
+    for w in workers {
+        let _ = w.await;
+    }
+    Ok((outcomes, elapsed))
+}
+
+/// The put and range loads.
+async fn drive_kv(
+    args: &BenchArgs,
+    chans: Vec<Channel>,
+) -> Result<(Vec<Outcome>, Duration), String> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Req>(args.clients.max(1));
     let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
     let (otx, mut orx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
@@ -530,6 +801,9 @@ async fn drive(args: &BenchArgs) -> Result<(Vec<Outcome>, Duration), String> {
                         value: val.clone(),
                         ..Default::default()
                     })
+                }
+                Load::WatchLatency { .. } | Load::LeaseKeepalive => {
+                    unreachable!("not a KV load")
                 }
                 Load::Range {
                     key,
@@ -639,9 +913,47 @@ mod tests {
                 key_size: 8,
                 val_size: 8,
                 key_space_size: 1,
-                sequential_keys: false
+                sequential_keys: false,
+                watchers: 0
             }
         );
+    }
+
+    #[test]
+    fn watch_latency_and_lease_keepalive_take_etcds_flags_and_defaults() {
+        let a = run_args(&["watch-latency"]);
+        assert_eq!(
+            a.load,
+            Load::WatchLatency {
+                put_total: 1000,
+                put_rate: 100,
+                key_size: 32,
+                val_size: 32
+            }
+        );
+        let a = run_args(&[
+            "--clients=100",
+            "watch-latency",
+            "--put-total=50",
+            "--put-rate",
+            "20",
+            "--val-size=8",
+        ]);
+        assert_eq!(a.clients, 100);
+        assert_eq!(
+            a.load,
+            Load::WatchLatency {
+                put_total: 50,
+                put_rate: 20,
+                key_size: 32,
+                val_size: 8
+            }
+        );
+        assert!(p(&["watch-latency", "--put-rate=0"]).is_err());
+        let a = run_args(&["lease-keepalive", "--total", "300"]);
+        assert_eq!((a.load, a.total), (Load::LeaseKeepalive, 300));
+        let a = run_args(&["put", "--watchers", "1000"]);
+        assert!(matches!(a.load, Load::Put { watchers: 1000, .. }));
     }
 
     #[test]
@@ -669,7 +981,8 @@ mod tests {
                 key_size: 16,
                 val_size: 256,
                 key_space_size: 100000,
-                sequential_keys: true
+                sequential_keys: true,
+                watchers: 0
             }
         );
     }
