@@ -8,7 +8,9 @@ pub mod checkers;
 pub mod core_sim;
 pub mod disk;
 pub mod history;
+pub mod lease_check;
 pub mod linearizability;
+pub mod watch_check;
 
 #[cfg(madsim)]
 pub mod cluster;
