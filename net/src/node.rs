@@ -585,7 +585,7 @@ impl Node {
                     }
                 }
                 Output::MembershipChanged(peers) => self.transport.set_peers(&peers),
-                Output::Events(events) => self.shared.watch.publish(&events),
+                Output::Events(events) => self.shared.watch.publish(events),
                 Output::StoreReplaced(revision) => self.shared.watch.replaced(revision),
                 Output::Removed if crate::mutation::active("ignore-removal") => {}
                 Output::Removed => {

@@ -44,6 +44,10 @@ const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 /// One response on its way to the client.
 pub struct Outgoing {
     resp: WatchResponse,
+    /// Published events the response takes its events from (shared by every watcher they
+    /// were published to: the stream's task picks and copies them, not the driver), with
+    /// the watcher's spec and the first revision it takes.
+    published: Option<(Arc<Vec<Event>>, Arc<WatchSpec>, i64)>,
     /// Fill each event's prev_kv (the key at the revision before) on the way out.
     fill_prev: bool,
     /// Split it if large (the watcher asked for fragments).
@@ -53,7 +57,7 @@ pub struct Outgoing {
 struct Watcher {
     /// Unique in the hub: tells a catch-up whether the watcher it read for is still there.
     generation: u64,
-    spec: WatchSpec,
+    spec: Arc<WatchSpec>,
     next_rev: i64,
     synced: bool,
     /// Sent an event since the last progress tick (etcd elides the next notification).
@@ -128,8 +132,10 @@ impl WatchHub {
     }
 
     /// Publishes applied events (revision order). Synced watchers get theirs queued at once;
-    /// a watcher whose stream queue is full becomes unsynced and catches up later.
-    pub fn publish(&self, events: &[Event]) {
+    /// a watcher whose stream queue is full becomes unsynced and catches up later. Runs on
+    /// the raft driver: per watcher it only checks whether any event is its, the copying is
+    /// left to the streams' tasks.
+    pub fn publish(&self, events: Vec<Event>) {
         let Some(last) = events
             .last()
             .and_then(|e| e.kv.as_ref())
@@ -137,6 +143,7 @@ impl WatchHub {
         else {
             return;
         };
+        let events = Arc::new(events);
         let mut st = self.state.lock().unwrap();
         let mut closed = Vec::new();
         for (sid, stream) in st.streams.iter_mut() {
@@ -145,8 +152,7 @@ impl WatchHub {
                 if !w.synced {
                     continue;
                 }
-                let evs: Vec<Event> = w.spec.select(events, w.next_rev).cloned().collect();
-                if evs.is_empty() {
+                if w.spec.select(&events, w.next_rev).next().is_none() {
                     continue;
                 }
                 let out = Outgoing {
@@ -156,9 +162,9 @@ impl WatchHub {
                             ..Default::default()
                         }),
                         watch_id: *id,
-                        events: evs,
                         ..Default::default()
                     },
+                    published: Some((events.clone(), w.spec.clone(), w.next_rev)),
                     fill_prev: w.spec.prev_kv,
                     fragment: w.spec.fragment,
                 };
@@ -259,6 +265,7 @@ impl WatchHub {
                 cancel_reason: reason,
                 ..created.clone()
             },
+            published: None,
             fill_prev: false,
             fragment: false,
         };
@@ -281,7 +288,7 @@ impl WatchHub {
             id,
             Watcher {
                 generation: st.next_generation,
-                spec,
+                spec: Arc::new(spec),
                 next_rev,
                 synced,
                 sent_since_tick: false,
@@ -292,6 +299,7 @@ impl WatchHub {
                 watch_id: id,
                 ..created
             },
+            published: None,
             fill_prev: false,
             fragment: false,
         });
@@ -314,6 +322,7 @@ impl WatchHub {
                     canceled: true,
                     ..progress_response(published, watch_id)
                 },
+                published: None,
                 fill_prev: false,
                 fragment: false,
             });
@@ -331,6 +340,7 @@ impl WatchHub {
         if stream.all_synced() || crate::mutation::active("progress-before-sync") {
             permit.send(Outgoing {
                 resp: progress_response(published, -1),
+                published: None,
                 fill_prev: false,
                 fragment: false,
             });
@@ -352,6 +362,7 @@ impl WatchHub {
             if w.spec.progress_notify && w.synced && !w.sent_since_tick {
                 let _ = stream.tx.try_send(Outgoing {
                     resp: progress_response(published, *id),
+                    published: None,
                     fill_prev: false,
                     fragment: false,
                 });
@@ -372,7 +383,7 @@ impl WatchHub {
             .map(|(id, w)| Behind {
                 watch_id: *id,
                 generation: w.generation,
-                spec: w.spec.clone(),
+                spec: WatchSpec::clone(&w.spec),
                 next_rev: w.next_rev,
             })
             .collect()
@@ -486,6 +497,7 @@ async fn catch_up(
                         let sent = tx
                             .send(Outgoing {
                                 resp,
+                                published: None,
                                 fill_prev: false,
                                 fragment: false,
                             })
@@ -515,6 +527,7 @@ async fn catch_up(
                     };
                     let o = Outgoing {
                         resp,
+                        published: None,
                         fill_prev: b.spec.prev_kv,
                         fragment: b.spec.fragment,
                     };
@@ -525,6 +538,7 @@ async fn catch_up(
                 if let Some(progress) = shared.watch.caught_up(sid, b, last) {
                     let o = Outgoing {
                         resp: progress,
+                        published: None,
                         fill_prev: false,
                         fragment: false,
                     };
@@ -543,9 +557,13 @@ async fn catch_up(
 fn finish(shared: &Shared, out: Outgoing, limit: usize) -> Vec<WatchResponse> {
     let Outgoing {
         mut resp,
+        published,
         fill_prev,
         fragment: split,
     } = out;
+    if let Some((events, spec, from)) = published {
+        resp.events = spec.select(&events, from).cloned().collect();
+    }
     if let Some(h) = resp.header.as_mut() {
         let full = shared.header_at(h.revision);
         *h = ResponseHeader {
