@@ -57,6 +57,7 @@ pub mod subnet {
     pub const WATCH_LEASE_ETCDCTL: u8 = 20;
     pub const CONCURRENCY_CLIENT: u8 = 21;
     pub const KUBERNETES_TRAFFIC: u8 = 22;
+    pub const LEASE_RESTART: u8 = 23;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;

@@ -189,6 +189,22 @@ fn watch_lease_lock_elect_with_etcdctl() {
     keeper.wait_stdout(Duration::from_secs(10), "a keep-alive", |o| {
         o.contains("keepalived with TTL(4)")
     });
+    // A watch on every endpoint, across the loss of the leader: no event lost or repeated
+    // (the client resumes from its last revision on another member if its own dies).
+    let mut across = CtlProcess::start(&all, &["watch", "--prefix", "z/"]);
+    let deadline = Deadline::new(
+        Duration::from_secs(20),
+        "the watch across the kill to start",
+    );
+    loop {
+        etcdctl_ok(&one(0), &["put", "z/0", "before"]);
+        if across.stdout().contains("z/0") {
+            break;
+        }
+        deadline.check(&across.stderr());
+        deadline.pause();
+    }
+    etcdctl_ok(&all, &["put", "z/1", "before the kill"]);
     let leader = leader_index(&c, &[0, 1, 2]);
     c.members[leader].kill();
     let live: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
@@ -207,6 +223,20 @@ fn watch_lease_lock_elect_with_etcdctl() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(b.stdout(), "", "beta leads while alpha has not resigned");
+    let deadline = Deadline::new(Duration::from_secs(20), "a put after the kill");
+    while !etcdctl(&survivors, &["put", "z/2", "after the kill"]).success() {
+        deadline.check(&"put z/2 failed");
+        deadline.pause();
+    }
+    across.wait_stdout(Duration::from_secs(30), "the put after the kill", |o| {
+        o.ends_with("PUT\nz/2\nafter the kill\n")
+    });
+    let tail = across.stdout();
+    let tail = &tail[tail.rfind("PUT\nz/0\nbefore\n").expect("z/0 seen")..];
+    assert_eq!(
+        tail, "PUT\nz/0\nbefore\nPUT\nz/1\nbefore the kill\nPUT\nz/2\nafter the kill\n",
+        "events across the leader kill"
+    );
     assert!(a.terminate().success(), "alpha resigning: {}", a.stderr());
     b.wait_stdout(
         Duration::from_secs(30),
