@@ -7,9 +7,9 @@
 //!
 //! - **kept alive**: a keep-alive sent at `t` and answered with TTL > 0 renewed the lease at
 //!   or after `t`, so the lease cannot expire before `t + TTL` (a new leader only extends
-//!   it). Its keys' deletion must not be seen (by any client) before `t + TTL`, unless the
-//!   client revoked the lease itself before that; nor can a keep-alive sent after the
-//!   deletion was seen succeed.
+//!   it), less one tick of the leader's lease clock ([`ExpiryBound::tick_ns`]). Its keys'
+//!   deletion must not be seen (by any client) before that, unless the client revoked the
+//!   lease itself earlier; nor can a keep-alive sent after the deletion was seen succeed.
 //! - **expires**: once keep-alives stop at `s`, the keys are gone by
 //!   `s + TTL + ExpiryBound` (see [`ExpiryBound`] for the parts), counted again from every
 //!   leader change seen before that deadline (a new leader counts every lease afresh), and
@@ -57,7 +57,11 @@ pub struct LeaseLog {
 
 impl LeaseLog {
     fn first_revoke(&self) -> u64 {
-        self.revokes.iter().map(|r| r.invoked).min().unwrap_or(u64::MAX)
+        self.revokes
+            .iter()
+            .map(|r| r.invoked)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -77,6 +81,11 @@ pub struct ExpiryBound {
     /// expiredLeaseRetryInterval; core::lease::REVOKE_RETRY_MS); counted for leases whose
     /// keep-alives stopped while faults were on.
     pub revoke_retry_ns: u64,
+    /// detcd's lease clock is the leader's tick count (core/src/lease.rs: `advance` on each
+    /// heartbeat tick), so a renewal counts its TTL from the last tick, up to one tick
+    /// (100 ms) before the keep-alive arrived: a renewed lease may end this much before
+    /// `sent + TTL`. (etcd's lessor reads the clock at the renewal.)
+    pub tick_ns: u64,
     /// An unanswered keep-alive may still renew the lease this long after it was sent (a
     /// follower forwards it to the leader, retrying for its request timeout, each forward
     /// waiting up to the request timeout: 2 x 7 s).
@@ -104,7 +113,11 @@ pub struct Timeline {
 impl Timeline {
     /// The earliest time revision `r` was known to exist.
     fn seen_by(&self, r: i64) -> Option<u64> {
-        self.seen.iter().filter(|(_, v)| *v >= r).map(|(t, _)| *t).min()
+        self.seen
+            .iter()
+            .filter(|(_, v)| *v >= r)
+            .map(|(t, _)| *t)
+            .min()
     }
 
     /// The latest time revision `r` provably did not exist yet.
@@ -230,7 +243,7 @@ pub fn check_leases(
         // Kept alive: the deletion is not seen before a renewal's TTL ran out.
         if let (Some(r), Some(seen)) = (del, seen) {
             for k in l.keepalives.iter().filter(|k| k.ttl.is_some_and(|t| t > 0)) {
-                let hold = k.sent + l.ttl as u64 * SEC;
+                let hold = (k.sent + l.ttl as u64 * SEC).saturating_sub(bound.tick_ns);
                 if k.sent > seen {
                     return Err(format!(
                         "[lease] {name}: a keep-alive sent at {} renewed it after its keys' \
@@ -365,6 +378,7 @@ mod tests {
 
     const BOUND: ExpiryBound = ExpiryBound {
         extend_ns: SEC,
+        tick_ns: 100_000_000,
         slack_ns: SEC,
         revoke_retry_ns: 7 * SEC,
         unanswered_ns: 14 * SEC,
@@ -444,7 +458,15 @@ mod tests {
         // The deletion seen at 6 s, 2 s after the keep-alive at 4 s (TTL 3).
         let mut tl = timeline();
         tl.seen[0].0 = 6 * SEC;
-        fails_with(&truth(), &leases(), &tl, "a keep-alive sent at 4.000s renewed it");
+        fails_with(
+            &truth(),
+            &leases(),
+            &tl,
+            "a keep-alive sent at 4.000s renewed it",
+        );
+        // Within a tick of sent + TTL is allowed (the lease clock's granularity).
+        tl.seen[0].0 = 6_950_000_000;
+        check_leases(&truth(), &leases(), &tl, BOUND).unwrap();
     }
 
     #[test]
@@ -455,7 +477,12 @@ mod tests {
             answered: Some(9 * SEC + 1),
             ttl: Some(3),
         });
-        fails_with(&truth(), &l, &timeline(), "renewed it after its keys' deletion");
+        fails_with(
+            &truth(),
+            &l,
+            &timeline(),
+            "renewed it after its keys' deletion",
+        );
     }
 
     #[test]
@@ -492,7 +519,12 @@ mod tests {
             del("w/x", 4),
         ];
         let t = Truth::build(&evs, 4).unwrap();
-        fails_with(&t, &leases()[..1], &timeline(), "should delete exactly its keys");
+        fails_with(
+            &t,
+            &leases()[..1],
+            &timeline(),
+            "should delete exactly its keys",
+        );
     }
 
     #[test]

@@ -19,4 +19,6 @@ pub mod reconfig;
 #[cfg(madsim)]
 pub mod scenario;
 #[cfg(madsim)]
+pub mod watch_lease;
+#[cfg(madsim)]
 pub mod workload;

@@ -413,7 +413,7 @@ pub async fn final_reads(
 }
 
 /// Injects faults for the fault phase; returns what it did, for the failure report.
-async fn nemesis(
+pub(crate) async fn nemesis(
     cluster: &mut SimCluster,
     plan: &Plan,
     inv: &Arc<Mutex<Invariants>>,

@@ -125,10 +125,9 @@ impl Truth {
         let mut live: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
         let mut prev_rev = 1;
         for e in events {
-            let kv = e
-                .kv
-                .clone()
-                .ok_or_else(|| "[watch] truth: an event without a key-value".to_string())?;
+            let kv =
+                e.kv.clone()
+                    .ok_or_else(|| "[watch] truth: an event without a key-value".to_string())?;
             let r = kv.mod_revision;
             if r != prev_rev && r != prev_rev + 1 {
                 return Err(format!(
@@ -137,7 +136,10 @@ impl Truth {
                 ));
             }
             let here = t.revs.entry(r).or_default();
-            if here.iter().any(|o| o.kv.as_ref().map(|k| &k.key) == Some(&kv.key)) {
+            if here
+                .iter()
+                .any(|o| o.kv.as_ref().map(|k| &k.key) == Some(&kv.key))
+            {
                 return Err(format!(
                     "[watch] truth: key {:?} changed twice in revision {r}",
                     show(&kv.key)
@@ -204,8 +206,14 @@ impl Truth {
         let mut got: Vec<&KeyValue> = kvs.iter().collect();
         got.sort_by(|a, b| a.key.cmp(&b.key));
         if want != got {
-            let w: BTreeSet<_> = want.iter().map(|kv| (show(&kv.key), kv.mod_revision)).collect();
-            let g: BTreeSet<_> = got.iter().map(|kv| (show(&kv.key), kv.mod_revision)).collect();
+            let w: BTreeSet<_> = want
+                .iter()
+                .map(|kv| (show(&kv.key), kv.mod_revision))
+                .collect();
+            let g: BTreeSet<_> = got
+                .iter()
+                .map(|kv| (show(&kv.key), kv.mod_revision))
+                .collect();
             return Err(format!(
                 "[watch] truth: a range read at revision {revision} differs from the replayed \
                  events: only read {:?}, only replayed {:?}",
@@ -440,14 +448,21 @@ pub fn check_watch(truth: &Truth, log: &WatchLog) -> Result<WatchStats, String> 
                                     )),
                                 ));
                             }
-                            let evs: Vec<String> =
-                                truth.expected(range, *m).iter().map(|e| show_event(e)).collect();
+                            let evs: Vec<String> = truth
+                                .expected(range, *m)
+                                .iter()
+                                .map(|e| show_event(e))
+                                .collect();
                             return Err(fail(
                                 si,
                                 part(&format!(
                                     "reliable: revision {m} ({evs:?}) was skipped: the watch went \
                                      from {c} to revision {r}{}",
-                                    if first { " (its first events in this session)" } else { "" }
+                                    if first {
+                                        " (its first events in this session)"
+                                    } else {
+                                        ""
+                                    }
                                 )),
                             ));
                         }
@@ -585,7 +600,11 @@ fn check_revision(
                 return Err(format!(
                     "is_create: {} but the key {} at revision {}",
                     show_event(g),
-                    if was_create { "did not exist" } else { "existed" },
+                    if was_create {
+                        "did not exist"
+                    } else {
+                        "existed"
+                    },
                     r - 1
                 ));
             }
@@ -597,8 +616,7 @@ fn check_revision(
                 show_event(w)
             ));
         }
-        let want_prev = if !prev_kv || (g.r#type == PUT && kv.create_revision == kv.mod_revision)
-        {
+        let want_prev = if !prev_kv || (g.r#type == PUT && kv.create_revision == kv.mod_revision) {
             None
         } else {
             before.cloned()
@@ -608,9 +626,7 @@ fn check_revision(
                 "prev_kv: {} carries prev_kv {:?}, the key at revision {} was {:?} (watch \
                  prev_kv={prev_kv})",
                 show_event(g),
-                g.prev_kv
-                    .as_ref()
-                    .map(|p| (show(&p.value), p.mod_revision)),
+                g.prev_kv.as_ref().map(|p| (show(&p.value), p.mod_revision)),
                 r - 1,
                 want_prev.as_ref().map(|p| (show(&p.value), p.mod_revision))
             ));
@@ -731,7 +747,9 @@ mod tests {
     fn ranges_follow_etcds_conventions() {
         assert!(KeyRange::single("a").contains(b"a") && !KeyRange::single("a").contains(b"ab"));
         let p = KeyRange::prefix("w/");
-        assert!(p.contains(b"w/") && p.contains(b"w/zz") && !p.contains(b"w0") && !p.contains(b"v"));
+        assert!(
+            p.contains(b"w/") && p.contains(b"w/zz") && !p.contains(b"w0") && !p.contains(b"v")
+        );
         assert!(KeyRange::all().contains(b"") || KeyRange::all().contains(b"\0"));
         assert!(KeyRange::all().contains(b"anything"));
     }
@@ -844,7 +862,10 @@ mod tests {
         let mut log = good_log(&t);
         // Progress at 6 answered before revisions 5 and 6 went out.
         items(&mut log).insert(4, Item::Progress { at: 4, revision: 6 });
-        fails_with(&log, "bookmarkable: progress notification at revision 6, but revision 5");
+        fails_with(
+            &log,
+            "bookmarkable: progress notification at revision 6, but revision 5",
+        );
     }
 
     #[test]
@@ -918,13 +939,18 @@ mod tests {
         assert!(Truth::build(&h, 7).unwrap_err().contains("is_create"));
         let h = vec![del("w/x", 2)];
         assert!(Truth::build(&h, 2).unwrap_err().contains("does not exist"));
-        assert!(Truth::build(&history(), 8).unwrap_err().contains("end at revision 7"));
+        assert!(Truth::build(&history(), 8)
+            .unwrap_err()
+            .contains("end at revision 7"));
         let t = truth();
         let at5: Vec<KeyValue> = [b"w/b".as_slice(), b"w/c"]
             .iter()
             .map(|k| t.state_at(k, 5).unwrap().clone())
             .collect();
         t.check_state(5, &at5).unwrap();
-        assert!(t.check_state(6, &at5).unwrap_err().contains("range read at revision 6"));
+        assert!(t
+            .check_state(6, &at5)
+            .unwrap_err()
+            .contains("range read at revision 6"));
     }
 }

@@ -5,6 +5,7 @@
 
 use detcd_sim::reconfig::{run_reconfiguration, OpKind, ReconfigPlan};
 use detcd_sim::scenario::{run, Faults, Plan};
+use detcd_sim::watch_lease::{run_watch_lease, WatchLeasePlan};
 use std::time::Duration;
 
 fn plan(name: &'static str, faults: Faults) -> Plan {
@@ -272,4 +273,25 @@ async fn removing_the_leader() {
         r.removed >= 2 && r.leaders_removed == r.removed,
         "the leaders were not removed: {r:?}"
     );
+}
+
+// ==== Watch and Lease (sim/src/watch_lease.rs) =================================================
+
+#[madsim::test]
+async fn watch_and_lease_under_faults() {
+    // Watchers (catching up, resuming on other members, asking for progress) and lease
+    // clients while members crash and are cut off (the leader among them); the [watch] and
+    // [lease] checkers over the store's history.
+    let r = run_watch_lease(WatchLeasePlan {
+        name: "watch_and_lease_under_faults",
+        faults: Faults {
+            crash: true,
+            isolate: true,
+            isolate_leader: true,
+            ..Faults::none()
+        },
+        ..WatchLeasePlan::default()
+    })
+    .await;
+    eprintln!("{r:#?}");
 }
