@@ -44,6 +44,8 @@ pub struct Api {
     pub strict_reconfig_check: bool,
     /// `--experimental-watch-progress-notify-interval`.
     pub watch_progress_interval: Duration,
+    /// `--election-timeout`: streams that require a leader end after three without one.
+    pub election_timeout: Duration,
 }
 
 impl Api {
@@ -53,6 +55,7 @@ impl Api {
             shared: self.node.shared.clone(),
             max_request_bytes: self.max_request_bytes,
             progress_interval: self.watch_progress_interval,
+            election_timeout: self.election_timeout,
         }
     }
 

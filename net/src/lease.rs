@@ -261,12 +261,24 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        crate::watch::require_leader(&req, self.shared())?;
+        let needs_leader = crate::watch::require_leader(&req, self.shared())?;
         self.api.refuse_learner()?;
         let mut incoming = req.into_inner();
         let svc = self.clone();
+        let lost = crate::watch::leader_lost(
+            self.api.node.shared.clone(),
+            needs_leader,
+            self.api.election_timeout,
+        );
         let out = async_stream::try_stream! {
-            while let Some(r) = incoming.message().await? {
+            tokio::pin!(lost);
+            loop {
+                let r = tokio::select! {
+                    biased;
+                    _ = &mut lost => Err(Status::from(ApiError::NoLeader)),
+                    r = incoming.message() => r,
+                };
+                let Some(r) = r? else { break };
                 yield svc.keep_alive_once(r.id).await?;
             }
         };

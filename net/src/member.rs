@@ -357,6 +357,7 @@ pub async fn run_member_with(
         peer_tls: peer_tls.clone(),
         strict_reconfig_check: cfg.strict_reconfig_check,
         watch_progress_interval: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
+        election_timeout: Duration::from_millis(cfg.election_timeout),
     };
     // A server that stops (its listener failed) stops the member.
     let (server_err_tx, mut server_err) = mpsc::channel::<MemberError>(4);

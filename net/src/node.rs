@@ -64,6 +64,48 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A member's shared state over a fresh in-memory data file (unit tests).
+    #[cfg(test)]
+    pub fn for_tests() -> Arc<Shared> {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        /// A log file in memory: these tests never read it back.
+        struct MemLog(Vec<u8>);
+        impl LogFile for MemLog {
+            fn read_all(&mut self) -> std::io::Result<Vec<u8>> {
+                Ok(self.0.clone())
+            }
+            fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+                self.0.extend_from_slice(bytes);
+                Ok(())
+            }
+            fn sync(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+            fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+                self.0.truncate(len as usize);
+                Ok(())
+            }
+            fn replace(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+                self.0 = bytes.to_vec();
+                Ok(())
+            }
+        }
+        state::initialize_new_member(&db, &mut MemLog(Vec::new()), 7, 1, &[(1, vec![])]).unwrap();
+        let loaded = state::load_views(&db).unwrap();
+        Arc::new(Shared {
+            member_id: 1,
+            cluster_id: 7,
+            db: Arc::new(db),
+            watch: crate::watch::WatchHub::new(loaded.mvcc.current_revision()),
+            mvcc: RwLock::new(loaded.mvcc),
+            members: RwLock::new(loaded.members),
+            leases: RwLock::new(loaded.leases),
+            status: Mutex::new(RaftStatus::default()),
+        })
+    }
+
     pub fn status(&self) -> RaftStatus {
         *self.status.lock().unwrap()
     }

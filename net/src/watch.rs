@@ -599,13 +599,16 @@ pub struct WatchService {
     pub max_request_bytes: usize,
     /// `--experimental-watch-progress-notify-interval` (etcd: 10 min).
     pub progress_interval: Duration,
+    /// `--election-timeout`, for [`leader_lost`].
+    pub election_timeout: Duration,
 }
 
 type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
 /// etcd's `hasleader` gRPC metadata (clientv3.WithRequireLeader): refuse at once without a
-/// leader (api/v3rpc/interceptor.go).
-pub fn require_leader<T>(req: &Request<T>, shared: &Shared) -> Result<(), Status> {
+/// leader (api/v3rpc/interceptor.go). Returns whether the stream requires a leader (then it
+/// ends once [`leader_lost`] resolves).
+pub fn require_leader<T>(req: &Request<T>, shared: &Shared) -> Result<bool, Status> {
     let wants = req
         .metadata()
         .get("hasleader")
@@ -613,7 +616,28 @@ pub fn require_leader<T>(req: &Request<T>, shared: &Shared) -> Result<(), Status
     if wants && shared.status().leader == 0 {
         return Err(ApiError::NoLeader.into());
     }
-    Ok(())
+    Ok(wants)
+}
+
+/// Resolves once this member has seen no leader at three checks in a row, one election
+/// timeout apart (etcd's monitorLeader, maxNoLeaderCnt = 3): a stream that requires a
+/// leader then ends with "etcdserver: no leader". Never resolves when `required` is false.
+pub async fn leader_lost(shared: Arc<Shared>, required: bool, election_timeout: Duration) {
+    if !required {
+        return futures::future::pending().await;
+    }
+    let mut without = 0;
+    loop {
+        tokio::time::sleep(election_timeout).await;
+        if shared.status().leader == 0 {
+            without += 1;
+            if without >= 3 {
+                return;
+            }
+        } else {
+            without = 0;
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -624,7 +648,7 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
-        require_leader(&req, &self.shared)?;
+        let needs_leader = require_leader(&req, &self.shared)?;
         if self.shared.status().is_learner {
             return Err(ApiError::NotSupportedForLearner.into());
         }
@@ -663,8 +687,19 @@ impl Watch for WatchService {
             reader.watch.close_stream(sid);
         });
         let limit = self.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let lost = leader_lost(shared.clone(), needs_leader, self.election_timeout);
         let out = async_stream::stream! {
-            while let Some(o) = rx.recv().await {
+            tokio::pin!(lost);
+            loop {
+                let o = tokio::select! {
+                    biased;
+                    _ = &mut lost => {
+                        yield Err(ApiError::NoLeader.into());
+                        break;
+                    }
+                    o = rx.recv() => o,
+                };
+                let Some(o) = o else { break };
                 for resp in finish(&shared, o, limit) {
                     yield Ok(resp);
                 }
@@ -742,5 +777,141 @@ impl LocalWatch {
 impl Drop for LocalWatch {
     fn drop(&mut self) {
         self.shared.watch.close_stream(self.sid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detcd_core::proto::etcdserverpb::WatchCreateRequest;
+    use detcd_core::proto::mvccpb::KeyValue;
+
+    fn put_event(key: &str, rev: i64) -> Event {
+        Event {
+            r#type: 0,
+            kv: Some(KeyValue {
+                key: key.as_bytes().to_vec(),
+                mod_revision: rev,
+                create_revision: rev,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    fn create(hub: &WatchHub, sid: u64, tx: &mpsc::Sender<Outgoing>, key: &str, start: i64) {
+        let req = WatchCreateRequest {
+            key: key.as_bytes().to_vec(),
+            start_revision: start,
+            ..Default::default()
+        };
+        hub.create(sid, tx.try_reserve().unwrap(), &req);
+    }
+
+    fn next(rx: &mut mpsc::Receiver<Outgoing>) -> Option<WatchResponse> {
+        rx.try_recv().ok().map(|o| {
+            let mut resp = o.resp;
+            if let Some((events, spec, from)) = o.published {
+                resp.events = spec.select(&events, from).cloned().collect();
+            }
+            resp
+        })
+    }
+
+    /// `created` comes first; a synced watcher gets the events of its key from its start,
+    /// each revision once; an unknown cancel gets no answer; a duplicate ID is refused.
+    #[test]
+    fn created_then_events_then_cancel() {
+        let hub = WatchHub::new(5);
+        let (sid, mut rx, tx, _) = hub.open_stream();
+        create(&hub, sid, &tx, "a", 0);
+        let created = next(&mut rx).unwrap();
+        assert!(created.created && created.watch_id == 0);
+        assert_eq!(created.header.unwrap().revision, 5);
+        hub.publish(vec![put_event("b", 6)]);
+        assert!(next(&mut rx).is_none(), "not its key");
+        hub.publish(vec![put_event("a", 7), put_event("b", 7)]);
+        let got = next(&mut rx).unwrap();
+        assert_eq!(got.events.len(), 1);
+        assert_eq!(got.header.unwrap().revision, 7);
+        let dup = WatchCreateRequest {
+            key: b"x".to_vec(),
+            watch_id: 0,
+            ..Default::default()
+        };
+        hub.create(sid, tx.try_reserve().unwrap(), &dup); // gets ID 1
+        assert_eq!(next(&mut rx).unwrap().watch_id, 1);
+        let dup = WatchCreateRequest { watch_id: 1, ..dup };
+        hub.create(sid, tx.try_reserve().unwrap(), &dup);
+        let refused = next(&mut rx).unwrap();
+        assert!(refused.canceled && refused.watch_id == -1);
+        assert_eq!(
+            refused.cancel_reason,
+            "mvcc: duplicate watch ID provided on the WatchStream"
+        );
+        hub.cancel(sid, tx.try_reserve().unwrap(), 9);
+        assert!(next(&mut rx).is_none());
+        hub.cancel(sid, tx.try_reserve().unwrap(), 0);
+        assert!(next(&mut rx).unwrap().canceled);
+        hub.publish(vec![put_event("a", 8)]);
+        assert!(next(&mut rx).is_none(), "canceled");
+    }
+
+    /// A watcher whose stream queue is full becomes unsynced (no event dropped silently: it
+    /// catches up from the store); a progress request waits until every watcher is synced.
+    #[test]
+    fn a_full_queue_unsyncs_and_progress_waits_for_sync() {
+        let hub = WatchHub::new(1);
+        let (sid, mut rx, tx, _) = hub.open_stream();
+        create(&hub, sid, &tx, "k", 0);
+        next(&mut rx).unwrap();
+        for rev in 2..2 + STREAM_QUEUE as i64 + 1 {
+            hub.publish(vec![put_event("k", rev)]);
+        }
+        let behind = hub.behind(sid);
+        assert_eq!(behind.len(), 1, "the watcher fell behind");
+        let first_missed = 2 + STREAM_QUEUE as i64;
+        assert_eq!(behind[0].next_rev, first_missed);
+        hub.request_progress(
+            sid,
+            tx.try_reserve().unwrap_or_else(|_| {
+                // Make room: the client reads what was queued.
+                while rx.try_recv().is_ok() {}
+                tx.try_reserve().unwrap()
+            }),
+        );
+        while let Some(r) = next(&mut rx) {
+            assert_ne!(
+                r.watch_id, -1,
+                "progress answered while a watcher is behind"
+            );
+        }
+        // The catch-up sent through the last published revision: synced, and the progress
+        // request is answered with it.
+        let progress = hub.caught_up(sid, &behind[0], first_missed).unwrap();
+        assert_eq!(progress.watch_id, -1);
+        assert_eq!(progress.header.unwrap().revision, first_missed);
+        assert!(hub.behind(sid).is_empty());
+    }
+
+    #[tokio::test]
+    async fn streams_that_require_a_leader_end_after_three_timeouts_without_one() {
+        let shared = Shared::for_tests();
+        let t = Duration::from_millis(10);
+        // No leader: resolves after about three timeouts.
+        tokio::time::timeout(Duration::from_secs(5), leader_lost(shared.clone(), true, t))
+            .await
+            .expect("no leader was noticed");
+        // Not required: never.
+        assert!(
+            tokio::time::timeout(t * 10, leader_lost(shared.clone(), false, t))
+                .await
+                .is_err()
+        );
+        // A leader: never.
+        shared.status.lock().unwrap().leader = 1;
+        assert!(tokio::time::timeout(t * 10, leader_lost(shared, true, t))
+            .await
+            .is_err());
     }
 }
