@@ -195,7 +195,7 @@ impl Concurrency {
                 ],
             })
             .await?;
-        let header = resp.header.clone().unwrap_or_default();
+        let header = resp.header.unwrap_or_default();
         let my_rev = if resp.succeeded {
             header.revision
         } else {
@@ -308,7 +308,7 @@ impl Concurrency {
                 })],
             })
             .await?;
-        let header = resp.header.clone().unwrap_or_default();
+        let header = resp.header.unwrap_or_default();
         let mut leader = epb::LeaderKey {
             name: name.to_vec(),
             key: key.clone(),
@@ -458,7 +458,7 @@ impl Election for Concurrency {
                     }
                 };
                 let key = kv.key.clone();
-                yield epb::LeaderResponse { header: Some(header.clone()), kv: Some(kv) };
+                yield epb::LeaderResponse { header: Some(header), kv: Some(kv) };
                 let mut w = LocalWatch::start(
                     &this.api.node.shared,
                     key,
@@ -472,7 +472,7 @@ impl Election for Concurrency {
                         if ev.r#type == EventType::Delete as i32 {
                             break 'leader;
                         }
-                        yield epb::LeaderResponse { header: resp.header.clone(), kv: ev.kv };
+                        yield epb::LeaderResponse { header: resp.header, kv: ev.kv };
                     }
                 }
             }
