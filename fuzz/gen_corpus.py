@@ -242,6 +242,25 @@ SEEDS["remote_cluster"] = {
     "empty": b"",
 }
 
+def watch_create(key, end=b"", start=0, watch_id=0):
+    c = field_bytes(1, key) + field_bytes(2, end)
+    if start:
+        c += field_varint(3, start)
+    if watch_id:
+        c += field_varint(7, watch_id)
+    return field_bytes(1, c)
+
+SEEDS["watch_request"] = {
+    "ok_single_key": watch_create(b"a"),
+    "ok_prefix": watch_create(b"a/", b"a0", start=5),
+    "ok_every_key": watch_create(b"", b"\x00"),
+    "bad_empty_range": watch_create(b"b", b"a"),
+    "bad_equal_ends": watch_create(b"a", b"a", watch_id=3),
+    "cancel": field_bytes(2, field_varint(1, 7)),
+    "progress": field_bytes(3, b""),
+    "empty": b"",
+}
+
 for target, seeds in SEEDS.items():
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)

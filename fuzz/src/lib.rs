@@ -248,3 +248,42 @@ pub fn check_remote_cluster(data: &[u8]) {
     }
     let _ = check_new_member(100, 0x1000, std::slice::from_ref(&remote));
 }
+
+/// `watch_request`: a Watch stream message from a client, and the response fragmenting that
+/// may follow. A create is accepted exactly when its range is not empty, and then watches its
+/// own key when the range holds it; fragments of any response carry every event once, in
+/// order, each at least one event, all but the last marked.
+pub fn check_watch_request(data: &[u8]) {
+    use detcd_core::proto::etcdserverpb::{watch_request::RequestUnion, WatchResponse};
+    use detcd_core::watch::{fragment, WatchSpec};
+    if let Some(RequestUnion::CreateRequest(c)) = watch_create(data) {
+        let spec = WatchSpec::from_request(&c);
+        let key = if c.key.is_empty() { vec![0] } else { c.key.clone() };
+        let empty = !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end;
+        assert_eq!(spec.is_err(), empty, "range [{key:?}, {:?})", c.range_end);
+        if let Ok(spec) = spec {
+            assert!(spec.covers(&key), "a watch does not cover its own key");
+        }
+    }
+    let Ok(resp) = <WatchResponse as prost::Message>::decode(data) else {
+        return;
+    };
+    let limit = data.first().map_or(1, |b| usize::from(*b) * 4 + 1);
+    let parts = fragment(resp.clone(), limit);
+    let joined: Vec<_> = parts.iter().flat_map(|p| p.events.clone()).collect();
+    assert_eq!(joined, resp.events, "fragments lost or reordered events");
+    if parts.len() > 1 {
+        assert!(parts.iter().all(|p| !p.events.is_empty()), "an empty fragment");
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
+        assert!(!parts.last().unwrap().fragment);
+    }
+}
+
+/// The request of a Watch stream message, if it decodes.
+pub fn watch_create(
+    data: &[u8],
+) -> Option<detcd_core::proto::etcdserverpb::watch_request::RequestUnion> {
+    <detcd_core::proto::etcdserverpb::WatchRequest as prost::Message>::decode(data)
+        .ok()?
+        .request_union
+}

@@ -1,0 +1,5 @@
+#![no_main]
+// See detcd_fuzz::check_watch_request for what is checked.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| detcd_fuzz::check_watch_request(data));
