@@ -214,14 +214,13 @@ impl Concurrency {
         if first.is_none_or(|kv| kv.create_revision == my_rev) {
             return Ok((key, header));
         }
-        match self.wait_deletes(&prefix, my_rev - 1).await {
-            Ok(h) => Ok((key, h)),
-            Err(e) => {
-                // Give the place in line back (the Mutex's Unlock on a failed wait).
-                let _ = self.delete(&key).await;
-                Err(e)
-            }
-        }
+        // Give the place in line back if the wait fails or the client gives up (the Mutex's
+        // Unlock when its context ends): otherwise it would block every later locker until
+        // its lease expired.
+        let guard = GiveBack::new(self.clone(), key.clone(), None);
+        let h = self.wait_deletes(&prefix, my_rev - 1).await?;
+        guard.disarm();
+        Ok((key, h))
     }
 
     async fn delete(&self, key: &[u8]) -> Result<pb::DeleteRangeResponse, Status> {
@@ -330,8 +329,59 @@ impl Concurrency {
                 }
             }
         }
+        // A campaign that fails or is abandoned resigns (etcd's Campaign on a canceled
+        // context), so it does not hold up the election until its lease expires.
+        let guard = GiveBack::new(self.clone(), leader.key.clone(), Some(leader.rev));
         self.wait_deletes(&prefix, leader.rev - 1).await?;
+        guard.disarm();
         Ok((leader, header))
+    }
+}
+
+/// Deletes a lock or campaign key when dropped armed: the request failed or its client went
+/// away while it waited in line. The delete runs on a task of its own (a drop cannot wait).
+struct GiveBack {
+    owner: Option<(Concurrency, Vec<u8>, Option<i64>)>,
+}
+
+impl GiveBack {
+    /// `create_rev`: delete only if the key is still the one created then (a campaign's
+    /// Resign); None deletes the key outright (a lock's Unlock).
+    fn new(owner: Concurrency, key: Vec<u8>, create_rev: Option<i64>) -> GiveBack {
+        GiveBack {
+            owner: Some((owner, key, create_rev)),
+        }
+    }
+
+    fn disarm(mut self) {
+        self.owner = None;
+    }
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        let Some((owner, key, create_rev)) = self.owner.take() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let result = match create_rev {
+                None => owner.delete(&key).await.map(|_| ()),
+                Some(rev) => {
+                    let leader = epb::LeaderKey {
+                        key: key.clone(),
+                        rev,
+                        ..Default::default()
+                    };
+                    owner.resign(&leader).await.map(|_| ())
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(
+                    "giving back {:?} after an abandoned wait failed: {e}",
+                    String::from_utf8_lossy(&key)
+                );
+            }
+        });
     }
 }
 

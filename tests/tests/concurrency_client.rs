@@ -149,6 +149,15 @@ fn watch_lease_lock_election_with_the_etcd_client_crate() {
             .await
             .expect("lock");
         assert_eq!(held.key(), format!("mylock/{la:x}").as_bytes());
+        // A locker that gives up while waiting leaves no key behind to block the next ones.
+        let lc = m2.lease_grant(30, None).await.expect("grant").id();
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(500),
+            m2.lock("mylock", Some(LockOptions::new().with_lease(lc))),
+        )
+        .await;
+        assert!(abandoned.is_err(), "got a held lock: {abandoned:?}");
+        wait_count(&mut m0, "mylock/", 1).await;
         let mut m1b = m1.clone();
         let waiting = tokio::spawn(async move {
             m1b.lock("mylock", Some(LockOptions::new().with_lease(lb)))
