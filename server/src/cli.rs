@@ -27,17 +27,18 @@ pub enum Cli {
     Bench(Vec<String>),
 }
 
-/// A command line or environment etcd would refuse. The process exits with status 1.
+/// A command line or environment etcd would refuse; [`CliError::exit_code`] says how the
+/// process exits. Flag names in messages are Go's (`-name`), as etcd prints them.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CliError {
-    #[error("flag provided but not defined: {0}")]
+    #[error("flag provided but not defined: -{0}")]
     UnknownFlag(String),
     #[error("'{0}' is not a valid flag")]
     NotAFlag(String),
-    #[error("flag needs an argument: {0}")]
+    #[error("flag needs an argument: -{0}")]
     MissingValue(String),
     /// A malformed value given on the command line.
-    #[error("invalid value {value:?} for flag --{flag}: {reason}")]
+    #[error("invalid value {value:?} for flag -{flag}: {reason}")]
     InvalidFlagValue {
         flag: String,
         value: String,
@@ -63,6 +64,28 @@ pub enum CliError {
     /// Anything else the argument parser refused.
     #[error("{0}")]
     Other(String),
+}
+
+/// Flags whose values etcd checks after its flag package has parsed them (plain strings
+/// there): a bad one exits 1. Every other flag's value is parsed by Go's flag package
+/// (numbers, booleans, durations, URL lists, choices), which exits 2.
+const CHECKED_AFTER_PARSING: &[&str] = &["initial-cluster", "log-level", "cipher-suites"];
+
+impl CliError {
+    /// etcd's exit status: 2 for what Go's flag package refuses (an unknown flag, a missing
+    /// argument, a value its type cannot parse), after printing the error and the usage;
+    /// 1 for everything checked later (environment variables, combinations, files).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::UnknownFlag(_) | CliError::MissingValue(_) => 2,
+            CliError::InvalidFlagValue { flag, .. }
+                if !CHECKED_AFTER_PARSING.contains(&flag.as_str()) =>
+            {
+                2
+            }
+            _ => 1,
+        }
+    }
 }
 
 struct FlagSpec {
@@ -322,7 +345,7 @@ fn normalize_args(args: Vec<String>) -> Result<Vec<String>, CliError> {
         if !arg.starts_with("--") && arg.len() > 2 && arg.starts_with('-') {
             let name = arg[1..].split('=').next().unwrap_or("");
             if !known(name) {
-                return Err(CliError::UnknownFlag(format!("-{name}")));
+                return Err(CliError::UnknownFlag(name.to_string()));
             }
             arg.insert(0, '-');
         }
@@ -348,13 +371,19 @@ fn map_clap_error(e: clap::Error) -> CliError {
         ErrorKind::UnknownArgument => {
             let arg = invalid_arg();
             if arg.starts_with('-') {
-                CliError::UnknownFlag(arg.split('=').next().unwrap_or("").to_string())
+                CliError::UnknownFlag(
+                    arg.split('=')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start_matches('-')
+                        .to_string(),
+                )
             } else {
                 CliError::NotAFlag(arg)
             }
         }
         ErrorKind::InvalidValue | ErrorKind::NoEquals if !invalid_arg().is_empty() => {
-            CliError::MissingValue(invalid_arg())
+            CliError::MissingValue(invalid_arg().trim_start_matches('-').to_string())
         }
         _ => {
             let text = e.to_string();
@@ -759,6 +788,22 @@ fn parse_go_bool(s: &str) -> Option<bool> {
 mod tests {
     use super::*;
 
+    /// etcd's statuses: 2 for what Go's flag package refuses, 1 for later checks.
+    #[test]
+    fn exit_codes_are_etcds() {
+        let code = |args: &[&str], env: &[(&str, &str)]| {
+            run(args, env).map(|_| 0).unwrap_or_else(|e| e.exit_code())
+        };
+        assert_eq!(code(&["--bogus"], &[]), 2);
+        assert_eq!(code(&["--name"], &[]), 2);
+        assert_eq!(code(&["--snapshot-count", "x"], &[]), 2);
+        assert_eq!(code(&["--initial-cluster-state", "old"], &[]), 2);
+        assert_eq!(code(&["--initial-cluster", "infra0"], &[]), 1);
+        assert_eq!(code(&["--log-level", "loud"], &[]), 1);
+        assert_eq!(code(&[], &[("ETCD_SNAPSHOT_COUNT", "x")]), 1);
+        assert_eq!(code(&["notaflag"], &[]), 1);
+    }
+
     #[test]
     fn go_durations_parse_as_go_does() {
         assert_eq!(parse_go_duration_ms("10m"), Ok(600_000));
@@ -855,7 +900,7 @@ mod tests {
         assert!(!c.strict_reconfig_check && c.force_new_cluster && !c.auto_promote_learners);
         assert_eq!(
             error(&["--feature-gates", "Bogus=true"], &[]),
-            "invalid value \"Bogus=true\" for flag --feature-gates: unrecognized feature gate: Bogus"
+            "invalid value \"Bogus=true\" for flag -feature-gates: unrecognized feature gate: Bogus"
         );
         assert!(error(&["--feature-gates", "AutoPromoteLearners"], &[])
             .ends_with("missing bool value for AutoPromoteLearners"));
@@ -1130,7 +1175,7 @@ mod tests {
         );
         assert_eq!(
             error(&["--client-cert-auth=maybe"], &[]),
-            "invalid value \"maybe\" for flag --client-cert-auth: parse error"
+            "invalid value \"maybe\" for flag -client-cert-auth: parse error"
         );
     }
 
@@ -1138,11 +1183,11 @@ mod tests {
     fn unknown_flags_and_arguments() {
         assert_eq!(
             error(&["--bogus"], &[]),
-            "flag provided but not defined: --bogus"
+            "flag provided but not defined: -bogus"
         );
         assert_eq!(
             error(&["--bogus=1"], &[]),
-            "flag provided but not defined: --bogus"
+            "flag provided but not defined: -bogus"
         );
         assert_eq!(
             error(&["-bogus"], &[]),
@@ -1150,47 +1195,47 @@ mod tests {
         );
         assert_eq!(
             error(&["--enable-pprof"], &[]),
-            "flag provided but not defined: --enable-pprof"
+            "flag provided but not defined: -enable-pprof"
         );
         assert_eq!(error(&["stray"], &[]), "'stray' is not a valid flag");
-        assert_eq!(error(&["--name"], &[]), "flag needs an argument: --name");
+        assert_eq!(error(&["--name"], &[]), "flag needs an argument: -name");
     }
 
     #[test]
     fn malformed_values_name_the_flag() {
         let cases: &[(&[&str], &str)] = &[
-            (&["--snapshot-count", "abc"], "invalid value \"abc\" for flag --snapshot-count: parse error"),
-            (&["--snapshot-count", "-1"], "invalid value \"-1\" for flag --snapshot-count: parse error"),
-            (&["--heartbeat-interval", "1.5"], "invalid value \"1.5\" for flag --heartbeat-interval: parse error"),
-            (&["--election-timeout="], "invalid value \"\" for flag --election-timeout: parse error"),
-            (&["--max-request-bytes", "4294967296"], "invalid value \"4294967296\" for flag --max-request-bytes: value out of range"),
-            (&["--snapshot-count", "99999999999999999999"], "invalid value \"99999999999999999999\" for flag --snapshot-count: value out of range"),
-            (&["--quota-backend-bytes", "2G"], "invalid value \"2G\" for flag --quota-backend-bytes: parse error"),
+            (&["--snapshot-count", "abc"], "invalid value \"abc\" for flag -snapshot-count: parse error"),
+            (&["--snapshot-count", "-1"], "invalid value \"-1\" for flag -snapshot-count: parse error"),
+            (&["--heartbeat-interval", "1.5"], "invalid value \"1.5\" for flag -heartbeat-interval: parse error"),
+            (&["--election-timeout="], "invalid value \"\" for flag -election-timeout: parse error"),
+            (&["--max-request-bytes", "4294967296"], "invalid value \"4294967296\" for flag -max-request-bytes: value out of range"),
+            (&["--snapshot-count", "99999999999999999999"], "invalid value \"99999999999999999999\" for flag -snapshot-count: value out of range"),
+            (&["--quota-backend-bytes", "2G"], "invalid value \"2G\" for flag -quota-backend-bytes: parse error"),
             (
                 &["--listen-peer-urls", "http://10.0.1.10"],
-                "invalid value \"http://10.0.1.10\" for flag --listen-peer-urls: URL address does not have the form \"host:port\": http://10.0.1.10",
+                "invalid value \"http://10.0.1.10\" for flag -listen-peer-urls: URL address does not have the form \"host:port\": http://10.0.1.10",
             ),
             (
                 &["--advertise-client-urls", "http://10.0.1.10:2379/"],
-                "invalid value \"http://10.0.1.10:2379/\" for flag --advertise-client-urls: URL must not contain a path: http://10.0.1.10:2379/",
+                "invalid value \"http://10.0.1.10:2379/\" for flag -advertise-client-urls: URL must not contain a path: http://10.0.1.10:2379/",
             ),
             (
                 &["--initial-advertise-peer-urls", "unix://x:1"],
-                "invalid value \"unix://x:1\" for flag --initial-advertise-peer-urls: unix socket URLs are not supported by detcd (URL scheme must be http or https): unix://x:1",
+                "invalid value \"unix://x:1\" for flag -initial-advertise-peer-urls: unix socket URLs are not supported by detcd (URL scheme must be http or https): unix://x:1",
             ),
             (
                 &["--initial-cluster", "infra0=http://10.0.1.10:2380,infra1"],
-                "invalid value \"infra0=http://10.0.1.10:2380,infra1\" for flag --initial-cluster: empty URL given for \"infra1\"",
+                "invalid value \"infra0=http://10.0.1.10:2380,infra1\" for flag -initial-cluster: empty URL given for \"infra1\"",
             ),
             (
                 &["--initial-cluster-state", "old"],
-                "invalid value \"old\" for flag --initial-cluster-state: valid values are \"new\", \"existing\"",
+                "invalid value \"old\" for flag -initial-cluster-state: valid values are \"new\", \"existing\"",
             ),
             (
                 &["--log-level", "verbose"],
-                "invalid value \"verbose\" for flag --log-level: valid values are debug, info, warn, error, panic, fatal",
+                "invalid value \"verbose\" for flag -log-level: valid values are debug, info, warn, error, panic, fatal",
             ),
-            (&["--version=maybe"], "invalid value \"maybe\" for flag --version: parse error"),
+            (&["--version=maybe"], "invalid value \"maybe\" for flag -version: parse error"),
         ];
         for (args, msg) in cases {
             assert_eq!(error(args, &[]), *msg, "{args:?}");

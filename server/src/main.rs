@@ -14,9 +14,15 @@ use cli::Cli;
 async fn main() -> ExitCode {
     let (cli, warnings) = match cli::parse_with_warnings(std::env::args(), std::env::vars()) {
         Ok(parsed) => parsed,
+        Err(e) if e.exit_code() == 2 => {
+            // Go's flag package: the error, then the usage, exit 2 (as etcd).
+            eprintln!("{e}");
+            eprint!("{}", cli::help_text());
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("detcd: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(e.exit_code());
         }
     };
     match cli {
