@@ -380,6 +380,9 @@ pub async fn run_member_with(
     }
     for url in &cfg.listen_client_urls {
         let addr = listen_addr(url).await?;
+        if url.scheme == detcd_core::config::Scheme::Http {
+            tracing::warn!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
+        }
         let listener = bind(addr).await?;
         let errs = server_err_tx.clone();
         let api = api.clone();

@@ -648,7 +648,11 @@ impl Node {
             );
             self.snapshots_installed = status.snapshots_installed;
         }
-        *self.shared.status.lock().unwrap() = status;
+        let mut shared_status = self.shared.status.lock().unwrap();
+        if status.published && !shared_status.published {
+            tracing::info!("ready to serve client requests");
+        }
+        *shared_status = status;
     }
 }
 

@@ -66,6 +66,14 @@ pub enum CliError {
     Other(String),
 }
 
+/// Flags accepted so etcd command lines start detcd, whose mechanism detcd does not have yet:
+/// each logs a start-up warning saying so (the flag, then why).
+const NO_EFFECT_YET: &[(&str, &str)] = &[(
+    "experimental-initial-corrupt-check",
+    "detcd does not yet compare its data with its peers' at start (etcd's initial \
+     corruption check); the check is skipped",
+)];
+
 /// Flags whose values etcd checks after its flag package has parsed them (plain strings
 /// there): a bad one exits 1. Every other flag's value is parsed by Go's flag package
 /// (numbers, booleans, durations, URL lists, choices), which exits 2.
@@ -221,6 +229,11 @@ const BOOL_FLAGS: &[FlagSpec] = &[
         name: "strict-reconfig-check",
         heading: CLUSTERING,
         help: "Reject reconfiguration requests that would cause quorum loss. [default: true]",
+    },
+    FlagSpec {
+        name: "experimental-initial-corrupt-check",
+        heading: CLUSTERING,
+        help: "Accepted; detcd does not check its data against its peers' at start yet (a warning says so).",
     },
     FlagSpec {
         name: "experimental-enable-lease-checkpoint",
@@ -521,6 +534,11 @@ pub fn parse_with_warnings(
         })
     };
     let config = build_config(&given)?;
+    for (flag, why) in NO_EFFECT_YET {
+        if given(flag).is_some_and(|g| parse_go_bool(&g.value) != Some(false)) {
+            warnings.push(format!("--{flag} has no effect: {why}"));
+        }
+    }
     config.validate()?;
     detcd_core::tls::plan(&config)?;
     if given("listen-client-urls").is_some() && given("advertise-client-urls").is_none() {
@@ -787,6 +805,19 @@ fn parse_go_bool(s: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags_without_effect_yet_start_with_a_warning() {
+        let (_, warnings) = run(&["--experimental-initial-corrupt-check"], &[]).unwrap();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("--experimental-initial-corrupt-check has no effect")),
+            "{warnings:?}"
+        );
+        let (_, warnings) = run(&["--experimental-initial-corrupt-check=false"], &[]).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
 
     /// etcd's statuses: 2 for what Go's flag package refuses, 1 for later checks.
     #[test]

@@ -270,6 +270,9 @@ pub struct Status {
     pub is_learner: bool,
     /// This member was removed from the cluster.
     pub removed: bool,
+    /// This member's name and client URLs are in the replicated member list: it serves
+    /// clients as a published member (etcd's ReadyNotify).
+    pub published: bool,
 }
 
 /// Request IDs unique across members and restarts, as etcd's idutil: the member's low 16
@@ -1179,6 +1182,20 @@ impl<V: StateViews> Server<V> {
         });
         if published {
             self.attributes_published = true;
+            self.status.published = true;
+            // etcd's start-up milestones, which tools and test rigs wait for (etcd's e2e
+            // suite waits for both): the cluster's capabilities, then the member published.
+            tracing::info!(
+                "enabled capabilities for version {}",
+                crate::CLUSTER_API_VERSION
+            );
+            tracing::info!(
+                local_member_id = %crate::ids::format_id(self.cfg.id),
+                name = %a.name,
+                client_urls = ?a.client_urls,
+                cluster_id = %crate::ids::format_id(self.state.views().members(|m| m.cluster_id())),
+                "published local member to cluster through raft"
+            );
             return;
         }
         let req = InternalRequest {
