@@ -295,3 +295,23 @@ async fn watch_and_lease_under_faults() {
     .await;
     eprintln!("{r:#?}");
 }
+
+#[madsim::test]
+async fn watch_and_lease_under_election_churn() {
+    // The same under elections in quick succession (leaders cut off, members bounced), a
+    // lossy and slow network and one-way cuts: many leader changes while leases are kept
+    // alive, streams that stall.
+    let r = run_watch_lease(WatchLeasePlan {
+        name: "watch_and_lease_under_election_churn",
+        faults: Faults {
+            churn: true,
+            one_way: true,
+            packet_loss: true,
+            latency: true,
+            ..Faults::none()
+        },
+        ..WatchLeasePlan::default()
+    })
+    .await;
+    eprintln!("{r:#?}");
+}
