@@ -117,13 +117,15 @@ fn remote_cluster_corpus() {
 
 #[test]
 fn watch_request_corpus() {
-    replay("watch_request", checks::check_watch_request, |d| {
-        match checks::watch_create(d) {
+    replay(
+        "watch_request",
+        checks::check_watch_request,
+        |d| match checks::watch_create(d) {
             Some(detcd_core::proto::etcdserverpb::watch_request::RequestUnion::CreateRequest(
                 c,
             )) => detcd_core::watch::WatchSpec::from_request(&c).is_ok(),
             Some(_) => true,
             None => false,
-        }
-    });
+        },
+    );
 }

@@ -258,7 +258,11 @@ pub fn check_watch_request(data: &[u8]) {
     use detcd_core::watch::{fragment, WatchSpec};
     if let Some(RequestUnion::CreateRequest(c)) = watch_create(data) {
         let spec = WatchSpec::from_request(&c);
-        let key = if c.key.is_empty() { vec![0] } else { c.key.clone() };
+        let key = if c.key.is_empty() {
+            vec![0]
+        } else {
+            c.key.clone()
+        };
         let empty = !c.range_end.is_empty() && c.range_end != [0] && key >= c.range_end;
         assert_eq!(spec.is_err(), empty, "range [{key:?}, {:?})", c.range_end);
         if let Ok(spec) = spec {
@@ -273,7 +277,10 @@ pub fn check_watch_request(data: &[u8]) {
     let joined: Vec<_> = parts.iter().flat_map(|p| p.events.clone()).collect();
     assert_eq!(joined, resp.events, "fragments lost or reordered events");
     if parts.len() > 1 {
-        assert!(parts.iter().all(|p| !p.events.is_empty()), "an empty fragment");
+        assert!(
+            parts.iter().all(|p| !p.events.is_empty()),
+            "an empty fragment"
+        );
         assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
         assert!(!parts.last().unwrap().fragment);
     }
