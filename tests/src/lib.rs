@@ -702,9 +702,10 @@ impl std::fmt::Display for CtlOutput {
     }
 }
 
-/// Runs `ETCDCTL_API=3 etcdctl --endpoints=<endpoints> <args>`, feeding `stdin`, killed after
-/// 30 s (etcdctl's own dial and command timeouts are shorter).
-pub fn etcdctl_stdin(endpoints: &[String], args: &[&str], stdin: &str) -> CtlOutput {
+/// Starts `ETCDCTL_API=3 etcdctl --endpoints=<endpoints> <args>` with piped output, in an
+/// environment without the developer's ETCD*/ETCDCTL* variables; returns it and its command
+/// line (for messages).
+fn spawn_etcdctl(endpoints: &[String], args: &[&str], stdin: Stdio) -> (Child, String) {
     let bin = etcdctl_path().expect("etcdctl not installed (call have_etcdctl() first)");
     let eps = format!("--endpoints={}", endpoints.join(","));
     let command = format!("ETCDCTL_API=3 etcdctl {eps} {}", args.join(" "));
@@ -713,12 +714,19 @@ pub fn etcdctl_stdin(endpoints: &[String], args: &[&str], stdin: &str) -> CtlOut
     cmd.env("ETCDCTL_API", "3")
         .arg(&eps)
         .args(args)
-        .stdin(Stdio::piped())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+    (child, command)
+}
+
+/// Runs `ETCDCTL_API=3 etcdctl --endpoints=<endpoints> <args>`, feeding `stdin`, killed after
+/// 30 s (etcdctl's own dial and command timeouts are shorter).
+pub fn etcdctl_stdin(endpoints: &[String], args: &[&str], stdin: &str) -> CtlOutput {
+    let (mut child, command) = spawn_etcdctl(endpoints, args, Stdio::piped());
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_string();
     let writer = std::thread::spawn(move || {
@@ -778,20 +786,7 @@ pub struct CtlProcess {
 impl CtlProcess {
     /// Starts `ETCDCTL_API=3 etcdctl --endpoints=<endpoints> <args>`.
     pub fn start(endpoints: &[String], args: &[&str]) -> CtlProcess {
-        let bin = etcdctl_path().expect("etcdctl not installed (call have_etcdctl() first)");
-        let eps = format!("--endpoints={}", endpoints.join(","));
-        let command = format!("ETCDCTL_API=3 etcdctl {eps} {}", args.join(" "));
-        let mut cmd = Command::new(&bin);
-        scrub_env(&mut cmd);
-        cmd.env("ETCDCTL_API", "3")
-            .arg(&eps)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let (mut child, command) = spawn_etcdctl(endpoints, args, Stdio::null());
         let collect = |mut r: Box<dyn Read + Send>| {
             let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
             let into = buf.clone();
