@@ -305,6 +305,7 @@ fn retry_member_change(error: &str) -> bool {
         "etcdserver: no leader",
         "etcdserver: leader changed",
         "etcdserver: request timed out",
+        "etcdserver: request timed out, possibly due to previous leader failure",
         "etcdserver: another membership change is in progress, retry when it has applied",
     ]
     .contains(&error)

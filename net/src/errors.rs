@@ -15,6 +15,9 @@ pub enum ApiError {
     NoLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// A write timed out after a leader change (etcd's ErrTimeoutDueToLeaderFail).
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
     #[error("etcdserver: leader changed")]
     LeaderChanged,
     #[error("etcdserver: server stopped")]
@@ -45,6 +48,7 @@ impl From<ApiError> for Status {
             ApiError::Refused(r) => Code::from(r.grpc_code),
             ApiError::NoLeader
             | ApiError::Timeout
+            | ApiError::TimeoutDueToLeaderFail
             | ApiError::LeaderChanged
             | ApiError::Stopped => Code::Unavailable,
             ApiError::TooLarge => Code::InvalidArgument,

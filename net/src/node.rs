@@ -38,6 +38,10 @@ pub type RaftStatus = detcd_core::server::Status;
 /// its snapshot scenario really exercised the path).
 pub static SNAPSHOTS_INSTALLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// How much longer than the server a client's write waits for its answer: the server's
+/// own timeout answer says more (whether the leader changed).
+const PROPOSAL_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
 /// Limits on the driver's queues: a full queue pushes back on clients instead of growing.
 pub const PROPOSAL_QUEUE: usize = 4096;
 pub const READ_QUEUE: usize = 4096;
@@ -221,7 +225,9 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Sends a write through raft and waits for its applied result.
+    /// Sends a write through raft and waits for its applied result. The server itself answers
+    /// a write whose entry did not apply within its request timeout (saying whether the leader
+    /// changed meanwhile); `timeout` here is a last resort a little later.
     pub async fn propose(&self, request: Request, timeout: Duration) -> Result<Applied, ApiError> {
         let (tx, rx) = oneshot::channel();
         let p = Proposal {
@@ -232,7 +238,7 @@ impl NodeHandle {
             .send(p)
             .await
             .map_err(|_| ApiError::Stopped)?;
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout(timeout + PROPOSAL_TIMEOUT_MARGIN, rx).await {
             Ok(Ok(res)) => res,
             Ok(Err(_)) => Err(ApiError::Stopped),
             Err(_) => Err(self.timeout_error()),
@@ -661,6 +667,12 @@ fn api_error(e: RequestError) -> ApiError {
         RequestError::Refused(r) => ApiError::Refused(r),
         RequestError::NoLeader => ApiError::NoLeader,
         RequestError::LeaderChanged => ApiError::LeaderChanged,
+        RequestError::TimedOut {
+            leader_failed: false,
+        } => ApiError::Timeout,
+        RequestError::TimedOut {
+            leader_failed: true,
+        } => ApiError::TimeoutDueToLeaderFail,
         RequestError::TooManyRequests => ApiError::TooManyRequests,
         RequestError::NotLeader(leader) => ApiError::NotLeader(leader),
     }

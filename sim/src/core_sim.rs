@@ -869,7 +869,9 @@ impl CoreSim {
                 RequestError::NoLeader | RequestError::TooManyRequests | RequestError::NotLeader(_),
             ) => (Outcome::Failed, None),
             Err(RequestError::Refused(_)) => (Outcome::Failed, None),
-            Err(RequestError::LeaderChanged) => (Outcome::Unknown, None),
+            Err(RequestError::LeaderChanged | RequestError::TimedOut { .. }) => {
+                (Outcome::Unknown, None)
+            }
         };
         self.finish(i, id, outcome, rev);
     }

@@ -135,11 +135,10 @@ fn caught_by(mutate: impl Fn(&mut Plan), checker: &str) {
             return;
         }
         // Caught by something else only (a stopped member, another checker): not proof
-        // that this checker bites.
-        assert!(
-            failures.is_empty(),
-            "seed {seed}: expected {checker} to catch the mutation, got: {failures:?}"
-        );
+        // that this checker bites; the next seed must show it.
+        if !failures.is_empty() {
+            eprintln!("seed {seed}: caught only by others, not {checker}: {failures:?}");
+        }
     }
     panic!("the mutation survived every seed: {checker} does not bite");
 }

@@ -66,8 +66,14 @@ pub enum RequestError {
     #[error("etcdserver: no leader")]
     NoLeader,
     /// The leader changed while the request was in flight; it may or may not have been applied.
+    /// Reads and membership changes only: a write waits for its entry instead.
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    /// A write's entry did not apply within the request timeout; it may still apply later.
+    /// etcd's texts: after a leader change, "possibly due to previous leader failure"
+    /// (etcdserver/server.go parseProposeCtxErr).
+    #[error("{}", if *.leader_failed { "etcdserver: request timed out, possibly due to previous leader failure" } else { "etcdserver: request timed out" })]
+    TimedOut { leader_failed: bool },
     /// More reads are waiting than [`MAX_PENDING_READS`] (etcd's ErrTooManyRequests, which it
     /// returns when apply falls too far behind commit).
     #[error("etcdserver: too many requests")]
@@ -297,6 +303,19 @@ impl IdGen {
     }
 }
 
+/// A proposal in raft, waiting for its entry to apply.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    /// The tick it was proposed at: it times out `hold_ticks` later (the request timeout).
+    since_tick: u64,
+    /// [`Server::leader_epoch`] when it was proposed.
+    leader_epoch: u64,
+    /// A membership change: failed at once when leadership moves, since the leader that
+    /// proposed it is gone (the executor asks the new one). Writes wait for their entry,
+    /// as etcd's do: a write forwarded while no leader was known is not lost by the election.
+    membership: bool,
+}
+
 struct HeldProposal {
     id: u64,
     data: Vec<u8>,
@@ -317,7 +336,9 @@ pub struct Server<V: StateViews> {
     tick: u64,
     outputs: VecDeque<Output>,
     /// Proposals in raft, by request id, waiting for their entry to apply.
-    waiting: BTreeMap<u64, ()>,
+    waiting: BTreeMap<u64, Waiting>,
+    /// Leader changes seen so far (a proposal records it, to tell a timeout after one).
+    leader_epoch: u64,
     held: VecDeque<HeldProposal>,
     /// Reads not yet sent to raft (no leader yet), with the tick they arrived.
     pending_reads: Vec<(u64, u64)>,
@@ -419,6 +440,7 @@ impl<V: StateViews> Server<V> {
             tick: 0,
             outputs: VecDeque::new(),
             waiting: BTreeMap::new(),
+            leader_epoch: 0,
             held: VecDeque::new(),
             pending_reads: Vec::new(),
             read_batches: BTreeMap::new(),
@@ -626,7 +648,8 @@ impl<V: StateViews> Server<V> {
                 };
                 match proposed {
                     Ok(()) => {
-                        self.waiting.insert(id, ());
+                        let w = self.waiting_since_now(true);
+                        self.waiting.insert(id, w);
                     }
                     Err(_) => self.outputs.push_back(Output::Response {
                         id,
@@ -1012,10 +1035,18 @@ impl<V: StateViews> Server<V> {
 
     fn on_soft_state(&mut self, leader: u64, role: StateRole) {
         if leader != self.status.leader {
-            // Proposals in flight may have died with the old leader (a follower forwards
-            // them, and nothing resends a lost forward). Tell their clients now, as etcd
-            // does; an entry that still commits is applied all the same.
-            for (id, ()) in std::mem::take(&mut self.waiting) {
+            self.leader_epoch += 1;
+            // A membership change in flight died with the leader that proposed it: say so
+            // now, the executor asks the new leader. Writes keep waiting for their entry (it
+            // may well commit under the new leader) until the request timeout, as etcd's do.
+            let moved: Vec<u64> = self
+                .waiting
+                .iter()
+                .filter(|(_, w)| w.membership)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in moved {
+                self.waiting.remove(&id);
                 self.outputs.push_back(Output::Response {
                     id,
                     result: Err(RequestError::LeaderChanged),
@@ -1134,7 +1165,11 @@ impl<V: StateViews> Server<V> {
 
     fn propose(&mut self, p: HeldProposal) {
         if self.raw.raft.leader_id != 0 && self.raw.propose(vec![], p.data.clone()).is_ok() {
-            self.waiting.insert(p.id, ());
+            let w = Waiting {
+                since_tick: p.since_tick,
+                ..self.waiting_since_now(false)
+            };
+            self.waiting.insert(p.id, w);
             return;
         }
         if self.held.len() >= MAX_HELD_PROPOSALS {
@@ -1147,9 +1182,34 @@ impl<V: StateViews> Server<V> {
         }
     }
 
-    /// Proposals and reads that waited `hold_ticks` for a leader fail with `NoLeader`.
+    /// What a proposal made now waits as.
+    fn waiting_since_now(&self, membership: bool) -> Waiting {
+        Waiting {
+            since_tick: self.tick,
+            leader_epoch: self.leader_epoch,
+            membership,
+        }
+    }
+
+    /// Proposals and reads that waited `hold_ticks` for a leader fail with `NoLeader`;
+    /// proposals whose entry did not apply within `hold_ticks` of their arrival time out.
     fn expire_held(&mut self) {
         let (tick, hold) = (self.tick, self.cfg.hold_ticks);
+        let expired: Vec<(u64, Waiting)> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| tick - w.since_tick >= hold)
+            .map(|(id, w)| (*id, *w))
+            .collect();
+        for (id, w) in expired {
+            self.waiting.remove(&id);
+            self.outputs.push_back(Output::Response {
+                id,
+                result: Err(RequestError::TimedOut {
+                    leader_failed: w.leader_epoch != self.leader_epoch,
+                }),
+            });
+        }
         while self
             .held
             .front()

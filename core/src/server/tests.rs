@@ -584,3 +584,52 @@ fn an_expired_lease_is_revoked_through_raft_with_its_keys_in_one_revision() {
         "etcdserver: requested lease not found"
     );
 }
+
+/// Regression (found trying detcd as a user): a write that arrived while no leader was known
+/// was forwarded to the new leader and then failed with "leader changed" in the same step,
+/// although it went on to commit. It waits for its entry now, as etcd's writes do, and only
+/// times out (saying the leader changed) if the entry never applies.
+#[test]
+fn a_write_forwarded_to_a_new_leader_is_not_failed_by_the_election() {
+    let (mut s, mut file) = server(&[1, 2]);
+    let id = s.handle_proposals(vec![put("k")]).unwrap()[0];
+    let mut sent = Vec::new();
+    let answers = carry_out(&mut s, &mut file, None, &mut sent);
+    assert!(answers.is_empty(), "held without a leader: {answers:?}");
+    let mut heartbeat = Message::default();
+    heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+    heartbeat.from = 2;
+    heartbeat.to = 1;
+    heartbeat.term = 2;
+    s.handle_messages(vec![heartbeat]).unwrap();
+    let answers = carry_out(&mut s, &mut file, None, &mut sent);
+    assert!(
+        sent.iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgPropose && m.to == 2),
+        "forwarded to the leader: {sent:?}"
+    );
+    assert!(
+        !answers
+            .iter()
+            .any(|a| matches!(a, Output::Response { id: got, .. } if *got == id)),
+        "answered before its entry applied: {answers:?}"
+    );
+    // The leader never answers: the write times out after the request timeout.
+    let mut result = None;
+    for _ in 0..40 {
+        s.handle_tick().unwrap();
+        for a in carry_out(&mut s, &mut file, None, &mut sent) {
+            if let Output::Response { id: got, result: r } = a {
+                if got == id {
+                    result = Some(r);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        result,
+        Some(Err(RequestError::TimedOut {
+            leader_failed: true
+        }))
+    );
+}
