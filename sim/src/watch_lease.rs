@@ -732,6 +732,9 @@ async fn run_session(
         .map(|(lo, hi)| opened + Duration::from_millis(thread_rng().gen_range(lo..hi)));
     let mut asked: Option<Instant> = spec.progress_on_create.then_some(opened);
     let mut last_ask = opened;
+    // Once the final revision is set: how long this stream has had to confirm it. A member
+    // that cannot (behind, cut off, diverged) is left for another after 3 s.
+    let mut draining: Option<Instant> = None;
     loop {
         match timeout(Duration::from_millis(250), stream.message()).await {
             Ok(Ok(Some(r))) => {
@@ -781,6 +784,9 @@ async fn run_session(
         if let Some(g) = goal {
             if *next > g {
                 return "complete".into();
+            }
+            if now > *draining.get_or_insert(now) + Duration::from_secs(3) {
+                return format!("not complete through {g} within 3 s");
             }
         }
         // A progress request unanswered for long: the member is stuck; try another.
