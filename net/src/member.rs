@@ -380,14 +380,22 @@ pub async fn run_member_with(
     }
     for url in &cfg.listen_client_urls {
         let addr = listen_addr(url).await?;
-        if url.scheme == detcd_core::config::Scheme::Http {
-            tracing::warn!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
-        }
+        let insecure = url.scheme == detcd_core::config::Scheme::Http;
+        // Bound now (a taken port stops the start), served once this member has published
+        // itself to the cluster, as etcd serves clients after ReadyNotify: a client that
+        // connects earlier waits instead of reaching a member that cannot answer yet.
         let listener = bind(addr).await?;
         let errs = server_err_tx.clone();
         let api = api.clone();
         let acceptor = tls_for(url, &client_acceptor);
         tokio::spawn(async move {
+            let mut ready = api.node.shared.ready.subscribe();
+            if ready.wait_for(|r| *r).await.is_err() {
+                return;
+            }
+            if insecure {
+                tracing::warn!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
+            }
             if let Err(e) = serve_client(listener, api, acceptor).await {
                 let _ = errs.send(e).await;
             }
@@ -713,6 +721,12 @@ async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), Me
         .add_service(ClusterServer::new(api.clone()))
         .add_service(WatchServer::new(api.watch_service()))
         .add_service(LeaseServer::new(crate::lease::LeaseService::new(
+            api.clone(),
+        )))
+        .add_service(LockServer::new(crate::concurrency::Concurrency::new(
+            api.clone(),
+        )))
+        .add_service(ElectionServer::new(crate::concurrency::Concurrency::new(
             api.clone(),
         )))
         .add_service(MaintenanceServer::new(api))

@@ -63,6 +63,9 @@ pub struct Shared {
     /// Leases; the leader's clock over them is advanced by the driver's ticks.
     pub leases: RwLock<Lessor>,
     pub status: Mutex<RaftStatus>,
+    /// Becomes true once this member has published itself to the cluster (etcd's
+    /// ReadyNotify): only then does it serve clients.
+    pub ready: tokio::sync::watch::Sender<bool>,
     /// The watchers of this member's clients, fed by the driver after each apply.
     pub watch: crate::watch::WatchHub,
 }
@@ -107,6 +110,7 @@ impl Shared {
             members: RwLock::new(loaded.members),
             leases: RwLock::new(loaded.leases),
             status: Mutex::new(RaftStatus::default()),
+            ready: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -413,6 +417,7 @@ impl Node {
             members: RwLock::new(members),
             leases: RwLock::new(leases),
             status: Mutex::new(RaftStatus::default()),
+            ready: tokio::sync::watch::Sender::new(false),
         });
         let kv = KvState::new(db, SharedViews(shared.clone()), applied);
         let heartbeat_ms = params.heartbeat.as_millis().max(1) as u64;
@@ -657,6 +662,7 @@ impl Node {
         let mut shared_status = self.shared.status.lock().unwrap();
         if status.published && !shared_status.published {
             tracing::info!("ready to serve client requests");
+            self.shared.ready.send_replace(true);
         }
         *shared_status = status;
     }
