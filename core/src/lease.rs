@@ -107,6 +107,9 @@ pub struct Lessor {
     primary: bool,
     /// The leader's clock, milliseconds (advanced by ticks).
     now_ms: u64,
+    /// How far the real time may be past `now_ms` (one tick): a grant or keep-alive counts
+    /// its TTL from the end of the current tick, so a lease never expires early.
+    resolution_ms: u64,
     /// Leases a keep-alive renewed while they had a checkpointed remainder: a checkpoint of 0
     /// is due for each.
     clear_checkpoints: BTreeSet<i64>,
@@ -229,7 +232,7 @@ impl Lessor {
             .insert(id, rec.encode_to_vec().as_slice())?;
         self.insert(rec);
         if self.primary {
-            let now = self.now_ms;
+            let now = self.now_ms + self.resolution_ms;
             let l = self.leases.get_mut(&id).expect("just inserted");
             l.expiry_ms = Some(now + ttl as u64 * 1000);
         }
@@ -318,6 +321,12 @@ impl Lessor {
 
     // ---- the leader's clock ----
 
+    /// The leader's clock moved to `now_ms`; it moves in steps of `resolution_ms`.
+    pub fn advance_by_ticks(&mut self, now_ms: u64, resolution_ms: u64) {
+        self.resolution_ms = resolution_ms;
+        self.advance(now_ms);
+    }
+
     /// The leader's clock moved to `now_ms`.
     pub fn advance(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
@@ -357,7 +366,7 @@ impl Lessor {
         if l.expiry_ms.is_some_and(|e| e <= now) {
             return Err(LeaseError::NotFound);
         }
-        l.expiry_ms = Some(now + l.ttl as u64 * 1000);
+        l.expiry_ms = Some(now + self.resolution_ms + l.ttl as u64 * 1000);
         let clear_checkpoint = l.remaining_ttl > 0;
         if clear_checkpoint {
             self.clear_checkpoints.insert(id);
@@ -370,15 +379,16 @@ impl Lessor {
 
     /// Seconds left before lease `id` expires, as etcd's TimeToLive reports them (whole
     /// seconds, rounded down; never below 0), and its granted TTL. Error: NotPrimary on a
-    /// follower, NotFound. The clock moves in ticks, so a lease asked about within the tick
-    /// it was granted or renewed in shows no time passed; some always has (etcd's wall
-    /// clock shows 29 s left of 30 right after a grant), hence the millisecond taken off.
+    /// follower, NotFound. The clock moves in ticks: counted from the end of the current
+    /// tick, less a millisecond, since some time always passed (etcd's wall clock shows 29 s
+    /// left of 30 right after a grant).
     pub fn time_to_live(&self, id: i64) -> Result<(i64, i64), LeaseError> {
         if !self.primary {
             return Err(LeaseError::NotPrimary);
         }
         let l = self.leases.get(&id).ok_or(LeaseError::NotFound)?;
-        let left_ms = l.expiry_ms.map_or(0, |e| e.saturating_sub(self.now_ms));
+        let now = self.now_ms + self.resolution_ms;
+        let left_ms = l.expiry_ms.map_or(0, |e| e.saturating_sub(now));
         Ok((((left_ms.saturating_sub(1)) / 1000) as i64, l.ttl))
     }
 
@@ -557,6 +567,25 @@ mod tests {
         assert_eq!(l.renew(1), Err(LeaseError::NotFound), "expired is gone");
         l.demote();
         assert_eq!(l.renew(1), Err(LeaseError::NotPrimary));
+    }
+
+    /// The clock moves in ticks: a keep-alive between two ticks counts from the next one, so
+    /// the lease lives at least its TTL after the keep-alive really arrived.
+    #[test]
+    fn a_keep_alive_counts_from_the_end_of_its_tick() {
+        let db = db();
+        let mut l = granted(&db, &[(1, 2)], 2);
+        l.advance_by_ticks(0, 100);
+        l.promote(0, None);
+        l.advance_by_ticks(1_000, 100);
+        l.renew(1).unwrap(); // arrived anywhere in (1000, 1100) ms
+        l.advance_by_ticks(3_000, 100);
+        assert!(
+            l.expired(10).is_empty(),
+            "expired before 2 s after the keep-alive"
+        );
+        l.advance_by_ticks(3_100, 100);
+        assert_eq!(l.expired(10), vec![1]);
     }
 
     #[test]

@@ -148,11 +148,14 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("read task failed: {e}")))?
 }
 
-/// Under madsim there are no blocking threads: the read runs in place.
+/// Under madsim there are no blocking threads: the read runs in place, after a moment of
+/// simulated time (a real read takes some): otherwise a watcher's whole catch-up would happen
+/// in one step and races with it (a progress request arriving meanwhile) could never show.
 #[cfg(madsim)]
 pub(crate) async fn run_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     f()
 }
 

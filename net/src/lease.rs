@@ -53,6 +53,9 @@ pub async fn answer_on_leader(shared: &Shared, call: Call) -> LeaseAnswer {
         Call::KeepAlive(r) => r.id,
         Call::TimeToLive(r) => r.id,
     };
+    // etcd's LeaseRenew and LeaseTimeToLive wait for the applied index first: a grant or
+    // revoke committed but not yet applied here is then seen.
+    wait_applied(shared).await;
     let mut waited = false;
     loop {
         let found = match &call {

@@ -125,6 +125,11 @@ impl WatchHub {
         }
     }
 
+    /// The revision of the last events published.
+    pub fn published(&self) -> i64 {
+        self.state.lock().unwrap().published
+    }
+
     /// Watchers on every stream (for metrics and tests).
     pub fn watchers(&self) -> usize {
         let st = self.state.lock().unwrap();
@@ -433,8 +438,12 @@ enum CatchUp {
     Events(Vec<Event>, i64),
 }
 
-/// Reads the history one unsynced watcher misses (blocking: it reads the store).
+/// Reads the history one unsynced watcher misses (blocking: it reads the store), up to the
+/// hub's published revision: the store may be ahead of it (applied, not yet published), and
+/// what lies beyond reaches the watcher through the hub once it is synced. So nothing sent
+/// on a stream is past its progress revision.
 fn read_behind(shared: &Shared, b: &Behind) -> Result<CatchUp, Status> {
+    let published = shared.watch.published();
     let (mvcc, txn) = shared
         .read_view()
         .map_err(|e| Status::internal(e.to_string()))?;
@@ -443,7 +452,7 @@ fn read_behind(shared: &Shared, b: &Behind) -> Result<CatchUp, Status> {
         return Ok(CatchUp::Compacted(mvcc.compact_revision()));
     }
     let (events, last) = mvcc
-        .history_in(&txn, b.next_rev, mvcc.current_revision(), CATCH_UP_EVENTS)
+        .history_in(&txn, b.next_rev, published, CATCH_UP_EVENTS)
         .map_err(|e| Status::internal(e.to_string()))?;
     // A compaction committed after the view was taken may have removed rows it read past.
     let compacted = shared.mvcc.read().unwrap().compact_revision();

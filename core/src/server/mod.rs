@@ -1277,7 +1277,7 @@ impl<V: StateViews> Server<V> {
         let per_tick = (LEASE_REVOKES_PER_SECOND * self.cfg.tick_ms / 1000).max(1) as usize;
         let interval = self.cfg.lease_checkpoint_interval_ms;
         let (expired, checkpoints) = self.state.views().leases_mut(|l| {
-            l.advance(now);
+            l.advance_by_ticks(now, self.cfg.tick_ms);
             let expired = l.expired_early(per_tick, early);
             (expired, l.checkpoints_due(interval, MAX_LEASE_CHECKPOINTS))
         });

@@ -571,7 +571,10 @@ fn an_expired_lease_is_revoked_through_raft_with_its_keys_in_one_revision() {
             }
         }
     }
-    assert_eq!(ticks, 20, "expires after its TTL of 20 ticks, not before");
+    assert_eq!(
+        ticks, 21,
+        "expires after its TTL of 20 ticks counted from the end of the tick it was granted in"
+    );
     assert_eq!(deletes.len(), 2);
     let rev = deletes[0].kv.as_ref().unwrap().mod_revision;
     assert!(deletes
