@@ -111,6 +111,8 @@ pub struct Plan {
     /// A bug planted in the simulated network: it never duplicates, whatever the plan says
     /// (the `[faults]` checker must notice).
     pub never_duplicate: bool,
+    /// A client gives up on an operation after this long (its outcome is then unknown).
+    pub client_timeout_ms: u64,
 }
 
 impl Plan {
@@ -125,6 +127,7 @@ impl Plan {
             mutations: Mutations::default(),
             drop_snapshot_unreported: false,
             never_duplicate: false,
+            client_timeout_ms: CLIENT_TIMEOUT_MS,
         }
     }
 }
@@ -821,7 +824,7 @@ impl CoreSim {
         self.op_members.insert(op_id, self.members[m].id);
         self.members[m].waiting.insert(id, (c, op_id, key, op));
         self.clients[c].busy = Some((m, id, op_id));
-        self.schedule(CLIENT_TIMEOUT_MS, Event::ClientTimeout(c, seq));
+        self.schedule(self.plan.client_timeout_ms, Event::ClientTimeout(c, seq));
         self.carry_out(m);
     }
 

@@ -225,6 +225,9 @@ fn reads_in_flight_across_a_leader_change_are_answered() {
                 isolate_leader_once: Some((4000, 3000)),
                 ..Faults::default()
             },
+            // Longer than the cut plus an unlucky election (split pre-votes take a few
+            // seconds): what is checked is that a read is answered, not how fast.
+            client_timeout_ms: 8000,
             ..Plan::new(seed)
         })
         .run();
