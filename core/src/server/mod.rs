@@ -1337,12 +1337,16 @@ impl<V: StateViews> Server<V> {
             let Some(entries) = self.to_apply.pop_front() else {
                 break;
             };
+            let answers_from = self.outputs.len();
             for e in &entries {
                 self.apply_entry(e)?;
             }
+            // The batch's events go out ahead of its answers, as etcd notifies its watchers
+            // before the write returns: a client that sees its write acknowledged finds the
+            // event already on its way to every watcher.
             let events = self.state.take_events();
             if !events.is_empty() {
-                self.outputs.push_back(Output::Events(events));
+                self.outputs.insert(answers_from, Output::Events(events));
             }
             if self.status.removed {
                 // Make the removal durable now (raft is not driven any more, and no tick
