@@ -151,6 +151,10 @@ impl SimCluster {
         token: &str,
         tweak: impl Fn(&mut Config),
     ) -> SimCluster {
+        if std::env::var_os("RUST_LOG").is_some() {
+            // The members' logs, e.g. RUST_LOG=info (printed with --nocapture, or on failure).
+            madsim::runtime::init_logger();
+        }
         let handle = Handle::current();
         let members = (0..members.len())
             .map(|i| {

@@ -251,10 +251,6 @@ struct Harness {
 /// Runs `plan`: the guide's cluster under clients, the membership operations, healing, and
 /// every check. Panics with the evidence (and the replay command) on any violation.
 pub async fn run_reconfiguration(plan: ReconfigPlan) -> ReconfigReport {
-    if std::env::var_os("RUST_LOG").is_some() {
-        // The members' logs, e.g. RUST_LOG=info (printed with --nocapture, or on failure).
-        madsim::runtime::init_logger();
-    }
     let cluster = SimCluster::start_with(&GUIDE_MEMBERS, "etcd-cluster-1", |cfg| {
         if let Some(n) = plan.snapshot_count {
             cfg.snapshot_count = n;
@@ -964,7 +960,7 @@ impl Harness {
         self.refresh_watch();
         self.pause(Duration::from_millis(thread_rng().gen_range(100..1500)))
             .await;
-        self.inv.lock().unwrap().restarted(id);
+        self.inv.lock().unwrap().wiped(id);
         self.cluster.restart(i);
         let restarted_at = Instant::now();
         let note = loop {

@@ -183,6 +183,9 @@ impl Workload {
             let _ = w.await;
         }
         if let Err(e) = healthy {
+            // A safety violation seen during the run explains a stuck cluster better than the
+            // stall does (two leaders in one term can leave logs no election repairs).
+            assert_no_violations(&self.inv, context, &replay_command(self.name));
             panic!(
                 "liveness: the healed cluster did not serve within {bound:?}: {e}\n{context}\nreplay: {}",
                 replay_command(self.name)
@@ -206,12 +209,8 @@ impl Workload {
     /// evidence, `context` and the replay command; returns (operations, watcher samples).
     pub fn check(&self, states: &[(u64, i64, u64)], members: usize, context: &str) -> (usize, u64) {
         let replay = replay_command(self.name);
+        assert_no_violations(&self.inv, context, &replay);
         let inv = self.inv.lock().unwrap();
-        assert!(
-            inv.violations.is_empty(),
-            "[invariants] violations: {:#?}\n{context}\nreplay: {replay}",
-            inv.violations
-        );
         if let Err(e) = checkers::replicas_converge(states, members) {
             panic!("{e}\n{context}\nreplay: {replay}");
         }
@@ -234,6 +233,16 @@ impl Workload {
         }
         (snap.entries().len(), inv.samples)
     }
+}
+
+/// Panics with `[invariants]` and the evidence if the nemesis saw any safety violation.
+pub(crate) fn assert_no_violations(inv: &Mutex<Invariants>, context: &str, replay: &str) {
+    let inv = inv.lock().unwrap();
+    assert!(
+        inv.violations.is_empty(),
+        "[invariants] violations: {:#?}\n{context}\nreplay: {replay}",
+        inv.violations
+    );
 }
 
 /// Runs `plan` on the guide's cluster and panics (with the evidence) on any violation.

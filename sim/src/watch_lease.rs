@@ -24,7 +24,7 @@ use crate::cluster::SimCluster;
 use crate::lease_check::{self, ExpiryBound, KeepAlive, LeaseLog, Revoke, Timeline};
 use crate::scenario::{nemesis, replay_command, wait_serving, Faults, Plan};
 use crate::watch_check::{self, Item, KeyRange, Session, Truth, WatchLog};
-use crate::workload::{now_ns, Invariants};
+use crate::workload::{now_ns, watch_members, Invariants};
 use detcd_core::proto::etcdserverpb::{
     request_op, watch_request::RequestUnion, DeleteRangeRequest, LeaseGrantRequest,
     LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest, PutRequest, RangeRequest,
@@ -205,7 +205,15 @@ pub async fn run_watch_lease(plan: WatchLeasePlan) -> WatchLeaseReport {
         fault_phase: plan.fault_phase,
         ..Plan::default()
     };
+    // Raft's own invariants (one leader per term, terms never go back, one cluster ID),
+    // polled from every member's Status while the faults run.
     let inv = Arc::new(Mutex::new(Invariants::default()));
+    let stop_members = Arc::new(AtomicBool::new(false));
+    let member_watcher = host.spawn(watch_members(
+        Arc::new(Mutex::new(endpoints.clone())),
+        inv.clone(),
+        stop_members.clone(),
+    ));
     let injected = nemesis(&mut cluster, &nemesis_plan, &inv).await;
 
     // Heal: everyone reachable, running, the network clean.
@@ -220,11 +228,15 @@ pub async fn run_watch_lease(plan: WatchLeasePlan) -> WatchLeaseReport {
         }
     }
     let context = format!("faults: {injected:?}");
-    if let Err(e) = host
+    let serving = host
         .spawn(wait_serving(endpoints.clone(), Duration::from_secs(20)))
         .await
-        .unwrap()
-    {
+        .unwrap();
+    stop_members.store(true, Ordering::Relaxed);
+    let _ = member_watcher.await;
+    // A safety violation explains a stuck cluster better than the stall does.
+    crate::scenario::assert_no_violations(&inv, &context, &replay());
+    if let Err(e) = serving {
         panic!(
             "liveness: the healed cluster did not serve within 20 s: {e}\n{context}\nreplay: {}",
             replay()

@@ -256,6 +256,9 @@ pub struct Invariants {
     cluster_ids: BTreeMap<u64, u64>,
     /// member -> highest revision reported in its current incarnation.
     revisions: BTreeMap<u64, i64>,
+    /// member -> highest raft term it reported, across restarts: raft's current term is
+    /// persistent state, so a restart never lowers it (a wiped member starts over).
+    terms: BTreeMap<u64, u64>,
     /// Restarts so far: an answer to a request sent before a restart may come from the
     /// incarnation that restart ended (its reply was already on the wire), so it is dropped.
     restarts: u64,
@@ -303,6 +306,17 @@ impl Invariants {
                 "member {member:x} reports cluster {cluster_id:x}, another {first:x}"
             ));
         }
+        // Term 0 is a member that has not loaded its hard state yet.
+        if term != 0 {
+            let highest = self.terms.entry(member).or_insert(term);
+            if term < *highest {
+                self.violations.push(format!(
+                    "member {member:x} went back from term {} to {term}: a restart lost its persisted term",
+                    *highest
+                ));
+            }
+            *highest = (*highest).max(term);
+        }
         let max = self.revisions.entry(member).or_insert(revision);
         if revision < *max {
             self.violations.push(format!(
@@ -317,6 +331,12 @@ impl Invariants {
     pub fn restarted(&mut self, member: u64) {
         self.restarts += 1;
         self.revisions.remove(&member);
+    }
+
+    /// A member whose disk was wiped keeps nothing, its term included.
+    pub fn wiped(&mut self, member: u64) {
+        self.restarted(member);
+        self.terms.remove(&member);
     }
 }
 
