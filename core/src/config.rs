@@ -101,6 +101,48 @@ pub struct Config {
     pub lease_checkpoint: bool,
     /// `--experimental-watch-progress-notify-interval` in milliseconds (etcd: 10 min).
     pub watch_progress_notify_interval_ms: u64,
+    /// `--wal-dir`: where the raft log lives, when not in the data dir.
+    pub wal_dir: Option<String>,
+    /// `--logger`: `capnslog` (etcd 3.4's default: text lines) or `zap` (JSON lines).
+    pub logger: Logger,
+    /// `--log-outputs`: `default`, `stderr`, `stdout` or file paths (etcd's
+    /// embed/config_logging.go rules: capnslog takes one, zap several but not `default`).
+    pub log_outputs: Vec<String>,
+    /// `--max-txn-ops`: operations allowed in one Txn (etcd: 128).
+    pub max_txn_ops: u32,
+    /// `--pre-vote`: raft's pre-vote phase. etcd 3.4 defaults to false, 3.5 to true; detcd
+    /// takes 3.5's default (a partitioned member rejoining does not depose the leader).
+    pub pre_vote: bool,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`; None: off (retention 0).
+    pub auto_compaction: Option<AutoCompaction>,
+    /// `--grpc-keepalive-interval` in milliseconds: the server pings an idle client this
+    /// often (etcd: 2 h); 0 disables.
+    pub grpc_keepalive_interval_ms: u64,
+    /// `--grpc-keepalive-timeout` in milliseconds: a ping unanswered this long closes the
+    /// connection (etcd: 20 s).
+    pub grpc_keepalive_timeout_ms: u64,
+    /// `--max-concurrent-streams`: HTTP/2 streams per client connection (etcd: 2^32-1).
+    pub max_concurrent_streams: u32,
+    /// `--experimental-snapshot-catchup-entries`: raft entries kept behind a snapshot so a
+    /// slightly slow follower catches up from the log (etcd: 5000).
+    pub snapshot_catchup_entries: u64,
+}
+
+/// `--logger`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logger {
+    /// Text lines (etcd 3.4's default, `capnslog`).
+    Text,
+    /// JSON lines with zap's keys: `level`, `ts`, `caller`, `msg` (etcd 3.5's default).
+    Zap,
+}
+
+/// etcd's auto compaction (etcdserver/api/v3compactor): `Periodic` keeps the revisions of
+/// the last `retention_ms`, `Revision` keeps the last `retention` revisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Periodic { retention_ms: u64 },
+    Revision { retention: u64 },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,6 +407,16 @@ impl Default for Config {
             auto_promote_learners: false,
             lease_checkpoint: false,
             watch_progress_notify_interval_ms: 10 * 60 * 1000,
+            wal_dir: None,
+            logger: Logger::Text,
+            log_outputs: vec!["default".to_string()],
+            max_txn_ops: 128,
+            pre_vote: true,
+            auto_compaction: None,
+            grpc_keepalive_interval_ms: 2 * 60 * 60 * 1000,
+            grpc_keepalive_timeout_ms: 20 * 1000,
+            max_concurrent_streams: u32::MAX,
+            snapshot_catchup_entries: 5000,
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::transport::PeerDialTls;
 use detcd_core::ids::format_id;
 use detcd_core::membership::{MemberChange, MemberError};
-use detcd_core::mvcc::{is_txn_readonly, Mvcc, DEFAULT_MAX_TXN_OPS};
+use detcd_core::mvcc::{is_txn_readonly, Mvcc};
 use detcd_core::proto::detcdpb::internal_request::Request as Internal;
 use detcd_core::proto::detcdpb::{
     member_change_request, MemberChangeRequest, MemberRecord, MemberUpdate,
@@ -46,6 +46,20 @@ pub struct Api {
     pub watch_progress_interval: Duration,
     /// `--election-timeout`: streams that require a leader end after three without one.
     pub election_timeout: Duration,
+    /// `--max-txn-ops`.
+    pub max_txn_ops: usize,
+    /// The client port's HTTP/2 settings.
+    pub http2: Http2Settings,
+}
+
+/// `--max-concurrent-streams`, `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`
+/// (etcd's defaults: 2^32-1 streams, a ping after 2 h idle, 20 s to answer it).
+#[derive(Clone, Copy, Debug)]
+pub struct Http2Settings {
+    pub max_concurrent_streams: u32,
+    /// None: the server never pings (etcd's `--grpc-keepalive-interval 0`).
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
 }
 
 impl Api {
@@ -238,7 +252,7 @@ impl Kv for Api {
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         self.refuse_learner()?;
         let r = req.into_inner();
-        Mvcc::validate_txn(&r, DEFAULT_MAX_TXN_OPS).map_err(ApiError::Mvcc)?;
+        Mvcc::validate_txn(&r, self.max_txn_ops).map_err(ApiError::Mvcc)?;
         if is_txn_readonly(&r) {
             // As etcd: a txn that only reads is served locally, after a ReadIndex unless
             // every range in it is serializable.

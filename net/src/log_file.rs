@@ -1,4 +1,4 @@
-//! The raft log file on a real disk: `<data-dir>/member/detcd.wal`.
+//! The raft log file on a real disk: `<data-dir>/member/detcd.wal`, or `<wal-dir>/detcd.wal`.
 
 use detcd_core::wal::LogFile;
 use std::fs::{File, OpenOptions};

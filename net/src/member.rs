@@ -54,9 +54,33 @@ pub fn data_file_path(data_dir: &str) -> PathBuf {
     Path::new(data_dir).join("member").join("detcd.db")
 }
 
-/// The raft log file beside it.
-pub fn log_file_path(data_dir: &str) -> PathBuf {
-    Path::new(data_dir).join("member").join("detcd.wal")
+/// The raft log file: beside the data file, or in `--wal-dir` when given (etcd keeps its
+/// WAL files directly in that directory).
+pub fn log_file_path(data_dir: &str, wal_dir: Option<&str>) -> PathBuf {
+    match wal_dir {
+        Some(dir) => Path::new(dir).join("detcd.wal"),
+        None => Path::new(data_dir).join("member").join("detcd.wal"),
+    }
+}
+
+/// Creates `--wal-dir` (owner-only, as etcd's fileutil.TouchDirAll) if it does not exist;
+/// returns whether it did.
+#[cfg(not(madsim))]
+fn create_wal_dir(dir: &str) -> Result<bool, MemberError> {
+    if Path::new(dir).exists() {
+        return Ok(false);
+    }
+    let de = |e: std::io::Error| MemberError::DataDir {
+        path: dir.to_string(),
+        err: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(de)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(de)?;
+    }
+    Ok(true)
 }
 
 fn storage_err(e: impl std::fmt::Display) -> MemberError {
@@ -121,15 +145,18 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
     let created = !Path::new(&cfg.data_dir).exists();
     let data_dir = cfg.data_dir.clone();
     let db = open_data_file(&cfg.data_dir)?;
-    let log_file = crate::log_file::FileLog::open(&log_file_path(&cfg.data_dir)).map_err(|e| {
-        MemberError::DataDir {
-            path: data_dir.clone(),
-            err: e.to_string(),
-        }
+    let wal_dir = cfg.wal_dir.clone();
+    let wal_dir_created = match &wal_dir {
+        Some(dir) => create_wal_dir(dir)?,
+        None => false,
+    };
+    let log_path = log_file_path(&cfg.data_dir, wal_dir.as_deref());
+    let log_file = crate::log_file::FileLog::open(&log_path).map_err(|e| MemberError::DataDir {
+        path: log_path.display().to_string(),
+        err: e.to_string(),
     })?;
     let path = data_file_path(&cfg.data_dir);
     let db_size = Arc::new(move || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
-    let log_path = log_file_path(&cfg.data_dir);
     let snap_dir = Path::new(&cfg.data_dir).join("member").join("snap");
     let snapshot_files =
         crate::snapshot_files::DirSnapshots::open(snap_dir.clone()).map_err(|e| {
@@ -158,6 +185,9 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
     if created && matches!(res, Err(MemberError::Bootstrap(_))) {
         // A refused start leaves nothing behind: the next attempt starts as fresh as this one.
         let _ = std::fs::remove_dir_all(&data_dir);
+        if let (true, Some(dir)) = (wal_dir_created, &wal_dir) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     res
 }
@@ -339,6 +369,8 @@ pub async fn run_member_with(
         max_learners: cfg.max_learners as usize,
         auto_promote_learners: cfg.auto_promote_learners,
         lease_checkpoint: cfg.lease_checkpoint,
+        pre_vote: cfg.pre_vote,
+        catch_up_entries: cfg.snapshot_catchup_entries,
     };
     let storage = NodeStorage {
         log,
@@ -358,6 +390,13 @@ pub async fn run_member_with(
         strict_reconfig_check: cfg.strict_reconfig_check,
         watch_progress_interval: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
         election_timeout: Duration::from_millis(cfg.election_timeout),
+        max_txn_ops: cfg.max_txn_ops as usize,
+        http2: crate::api::Http2Settings {
+            max_concurrent_streams: cfg.max_concurrent_streams,
+            keepalive_interval: (cfg.grpc_keepalive_interval_ms > 0)
+                .then(|| Duration::from_millis(cfg.grpc_keepalive_interval_ms)),
+            keepalive_timeout: Duration::from_millis(cfg.grpc_keepalive_timeout_ms),
+        },
     };
     // A server that stops (its listener failed) stops the member.
     let (server_err_tx, mut server_err) = mpsc::channel::<MemberError>(4);
@@ -412,6 +451,10 @@ pub async fn run_member_with(
     // (peer senders, waiting clients) then usually run on the same worker without a
     // cross-thread wake-up, which is most of a single client's latency.
     let mut driver = tokio::spawn(node.run());
+    let compactor = cfg
+        .auto_compaction
+        .map(|mode| tokio::spawn(crate::compactor::run(api.clone(), mode)));
+    let _stop_compactor = AbortOnDrop(compactor);
     tokio::select! {
         biased;
         res = &mut driver => match res {
@@ -421,6 +464,17 @@ pub async fn run_member_with(
         Some(e) = server_err.recv() => {
             driver.abort();
             Err(e)
+        }
+    }
+}
+
+/// Aborts a task when the member stops (its loop never ends by itself).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
         }
     }
 }
@@ -637,12 +691,12 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
             api.clone(),
         )))
         .into_axum_router();
+    let http2 = api.http2;
     let app = crate::http::routes(api.node.shared.clone(), routes);
     // Our own accept loop rather than axum::serve: each connection's bytes go through
     // h2_authority::AuthorityFix, so `--endpoints=http://host:port` etcdctl requests
     // (`:authority: http://host:port`, which h2 resets) are served as etcd serves them.
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     loop {
         let stream = match listener.accept().await {
@@ -665,11 +719,9 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
         let service = TowerToHyperService::new(app.clone());
         let Some(acceptor) = tls.clone() else {
             let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
+            let builder = connection_builder(&http2);
             tokio::spawn(async move {
-                if let Err(e) = Builder::new(TokioExecutor::new())
-                    .serve_connection(io, service)
-                    .await
-                {
+                if let Err(e) = builder.serve_connection(io, service).await {
                     tracing::trace!("client connection: {e}");
                 }
             });
@@ -694,7 +746,7 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
                 }
             };
             let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
-            if let Err(e) = Builder::new(TokioExecutor::new())
+            if let Err(e) = connection_builder(&http2)
                 .serve_connection(io, service)
                 .await
             {
@@ -702,6 +754,20 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
             }
         });
     }
+}
+
+/// A client connection's HTTP/1.1-or-2 server with the member's HTTP/2 settings.
+#[cfg(not(madsim))]
+fn connection_builder(
+    s: &crate::api::Http2Settings,
+) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .keep_alive_interval(s.keepalive_interval)
+        .keep_alive_timeout(s.keepalive_timeout);
+    b
 }
 
 #[cfg(madsim)]

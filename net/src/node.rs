@@ -308,6 +308,10 @@ pub struct NodeParams {
     pub auto_promote_learners: bool,
     /// `--experimental-enable-lease-checkpoint`.
     pub lease_checkpoint: bool,
+    /// `--pre-vote`.
+    pub pre_vote: bool,
+    /// `--experimental-snapshot-catchup-entries`.
+    pub catch_up_entries: u64,
 }
 
 /// etcd's lease checkpoint interval (lease/lessor.go defaultLeaseCheckpointInterval).
@@ -438,6 +442,8 @@ impl Node {
         cfg.max_learners = params.max_learners;
         cfg.auto_promote_learners = params.auto_promote_learners;
         cfg.tick_ms = heartbeat_ms;
+        cfg.pre_vote = params.pre_vote;
+        cfg.catch_up_entries = params.catch_up_entries;
         cfg.lease_checkpoint_interval_ms = params
             .lease_checkpoint
             .then_some(LEASE_CHECKPOINT_INTERVAL.as_millis() as u64);

@@ -5,6 +5,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod cli;
+mod config_file;
+mod inert_flags;
+mod logging;
 
 use std::process::ExitCode;
 
@@ -36,7 +39,10 @@ async fn main() -> ExitCode {
         }
         Cli::Bench(args) => ExitCode::from(bench::run(args).await),
         Cli::Run(config) => {
-            init_logging(&config.log_level);
+            if let Err(e) = logging::init(config.logger, &config.log_outputs, &config.log_level) {
+                eprintln!("detcd: {e}");
+                return ExitCode::FAILURE;
+            }
             for w in warnings {
                 tracing::warn!("{w}");
             }
@@ -54,20 +60,4 @@ async fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// Logs to stderr at etcd's `--log-level` (`panic` and `fatal` log errors only).
-fn init_logging(level: &str) {
-    let level = match level {
-        "debug" => tracing::Level::DEBUG,
-        "info" => tracing::Level::INFO,
-        "warn" => tracing::Level::WARN,
-        _ => tracing::Level::ERROR,
-    };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_max_level(level)
-        .try_init();
 }

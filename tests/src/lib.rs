@@ -58,6 +58,8 @@ pub mod subnet {
     pub const CONCURRENCY_CLIENT: u8 = 21;
     pub const KUBERNETES_TRAFFIC: u8 = 22;
     pub const LEASE_RESTART: u8 = 23;
+    pub const OPERATOR_FLAGS: u8 = 24;
+    pub const OPERATOR_COMPACTION: u8 = 25;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;
@@ -206,6 +208,8 @@ pub struct Member {
     /// Set when the client port speaks TLS: `client_url` is then `https://` and health checks
     /// go through curl with these files.
     pub client_tls: Option<tls::ClientFiles>,
+    /// The process's working directory (default: the test's).
+    pub cwd: Option<PathBuf>,
 }
 
 impl Member {
@@ -228,6 +232,7 @@ impl Member {
             starts: 0,
             last_exit: None,
             client_tls: None,
+            cwd: None,
         }
     }
 
@@ -280,6 +285,9 @@ impl Member {
             .stdout(open(&self.stdout_path))
             .stderr(open(&self.stderr_path));
         scrub_env(&mut cmd);
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

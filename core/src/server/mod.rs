@@ -225,6 +225,8 @@ pub struct ServerConfig {
     /// `--experimental-enable-lease-checkpoint`: the leader checkpoints leases' remaining TTL
     /// this often (etcd: 5 min), so a new leader does not count them afresh. None: off.
     pub lease_checkpoint_interval_ms: Option<u64>,
+    /// `--pre-vote`: raft's pre-vote phase (etcd 3.5's default, on).
+    pub pre_vote: bool,
     pub mutations: Mutations,
 }
 
@@ -248,6 +250,7 @@ impl ServerConfig {
             auto_promote_learners: false,
             tick_ms: 100,
             lease_checkpoint_interval_ms: None,
+            pre_vote: true,
             mutations: Mutations::default(),
         }
     }
@@ -409,7 +412,7 @@ impl<V: StateViews> Server<V> {
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
             check_quorum: true,
-            pre_vote: true,
+            pre_vote: cfg.pre_vote,
             read_only_option: raft::ReadOnlyOption::Safe,
             ..Default::default()
         };

@@ -1,0 +1,227 @@
+//! What an operator swapping etcd for detcd meets first: etcd's own sample config file,
+//! `--wal-dir`, `--max-txn-ops`, `--logger zap` into a file, auto compaction, and flags
+//! detcd refuses rather than ignore. Real processes; the client is the etcd-client crate.
+
+use detcd_tests::{
+    connect, guide_args, ip, runtime, subnet, within, Cluster, Deadline, HEALTHY_TIMEOUT,
+};
+use etcd_client::{GetOptions, Txn, TxnOp};
+use std::time::Duration;
+
+/// etcd 3.4's etcd.conf.yml.sample, byte for byte: name `default`, data dir
+/// `default.etcd` (relative to the working directory), localhost:2379/2380, `logger: zap`
+/// to stderr, `enable-v2: true`, `enable-pprof: true`, periodic auto compaction of 1 hour.
+#[test]
+fn etcds_sample_config_file_starts_detcd_unchanged() {
+    let mut c = Cluster::empty("sample_config", 0);
+    let sample = c.dir().join("etcd.conf.yml");
+    std::fs::copy(
+        detcd_tests::workspace_root().join("tests/fixtures/etcd.conf.yml.sample"),
+        &sample,
+    )
+    .unwrap();
+    let i = c.add(
+        "default",
+        "127.0.0.1".into(),
+        vec!["--config-file".into(), sample.display().to_string()],
+        vec![],
+    );
+    c.members[i].cwd = Some(c.dir().to_path_buf());
+    c.members[i].start();
+    c.members[i].wait_healthy(HEALTHY_TIMEOUT);
+    let url = c.members[i].client_url();
+    runtime().block_on(within(
+        30,
+        "put/get through the sample config's member",
+        async {
+            let mut cl = connect(&[url]).await;
+            cl.put("configured-by", "etcd.conf.yml.sample", None)
+                .await
+                .expect("put");
+            let r = cl.get("configured-by", None).await.expect("get");
+            assert_eq!(r.kvs()[0].value(), b"etcd.conf.yml.sample");
+        },
+    ));
+    assert!(
+        c.dir().join("default.etcd").join("member").is_dir(),
+        "the data dir is not default.etcd in the working directory"
+    );
+    let stderr = c.members[i].stderr();
+    let json_lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let msg = |m: &str| json_lines.iter().any(|l| l["msg"] == m);
+    assert!(msg("ready to serve client requests"), "{stderr}");
+    assert!(
+        json_lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["ts"].is_string()),
+        "{stderr}"
+    );
+    assert!(
+        json_lines.iter().any(|l| l["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("--enable-v2 has no effect"))),
+        "{stderr}"
+    );
+}
+
+/// `--wal-dir` holds the raft log; `--max-txn-ops` bounds a Txn with etcd's error; `--logger
+/// zap --log-outputs <file>` writes JSON lines there; all of it survives a restart.
+#[test]
+fn wal_dir_txn_limit_and_a_zap_log_file() {
+    let mut c = Cluster::empty("operator_flags", subnet::OPERATOR_FLAGS);
+    let wal_dir = c.dir().join("wal");
+    let log_file = c.dir().join("detcd.log");
+    let mut args = guide_args(c.dir(), c.subnet, 0, 1, "operator-flags");
+    args.extend([
+        "--wal-dir".to_string(),
+        wal_dir.display().to_string(),
+        "--max-txn-ops".into(),
+        "2".into(),
+        "--logger".into(),
+        "zap".into(),
+        "--log-outputs".into(),
+        log_file.display().to_string(),
+    ]);
+    let i = c.add("infra0", ip(c.subnet, 0), args, vec![]);
+    c.members[i].start();
+    c.members[i].wait_healthy(HEALTHY_TIMEOUT);
+    let url = c.members[i].client_url();
+    let rt = runtime();
+    rt.block_on(within(30, "txns against --max-txn-ops 2", async {
+        let mut cl = connect(std::slice::from_ref(&url)).await;
+        let puts = |n: usize| {
+            Txn::new().and_then(
+                (0..n)
+                    .map(|k| TxnOp::put(format!("k{k}"), "v", None))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        cl.txn(puts(2)).await.expect("a txn of 2 operations");
+        let err = cl.txn(puts(3)).await.expect_err("a txn of 3 operations");
+        assert!(
+            err.to_string()
+                .contains("etcdserver: too many operations in txn request"),
+            "{err}"
+        );
+    }));
+    assert!(
+        wal_dir.join("detcd.wal").is_file(),
+        "no raft log in --wal-dir"
+    );
+    assert!(
+        !c.members[i]
+            .data_dir
+            .join("member")
+            .join("detcd.wal")
+            .exists(),
+        "a raft log in the data dir although --wal-dir was given"
+    );
+    // The log file: JSON lines only (nothing went to stderr), with etcd's start-up line.
+    let read_log = || std::fs::read_to_string(&log_file).unwrap_or_default();
+    let text = read_log();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        for key in ["level", "ts", "caller", "msg"] {
+            assert!(v.get(key).is_some(), "{key} missing in {line}");
+        }
+    }
+    assert!(
+        text.contains(r#""msg":"ready to serve client requests""#),
+        "{text}"
+    );
+    assert!(
+        !c.members[i].stderr().contains("ready to serve"),
+        "logged to stderr too"
+    );
+
+    // A restart reads its raft log back from --wal-dir.
+    c.members[i].kill();
+    c.members[i].start();
+    c.members[i].wait_healthy(HEALTHY_TIMEOUT);
+    rt.block_on(within(30, "reads after the restart", async {
+        let mut cl = connect(&[url]).await;
+        let r = cl.get("k1", None).await.expect("get");
+        assert_eq!(r.kvs().len(), 1, "k1 lost across the restart");
+    }));
+    assert_eq!(
+        read_log().matches("ready to serve client requests").count(),
+        2,
+        "the second start appends to the log file"
+    );
+}
+
+/// `--auto-compaction-retention 2s` (periodic): the leader compacts by itself, keeping the
+/// last two seconds of revisions readable.
+#[test]
+fn periodic_auto_compaction_compacts_on_its_own() {
+    let mut c = Cluster::empty("auto_compaction", subnet::OPERATOR_COMPACTION);
+    let mut args = guide_args(c.dir(), c.subnet, 0, 1, "auto-compaction");
+    args.extend(["--auto-compaction-retention".to_string(), "2s".into()]);
+    let i = c.add("infra0", ip(c.subnet, 0), args, vec![]);
+    c.members[i].start();
+    c.members[i].wait_healthy(HEALTHY_TIMEOUT);
+    let url = c.members[i].client_url();
+    runtime().block_on(within(60, "an automatic compaction", async {
+        let mut cl = connect(&[url]).await;
+        let first = cl.put("ticker", "0", None).await.expect("put");
+        let first_rev = first.header().unwrap().revision();
+        let deadline = Deadline::new(Duration::from_secs(40), "revision 2 to be compacted");
+        let mut n = 1;
+        loop {
+            cl.put("ticker", n.to_string(), None).await.expect("put");
+            n += 1;
+            match cl
+                .get("ticker", Some(GetOptions::new().with_revision(first_rev)))
+                .await
+            {
+                Err(e)
+                    if e.to_string()
+                        .contains("required revision has been compacted") =>
+                {
+                    break
+                }
+                Err(e) => panic!("unexpected error: {e}"),
+                Ok(_) => {}
+            }
+            deadline.check(&format!("{n} puts so far"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The latest revisions stay readable.
+        let now = cl.get("ticker", None).await.expect("get");
+        let rev = now.header().unwrap().revision();
+        cl.get("ticker", Some(GetOptions::new().with_revision(rev - 1)))
+            .await
+            .expect("the previous revision is within the retention");
+    }));
+    assert!(
+        c.members[i]
+            .stderr()
+            .contains("completed auto periodic compaction"),
+        "{}",
+        c.members[i].log_tail(20)
+    );
+}
+
+/// A flag whose absence of effect would weaken security stops the start (exit 1), naming it.
+#[test]
+fn a_crl_flag_is_refused_not_ignored() {
+    let mut c = Cluster::empty("refused_flag", subnet::OPERATOR_COMPACTION);
+    let mut args = guide_args(c.dir(), c.subnet, 1, 2, "refused");
+    args.extend(["--client-crl-file".to_string(), "/nonexistent.crl".into()]);
+    let i = c.add("infra1", ip(c.subnet, 1), args, vec![]);
+    c.members[i].start();
+    let status = c.members[i].wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", c.members[i].log_tail(10));
+    assert!(
+        c.members[i]
+            .stderr()
+            .contains("--client-crl-file=/nonexistent.crl is not supported"),
+        "{}",
+        c.members[i].log_tail(10)
+    );
+}
