@@ -9,6 +9,7 @@ pub mod proto;
 /// The etcd cluster API version detcd implements (etcd's capabilities for "3.4").
 pub const CLUSTER_API_VERSION: &str = "3.4";
 
+pub mod alarms;
 pub mod bootstrap;
 pub mod config;
 pub mod ids;

@@ -102,6 +102,8 @@ pub struct Membership {
     cluster_id: u64,
     members: BTreeMap<u64, MemberRecord>,
     removed: BTreeSet<u64>,
+    /// The cluster's alarms, kept with the rest of its metadata (one view, one lock).
+    alarms: crate::alarms::Alarms,
 }
 
 /// Peer URLs as etcd's types.NewURLs takes them (the API normalizes them so; a peer's
@@ -163,7 +165,17 @@ impl Membership {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(e.into()),
         }
+        m.alarms = crate::alarms::Alarms::load(txn)?;
         Ok(m)
+    }
+
+    /// The cluster's active alarms.
+    pub fn alarms(&self) -> &crate::alarms::Alarms {
+        &self.alarms
+    }
+
+    pub fn alarms_mut(&mut self) -> &mut crate::alarms::Alarms {
+        &mut self.alarms
     }
 
     /// Writes a cluster's identity and members: the first start of a member of a new
@@ -401,6 +413,7 @@ impl Membership {
         out.cluster_id = self.cluster_id;
         out.members = self.members.values().cloned().collect();
         out.removed = self.removed.iter().copied().collect();
+        self.alarms.export(out);
     }
 
     /// Replaces the stored membership with a snapshot's.
@@ -410,12 +423,14 @@ impl Membership {
     ) -> Result<Membership, LogError> {
         txn.open_table(MEMBERS)?.retain(|_, _| false)?;
         txn.open_table(REMOVED_MEMBERS)?.retain(|_, _| false)?;
-        Membership::bootstrap(
+        let mut m = Membership::bootstrap(
             txn,
             data.cluster_id,
             data.members.iter().cloned(),
             data.removed.iter().copied(),
-        )
+        )?;
+        m.alarms = crate::alarms::Alarms::import(txn, data)?;
+        Ok(m)
     }
 }
 
@@ -505,6 +520,7 @@ mod tests {
             cluster_id: 7,
             members: list.iter().map(|m| (m.id, m.clone())).collect(),
             removed: removed.iter().copied().collect(),
+            alarms: Default::default(),
         }
     }
 

@@ -11,6 +11,8 @@ pub const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members")
 pub const REMOVED_MEMBERS: TableDefinition<u64, ()> = TableDefinition::new("removed_members");
 /// Leases granted and not revoked: lease id -> detcdpb::LeaseRecord, owned by `lease`.
 pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
+/// Active alarms: (member id, etcdserverpb.AlarmType) -> (), owned by `alarms`.
+pub const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
 /// MVCC key-value history, owned by `mvcc`.
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 

@@ -48,6 +48,8 @@ pub struct Api {
     pub election_timeout: Duration,
     /// `--max-txn-ops`.
     pub max_txn_ops: usize,
+    /// `--quota-backend-bytes` (0: etcd's 2 GiB; None: a negative value, no quota).
+    pub quota_bytes: Option<u64>,
     /// The client port's HTTP/2 settings.
     pub http2: Http2Settings,
 }
@@ -75,6 +77,43 @@ impl Api {
 
     fn shared(&self) -> &Shared {
         &self.node.shared
+    }
+
+    /// etcd's quota check before a write that grows the store (etcdserver/quota.go and
+    /// api/v3rpc/quota.go): when the store's bytes plus the request's `cost` reach the quota,
+    /// this member raises a NOSPACE alarm through raft and the write is refused. detcd counts
+    /// the bytes the store holds (every kept revision's key and value), not the data file's
+    /// size: compaction alone makes room, defragmentation only returns free pages.
+    pub(crate) async fn check_quota(&self, cost: u64) -> Result<(), ApiError> {
+        let Some(quota) = self.quota_bytes else {
+            return Ok(());
+        };
+        let stored = self.shared().mvcc.read().unwrap().stored_bytes();
+        if stored.saturating_add(cost) < quota {
+            return Ok(());
+        }
+        let raised = self
+            .shared()
+            .members
+            .read()
+            .unwrap()
+            .alarms()
+            .list(pb::AlarmType::Nospace)
+            .iter()
+            .any(|a| a.member_id == self.shared().member_id);
+        if !raised {
+            let req = pb::AlarmRequest {
+                action: pb::alarm_request::AlarmAction::Activate as i32,
+                member_id: self.shared().member_id,
+                alarm: pb::AlarmType::Nospace as i32,
+            };
+            let len = req.encoded_len();
+            // As etcd, the write is refused whether or not the alarm got through.
+            if let Err(e) = self.write(Internal::Alarm(req), len).await {
+                tracing::warn!("raising the NOSPACE alarm failed: {e}");
+            }
+        }
+        Err(ApiError::Mvcc(detcd_core::mvcc::MvccError::NoSpace))
     }
 
     fn header(&self, revision: Option<i64>) -> Option<ResponseHeader> {
@@ -193,7 +232,8 @@ with_header!(
     pb::TxnResponse,
     pb::CompactionResponse,
     pb::LeaseGrantResponse,
-    pb::LeaseRevokeResponse
+    pb::LeaseRevokeResponse,
+    pb::AlarmResponse
 );
 
 #[tonic::async_trait]
@@ -216,6 +256,7 @@ impl Kv for Api {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let r = req.into_inner();
         Mvcc::validate_put(&r).map_err(ApiError::Mvcc)?;
+        self.check_quota(put_cost(&r)).await?;
         let len = r.encoded_len();
         if crate::mutation::active("ack-before-commit") {
             let api = self.clone();
@@ -267,6 +308,7 @@ impl Kv for Api {
             self.fill(&mut resp.header);
             return Ok(Response::new(resp));
         }
+        self.check_quota(txn_cost(&r)).await?;
         let len = r.encoded_len();
         self.write_as(Internal::Txn(r), len, |a| match a {
             Applied::Txn(resp) => Ok(resp),
@@ -287,6 +329,30 @@ impl Kv for Api {
         })
         .await
     }
+}
+
+/// etcd's kvOverhead: an estimate of a key's metadata cost (etcdserver/quota.go).
+const KV_OVERHEAD: u64 = 256;
+/// etcd's leaseOverhead: an estimate of a lease's cost.
+pub(crate) const LEASE_OVERHEAD: u64 = 64;
+
+/// etcd's costPut.
+fn put_cost(r: &pb::PutRequest) -> u64 {
+    KV_OVERHEAD + (r.key.len() + r.value.len()) as u64
+}
+
+/// etcd's costTxn: the costlier branch's puts (nested txns count their own puts too).
+fn txn_cost(t: &pb::TxnRequest) -> u64 {
+    let branch = |ops: &[pb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(request_op::Request::RequestPut(p)) => put_cost(p),
+                Some(request_op::Request::RequestTxn(inner)) => txn_cost(inner),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&t.success).max(branch(&t.failure))
 }
 
 /// True when every range in the txn (nested ones included) asks for a serializable read.
@@ -582,15 +648,50 @@ impl Cluster for Api {
 
 #[tonic::async_trait]
 impl Maintenance for Api {
+    /// etcd's Alarm: GET lists the alarms (of one type, or all for NONE), ACTIVATE and
+    /// DEACTIVATE raise and clear one through raft, answering what they changed.
     async fn alarm(
         &self,
-        _: Request<pb::AlarmRequest>,
+        req: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         self.refuse_learner()?;
-        // detcd raises no alarms yet (no space quota enforcement, no corruption check).
-        Ok(Response::new(pb::AlarmResponse {
+        let r = req.into_inner();
+        if r.action == pb::alarm_request::AlarmAction::Get as i32 {
+            // etcd sends GET through raft too: a linearizable read gives the same answer.
+            self.node.read_barrier(self.request_timeout).await?;
+            let alarm = pb::AlarmType::try_from(r.alarm).unwrap_or(pb::AlarmType::None);
+            let alarms = self.shared().members.read().unwrap().alarms().list(alarm);
+            return Ok(Response::new(pb::AlarmResponse {
+                header: self.header(None),
+                alarms,
+            }));
+        }
+        let len = r.encoded_len();
+        self.write_as(Internal::Alarm(r), len, |a| match a {
+            Applied::Alarm(resp) => Ok(resp),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// etcd's Defragment: this member's data file is copied compactly and replaced; reads
+    /// go on meanwhile, writes wait (see `crate::defrag`).
+    async fn defragment(
+        &self,
+        _: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let before = (self.db_size)();
+        let start = std::time::Instant::now();
+        tracing::info!(current_db_size_bytes = before, "defragmenting");
+        self.node.defragment().await?;
+        tracing::info!(
+            current_db_size_bytes = (self.db_size)(),
+            previous_db_size_bytes = before,
+            took_ms = start.elapsed().as_millis() as u64,
+            "defragmented"
+        );
+        Ok(Response::new(pb::DefragmentResponse {
             header: self.header(None),
-            alarms: vec![],
         }))
     }
 
@@ -604,6 +705,15 @@ impl Maintenance for Api {
         if st.leader == 0 {
             errors.push("etcdserver: no leader".to_string());
         }
+        let alarms = self
+            .shared()
+            .members
+            .read()
+            .unwrap()
+            .alarms()
+            .list(pb::AlarmType::None);
+        errors.extend(alarms.iter().map(detcd_core::alarms::alarm_text));
+        let in_use = self.shared().mvcc.read().unwrap().stored_bytes() as i64;
         Ok(Response::new(pb::StatusResponse {
             header: self.header(None),
             version: ETCD_VERSION.to_string(),
@@ -613,7 +723,7 @@ impl Maintenance for Api {
             raft_term: st.term,
             raft_applied_index: st.applied,
             errors,
-            db_size_in_use: size,
+            db_size_in_use: in_use,
             is_learner: st.is_learner,
         }))
     }

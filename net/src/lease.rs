@@ -235,6 +235,7 @@ impl Lease for LeaseService {
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let r = req.into_inner();
+        self.api.check_quota(crate::api::LEASE_OVERHEAD).await?;
         let len = r.encoded_len();
         self.api
             .write_as(Internal::LeaseGrant(r), len, |a| match a {

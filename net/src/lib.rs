@@ -5,6 +5,8 @@
 pub mod api;
 pub mod compactor;
 pub mod concurrency;
+#[cfg(not(madsim))]
+pub mod defrag;
 pub mod errors;
 #[cfg(not(madsim))]
 pub mod h2_authority;

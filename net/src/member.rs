@@ -165,12 +165,17 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
                 err: e.to_string(),
             }
         })?;
+    let data_path = data_file_path(&cfg.data_dir);
+    let defragmenter: crate::node::Defragmenter = Arc::new(move |db: &redb::Database| {
+        crate::defrag::defragment(db, &data_path).map_err(|e| e.to_string())
+    });
     let mut res = run_member_with(
         cfg,
         db,
         Box::new(log_file),
         db_size,
         Arc::new(snapshot_files),
+        Some(defragmenter),
     )
     .await;
     if let Err(MemberError::Storage(LogError::Corrupt(why))) = &res {
@@ -193,13 +198,15 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
 }
 
 /// Runs a member on an already opened data file and raft log file (the simulator passes its
-/// simulated disks).
+/// simulated disks). `defragmenter` replaces the data file with a compact copy (None: the
+/// storage cannot, and Defragment answers so).
 pub async fn run_member_with(
     cfg: Config,
     db: redb::Database,
     mut log_file: Box<dyn LogFile>,
     db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
     snapshot_files: Arc<dyn SnapshotFiles>,
+    defragmenter: Option<crate::node::Defragmenter>,
 ) -> Result<(), MemberError> {
     // TLS first: bad certificate files stop the member before anything else happens.
     let tls_plan = detcd_core::tls::plan(&cfg).map_err(|e| MemberError::Tls(e.to_string()))?;
@@ -377,6 +384,7 @@ pub async fn run_member_with(
         log_file,
         db,
         snapshot_files: snapshot_files.clone(),
+        defragmenter,
     };
     let (node, handle, inputs) = Node::new(params, storage, transport, (ev_tx, ev_rx), restarted)?;
     let _ = shared_cell.set(handle.shared.clone());
@@ -391,6 +399,8 @@ pub async fn run_member_with(
         watch_progress_interval: Duration::from_millis(cfg.watch_progress_notify_interval_ms),
         election_timeout: Duration::from_millis(cfg.election_timeout),
         max_txn_ops: cfg.max_txn_ops as usize,
+        quota_bytes: (cfg.quota_backend_bytes >= 0)
+            .then(|| cfg.effective_quota_backend_bytes() as u64),
         http2: crate::api::Http2Settings {
             max_concurrent_streams: cfg.max_concurrent_streams,
             keepalive_interval: (cfg.grpc_keepalive_interval_ms > 0)

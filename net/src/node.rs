@@ -55,7 +55,9 @@ pub type ApplyResult = Result<Applied, ApiError>;
 pub struct Shared {
     pub member_id: u64,
     pub cluster_id: u64,
-    pub db: Arc<redb::Database>,
+    /// The data file; replaced by its compact copy after a defragmentation (a read holds
+    /// the `Arc` it began with).
+    pub db: RwLock<Arc<redb::Database>>,
     /// Index and KV history. Held for writing only while an entry is applied, so a reader
     /// never sees an index entry whose row is not yet visible.
     pub mvcc: RwLock<Mvcc>,
@@ -104,7 +106,7 @@ impl Shared {
         Arc::new(Shared {
             member_id: 1,
             cluster_id: 7,
-            db: Arc::new(db),
+            db: RwLock::new(Arc::new(db)),
             watch: crate::watch::WatchHub::new(loaded.mvcc.current_revision()),
             mvcc: RwLock::new(loaded.mvcc),
             members: RwLock::new(loaded.members),
@@ -130,7 +132,7 @@ impl Shared {
     /// transaction. Apply never waits for a read that runs on it.
     pub fn read_view(&self) -> Result<(Mvcc, redb::ReadTransaction), redb::TransactionError> {
         let mvcc = self.mvcc.read().unwrap().clone();
-        let txn = self.db.begin_read()?;
+        let txn = self.db.read().unwrap().clone().begin_read()?;
         Ok((mvcc, txn))
     }
 
@@ -226,6 +228,7 @@ pub struct NodeHandle {
     proposals: mpsc::Sender<Proposal>,
     reads: mpsc::Sender<oneshot::Sender<Result<(), ApiError>>>,
     pub member_changes: MemberChanges,
+    defrag: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
 }
 
 impl NodeHandle {
@@ -258,6 +261,18 @@ impl NodeHandle {
             Ok(Ok(res)) => res,
             Ok(Err(_)) => Err(ApiError::Stopped),
             Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    /// Defragments this member's data file and waits until it is done (or failed, saying
+    /// why). Several callers at once share one defragmentation.
+    pub async fn defragment(&self) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.defrag.send(tx).await.map_err(|_| ApiError::Stopped)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ApiError::Internal(e)),
+            Err(_) => Err(ApiError::Stopped),
         }
     }
 
@@ -333,6 +348,7 @@ enum DiskDone {
     Committed(u64),
     SnapshotBuilt(Result<detcd_core::proto::detcdpb::SnapshotRef, Fatal>),
     SnapshotInstalled(Box<Result<detcd_core::state::Installed, Fatal>>),
+    Defragmented(Result<redb::Database, String>),
     Failed(String),
 }
 
@@ -367,7 +383,19 @@ pub struct Node {
     snapshot_files: Arc<dyn SnapshotFiles>,
     /// When this member was removed from the cluster: it stops [`REMOVED_STOP_DELAY`] later.
     removed_at: Option<tokio::time::Instant>,
+    defrag_requests: mpsc::Receiver<oneshot::Sender<Result<(), String>>>,
+    /// Clients waiting for the defragmentation under way (or about to start).
+    defrag_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    defragmenter: Option<Defragmenter>,
 }
+
+/// Copies a data file compactly and replaces it with the copy (see `crate::defrag`);
+/// absent where the data file cannot be replaced (the simulator's disks).
+pub type Defragmenter =
+    Arc<dyn Fn(&redb::Database) -> Result<redb::Database, String> + Send + Sync>;
+
+/// Defragmentation requests queued to the driver (each waits for the one under way).
+const DEFRAG_QUEUE: usize = 16;
 
 /// The channels the transport and API need to reach the driver.
 pub struct NodeInputs {
@@ -383,6 +411,7 @@ pub struct NodeStorage {
     pub log_file: Box<dyn LogFile>,
     pub db: Arc<redb::Database>,
     pub snapshot_files: Arc<dyn SnapshotFiles>,
+    pub defragmenter: Option<Defragmenter>,
 }
 
 impl Node {
@@ -401,6 +430,7 @@ impl Node {
             log_file,
             db,
             snapshot_files,
+            defragmenter,
         } = storage;
         let state::Loaded {
             mvcc,
@@ -415,7 +445,7 @@ impl Node {
         let shared = Arc::new(Shared {
             member_id: params.member_id,
             cluster_id: params.cluster_id,
-            db: db.clone(),
+            db: RwLock::new(db.clone()),
             watch: crate::watch::WatchHub::new(mvcc.current_revision()),
             mvcc: RwLock::new(mvcc),
             members: RwLock::new(members),
@@ -466,6 +496,7 @@ impl Node {
         let (rtx, rrx) = mpsc::channel(READ_QUEUE);
         let (itx, irx) = mpsc::channel(INBOUND_QUEUE);
         let (mtx, mrx) = mpsc::channel(MEMBER_CHANGE_QUEUE);
+        let (dtx, drx) = mpsc::channel(DEFRAG_QUEUE);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let log_jobs = start_log_writer(LogWriter {
             file: log_file,
@@ -490,12 +521,16 @@ impl Node {
             snapshots_installed: 0,
             snapshot_files,
             removed_at: None,
+            defrag_requests: drx,
+            defrag_waiters: Vec::new(),
+            defragmenter,
         };
         let handle = NodeHandle {
             shared,
             proposals: ptx,
             reads: rtx,
             member_changes: MemberChanges(mtx.clone()),
+            defrag: dtx,
         };
         let inputs = NodeInputs {
             inbound: itx,
@@ -523,6 +558,7 @@ impl Node {
                     DiskDone::Committed(applied) => timed("handling a commit", || self.server.handle_committed(applied))?,
                     DiskDone::SnapshotBuilt(data) => self.server.handle_snapshot_built(data)?,
                     DiskDone::SnapshotInstalled(res) => self.server.handle_snapshot_installed(*res)?,
+                    DiskDone::Defragmented(res) => self.defragmented(res)?,
                     DiskDone::Failed(msg) => return Err(NodeError::Fatal(msg)),
                 },
                 Some(ev) = self.peer_events.recv() => match ev {
@@ -548,6 +584,14 @@ impl Node {
                     timed("handling peer messages", || self.server.handle_messages(msgs))?;
                 }
                 _ = ticker.tick() => timed("handling a tick", || self.server.handle_tick())?,
+                Some(waiter) = self.defrag_requests.recv() => {
+                    if self.defragmenter.is_none() {
+                        let _ = waiter.send(Err("defragmentation is not supported on this member's storage".into()));
+                    } else {
+                        self.defrag_waiters.push(waiter);
+                        self.server.handle_defragment()?;
+                    }
+                }
                 Some(p) = self.proposals.recv() => {
                     let mut batch = vec![p];
                     while batch.len() < MAX_BATCH {
@@ -625,6 +669,17 @@ impl Node {
                         }
                         let _ = done.send(DiskDone::SnapshotInstalled(Box::new(installed)));
                     });
+                }
+                Output::Defragment(db) => {
+                    let done = self.disk_done_tx.clone();
+                    match self.defragmenter.clone() {
+                        Some(defragment) => off_driver(move || {
+                            let _ = done.send(DiskDone::Defragmented(defragment(&db)));
+                        }),
+                        None => {
+                            let _ = done.send(DiskDone::Defragmented(Err("not supported".into())));
+                        }
+                    }
                 }
                 Output::BuildSnapshot(source) => {
                     let (done, files) = (self.disk_done_tx.clone(), self.snapshot_files.clone());
@@ -706,6 +761,30 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
         );
     }
     out
+}
+
+impl Node {
+    /// The copy made for a defragmentation replaces the data file (or the copy failed):
+    /// readers and the state machine move to it, and the waiting clients are answered.
+    fn defragmented(&mut self, res: Result<redb::Database, String>) -> Result<(), NodeError> {
+        let answer = match res {
+            Ok(db) => {
+                let db = Arc::new(db);
+                *self.shared.db.write().unwrap() = db.clone();
+                self.server.handle_defragmented(Some(db))?;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("defragmentation failed: {e}");
+                self.server.handle_defragmented(None)?;
+                Err(e)
+            }
+        };
+        for w in self.defrag_waiters.drain(..) {
+            let _ = w.send(answer.clone());
+        }
+        Ok(())
+    }
 }
 
 fn commit_and_report(pending: PendingCommit, done: &mpsc::UnboundedSender<DiskDone>) {

@@ -246,10 +246,10 @@ pub const INERT_FLAGS: &[InertFlag] = &[
     inert!("experimental-txn-mode-write-with-shared-buffer", EXPERIMENTAL, Bool, "true", NoEffect(NOT_BBOLT),
         "Enable the write transaction to use a shared buffer in its read operations. [default: true]"),
     inert!("experimental-stop-grpc-service-on-defrag", EXPERIMENTAL, Bool, "false",
-        NoEffect("detcd has no defragmentation yet"),
+        NoEffect("detcd keeps serving reads while it defragments (writes wait)"),
         "Enable etcd gRPC service to stop serving client requests on defragmentation."),
     inert!("experimental-bootstrap-defrag-threshold-megabytes", EXPERIMENTAL, Uint, "0",
-        NoEffect("detcd has no defragmentation yet"),
+        NoEffect("detcd defragments only when asked (etcdctl defrag)"),
         "Enable the defrag during etcd server bootstrap on condition that it will free at least the provided threshold of disk space. Needs to be set to non-zero value to take effect."),
 ];
 

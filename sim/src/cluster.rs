@@ -111,6 +111,7 @@ pub fn start_member(handle: &Handle, cfg: Config, ip: IpAddr, disk: SimDisk) -> 
                         Box::new(disk.open_log()),
                         Arc::new(move || size_disk.len()),
                         Arc::new(snapshots),
+                        None,
                     )
                     .await;
                     let note = match res {

@@ -592,6 +592,8 @@ impl CoreSim {
                 Output::InstallSnapshot(install) => {
                     self.queue_disk(i, DiskJob::InstallSnapshot(install))
                 }
+                // This harness never asks for a defragmentation.
+                Output::Defragment(_) => panic!("a defragmentation nobody asked for"),
                 Output::Response { id, result } => self.respond(i, id, result),
                 Output::ReadReady { id, result } => self.read_ready(i, id, result),
                 // The in-memory network routes by member ID, and this harness makes no

@@ -225,3 +225,128 @@ fn a_crl_flag_is_refused_not_ignored() {
         c.members[i].log_tail(10)
     );
 }
+
+/// etcd's recovery recipe for a full store, with unmodified etcdctl: writes fill the
+/// `--quota-backend-bytes` quota, the member raises NOSPACE (listed by `alarm list` and in
+/// `endpoint status`), writes are refused with etcd's error while reads and deletes go on;
+/// then compact, defrag (which shrinks the data file and keeps reads answered), disarm, and
+/// writes work again. The alarm outlives a restart until disarmed.
+#[test]
+fn the_nospace_recipe_with_etcdctl() {
+    if !detcd_tests::have_etcdctl() {
+        return;
+    }
+    use detcd_tests::{etcdctl, etcdctl_ok};
+    let mut c = Cluster::empty("quota_alarm", subnet::QUOTA_ALARM);
+    let mut args = guide_args(c.dir(), c.subnet, 0, 1, "quota-alarm");
+    args.extend(["--quota-backend-bytes".to_string(), "262144".into()]);
+    let i = c.add("infra0", ip(c.subnet, 0), args, vec![]);
+    c.members[i].start();
+    c.members[i].wait_healthy(HEALTHY_TIMEOUT);
+    let eps = vec![c.members[i].client_url()];
+    etcdctl_ok(&eps, &["put", "small", "x"]);
+    let big = "b".repeat(8192);
+    let mut refused = None;
+    for n in 0..200 {
+        let out = etcdctl(&eps, &["put", &format!("big{n}"), &big]);
+        if !out.success() {
+            refused = Some(out);
+            break;
+        }
+    }
+    let refused = refused.expect("200 puts of 8 KiB fit a 256 KiB quota");
+    assert!(
+        refused
+            .stderr
+            .contains("etcdserver: mvcc: database space exceeded"),
+        "{refused:?}"
+    );
+    let list = etcdctl_ok(&eps, &["alarm", "list"]);
+    assert!(list.stdout.contains("alarm:NOSPACE"), "{list:?}");
+    let status = etcdctl_ok(&eps, &["endpoint", "status"]);
+    assert!(status.stdout.contains("alarm:NOSPACE"), "{status:?}");
+    // Capped: small writes refused too, reads and deletes served.
+    assert!(!etcdctl(&eps, &["put", "another", "y"]).success());
+    assert_eq!(
+        etcdctl_ok(&eps, &["get", "small", "--print-value-only"])
+            .stdout
+            .trim(),
+        "x"
+    );
+    // The alarm is in the data file: a restart keeps it.
+    c.members[i].kill();
+    c.members[i].start();
+    c.members[i].wait_healthy(HEALTHY_TIMEOUT);
+    assert!(etcdctl_ok(&eps, &["alarm", "list"])
+        .stdout
+        .contains("alarm:NOSPACE"));
+
+    // The recipe.
+    etcdctl_ok(&eps, &["del", "big", "--prefix"]);
+    let rev = detcd_tests::json_u64s(
+        &etcdctl_ok(&eps, &["get", "small", "-w", "json"]).stdout,
+        "revision",
+    )[0];
+    etcdctl_ok(&eps, &["compact", &rev.to_string(), "--physical"]);
+    let data_file = c.members[i].data_dir.join("member").join("detcd.db");
+    let before = std::fs::metadata(&data_file).unwrap().len();
+    // Reads keep being answered while the data file is copied.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (eps, stop) = (eps.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = etcdctl(&eps, &["get", "small", "--print-value-only"]);
+                if !out.success() || out.stdout.trim() != "x" {
+                    failures.push(out);
+                }
+            }
+            failures
+        })
+    };
+    let defrag = etcdctl_ok(&eps, &["defrag"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let failures = reader.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "reads failed around the defragmentation: {failures:?}"
+    );
+    assert!(
+        defrag.stdout.contains("Finished defragmenting etcd member"),
+        "{defrag:?}"
+    );
+    let after = std::fs::metadata(&data_file).unwrap().len();
+    assert!(
+        after < before,
+        "the data file did not shrink: {before} -> {after} bytes"
+    );
+    etcdctl_ok(&eps, &["alarm", "disarm"]);
+    assert!(etcdctl_ok(&eps, &["alarm", "list"])
+        .stdout
+        .trim()
+        .is_empty());
+    etcdctl_ok(&eps, &["put", "after", "recovery"]);
+    assert_eq!(
+        etcdctl_ok(&eps, &["get", "after", "--print-value-only"])
+            .stdout
+            .trim(),
+        "recovery"
+    );
+    // The member restarts on the defragmented file with everything in it.
+    c.members[i].kill();
+    c.members[i].start();
+    c.members[i].wait_healthy(HEALTHY_TIMEOUT);
+    assert_eq!(
+        etcdctl_ok(&eps, &["get", "after", "--print-value-only"])
+            .stdout
+            .trim(),
+        "recovery"
+    );
+    assert_eq!(
+        etcdctl_ok(&eps, &["get", "small", "--print-value-only"])
+            .stdout
+            .trim(),
+        "x"
+    );
+}

@@ -87,6 +87,10 @@ pub enum MvccError {
     DuplicateKey,
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
+    /// A write that would grow the store while a NOSPACE alarm is raised, or that the quota
+    /// refuses (etcd's ErrNoSpace; code ResourceExhausted).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// A put names a lease that does not exist (etcd's lease.ErrLeaseNotFound, checked at
     /// apply along a txn's taken branch).
     #[error("etcdserver: requested lease not found")]
@@ -120,6 +124,7 @@ pub mod grpc_code {
     pub const INVALID_ARGUMENT: i32 = 3;
     pub const NOT_FOUND: i32 = 5;
     pub const FAILED_PRECONDITION: i32 = 9;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
     pub const OUT_OF_RANGE: i32 = 11;
     pub const INTERNAL: i32 = 13;
 }
@@ -137,6 +142,7 @@ impl MvccError {
             | InvalidSortOption => grpc_code::INVALID_ARGUMENT,
             NotReadOnly | Storage(_) | Corrupt(_) => grpc_code::INTERNAL,
             LeaseNotFound => grpc_code::NOT_FOUND,
+            NoSpace => grpc_code::RESOURCE_EXHAUSTED,
             Lease(e) => match e {
                 crate::lease::LeaseError::NotFound => grpc_code::NOT_FOUND,
                 crate::lease::LeaseError::Exists => grpc_code::FAILED_PRECONDITION,
@@ -334,6 +340,9 @@ pub struct Mvcc {
     /// Changes of the writes applied since the caller last took them, in revision order
     /// (what Watch and the lessor learn of each write).
     events: Vec<WatchEvent>,
+    /// Bytes of the KV table's rows (revision keys plus encoded values): the store's
+    /// logical size, which compaction lowers. The space quota counts this.
+    stored_bytes: u64,
 }
 
 impl PartialEq for Mvcc {
@@ -387,6 +396,7 @@ impl Mvcc {
             current_rev: compact_rev.max(1),
             compact_rev,
             events: Vec::new(),
+            stored_bytes: 0,
         }
     }
 
@@ -402,6 +412,7 @@ impl Mvcc {
             let (rev, tombstone) = parse_revision_key(k.value())
                 .ok_or_else(|| corrupt(format!("bad revision key {:?}", k.value())))?;
             let kvp = KeyValue::decode(v.value()).map_err(corrupt)?;
+            m.stored_bytes += (k.value().len() + v.value().len()) as u64;
             m.index.push(&kvp.key, Event { rev, tombstone });
             m.current_rev = m.current_rev.max(rev.main);
             if tombstone || kvp.lease == 0 {
@@ -411,6 +422,12 @@ impl Mvcc {
             }
         }
         Ok((m, leased.into_iter().collect()))
+    }
+
+    /// Bytes the KV table's rows take (keys and values of every revision kept): etcd's
+    /// "database size in use" for detcd, and what the space quota counts.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
     }
 
     /// The store revision: that of the last write.
@@ -858,7 +875,9 @@ impl Mvcc {
                     self.index.pop(key);
                 }
                 for row in &ws.rows {
-                    self.uncommitted.remove(row);
+                    if let Some(v) = self.uncommitted.remove(row) {
+                        self.stored_bytes -= (row.len() + v.len()) as u64;
+                    }
                     kv.remove(row.as_slice())?;
                 }
                 Err(e)
@@ -877,6 +896,7 @@ impl Mvcc {
         let key = revision_key(rev, tombstone);
         let row = value.encode_to_vec();
         kv.insert(key.as_slice(), row.as_slice())?;
+        self.stored_bytes += (key.len() + row.len()) as u64;
         self.uncommitted.insert(key.clone(), row);
         ws.rows.push(key);
         self.index.push(&value.key, Event { rev, tombstone });
@@ -1102,7 +1122,11 @@ impl Mvcc {
             let mut kv = txn.open_table(tables::KV)?;
             for (r, tombstone) in &plan.rows {
                 let key = revision_key(*r, *tombstone);
-                kv.remove(key.as_slice())?;
+                if let Some(old) = kv.remove(key.as_slice())? {
+                    self.stored_bytes = self
+                        .stored_bytes
+                        .saturating_sub((key.len() + old.value().len()) as u64);
+                }
                 self.uncommitted.remove(&key);
             }
         }

@@ -139,6 +139,9 @@ pub enum Output {
     /// Install the leader's snapshot file into the data file (off the driver: it writes the
     /// whole store; [`SnapshotInstall::run`]), then report `handle_snapshot_installed`.
     InstallSnapshot(Box<SnapshotInstall>),
+    /// Copy this data file compactly (off the driver; it stays readable meanwhile) and
+    /// report `handle_defragmented` with the copy that replaces it.
+    Defragment(std::sync::Arc<redb::Database>),
     /// The answer to proposal `id`.
     Response {
         id: u64,
@@ -369,6 +372,8 @@ pub struct Server<V: StateViews> {
     /// A Ready whose snapshot from the leader is being installed: the rest of it (committed
     /// entries, new entries, persisted messages) waits for the install.
     installing: Option<Ready>,
+    /// A defragmentation of the data file asked for by a client, and how far it is.
+    defrag: Defrag,
     attributes_published: bool,
     ticks_since_publish: usize,
     /// The tick since which the transport has been connected to each peer (absent: not
@@ -456,6 +461,7 @@ impl<V: StateViews> Server<V> {
             next_build_tick: 0,
             building: None,
             installing: None,
+            defrag: Defrag::Idle,
             attributes_published: false,
             ticks_since_publish: 0,
             peer_active_since: BTreeMap::new(),
@@ -861,6 +867,8 @@ impl<V: StateViews> Server<V> {
         if self.state.durable_applied() == self.state.applied() {
             self.snapshot_and_compact()?;
         }
+        // A defragmentation waiting for this commit goes before more is applied.
+        self.maybe_defragment()?;
         self.apply_queued()?;
         self.drive()
     }
@@ -919,8 +927,51 @@ impl<V: StateViews> Server<V> {
         }
         self.release_reads();
         self.maybe_snapshot()?;
+        self.maybe_defragment()?;
         self.update_status();
         self.pin_election_timeout();
+        Ok(())
+    }
+
+    /// A client asked this member to defragment its data file (etcd's Maintenance.Defragment,
+    /// local to the member). Once everything applied is durable, [`Output::Defragment`]
+    /// hands the file out; applying waits until [`Self::handle_defragmented`], reads and raft
+    /// go on.
+    pub fn handle_defragment(&mut self) -> Result<(), Fatal> {
+        if self.defrag == Defrag::Idle {
+            self.defrag = Defrag::Wanted;
+        }
+        self.drive()
+    }
+
+    /// The [`Output::Defragment`] ended: `copy` is the compact data file that replaces the
+    /// old one, or None if copying failed (the old one stays; the client is told why).
+    pub fn handle_defragmented(
+        &mut self,
+        copy: Option<std::sync::Arc<redb::Database>>,
+    ) -> Result<(), Fatal> {
+        if self.defrag != Defrag::Running {
+            return Ok(());
+        }
+        self.state.finish_defragment(copy);
+        self.defrag = Defrag::Idle;
+        self.apply_queued()?;
+        self.drive()
+    }
+
+    fn maybe_defragment(&mut self) -> Result<(), Fatal> {
+        if self.defrag != Defrag::Wanted || self.installing.is_some() {
+            return Ok(());
+        }
+        if self.state.is_committing() {
+            return Ok(()); // handle_committed comes back here
+        }
+        if self.state.has_open_txn() {
+            return self.request_commit();
+        }
+        let db = self.state.begin_defragment();
+        self.defrag = Defrag::Running;
+        self.outputs.push_back(Output::Defragment(db));
         Ok(())
     }
 
@@ -1584,6 +1635,16 @@ impl<V: StateViews> Server<V> {
         self.status.commit = self.raw.raft.raft_log.committed;
         self.status.applied = self.state.applied();
     }
+}
+
+/// Where a client-asked defragmentation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Defrag {
+    Idle,
+    /// Asked for: starts once everything applied is durable.
+    Wanted,
+    /// The data file is being copied; nothing is applied meanwhile.
+    Running,
 }
 
 /// The raft ConfChange for a change of raft's configuration (not [`MemberChange::Update`]),

@@ -640,3 +640,93 @@ fn a_write_forwarded_to_a_new_leader_is_not_failed_by_the_election() {
         }))
     );
 }
+
+/// A defragmentation waits until everything applied is durable, then holds applying (not
+/// raft, not reads) until the executor reports the copy; the copy then serves applies.
+#[test]
+fn a_defragmentation_pauses_apply_but_not_reads() {
+    let (mut s, mut file) = server(&[1]);
+    for _ in 0..25 {
+        s.handle_tick().unwrap();
+        run_outputs(&mut s, &mut file);
+    }
+    assert!(s.status().is_leader);
+    s.handle_proposals(vec![put("before")]).unwrap();
+    run_outputs(&mut s, &mut file);
+
+    s.handle_defragment().unwrap();
+    let outs = run_outputs(&mut s, &mut file);
+    let Some(Output::Defragment(db)) = outs
+        .into_iter()
+        .find(|o| matches!(o, Output::Defragment(_)))
+    else {
+        panic!("no defragmentation asked for");
+    };
+    // Everything applied is in the file handed out.
+    let applied = read_applied(&db).unwrap();
+    assert_eq!(applied, s.status().applied);
+
+    // While it runs: a write commits but does not apply; a read is served.
+    let write = s.handle_proposals(vec![put("during")]).unwrap()[0];
+    let read = s.handle_reads(1).unwrap()[0];
+    let outs = run_outputs(&mut s, &mut file);
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::Response { id, .. } if *id == write)),
+        "a write applied during the defragmentation: {outs:?}"
+    );
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::ReadReady { id, result: Ok(()) } if *id == read)),
+        "a read waited for the defragmentation: {outs:?}"
+    );
+    assert_eq!(s.status().applied, applied);
+
+    // The copy (here a fresh in-memory file with the same rows) takes over.
+    let copy = redb::Builder::new()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .unwrap();
+    {
+        use redb::{ReadableDatabase, ReadableTable};
+        let from = db.begin_read().unwrap();
+        let to = copy.begin_write().unwrap();
+        let meta = from.open_table(crate::tables::META).unwrap();
+        {
+            let mut out = to.open_table(crate::tables::META).unwrap();
+            for row in meta.iter().unwrap() {
+                let (k, v) = row.unwrap();
+                out.insert(k.value(), v.value()).unwrap();
+            }
+        }
+        let kv = from.open_table(crate::tables::KV).unwrap();
+        {
+            let mut out = to.open_table(crate::tables::KV).unwrap();
+            for row in kv.iter().unwrap() {
+                let (k, v) = row.unwrap();
+                out.insert(k.value(), v.value()).unwrap();
+            }
+        }
+        to.commit().unwrap();
+    }
+    let copy = Arc::new(copy);
+    s.handle_defragmented(Some(copy.clone())).unwrap();
+    let outs = run_outputs(&mut s, &mut file);
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Response { id, result: Ok(_) } if *id == write)),
+        "the write waiting for the defragmentation was not applied: {outs:?}"
+    );
+    // Applied rows are committed ahead of the next tick.
+    s.handle_tick().unwrap();
+    run_outputs(&mut s, &mut file);
+    assert!(
+        read_applied(&copy).unwrap() > applied,
+        "the copy did not get the write"
+    );
+    assert_eq!(
+        read_applied(&db).unwrap(),
+        applied,
+        "the old file changed after the swap"
+    );
+}

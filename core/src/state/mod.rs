@@ -45,6 +45,8 @@ pub enum Applied {
     LeaseGrant(pb::LeaseGrantResponse),
     LeaseRevoke(pb::LeaseRevokeResponse),
     LeaseCheckpoint,
+    /// An alarm raised or cleared: the alarms it changed (none if it changed nothing).
+    Alarm(pb::AlarmResponse),
     /// A member published its name and client URLs.
     Attributes,
     /// A membership change applied at this raft index.
@@ -204,6 +206,9 @@ pub struct KvState<V: StateViews> {
     /// etcd's minimum lease TTL, seconds ([`crate::lease::min_lease_ttl`]).
     min_lease_ttl: i64,
 }
+
+/// `commit_in_flight` while a defragmentation holds the writer.
+const DEFRAG_IN_FLIGHT: u64 = u64::MAX - 1;
 
 /// Writes one META value in `txn`.
 fn put_meta(txn: &redb::WriteTransaction, key: &str, value: &[u8]) -> Result<(), Fatal> {
@@ -439,7 +444,17 @@ impl<V: StateViews> KvState<V> {
             .views
             .leases(|l| named.into_iter().filter(|id| !l.contains(*id)).collect());
         let exists = |id: i64| !missing.contains(&id);
+        // etcd's applierV3Capped: under a NOSPACE alarm nothing may grow the store.
+        let capped = self
+            .views
+            .members(|m| m.alarms().is_active(pb::AlarmType::Nospace));
+        let grows = match &req.request {
+            Some(Request::Put(_)) | Some(Request::LeaseGrant(_)) => true,
+            Some(Request::Txn(t)) => !crate::mvcc::is_txn_readonly(t),
+            _ => false,
+        };
         let result = match &req.request {
+            _ if capped && grows => Err(MvccError::NoSpace),
             Some(Request::Put(r)) => self
                 .views
                 .mvcc_mut(|m| m.put_leased(txn, r, &exists))
@@ -483,6 +498,7 @@ impl<V: StateViews> KvState<V> {
                 .views
                 .mvcc_mut(|m| m.compact(txn, r.revision))
                 .map(Applied::Compact),
+            Some(Request::Alarm(r)) => self.alarm(txn, r),
             Some(Request::SetAttributes(a)) => {
                 self.views
                     .members_mut(|m| m.set_attributes(txn, a))
@@ -506,6 +522,48 @@ impl<V: StateViews> KvState<V> {
                 Ok(other)
             }
         }
+    }
+
+    /// etcd's Alarm apply (etcdserver/apply.go): ACTIVATE raises, DEACTIVATE clears, each
+    /// answering the alarm it changed; the first NOSPACE raised and the last cleared are
+    /// logged as etcd logs them.
+    fn alarm(
+        &self,
+        txn: &redb::WriteTransaction,
+        r: &pb::AlarmRequest,
+    ) -> Result<Applied, MvccError> {
+        use pb::alarm_request::AlarmAction;
+        let alarm = pb::AlarmType::try_from(r.alarm).unwrap_or(pb::AlarmType::None);
+        let member = crate::ids::format_id(r.member_id);
+        let changed = self.views.members_mut(|m| {
+            let before = m.alarms().is_active(alarm);
+            let changed = match AlarmAction::try_from(r.action) {
+                Ok(AlarmAction::Activate) => m.alarms_mut().activate(txn, r.member_id, alarm)?,
+                Ok(AlarmAction::Deactivate) => {
+                    m.alarms_mut().deactivate(txn, r.member_id, alarm)?
+                }
+                _ => false,
+            };
+            let after = m.alarms().is_active(alarm);
+            if !before && after {
+                tracing::warn!(alarm = alarm.as_str_name(), from = %member, "alarm raised");
+            } else if before && !after {
+                tracing::info!(alarm = alarm.as_str_name(), from = %member, "alarm disarmed");
+            }
+            Ok::<bool, redb::Error>(changed)
+        })?;
+        let alarms = if changed {
+            vec![pb::AlarmMember {
+                member_id: r.member_id,
+                alarm: alarm as i32,
+            }]
+        } else {
+            Vec::new()
+        };
+        Ok(Applied::Alarm(pb::AlarmResponse {
+            header: None,
+            alarms,
+        }))
     }
 
     /// etcd's LeaseRevoke apply: every key attached to the lease is deleted in one revision
@@ -610,6 +668,37 @@ impl<V: StateViews> KvState<V> {
         );
         self.views.mvcc_mut(|m| m.committed());
         self.durable_applied = applied;
+    }
+
+    /// Whether applied effects wait in an open transaction (a commit must precede a
+    /// defragmentation).
+    pub fn has_open_txn(&self) -> bool {
+        self.open_txn.is_some()
+    }
+
+    /// Starts a defragmentation of the data file: everything applied is durable, and nothing
+    /// is applied until [`Self::finish_defragment`] (redb's one writer is the copy's now).
+    /// Returns the data file to copy; reads of it go on meanwhile.
+    pub fn begin_defragment(&mut self) -> Arc<redb::Database> {
+        assert!(
+            self.open_txn.is_none() && self.commit_in_flight.is_none(),
+            "defragmentation with uncommitted effects"
+        );
+        self.commit_in_flight = Some(DEFRAG_IN_FLIGHT);
+        self.db.clone()
+    }
+
+    /// The defragmentation begun by [`Self::begin_defragment`] ended: with `Some`, the
+    /// compact copy (same contents) replaces the data file from now on.
+    pub fn finish_defragment(&mut self, copy: Option<Arc<redb::Database>>) {
+        assert_eq!(
+            self.commit_in_flight.take(),
+            Some(DEFRAG_IN_FLIGHT),
+            "no defragmentation in flight"
+        );
+        if let Some(db) = copy {
+            self.db = db;
+        }
     }
 
     /// A consistent view of the state machine at the applied index, for a snapshot: a redb
