@@ -674,6 +674,28 @@ impl Maintenance for Api {
         .await
     }
 
+    /// etcd's HashKV: a hash of this member's key-value history up to a revision, equal on
+    /// members that applied the same writes (and to etcd's for the same store).
+    async fn hash_kv(
+        &self,
+        req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let rev = req.into_inner().revision;
+        let shared = self.node.shared.clone();
+        let (hash, current, compact_revision) = run_blocking(move || {
+            let (mvcc, txn) = shared
+                .read_view()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(mvcc.hash_kv_in(&txn, rev).map_err(ApiError::Mvcc)?)
+        })
+        .await?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: self.header(Some(current)),
+            hash,
+            compact_revision,
+        }))
+    }
+
     /// etcd's Defragment: this member's data file is copied compactly and replaced; reads
     /// go on meanwhile, writes wait (see `crate::defrag`).
     async fn defragment(

@@ -27,12 +27,12 @@ pub enum DefragError {
     Store {
         path: String,
         what: &'static str,
-        err: redb::Error,
+        err: Box<redb::Error>,
     },
     #[error("defragmenting {path}: compacting the copy: {err}")]
     Compact {
         path: String,
-        err: redb::CompactionError,
+        err: Box<redb::CompactionError>,
     },
     /// A table this code does not know how to copy: copying the rest would lose it.
     #[error(
@@ -50,7 +50,7 @@ pub fn defragment(db: &redb::Database, path: &Path) -> Result<redb::Database, De
         move |e: redb::Error| DefragError::Store {
             path: p.clone(),
             what,
-            err: e,
+            err: Box::new(e),
         }
     };
     let io = |what: &'static str| {
@@ -113,7 +113,7 @@ pub fn defragment(db: &redb::Database, path: &Path) -> Result<redb::Database, De
     // The copy is ours alone: redb can trim the room a new file reserves for growth.
     copy.compact().map_err(|err| DefragError::Compact {
         path: p.clone(),
-        err,
+        err: Box::new(err),
     })?;
     drop(copy);
     std::fs::rename(&tmp, path).map_err(io("replacing the data file"))?;

@@ -6,6 +6,7 @@
 //!
 //! Values are not kept here: a revision found in the index is read from the KV table.
 
+use std::collections::HashSet;
 use std::ops::Bound;
 
 /// A revision: `main` is bumped once per write transaction, `sub` counts the changes inside it.
@@ -129,6 +130,32 @@ impl Index {
             }
         }
         plan
+    }
+
+    /// The events at or below `compacted` that etcd's HashKV at `at` counts (mvcc/kvstore.go
+    /// `HashByRev`): those a compaction at `at` would keep (`Keep(at)`: each key's last event
+    /// at or below `at`, unless a tombstone), or, when it would keep none, all of them.
+    pub fn hashed_below(&self, at: i64, compacted: i64) -> HashSet<(Revision, bool)> {
+        let mut present = HashSet::new();
+        let mut kept = HashSet::new();
+        let mut any_kept = false;
+        for evs in self.keys.values() {
+            for e in evs.iter().take_while(|e| e.rev.main <= compacted) {
+                present.insert((e.rev, e.tombstone));
+            }
+            let n = evs.partition_point(|e| e.rev.main <= at);
+            if n > 0 && !evs[n - 1].tombstone {
+                any_kept = true;
+                if evs[n - 1].rev.main <= compacted {
+                    kept.insert((evs[n - 1].rev, false));
+                }
+            }
+        }
+        if any_kept {
+            kept
+        } else {
+            present
+        }
     }
 
     pub fn apply_compaction(&mut self, plan: CompactPlan) {

@@ -542,11 +542,37 @@ impl Mvcc {
         );
         let mut events = Vec::new();
         let mut last = to;
-        // Rows not yet committed first in the merge: a row can be in both while its commit
-        // is being reported; it counts once.
+        let mut full = false;
+        self.for_each_row_in(txn, &lo, &hi, |k, v| {
+            let (main, event) = row_event(k, v)?;
+            if events.len() >= max_events && main != last {
+                // `last` is the revision before the one not taken.
+                full = true;
+                return Ok(false);
+            }
+            last = main;
+            events.push(event);
+            Ok(true)
+        })?;
+        if full {
+            return Ok((events, last));
+        }
+        Ok((events, to))
+    }
+
+    /// Calls `f` with every row whose revision key is in `lo..hi`, in revision order: the
+    /// rows of `txn`'s KV table merged with those not yet committed (a row in both counts
+    /// once). `f` returns false to stop.
+    fn for_each_row_in(
+        &self,
+        txn: &ReadTransaction,
+        lo: &[u8],
+        hi: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, MvccError>,
+    ) -> Result<(), MvccError> {
         let mut pending = self
             .uncommitted
-            .range(lo.clone()..hi.clone())
+            .range(lo.to_vec()..hi.to_vec())
             .map(|(k, v)| (k.clone(), v.clone()))
             .peekable();
         let table = match txn.open_table(tables::KV) {
@@ -555,7 +581,7 @@ impl Mvcc {
             Err(e) => return Err(e.into()),
         };
         let mut stored = match &table {
-            Some(t) => Some(t.range(lo.as_slice()..hi.as_slice())?),
+            Some(t) => Some(t.range(lo..hi)?),
             None => None,
         };
         let mut next_stored = || -> Result<Option<Row>, MvccError> {
@@ -574,7 +600,7 @@ impl Mvcc {
                 head = next_stored()?;
             }
             let take_pending = match (&pk, &head) {
-                (None, None) => break,
+                (None, None) => return Ok(()),
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
                 (Some(p), Some((s, _))) => p < s,
@@ -586,15 +612,63 @@ impl Mvcc {
                 head = next_stored()?;
                 row
             };
-            let (main, event) = row_event(&k, &v)?;
-            if events.len() >= max_events && main != last {
-                // `last` is the revision before the one not taken.
-                return Ok((events, last));
+            if !f(&k, &v)? {
+                return Ok(());
             }
-            last = main;
-            events.push(event);
         }
-        Ok((events, to))
+    }
+
+    /// etcd's HashKV (mvcc/kvstore.go `HashByRev`): a CRC-32C over `key` then, in revision
+    /// order, every row up to `rev` (0: the current revision) as etcd's bucket holds it (its
+    /// revision key `main` `_` `sub` [`t`], its encoded KeyValue), leaving out rows at or
+    /// below the compacted revision that a compaction at `rev` would drop. The same store
+    /// gives etcd's hash. Returns (hash, current revision, compacted revision); errors:
+    /// Compacted, FutureRev.
+    pub fn hash_kv_in(
+        &self,
+        txn: &ReadTransaction,
+        rev: i64,
+    ) -> Result<(u32, i64, i64), MvccError> {
+        let compact_rev = self.compact_rev;
+        if rev > 0 && rev <= compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.current_rev {
+            return Err(MvccError::FutureRev);
+        }
+        let rev = if rev == 0 { self.current_rev } else { rev };
+        // Rows at or below the compacted revision count only if etcd's would (a row the
+        // index no longer has is one a compaction deleted, maybe not yet committed).
+        let hashed_below = self.index.hashed_below(rev, compact_rev);
+        let mut crc = crc32c::crc32c(b"key");
+        let hi = revision_key(
+            Revision {
+                main: rev + 1,
+                sub: 0,
+            },
+            false,
+        );
+        self.for_each_row_in(txn, &[], &hi, |k, v| {
+            let (r, tombstone) =
+                parse_revision_key(k).ok_or_else(|| corrupt(format!("bad revision key {k:?}")))?;
+            if r.main <= compact_rev && !hashed_below.contains(&(r, tombstone)) {
+                return Ok(true);
+            }
+            let mut etcd_key = [0u8; 18];
+            etcd_key[..8].copy_from_slice(&k[..8]);
+            etcd_key[8] = b'_';
+            etcd_key[9..17].copy_from_slice(&k[8..16]);
+            let len = if tombstone {
+                etcd_key[17] = b't';
+                18
+            } else {
+                17
+            };
+            crc = crc32c::crc32c_append(crc, &etcd_key[..len]);
+            crc = crc32c::crc32c_append(crc, v);
+            Ok(true)
+        })?;
+        Ok((crc, self.current_rev, compact_rev))
     }
 
     /// A read-only txn (see [`is_txn_readonly`]) served without raft, as etcd serves them after
