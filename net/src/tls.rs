@@ -559,9 +559,14 @@ impl ClientCertVerifier for CnVerifier {
                 })
                 .unwrap_or_default();
             if &cn != want {
-                return Err(rustls::Error::General(format!(
+                // etcd's words for the log; the peer gets Go's alert for a refused
+                // certificate (bad_certificate), which NotValidForName sends.
+                tracing::warn!(
                     "CommonName authentication failed: certificate CN {cn:?}, --peer-cert-allowed-cn {want:?}"
-                )));
+                );
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                ));
             }
         }
         Ok(ok)

@@ -252,7 +252,7 @@ fn peer_from_another_ca_cannot_join() {
     // infra2 hears why its connections are closed.
     wait_log(
         &c.members[2],
-        "refused this member's TLS certificate (alert UnknownCA)",
+        "refused this member's TLS certificate (remote error: tls: unknown certificate authority)",
         20,
     );
     // infra2 has no leader: not healthy.
