@@ -7,6 +7,9 @@ fn main() {
     // raft's messages (raftpb.proto, see src/raftpb.rs) carry their byte fields as
     // `bytes::Bytes`, as raft-rs's own types do, so converting between them copies nothing.
     cfg.bytes([".detcd.raftpb"]);
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let descriptors = out.join("descriptors.bin");
+    cfg.file_descriptor_set_path(&descriptors);
     cfg.compile_protos(
         &[
             "proto/kv.proto",
@@ -19,5 +22,16 @@ fn main() {
         &["proto"],
     )
     .expect("compile protos");
+    // serde for etcd's messages with grpc-gateway's JSON mapping (the JSON gateway, /v3/*):
+    // proto field names as etcd's gateway sends them (OrigName), 64-bit integers as strings,
+    // bytes as base64, enums by name, default values left out; unknown fields are ignored.
+    let set = std::fs::read(&descriptors).expect("descriptor set");
+    pbjson_build::Builder::new()
+        .register_descriptors(&set)
+        .expect("register descriptors")
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[".mvccpb", ".etcdserverpb", ".v3lockpb", ".v3electionpb"])
+        .expect("generate serde impls");
     println!("cargo:rerun-if-changed=proto");
 }

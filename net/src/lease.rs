@@ -137,6 +137,39 @@ pub struct LeaseService {
 }
 
 impl LeaseService {
+    /// One keep-alive stream: each request answered in turn, until the client ends its
+    /// requests (the gRPC service and the JSON gateway both serve through this).
+    pub fn keep_alive_stream(
+        &self,
+        mut incoming: impl futures::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
+            + Send
+            + Unpin
+            + 'static,
+        needs_leader: bool,
+    ) -> Result<KeepAliveStream, Status> {
+        use futures::StreamExt;
+        self.api.refuse_learner()?;
+        let svc = self.clone();
+        let lost = crate::watch::leader_lost(
+            self.api.node.shared.clone(),
+            needs_leader,
+            self.api.election_timeout,
+        );
+        let out = async_stream::try_stream! {
+            tokio::pin!(lost);
+            loop {
+                let r = tokio::select! {
+                    biased;
+                    _ = &mut lost => Err(Status::from(ApiError::NoLeader)),
+                    r = incoming.next() => r.transpose(),
+                };
+                let Some(r) = r? else { break };
+                yield svc.keep_alive_once(r.id).await?;
+            }
+        };
+        Ok(Box::pin(out))
+    }
+
     pub fn new(api: Api) -> LeaseService {
         LeaseService {
             api,
@@ -225,7 +258,7 @@ impl LeaseService {
     }
 }
 
-type KeepAliveStream =
+pub type KeepAliveStream =
     Pin<Box<dyn futures::Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -266,27 +299,9 @@ impl Lease for LeaseService {
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
         let needs_leader = crate::watch::require_leader(&req, self.shared())?;
-        self.api.refuse_learner()?;
-        let mut incoming = req.into_inner();
-        let svc = self.clone();
-        let lost = crate::watch::leader_lost(
-            self.api.node.shared.clone(),
-            needs_leader,
-            self.api.election_timeout,
-        );
-        let out = async_stream::try_stream! {
-            tokio::pin!(lost);
-            loop {
-                let r = tokio::select! {
-                    biased;
-                    _ = &mut lost => Err(Status::from(ApiError::NoLeader)),
-                    r = incoming.message() => r,
-                };
-                let Some(r) = r? else { break };
-                yield svc.keep_alive_once(r.id).await?;
-            }
-        };
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(
+            self.keep_alive_stream(req.into_inner(), needs_leader)?,
+        ))
     }
 
     async fn lease_time_to_live(

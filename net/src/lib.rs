@@ -13,6 +13,7 @@ pub mod h2_authority;
 #[cfg(not(madsim))]
 pub mod hpack;
 pub mod http;
+pub mod json_api;
 pub mod lease;
 pub mod log_file;
 pub mod member;

@@ -702,7 +702,8 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
         )))
         .into_axum_router();
     let http2 = api.http2;
-    let app = crate::http::routes(api.node.shared.clone(), routes);
+    let app =
+        crate::http::routes(api.node.shared.clone(), routes).merge(crate::json_api::routes(&api));
     // Our own accept loop rather than axum::serve: each connection's bytes go through
     // h2_authority::AuthorityFix, so `--endpoints=http://host:port` etcdctl requests
     // (`:authority: http://host:port`, which h2 resets) are served as etcd serves them.
@@ -790,7 +791,8 @@ async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), Me
             addr: addr.to_string(),
             err: e.to_string(),
         })?;
-    let app = crate::http::routes(api.node.shared.clone(), axum::Router::new());
+    let app = crate::http::routes(api.node.shared.clone(), axum::Router::new())
+        .merge(crate::json_api::routes(&api));
     tokio::spawn(serve_http_simulated(http, app));
     tonic::transport::Server::builder()
         .add_service(KvServer::new(api.clone()))

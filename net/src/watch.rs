@@ -612,7 +612,7 @@ pub struct WatchService {
     pub election_timeout: Duration,
 }
 
-type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<WatchResponse, Status>> + Send>>;
+pub type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
 /// etcd's `hasleader` gRPC metadata (clientv3.WithRequireLeader): refuse at once without a
 /// leader (api/v3rpc/interceptor.go). Returns whether the stream requires a leader (then it
@@ -658,10 +658,23 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
         let needs_leader = require_leader(&req, &self.shared)?;
+        Ok(Response::new(self.serve(req.into_inner(), needs_leader)?))
+    }
+}
+
+impl WatchService {
+    /// One watch stream: the client's requests in, the responses out (the gRPC service and
+    /// the JSON gateway both serve through this). The client ending its requests does not end
+    /// the watchers (as etcd's recvLoop on EOF); dropping the response stream does.
+    pub fn serve(
+        &self,
+        mut incoming: impl futures::Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+        needs_leader: bool,
+    ) -> Result<WatchStream, Status> {
+        use futures::StreamExt;
         if self.shared.status().is_learner {
             return Err(ApiError::NotSupportedForLearner.into());
         }
-        let mut incoming = req.into_inner();
         let shared = self.shared.clone();
         let (sid, mut rx, tx, wake) = shared.watch.open_stream();
         tokio::spawn(catch_up(
@@ -673,11 +686,7 @@ impl Watch for WatchService {
         ));
         let reader = shared.clone();
         tokio::spawn(async move {
-            loop {
-                let msg = match incoming.message().await {
-                    Ok(Some(m)) => m,
-                    _ => break,
-                };
+            while let Some(Ok(msg)) = incoming.next().await {
                 // Room for the answer first, so it is queued in order with events.
                 let Ok(permit) = tx.reserve().await else {
                     break;
@@ -693,11 +702,12 @@ impl Watch for WatchService {
                     None => {}
                 }
             }
-            reader.watch.close_stream(sid);
         });
         let limit = self.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let lost = leader_lost(shared.clone(), needs_leader, self.election_timeout);
+        let closer = CloseOnDrop(shared.clone(), sid);
         let out = async_stream::stream! {
+            let _closer = closer;
             tokio::pin!(lost);
             loop {
                 let o = tokio::select! {
@@ -714,7 +724,16 @@ impl Watch for WatchService {
                 }
             }
         };
-        Ok(Response::new(Box::pin(out)))
+        Ok(Box::pin(out))
+    }
+}
+
+/// Closes a watch stream's watchers when its response stream goes (the client left).
+struct CloseOnDrop(Arc<Shared>, u64);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.watch.close_stream(self.1);
     }
 }
 
