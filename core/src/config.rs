@@ -101,6 +101,21 @@ pub struct Config {
     pub lease_checkpoint: bool,
     /// `--experimental-watch-progress-notify-interval` in milliseconds (etcd: 10 min).
     pub watch_progress_notify_interval_ms: u64,
+    /// `--discovery-srv`, `--discovery-srv-name` and detcd's `--discovery-srv-resolver`.
+    pub srv: SrvConfig,
+}
+
+/// DNS SRV discovery flags (see `srv.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SrvConfig {
+    /// `--discovery-srv`: the domain whose SRV records list the cluster; empty: not used.
+    pub domain: String,
+    /// `--discovery-srv-name`: suffix of the SRV service names (`_etcd-server-ssl-<name>`).
+    pub name: String,
+    /// `--discovery-srv-resolver` (detcd's own): the DNS server `ip:port` every name of the
+    /// member is resolved through (SRV records, advertised and peer host names); empty: the
+    /// system resolver configuration.
+    pub resolver: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,6 +380,7 @@ impl Default for Config {
             auto_promote_learners: false,
             lease_checkpoint: false,
             watch_progress_notify_interval_ms: 10 * 60 * 1000,
+            srv: SrvConfig::default(),
         }
     }
 }

@@ -4,7 +4,10 @@
 
 pub mod api;
 pub mod concurrency;
+pub mod dns;
 pub mod errors;
+#[cfg(not(madsim))]
+pub mod gateway;
 #[cfg(not(madsim))]
 pub mod h2_authority;
 #[cfg(not(madsim))]
@@ -24,4 +27,4 @@ pub mod watch;
 
 #[cfg(not(madsim))]
 pub use member::run_member;
-pub use member::{run_member_with, MemberError};
+pub use member::{run_member_with, run_member_with_dns, MemberError};

@@ -5,6 +5,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod cli;
+mod gateway;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cli::Bench(args) => ExitCode::from(bench::run(args).await),
+        Cli::Gateway(args) => ExitCode::from(gateway::run(args).await),
         Cli::Run(config) => {
             init_logging(&config.log_level);
             for w in warnings {
@@ -57,7 +59,7 @@ async fn main() -> ExitCode {
 }
 
 /// Logs to stderr at etcd's `--log-level` (`panic` and `fatal` log errors only).
-fn init_logging(level: &str) {
+pub(crate) fn init_logging(level: &str) {
     let level = match level {
         "debug" => tracing::Level::DEBUG,
         "info" => tracing::Level::INFO,
