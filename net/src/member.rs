@@ -47,11 +47,11 @@ pub enum MemberError {
     Resolve(String),
     #[error("{0}")]
     Tls(String),
-    /// DNS SRV discovery found no usable cluster (etcd's messages).
-    #[error("{0}")]
+    /// DNS SRV discovery found no usable cluster (etcd's messages, after etcdmain's prefix).
+    #[error("error setting up initial cluster: {0}")]
     Srv(#[from] detcd_core::srv::SrvError),
     /// The DNS server did not answer, after retries.
-    #[error("{0}")]
+    #[error("error setting up initial cluster: {0}")]
     DnsTimeout(#[from] crate::dns::DnsTimeout),
     #[error("{0}")]
     DnsSetup(#[from] crate::dns::DnsSetupError),
@@ -146,7 +146,7 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
                 err: e.to_string(),
             }
         })?;
-    let dns: crate::dns::SharedDns = Arc::new(crate::dns::SystemDns::new(&cfg.srv.resolver)?);
+    let dns = default_dns(&cfg)?;
     let mut res = run_member_with_dns(
         cfg,
         db,
@@ -183,11 +183,20 @@ pub async fn run_member_with(
     db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
     snapshot_files: Arc<dyn SnapshotFiles>,
 ) -> Result<(), MemberError> {
-    #[cfg(not(madsim))]
-    let dns: crate::dns::SharedDns = Arc::new(crate::dns::SystemDns::new(&cfg.srv.resolver)?);
-    #[cfg(madsim)]
-    let dns: crate::dns::SharedDns = Arc::new(crate::dns::NoDns);
+    let dns = default_dns(&cfg)?;
     run_member_with_dns(cfg, db, log_file, db_size, snapshot_files, dns).await
+}
+
+/// The resolver a member uses: the system's configuration or `--discovery-srv-resolver`, set up
+/// only when DNS SRV discovery or the override asks for it (a static member never needs it, so
+/// a host without a resolver configuration starts it as before). Under madsim: none.
+fn default_dns(cfg: &Config) -> Result<crate::dns::SharedDns, MemberError> {
+    #[cfg(not(madsim))]
+    if !cfg.srv.domain.is_empty() || !cfg.srv.resolver.is_empty() {
+        return Ok(Arc::new(crate::dns::SystemDns::new(&cfg.srv.resolver)?));
+    }
+    let _ = cfg;
+    Ok(Arc::new(crate::dns::NoDns))
 }
 
 /// DNS SRV discovery (etcd's `PeerURLsMapAndToken` for `--discovery-srv`): looks the records
