@@ -16,8 +16,12 @@ use std::time::Duration;
 /// etcd's member IDs for `http://infraN.example.com:2380` with token `etcd-cluster-1` (SRV
 /// bootstrap hashes the SRV targets' URLs, whatever the member advertises; etcd-facts §1 and §7).
 const HTTP_IDS: [&str; 3] = ["a434bc977dbbaf3e", "89315860d4cce8f0", "518d77c6d7c5a9c1"];
-/// The same for `https://infraN.example.com:2380`.
+/// The same for `https://infraN.example.com:2380`: what etcd 3.4.23 itself reports for the
+/// guide's example over `_etcd-server-ssl` records (run here on 2026-11-30 in a network
+/// namespace whose resolv.conf named a test DNS server; etcd 3.4 cannot bootstrap from plain
+/// `_etcd-server` records, issue 11321), cluster ID 3de0396875843349.
 const HTTPS_IDS: [&str; 3] = ["b94512c14e70514a", "add351150c895e38", "895c3ef00331fbe2"];
+const HTTPS_CLUSTER_ID: u64 = 0x3de0396875843349;
 
 /// The guide's records for `domain`, services with `suffix` (`-foo` or ""), `ssl` for
 /// `_etcd-server-ssl`/`_etcd-client-ssl`.
@@ -242,6 +246,15 @@ fn ssl_records_with_the_domain_in_the_san() {
             .iter()
             .any(|l| l.contains("https://infra1.example.com:2380")),
         "{lines:?}"
+    );
+    let json = etcdctl_ok(
+        &[c.members[0].client_url()],
+        &["member", "list", "--write-out=json"],
+    );
+    assert_eq!(
+        detcd_tests::json_u64s(&json.stdout, "cluster_id"),
+        vec![HTTPS_CLUSTER_ID],
+        "{json}"
     );
     put_get(&c.client_urls(), "tls");
 }
