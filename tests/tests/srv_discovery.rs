@@ -484,4 +484,46 @@ fn gateway_from_srv_records_survives_a_member_death() {
     }
     let log = c.members[g].stderr();
     assert!(log.contains("deactivated endpoint"), "{log}");
+
+    // The records are looked up again every --retry-delay: a gateway started while they list
+    // only the dead member serves once they list live ones.
+    let mut dead_only = guide_zone(sub, "", false);
+    dead_only.srv.insert(
+        "_etcd-client._tcp.example.com".into(),
+        vec![(0, 0, CLIENT_PORT, "infra1.example.com.".into())],
+    );
+    dns.set_zone(dead_only);
+    let listen2 = format!("{}:23790", ip(sub, 23));
+    let mut a = gw_args(&["--insecure-discovery"]);
+    let i = a.iter().position(|x| x == "--listen-addr").unwrap();
+    a[i + 1] = listen2.clone();
+    let g2 = c.add("gateway2", ip(sub, 23), a, vec![]);
+    c.members[g2].start();
+    let ep2 = vec![format!("http://{listen2}")];
+    let deadline = Deadline::new(
+        Duration::from_secs(20),
+        "gateway2 to list its only endpoint",
+    );
+    while !c.members[g2]
+        .stderr()
+        .contains("ready to proxy client requests")
+    {
+        assert!(c.members[g2].is_running(), "{}", c.members[g2].log_tail(30));
+        deadline.check(&c.members[g2].log_tail(20));
+        deadline.pause();
+    }
+    assert!(
+        !etcdctl(&ep2, &["get", "via-gateway"]).success(),
+        "the only endpoint is dead"
+    );
+    dns.set_zone(guide_zone(sub, "", false));
+    let deadline = Deadline::new(Duration::from_secs(20), "gateway2 to use the new records");
+    loop {
+        let out = etcdctl(&ep2, &["get", "via-gateway", "--print-value-only"]);
+        if out.success() && out.stdout.trim() == "1" {
+            break;
+        }
+        deadline.check(&format!("{out}\n{}", c.members[g2].log_tail(20)));
+        deadline.pause();
+    }
 }
