@@ -572,6 +572,33 @@ mod tests {
         let _ = build("infra0", "http://10.0.1.10:2380", &l);
     }
 
+    proptest::proptest! {
+        /// SRV answers are network input: any targets, ports and resolutions give a cluster or
+        /// an error, never a panic, and a cluster always lists the local member.
+        #[test]
+        fn any_answer_is_a_cluster_or_an_error(
+            records in proptest::collection::vec((".{0,24}", proptest::prelude::any::<u16>(), 0u8..4), 0..6),
+            local in 0usize..6,
+        ) {
+            let mut hosts = HostAddrs::new();
+            let recs: Vec<SrvRecord> = records
+                .iter()
+                .map(|(t, port, ip)| {
+                    hosts.insert(t.trim_end_matches('.').to_string(), Ok(vec![format!("10.0.1.1{ip}").parse().unwrap()]));
+                    rec(t, *port)
+                })
+                .collect();
+            let ap = match records.get(local) {
+                Some((_, port, ip)) => format!("http://10.0.1.1{ip}:{port}"),
+                None => "http://10.0.1.19:2380".to_string(),
+            };
+            let l = SrvLookups { ssl: Ok(recs.clone()), plain: Ok(recs), hosts };
+            if let Ok(c) = build("me", &ap, &l) {
+                proptest::prop_assert!(c.members.iter().any(|m| m.name == "me"));
+            }
+        }
+    }
+
     #[test]
     fn record_order_does_not_change_the_cluster() {
         let mut l = plain_guide();

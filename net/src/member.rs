@@ -165,7 +165,12 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
             ))));
         }
     }
-    if created && matches!(res, Err(MemberError::Bootstrap(_))) {
+    if created
+        && matches!(
+            res,
+            Err(MemberError::Bootstrap(_) | MemberError::Srv(_) | MemberError::DnsTimeout(_))
+        )
+    {
         // A refused start leaves nothing behind: the next attempt starts as fresh as this one.
         let _ = std::fs::remove_dir_all(&data_dir);
     }

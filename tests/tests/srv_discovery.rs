@@ -296,6 +296,12 @@ fn fails(c: &mut Cluster, name: &str, idx: usize, args: Vec<String>, within: Dur
     c.members[i].start();
     let status = c.members[i].wait_exit(within);
     assert_eq!(status.code(), Some(1), "{}", c.members[i].log_tail(30));
+    // A refused start leaves no data dir behind.
+    let args = &c.members[i].args;
+    if let Some(d) = args.iter().position(|a| a == "--data-dir") {
+        let dir = std::path::Path::new(&args[d + 1]);
+        assert!(!dir.exists(), "{name} left {}", dir.display());
+    }
     c.members[i].stderr()
 }
 
