@@ -71,8 +71,11 @@ pub async fn dial_addr(dns: &dyn Dns, host: &str) -> Result<IpAddr, DnsError> {
 /// How often and how long [`lookup_server_srv`] retries a DNS server that does not answer.
 #[derive(Clone, Copy, Debug)]
 pub struct Retry {
+    /// Lookups in all (the first included) before giving up.
     pub attempts: u32,
+    /// The pause after the first timeout; doubled after each further one.
     pub first_backoff: Duration,
+    /// The longest pause.
     pub max_backoff: Duration,
 }
 
@@ -91,8 +94,11 @@ impl Default for Retry {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("DNS SRV discovery failed: {what} did not answer after {attempts} attempts ({last}); check --discovery-srv-resolver or the system resolver configuration")]
 pub struct DnsTimeout {
+    /// The name looked up.
     pub what: String,
+    /// How many times it was asked.
     pub attempts: u32,
+    /// The last attempt's error.
     pub last: String,
 }
 

@@ -39,6 +39,7 @@ pub struct GatewayConfig {
 /// Why the gateway cannot start; printed, exit 1 (etcd's messages where it has them).
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// Neither client SRV service answered (etcd's `dns lookup errors: ... and ...`).
     #[error("{0}")]
     Srv(String),
     #[error("failed to validate listen address: {0}")]
@@ -65,9 +66,12 @@ pub enum GatewayError {
 /// One endpoint the gateway may forward to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Remote {
+    /// A name (resolved when dialed) or an IP.
     pub host: String,
     pub port: u16,
+    /// The SRV record's priority (0 for `--endpoints`): lower is preferred.
     pub priority: u16,
+    /// False once a connection to it failed, until a retry connects.
     pub active: bool,
 }
 
