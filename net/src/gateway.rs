@@ -350,7 +350,10 @@ pub async fn run_gateway(cfg: GatewayConfig, dns: SharedDns) -> Result<(), Gatew
     if remotes.is_empty() {
         return Err(GatewayError::NoEndpoints(String::new()));
     }
-    let bind = SocketAddr::new(laddrs[0], lport);
+    let bind_ip = *laddrs
+        .first()
+        .ok_or_else(|| GatewayError::ListenHost(lhost.clone()))?;
+    let bind = SocketAddr::new(bind_ip, lport);
     let listener = TcpListener::bind(bind)
         .await
         .map_err(|e| GatewayError::Listen(format!("listen tcp {bind}: {e}")))?;
