@@ -126,6 +126,8 @@ pub struct Config {
     /// `--experimental-snapshot-catchup-entries`: raft entries kept behind a snapshot so a
     /// slightly slow follower catches up from the log (etcd: 5000).
     pub snapshot_catchup_entries: u64,
+    /// `--discovery-srv`, `--discovery-srv-name` and detcd's `--discovery-srv-resolver`.
+    pub srv: SrvConfig,
 }
 
 /// `--logger`.
@@ -143,6 +145,19 @@ pub enum Logger {
 pub enum AutoCompaction {
     Periodic { retention_ms: u64 },
     Revision { retention: u64 },
+}
+
+/// DNS SRV discovery flags (see `srv.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SrvConfig {
+    /// `--discovery-srv`: the domain whose SRV records list the cluster; empty: not used.
+    pub domain: String,
+    /// `--discovery-srv-name`: suffix of the SRV service names (`_etcd-server-ssl-<name>`).
+    pub name: String,
+    /// `--discovery-srv-resolver` (detcd's own): the DNS server `ip:port` every name of the
+    /// member is resolved through (SRV records, advertised and peer host names); empty: the
+    /// system resolver configuration.
+    pub resolver: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -417,6 +432,7 @@ impl Default for Config {
             grpc_keepalive_timeout_ms: 20 * 1000,
             max_concurrent_streams: u32::MAX,
             snapshot_catchup_entries: 5000,
+            srv: SrvConfig::default(),
         }
     }
 }

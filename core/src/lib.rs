@@ -21,6 +21,7 @@ pub mod raft_log;
 pub mod raft_logger;
 pub mod raftpb;
 pub mod server;
+pub mod srv;
 pub mod state;
 pub mod tables;
 pub mod tls;

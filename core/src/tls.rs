@@ -66,6 +66,11 @@ pub enum PeerVerify {
     SkipVerify,
     /// No peer TLS configured: https peers cannot be verified (connections to them fail).
     Unconfigured,
+    /// DNS SRV discovery with peer certificates and no `--peer-trusted-ca-file`: the system's
+    /// CA certificates, and every peer must present a certificate for `server_name`, the SRV
+    /// domain (etcd sets `PeerTLSInfo.ServerName` to `--discovery-srv`; the guide's "DNS
+    /// discovery" note: the domain must be in the certificates' SAN).
+    SystemRoots { server_name: String },
 }
 
 /// How a member dials `https://` peers.
@@ -262,6 +267,13 @@ pub fn plan(cfg: &Config) -> Result<TlsPlan, TlsError> {
     };
     let verify = match &peer_cert {
         Some(CertSource::Auto { .. }) => PeerVerify::SkipVerify,
+        Some(CertSource::Files { .. })
+            if cfg.peer_tls.trusted_ca_file.is_empty() && !cfg.srv.domain.is_empty() =>
+        {
+            PeerVerify::SystemRoots {
+                server_name: cfg.srv.domain.clone(),
+            }
+        }
         Some(CertSource::Files { .. }) if cfg.peer_tls.trusted_ca_file.is_empty() => {
             return Err(TlsError::PeerWithoutCa)
         }
@@ -295,6 +307,29 @@ mod tests {
             listen_peer_urls: parse_urls(peer).unwrap(),
             ..Config::default()
         }
+    }
+
+    #[test]
+    fn srv_without_peer_ca_expects_the_domain() {
+        let mut c = cfg("http://127.0.0.1:2379", "https://127.0.0.1:2380");
+        c.peer_tls = TlsInfo {
+            cert_file: "p.crt".into(),
+            key_file: "p.key".into(),
+            ..TlsInfo::default()
+        };
+        assert_eq!(plan(&c), Err(TlsError::PeerWithoutCa));
+        c.srv.domain = "example.com".into();
+        assert_eq!(
+            plan(&c).unwrap().peer_dial.verify,
+            PeerVerify::SystemRoots {
+                server_name: "example.com".into()
+            }
+        );
+        c.peer_tls.trusted_ca_file = "ca.crt".into();
+        assert_eq!(
+            plan(&c).unwrap().peer_dial.verify,
+            PeerVerify::Ca("ca.crt".into())
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@ pub mod compactor;
 pub mod concurrency;
 #[cfg(not(madsim))]
 pub mod defrag;
+pub mod dns;
 pub mod errors;
+#[cfg(not(madsim))]
+pub mod gateway;
 #[cfg(not(madsim))]
 pub mod h2_authority;
 #[cfg(not(madsim))]
@@ -28,4 +31,4 @@ pub mod watch;
 
 #[cfg(not(madsim))]
 pub use member::run_member;
-pub use member::{run_member_with, MemberError};
+pub use member::{run_member_with, run_member_with_dns, MemberError};

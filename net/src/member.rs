@@ -47,6 +47,14 @@ pub enum MemberError {
     Resolve(String),
     #[error("{0}")]
     Tls(String),
+    /// DNS SRV discovery found no usable cluster (etcd's messages, after etcdmain's prefix).
+    #[error("error setting up initial cluster: {0}")]
+    Srv(#[from] detcd_core::srv::SrvError),
+    /// The DNS server did not answer, after retries.
+    #[error("error setting up initial cluster: {0}")]
+    DnsTimeout(#[from] crate::dns::DnsTimeout),
+    #[error("{0}")]
+    DnsSetup(#[from] crate::dns::DnsSetupError),
 }
 
 /// The data file inside the data dir (etcd keeps `member/snap/db` and `member/wal` there).
@@ -169,13 +177,15 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
     let defragmenter: crate::node::Defragmenter = Arc::new(move |db: &redb::Database| {
         crate::defrag::defragment(db, &data_path).map_err(|e| e.to_string())
     });
-    let mut res = run_member_with(
+    let dns = default_dns(&cfg)?;
+    let mut res = run_member_with_dns(
         cfg,
         db,
         Box::new(log_file),
         db_size,
         Arc::new(snapshot_files),
         Some(defragmenter),
+        dns,
     )
     .await;
     if let Err(MemberError::Storage(LogError::Corrupt(why))) = &res {
@@ -187,7 +197,12 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
             ))));
         }
     }
-    if created && matches!(res, Err(MemberError::Bootstrap(_))) {
+    if created
+        && matches!(
+            res,
+            Err(MemberError::Bootstrap(_) | MemberError::Srv(_) | MemberError::DnsTimeout(_))
+        )
+    {
         // A refused start leaves nothing behind: the next attempt starts as fresh as this one.
         let _ = std::fs::remove_dir_all(&data_dir);
         if let (true, Some(dir)) = (wal_dir_created, &wal_dir) {
@@ -199,17 +214,123 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
 
 /// Runs a member on an already opened data file and raft log file (the simulator passes its
 /// simulated disks). `defragmenter` replaces the data file with a compact copy (None: the
-/// storage cannot, and Defragment answers so).
+/// storage cannot, and Defragment answers so). Names resolve through the system resolver (or
+/// `--discovery-srv-resolver`); under madsim, through no resolver at all (the simulator's SRV
+/// scenarios pass their own to [`run_member_with_dns`]).
 pub async fn run_member_with(
     cfg: Config,
+    db: redb::Database,
+    log_file: Box<dyn LogFile>,
+    db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
+    snapshot_files: Arc<dyn SnapshotFiles>,
+    defragmenter: Option<crate::node::Defragmenter>,
+) -> Result<(), MemberError> {
+    let dns = default_dns(&cfg)?;
+    run_member_with_dns(
+        cfg,
+        db,
+        log_file,
+        db_size,
+        snapshot_files,
+        defragmenter,
+        dns,
+    )
+    .await
+}
+
+/// The resolver a member uses: the system's configuration or `--discovery-srv-resolver`, set up
+/// only when DNS SRV discovery or the override asks for it (a static member never needs it, so
+/// a host without a resolver configuration starts it as before). Under madsim: none.
+fn default_dns(cfg: &Config) -> Result<crate::dns::SharedDns, MemberError> {
+    #[cfg(not(madsim))]
+    if !cfg.srv.domain.is_empty() || !cfg.srv.resolver.is_empty() {
+        return Ok(Arc::new(crate::dns::SystemDns::new(&cfg.srv.resolver)?));
+    }
+    let _ = cfg;
+    Ok(Arc::new(crate::dns::NoDns))
+}
+
+/// DNS SRV discovery (etcd's `PeerURLsMapAndToken` for `--discovery-srv`): looks the records
+/// up through `dns` and replaces `cfg.initial_cluster` with the cluster they describe. Returns
+/// the resolved host names, for the bootstrap's comparison of advertised URLs.
+async fn srv_initial_cluster(
+    cfg: &mut Config,
+    dns: crate::dns::SharedDns,
+) -> Result<detcd_core::srv::HostAddrs, MemberError> {
+    let lookups = crate::dns::lookup_server_srv(
+        dns,
+        &cfg.srv.domain,
+        &cfg.srv.name,
+        &cfg.initial_advertise_peer_urls,
+        crate::dns::Retry::default(),
+    )
+    .await?;
+    let found = detcd_core::srv::cluster_from_srv(
+        &cfg.srv.domain,
+        &cfg.srv.name,
+        &cfg.name,
+        &cfg.initial_advertise_peer_urls,
+        !cfg.peer_tls.trusted_ca_file.is_empty(),
+        &lookups,
+    );
+    let found = match found {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "failed to resolve during SRV discovery");
+            return Err(e.into());
+        }
+    };
+    for note in &found.notes {
+        tracing::info!(discovery_srv = %cfg.srv.domain, "SRV service not used: {note}");
+    }
+    for pair in &found.pairs {
+        tracing::info!(node = %pair, "got bootstrap from DNS for etcd-server");
+    }
+    cfg.initial_cluster = found.members;
+    Ok(lookups.hosts)
+}
+
+/// Resolves every host name of the advertised peer URLs and the initial cluster through `dns`
+/// (for `--discovery-srv-resolver`: names the system resolver may not know).
+async fn resolve_bootstrap_hosts(
+    cfg: &Config,
+    dns: &dyn crate::dns::Dns,
+) -> detcd_core::srv::HostAddrs {
+    let mut hosts = detcd_core::srv::HostAddrs::new();
+    let urls = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .chain(cfg.initial_cluster.iter().flat_map(|m| m.peer_urls.iter()));
+    for u in urls {
+        if u.ip().is_none() && !hosts.contains_key(&u.host) {
+            let got = crate::dns::resolve_host(dns, &u.host)
+                .await
+                .map_err(|e| e.message);
+            hosts.insert(u.host.clone(), got);
+        }
+    }
+    hosts
+}
+
+/// [`run_member_with`] with the resolver host names (DNS SRV discovery, peer URLs) go through.
+pub async fn run_member_with_dns(
+    mut cfg: Config,
     db: redb::Database,
     mut log_file: Box<dyn LogFile>,
     db_size: Arc<dyn Fn() -> u64 + Send + Sync>,
     snapshot_files: Arc<dyn SnapshotFiles>,
     defragmenter: Option<crate::node::Defragmenter>,
+    dns: crate::dns::SharedDns,
 ) -> Result<(), MemberError> {
+    // Names go through `dns` when SRV discovery or a resolver override asks for it; else the
+    // system resolver resolves them as it always did.
+    let use_dns = !cfg.srv.domain.is_empty() || !cfg.srv.resolver.is_empty();
     // TLS first: bad certificate files stop the member before anything else happens.
     let tls_plan = detcd_core::tls::plan(&cfg).map_err(|e| MemberError::Tls(e.to_string()))?;
+    let server_name = match &tls_plan.peer_dial.verify {
+        detcd_core::tls::PeerVerify::SystemRoots { server_name } => Some(server_name.clone()),
+        _ => None,
+    };
     #[cfg(not(madsim))]
     let (client_acceptor, peer_acceptor, peer_tls): (Acceptor, Acceptor, PeerDialTls) = {
         let tls = crate::tls::Tls::setup(&tls_plan).map_err(|e| MemberError::Tls(e.0))?;
@@ -218,6 +339,8 @@ pub async fn run_member_with(
             tls.peer,
             PeerDialTls {
                 config: Some(tls.peer_dial),
+                dns: use_dns.then(|| dns.clone()),
+                server_name,
             },
         )
     };
@@ -225,14 +348,46 @@ pub async fn run_member_with(
     #[cfg(madsim)]
     let (client_acceptor, peer_acceptor, peer_tls): (Acceptor, Acceptor, PeerDialTls) = {
         let _ = &tls_plan;
-        (None, None, PeerDialTls::default())
+        (
+            None,
+            None,
+            PeerDialTls {
+                dns: use_dns.then(|| dns.clone()),
+                server_name,
+            },
+        )
     };
     let state = if RaftLog::exists(&db)? {
         DataDirState::HasLog
     } else {
         DataDirState::Empty
     };
-    let decision = bootstrap::decide(&cfg, state, &resolve_host)?;
+    let resolved = if state == DataDirState::HasLog {
+        if !cfg.srv.domain.is_empty() {
+            tracing::info!(discovery_srv = %cfg.srv.domain, "--discovery-srv ignored: the data dir holds a log");
+        }
+        None
+    } else if !cfg.srv.domain.is_empty() {
+        Some(srv_initial_cluster(&mut cfg, dns.clone()).await?)
+    } else if use_dns {
+        Some(resolve_bootstrap_hosts(&cfg, dns.as_ref()).await)
+    } else {
+        None
+    };
+    let decision = match &resolved {
+        Some(hosts) => {
+            let lookup = |h: &str| -> Vec<std::net::IpAddr> {
+                hosts
+                    .get(h)
+                    .or_else(|| hosts.get(h.trim_end_matches('.')))
+                    .and_then(|r| r.as_ref().ok())
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            bootstrap::decide(&cfg, state, &lookup)?
+        }
+        None => bootstrap::decide(&cfg, state, &resolve_host)?,
+    };
     let (log, member_id, cluster_id, restarted) = match decision {
         Bootstrap::Restart => {
             let mut log = RaftLog::load(&db, log_file.as_mut())?;

@@ -16,6 +16,9 @@
 //! - `early-lease-expiry`: the leader revokes a lease once a quarter of its TTL has passed.
 //! - `progress-before-sync`: a progress request is answered at once, before the stream's
 //!   watchers have caught up (etcd 3.4.23's bug, issue 15220).
+//! - `skip-peer-cluster-id-check`: a member dialing a peer ignores that the peer's handshake
+//!   answer names another cluster (`transport.rs`), so a member whose SRV lookup saw other
+//!   records than its peers' keeps running beside their cluster instead of exiting.
 
 #[cfg(madsim)]
 pub fn active(name: &str) -> bool {

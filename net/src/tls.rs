@@ -122,6 +122,7 @@ impl Tls {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(SkipVerify(provider.clone()))),
             PeerVerify::Unconfigured => builder.with_root_certificates(RootCertStore::empty()),
+            PeerVerify::SystemRoots { .. } => builder.with_root_certificates(system_roots()?),
         };
         let mut dial = match peer_cert {
             Some(c) => builder.with_client_cert_resolver(c),
@@ -134,6 +135,24 @@ impl Tls {
             peer_dial: Arc::new(dial),
         })
     }
+}
+
+/// The system's CA certificates (rustls-native-certs: `SSL_CERT_FILE`, `SSL_CERT_DIR`, else the
+/// platform's store), as Go's crypto/x509 finds them for etcd.
+fn system_roots() -> Result<RootCertStore, TlsSetupError> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!("reading the system's CA certificates: {e}");
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(err(
+            "no system CA certificates found to verify peers with (--discovery-srv over https \
+             without --peer-trusted-ca-file uses them; set SSL_CERT_FILE or give --peer-trusted-ca-file)",
+        ));
+    }
+    Ok(roots)
 }
 
 fn server_acceptor(
@@ -598,9 +617,24 @@ pub async fn connect(
     host: &str,
     port: u16,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    connect_named(cfg, host, port, None, None).await
+}
+
+/// [`connect`], dialing `addr` when given (a name already resolved) and expecting the
+/// certificate to name `server_name` when given (the SRV domain) instead of `host`.
+pub async fn connect_named(
+    cfg: Arc<ClientConfig>,
+    host: &str,
+    port: u16,
+    addr: Option<std::net::IpAddr>,
+    server_name: Option<&str>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = match addr {
+        Some(ip) => tokio::net::TcpStream::connect((ip, port)).await?,
+        None => tokio::net::TcpStream::connect((host, port)).await?,
+    };
     let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(host.to_string())
+    let name = ServerName::try_from(server_name.unwrap_or(host).to_string())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)

@@ -27,6 +27,8 @@ pub enum Cli {
     Help(String),
     /// `detcd bench ...`: the arguments after `bench`, untouched.
     Bench(Vec<String>),
+    /// `detcd gateway ...`: the arguments after `gateway`, untouched (see gateway.rs).
+    Gateway(Vec<String>),
 }
 
 /// A command line or environment etcd would refuse; [`CliError::exit_code`] says how the
@@ -96,6 +98,7 @@ const CHECKED_AFTER_PARSING: &[&str] = &[
     "log-outputs",
     "auto-compaction-mode",
     "auto-compaction-retention",
+    "discovery-srv-resolver",
 ];
 
 impl CliError {
@@ -243,6 +246,25 @@ const FLAGS: &[FlagSpec] = &[
         help: "Initial cluster token for the etcd cluster during bootstrap.\n\
                Specifying this can protect you from unintended cross-cluster interaction when running multiple clusters. [default: etcd-cluster]",
     },
+    // DNS SRV discovery (see srv_flags).
+    FlagSpec {
+        name: "discovery-srv",
+        heading: CLUSTERING,
+        help: "DNS srv domain used to bootstrap the cluster.",
+    },
+    FlagSpec {
+        name: "discovery-srv-name",
+        heading: CLUSTERING,
+        help: "Suffix to the dns srv name queried when bootstrapping.",
+    },
+    FlagSpec {
+        name: "discovery-srv-resolver",
+        heading: CLUSTERING,
+        help: "detcd only (not an etcd flag): the DNS server (ip:port, or ip for port 53) that \
+               --discovery-srv's SRV records and every host name of the member (advertised and \
+               peer URLs) are resolved through, for split-horizon DNS and tests. [default: the \
+               system resolver configuration, /etc/resolv.conf]",
+    },
     FlagSpec {
         name: "advertise-client-urls",
         heading: CLUSTERING,
@@ -335,6 +357,9 @@ Usage:
 
   detcd bench [flags]
     Run the load generator against a cluster.
+
+  detcd gateway start [flags]
+    Run etcd's L4 gateway (detcd gateway start --help for its flags).
 ";
 
 /// `ETCD_` + the flag name upper-cased with `-` turned into `_`.
@@ -576,6 +601,9 @@ pub fn parse_with(
     }
     if args.get(1).map(String::as_str) == Some("bench") {
         return Ok((Cli::Bench(args.split_off(2)), Vec::new()));
+    }
+    if args.get(1).map(String::as_str) == Some("gateway") {
+        return Ok((Cli::Gateway(args.split_off(2)), Vec::new()));
     }
     let matches = command()
         .try_get_matches_from(normalize_args(args)?)
@@ -947,6 +975,7 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
         c.watch_progress_notify_interval_ms = parse_go_duration_ms(&g.value)
             .map_err(|e| g.invalid("experimental-watch-progress-notify-interval", e))?;
     }
+    srv_flags(given, &mut c)?;
     Ok(c)
 }
 
@@ -1034,6 +1063,36 @@ fn check_log_outputs(logger: Logger, outputs: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// etcd's `ErrConflictBootstrapFlags`.
+pub const CONFLICT_BOOTSTRAP_FLAGS: &str = "multiple discovery or bootstrap flags are set. \
+Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\"";
+
+/// `--discovery-srv`, `--discovery-srv-name` and detcd's `--discovery-srv-resolver`. As etcd,
+/// the default `--initial-cluster` is dropped when `--discovery-srv` is set, and an explicit one
+/// alongside it is an error (exit 1).
+fn srv_flags(given: &dyn Fn(&str) -> Option<Given>, c: &mut Config) -> Result<(), CliError> {
+    let text = |flag: &str| given(flag).map(|g| g.value).unwrap_or_default();
+    c.srv.domain = text("discovery-srv");
+    c.srv.name = text("discovery-srv-name");
+    if let Some(g) = given("discovery-srv-resolver") {
+        detcd_net::dns::parse_resolver_addr(&g.value)
+            .map_err(|e| g.invalid("discovery-srv-resolver", e))?;
+        c.srv.resolver = g.value;
+    }
+    if c.srv.domain.is_empty() {
+        return Ok(());
+    }
+    let others = ["initial-cluster", "discovery"]
+        .iter()
+        .filter(|f| FLAGS.iter().any(|s| s.name == **f) && given(f).is_some())
+        .count();
+    if others > 0 {
+        return Err(CliError::Other(CONFLICT_BOOTSTRAP_FLAGS.to_string()));
+    }
+    c.initial_cluster.clear();
+    Ok(())
+}
+
 /// `--feature-gates`: comma-separated `Name=bool` pairs (Kubernetes' featuregate syntax, which
 /// etcd 3.6 uses), with its messages.
 fn parse_feature_gates(s: &str) -> Result<Vec<(String, bool)>, String> {
@@ -1098,7 +1157,7 @@ fn parse_go_int(s: &str) -> Result<i64, &'static str> {
 /// Go's `time.ParseDuration`, in whole milliseconds (rounded down): decimal numbers with
 /// optional fractions, each with a unit (ns, us, µs, ms, s, m, h), an optional sign; "0"
 /// alone needs no unit. Negative durations are refused here (no duration flag takes one).
-fn parse_go_duration_ms(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_go_duration_ms(s: &str) -> Result<u64, String> {
     let invalid = || format!("time: invalid duration {s:?}");
     let rest = s.strip_prefix('+').unwrap_or(s);
     if rest.starts_with('-') {
@@ -1823,6 +1882,45 @@ mod tests {
     }
 
     #[test]
+    fn discovery_srv_flags() {
+        let c = config(
+            &["--discovery-srv", "example.com", "--name", "infra0"],
+            &[
+                ("ETCD_DISCOVERY_SRV_NAME", "foo"),
+                ("ETCD_DISCOVERY_SRV_RESOLVER", "127.0.50.1:5353"),
+            ],
+        );
+        assert_eq!(c.srv.domain, "example.com");
+        assert_eq!(c.srv.name, "foo");
+        assert_eq!(c.srv.resolver, "127.0.50.1:5353");
+        // The default --initial-cluster is dropped: the records give it.
+        assert!(c.initial_cluster.is_empty());
+        let c = config(&[], &[("ETCD_DISCOVERY_SRV", "example.com")]);
+        assert_eq!(c.srv.domain, "example.com");
+        assert_eq!(
+            error(
+                &[
+                    "--discovery-srv=example.com",
+                    "--initial-cluster=a=http://10.0.1.10:2380"
+                ],
+                &[]
+            ),
+            CONFLICT_BOOTSTRAP_FLAGS
+        );
+        let (code, msg) = match run(&["--discovery-srv-resolver", "nope"], &[]) {
+            Err(e) => (e.exit_code(), e.to_string()),
+            Ok(_) => panic!("accepted a bad resolver"),
+        };
+        assert_eq!(code, 1);
+        assert!(
+            msg.contains("expected a DNS server address as ip:port"),
+            "{msg}"
+        );
+        assert!(help_text().contains("--discovery-srv-resolver"));
+        assert!(help_text().contains("detcd only (not an etcd flag)"));
+    }
+
+    #[test]
     fn env_edge_cases() {
         // Empty variables are ignored, as etcd ignores them.
         assert_eq!(config(&[], &[("ETCD_NAME", "")]).name, "default");
@@ -1830,7 +1928,7 @@ mod tests {
             &[],
             &[
                 ("ETCD_FOO", "bar"),
-                ("ETCD_DISCOVERY_SRV", "example.com"),
+                ("ETCD_NOT_A_FLAG", "example.com"),
                 ("ETCD_NAME", "n"),
             ],
         )
@@ -1840,7 +1938,7 @@ mod tests {
             warnings,
             vec![
                 "unrecognized environment variable ETCD_FOO=bar".to_string(),
-                "unrecognized environment variable ETCD_DISCOVERY_SRV=example.com".to_string(),
+                "unrecognized environment variable ETCD_NOT_A_FLAG=example.com".to_string(),
             ]
         );
         assert_eq!(

@@ -6,6 +6,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod cli;
 mod config_file;
+mod gateway;
 mod inert_flags;
 mod logging;
 
@@ -38,6 +39,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cli::Bench(args) => ExitCode::from(bench::run(args).await),
+        Cli::Gateway(args) => ExitCode::from(gateway::run(args).await),
         Cli::Run(config) => {
             if let Err(e) = logging::init(config.logger, &config.log_outputs, &config.log_level) {
                 eprintln!("detcd: {e}");

@@ -19,6 +19,8 @@ pub mod reconfig;
 #[cfg(madsim)]
 pub mod scenario;
 #[cfg(madsim)]
+pub mod srv;
+#[cfg(madsim)]
 pub mod watch_lease;
 #[cfg(madsim)]
 pub mod workload;

@@ -68,8 +68,17 @@ pub mod subnet {
     pub const TLS_ROTATION: u8 = 43;
     pub const TLS_STARTUP_ERRORS: u8 = 44;
     pub const TLS_ALLOWED_CN: u8 = 45;
+    // DNS SRV discovery and the gateway (tests/tests/srv_discovery.rs): 127.0.50.x-59.x.
+    pub const SRV_GUIDE_NAMES: u8 = 50;
+    pub const SRV_GUIDE_IPS: u8 = 51;
+    pub const SRV_NAME_SUFFIX: u8 = 52;
+    pub const SRV_SSL: u8 = 53;
+    pub const SRV_SSL_NO_DOMAIN_SAN: u8 = 54;
+    pub const SRV_ERRORS: u8 = 55;
+    pub const SRV_GATEWAY: u8 = 56;
 }
 
+pub mod dns;
 pub mod tls;
 
 /// The guide's `--initial-cluster-token`.
