@@ -423,6 +423,11 @@ impl Mvcc {
         self.compact_rev
     }
 
+    /// How many keys exist at the current revision (etcd's `etcd_debugging_mvcc_keys_total`).
+    pub fn live_keys(&self) -> usize {
+        self.index.live_keys()
+    }
+
     /// The caller committed the write transaction holding every write applied so far: reads
     /// find those rows in the table from now on.
     pub fn committed(&mut self) {

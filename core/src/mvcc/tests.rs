@@ -111,6 +111,20 @@ impl H {
         if self.open.is_none() {
             assert_eq!(self.kv_rows(), self.m.index.event_count() as u64);
         }
+        let live = self
+            .m
+            .index
+            .iter()
+            .filter(|(_, evs)| evs.last().is_some_and(|e| !e.tombstone))
+            .count();
+        assert_eq!(self.m.live_keys(), live, "the live key count drifted");
+        if self.open.is_none() {
+            assert_eq!(
+                self.reopen().live_keys(),
+                live,
+                "a reload counts keys differently"
+            );
+        }
         for (k, evs) in self.m.index.iter() {
             assert!(!evs.is_empty());
             let old: Vec<_> = evs
