@@ -101,6 +101,12 @@ pub struct Config {
     pub lease_checkpoint: bool,
     /// `--experimental-watch-progress-notify-interval` in milliseconds (etcd: 10 min).
     pub watch_progress_notify_interval_ms: u64,
+    /// `--listen-metrics-urls`: extra listeners serving only `/metrics` and the health
+    /// endpoints (http, or https with the client TLS configuration), as etcd's serveMetrics.
+    pub listen_metrics_urls: Vec<Url>,
+    /// `--metrics extensive` (etcd's other value is the default `basic`; etcd 3.4 accepts any
+    /// other word as basic): adds the gRPC handling-time histograms.
+    pub metrics_extensive: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,6 +371,8 @@ impl Default for Config {
             auto_promote_learners: false,
             lease_checkpoint: false,
             watch_progress_notify_interval_ms: 10 * 60 * 1000,
+            listen_metrics_urls: Vec::new(),
+            metrics_extensive: false,
         }
     }
 }
@@ -401,6 +409,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_bind_urls(&self.listen_peer_urls)?;
         check_bind_urls(&self.listen_client_urls)?;
+        check_bind_urls(&self.listen_metrics_urls)?;
         if let Some(u) = self
             .initial_advertise_peer_urls
             .iter()

@@ -13,6 +13,7 @@ pub mod http;
 pub mod lease;
 pub mod log_file;
 pub mod member;
+pub mod metrics;
 pub mod mutation;
 pub mod node;
 pub mod proto;
