@@ -536,6 +536,7 @@ impl Node {
                     PeerEvent::SnapshotFileUnusable(index) => self.server.handle_snapshot_unusable(index),
                     // A sender replaced meanwhile (new URLs) reports for a peer it no longer serves.
                     PeerEvent::Active(id, sender, active) => if self.transport.is_current(id, sender) {
+                        self.shared.metrics.set_peer_active(self.shared.member_id, id, active);
                         self.server.handle_peer_active(id, active)
                     },
                     PeerEvent::Removed if crate::mutation::active("ignore-removal") => {}

@@ -376,11 +376,6 @@ impl PeerSender {
     fn set_active(&mut self, active: bool) {
         if self.active != active {
             self.active = active;
-            if let Some(shared) = self.shared.get() {
-                shared
-                    .metrics
-                    .set_peer_active(self.member_id, self.peer_id, active);
-            }
             let _ = self
                 .events
                 .send(PeerEvent::Active(self.peer_id, self.number, active));

@@ -65,6 +65,10 @@ pub mod subnet {
     pub const TLS_ROTATION: u8 = 43;
     pub const TLS_STARTUP_ERRORS: u8 = 44;
     pub const TLS_ALLOWED_CN: u8 = 45;
+    // Metrics and health (tests/tests/metrics_health.rs): 127.0.60.x-127.0.69.x.
+    pub const METRICS_CLUSTER: u8 = 60;
+    pub const METRICS_HEALTH_ENDPOINTS: u8 = 61;
+    pub const METRICS_TLS: u8 = 62;
 }
 
 pub mod tls;
