@@ -78,6 +78,10 @@ pub struct Metrics {
     watch_stream_total: IntGauge,
     watcher_total: IntGauge,
     slow_watcher_total: IntGauge,
+    /// Put and DeleteRange operations applied (etcd exports each under both names in 3.4).
+    put_total: [IntCounter; 2],
+    delete_total: [IntCounter; 2],
+    total_put_size: IntGauge,
 
     // rafthttp/metrics.go
     /// Bytes of raft messages (and snapshot chunks) sent to each peer, `To` its ID.
@@ -421,6 +425,28 @@ impl Metrics {
                 "slow_watcher_total",
                 "Total number of unsynced slow watchers.",
             ),
+            put_total: ["etcd", "etcd_debugging"].map(|ns| {
+                counter(
+                    ns,
+                    "mvcc",
+                    "put_total",
+                    "Total number of puts seen by this member.",
+                )
+            }),
+            delete_total: ["etcd", "etcd_debugging"].map(|ns| {
+                counter(
+                    ns,
+                    "mvcc",
+                    "delete_total",
+                    "Total number of deletes seen by this member.",
+                )
+            }),
+            total_put_size: gauge(
+                "etcd_debugging",
+                "mvcc",
+                "total_put_size_in_bytes",
+                "The total size of put kv pairs seen by this member.",
+            ),
             peer_sent_bytes: counter_vec(
                 "etcd",
                 "network",
@@ -468,10 +494,22 @@ impl Metrics {
         self.proposals_applied.set(st.applied as i64);
         self.proposals_pending.set(st.proposals_pending as i64);
         bump(&self.proposals_failed, st.proposals_failed);
-        let (keys, rev, compact) = {
+        let (keys, rev, compact, ops) = {
             let m = shared.mvcc.read().unwrap_or_else(|e| e.into_inner());
-            (m.live_keys(), m.current_revision(), m.compact_revision())
+            (
+                m.live_keys(),
+                m.current_revision(),
+                m.compact_revision(),
+                m.op_counts(),
+            )
         };
+        for c in &self.put_total {
+            bump(c, ops.puts);
+        }
+        for c in &self.delete_total {
+            bump(c, ops.deletes);
+        }
+        self.total_put_size.set(ops.put_bytes as i64);
         self.keys_total.set(keys as i64);
         self.current_revision.set(rev);
         self.compact_revision.set(compact);

@@ -68,7 +68,7 @@ pub mod subnet {
     // Metrics and health (tests/tests/metrics_health.rs): 127.0.60.x-127.0.69.x.
     pub const METRICS_CLUSTER: u8 = 60;
     pub const METRICS_HEALTH_ENDPOINTS: u8 = 61;
-    pub const METRICS_TLS: u8 = 62;
+    pub const METRICS_ETCD_E2E: u8 = 62;
 }
 
 pub mod tls;

@@ -254,6 +254,32 @@ fn empty_store_is_at_revision_one() {
 }
 
 #[test]
+fn writes_are_counted_for_metrics_as_etcd_counts_them() {
+    let mut h = H::new();
+    h.put_kv("a", "12");
+    h.put_kv("bb", "3");
+    // A DeleteRange counts once, whatever it deletes (nothing, here too).
+    h.del(del("a", "z")).unwrap();
+    h.del(del("nothing", "")).unwrap();
+    // A txn's taken branch: one put and one delete.
+    h.txn(TxnRequest {
+        success: vec![op_put("c", "v"), op_del("d", ""), op_range("a", "")],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        h.m.op_counts(),
+        OpCounts {
+            puts: 3,
+            deletes: 3,
+            put_bytes: 3 + 3 + 2
+        }
+    );
+    assert_eq!(h.m.live_keys(), 1);
+    h.check_invariants();
+}
+
+#[test]
 fn put_maintains_revisions_and_versions() {
     let mut h = H::new();
     let r = h.put_kv("a", "1");
