@@ -53,6 +53,8 @@ pub struct Metrics {
     proposals_applied: IntGauge,
     proposals_pending: IntGauge,
     proposals_failed: IntCounter,
+    /// ReadIndex requests sent again, unanswered in time or lost to a leader change.
+    slow_read_indexes: IntCounter,
     /// Raft driver steps that applied entries and took longer than 100 ms (etcd's
     /// warnApplyDuration); see the README on how this differs from etcd's per-request count.
     pub slow_applies: IntCounter,
@@ -72,6 +74,8 @@ pub struct Metrics {
 
     // mvcc/metrics.go (set when scraped)
     db_total_size: IntGauge,
+    /// 3.4 exports the data file's size under this name too.
+    db_total_size_debugging: IntGauge,
     keys_total: IntGauge,
     current_revision: IntGauge,
     compact_revision: IntGauge,
@@ -103,6 +107,10 @@ pub struct GrpcMetrics {
     pub msg_sent: IntCounterVec,
     /// Only with `--metrics extensive`.
     pub handling_seconds: Option<HistogramVec>,
+    /// etcd's own (v3rpc/metrics.go, counted in its codec): the bytes of the gRPC messages
+    /// received from and sent to clients.
+    pub received_bytes: IntCounter,
+    pub sent_bytes: IntCounter,
 }
 
 /// gRPC's status codes by number, with the names go-grpc-prometheus puts in `grpc_code`.
@@ -325,6 +333,12 @@ impl Metrics {
                 "proposals_failed_total",
                 "The total number of failed proposals seen.",
             ),
+            slow_read_indexes: counter(
+                "etcd",
+                "server",
+                "slow_read_indexes_total",
+                "The total number of pending read indexes not in sync with leader's or timed out read index requests.",
+            ),
             slow_applies: counter(
                 "etcd",
                 "server",
@@ -385,6 +399,12 @@ impl Metrics {
             ),
             db_total_size: gauge(
                 "etcd",
+                "mvcc",
+                "db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes.",
+            ),
+            db_total_size_debugging: gauge(
+                "etcd_debugging",
                 "mvcc",
                 "db_total_size_in_bytes",
                 "Total size of the underlying database physically allocated in bytes.",
@@ -494,6 +514,7 @@ impl Metrics {
         self.proposals_applied.set(st.applied as i64);
         self.proposals_pending.set(st.proposals_pending as i64);
         bump(&self.proposals_failed, st.proposals_failed);
+        bump(&self.slow_read_indexes, st.read_retries);
         let (keys, rev, compact, ops) = {
             let m = shared.mvcc.read().unwrap_or_else(|e| e.into_inner());
             (
@@ -517,7 +538,9 @@ impl Metrics {
         self.watch_stream_total.set(streams as i64);
         self.watcher_total.set(watchers as i64);
         self.slow_watcher_total.set(unsynced as i64);
-        self.db_total_size.set((self.db_size)() as i64);
+        let db_size = (self.db_size)() as i64;
+        self.db_total_size.set(db_size);
+        self.db_total_size_debugging.set(db_size);
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_default()
@@ -565,7 +588,21 @@ impl GrpcMetrics {
             )
         };
         const CALL: &[&str] = &["grpc_method", "grpc_service", "grpc_type"];
+        let bytes = |name: &str, help: &str| {
+            reg(
+                r,
+                IntCounter::with_opts(opts("etcd", "network", name, help)).expect("counter"),
+            )
+        };
         let m = GrpcMetrics {
+            received_bytes: bytes(
+                "client_grpc_received_bytes_total",
+                "The total number of bytes received from grpc clients.",
+            ),
+            sent_bytes: bytes(
+                "client_grpc_sent_bytes_total",
+                "The total number of bytes sent to grpc clients.",
+            ),
             started: vec(
                 "grpc_server_started_total",
                 "Total number of RPCs started on the server.",
@@ -729,11 +766,19 @@ mod grpc_layer {
             }
         }
 
-        fn messages(&self, sent: bool, n: u64) {
+        fn messages(&self, sent: bool, n: u64, bytes: u64) {
+            let g = &self.metrics.grpc;
+            if bytes > 0 {
+                let c = if sent {
+                    &g.sent_bytes
+                } else {
+                    &g.received_bytes
+                };
+                c.inc_by(bytes);
+            }
             if n == 0 {
                 return;
             }
-            let g = &self.metrics.grpc;
             let c = if sent { &g.msg_sent } else { &g.msg_received };
             c.with_label_values(&self.labels()).inc_by(n);
         }
@@ -750,29 +795,30 @@ mod grpc_layer {
     }
 
     impl FrameCounter {
-        /// Feeds a data frame; returns how many messages it completed.
-        fn feed(&mut self, mut data: &[u8]) -> u64 {
-            let mut done = 0;
+        /// Feeds a data frame; returns how many messages it completed, and the length of the
+        /// messages whose prefix it read (etcd's codec counts message bytes).
+        fn feed(&mut self, mut data: &[u8]) -> (u64, u64) {
+            let (mut done, mut bytes) = (0, 0);
             loop {
                 if self.remaining > 0 {
                     let n = (self.remaining as usize).min(data.len());
                     data = &data[n..];
                     self.remaining -= n as u64;
                     if self.remaining > 0 {
-                        return done;
+                        return (done, bytes);
                     }
                     done += 1;
                     continue;
                 }
                 if data.is_empty() {
-                    return done;
+                    return (done, bytes);
                 }
                 let n = (5 - self.header_len).min(data.len());
                 self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
                 self.header_len += n;
                 data = &data[n..];
                 if self.header_len < 5 {
-                    return done;
+                    return (done, bytes);
                 }
                 self.header_len = 0;
                 let len = u32::from_be_bytes([
@@ -781,6 +827,7 @@ mod grpc_layer {
                     self.header[3],
                     self.header[4],
                 ]);
+                bytes += u64::from(len);
                 if len == 0 {
                     done += 1;
                 } else {
@@ -812,8 +859,8 @@ mod grpc_layer {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(data) = frame.data_ref() {
-                        let n = this.frames.feed(data);
-                        this.call.messages(this.sent, n);
+                        let (n, bytes) = this.frames.feed(data);
+                        this.call.messages(this.sent, n, bytes);
                     } else if let Some(trailers) = frame.trailers_ref() {
                         if this.sent {
                             let code = trailers
@@ -864,12 +911,15 @@ mod grpc_layer {
             let mut all = msg(3);
             all.extend(msg(0));
             all.extend(msg(10));
-            assert_eq!(c.feed(&all), 3);
+            assert_eq!(c.feed(&all), (3, 13));
             // Split anywhere, byte by byte: the same count.
             let mut c = FrameCounter::default();
-            let n: u64 = all.iter().map(|b| c.feed(std::slice::from_ref(b))).sum();
-            assert_eq!(n, 3);
-            assert_eq!(c.feed(&msg(5)[..4]), 0);
+            let (n, bytes) = all
+                .iter()
+                .map(|b| c.feed(std::slice::from_ref(b)))
+                .fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1));
+            assert_eq!((n, bytes), (3, 13));
+            assert_eq!(c.feed(&msg(5)[..4]), (0, 0));
         }
 
         #[test]

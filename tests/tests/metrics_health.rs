@@ -354,6 +354,11 @@ fn check_types(s: &Scrape) {
         ("etcd_network_peer_sent_bytes_total", "counter"),
         ("etcd_network_peer_received_bytes_total", "counter"),
         ("etcd_network_active_peers", "gauge"),
+        ("etcd_network_client_grpc_sent_bytes_total", "counter"),
+        ("etcd_network_client_grpc_received_bytes_total", "counter"),
+        ("etcd_server_slow_read_indexes_total", "counter"),
+        ("etcd_mvcc_put_total", "counter"),
+        ("etcd_mvcc_delete_total", "counter"),
         ("grpc_server_started_total", "counter"),
         ("grpc_server_handled_total", "counter"),
         ("grpc_server_msg_received_total", "counter"),
@@ -563,6 +568,23 @@ fn metrics_follow_writes_leader_changes_and_quorum_loss() {
         .unwrap()
     };
     assert_eq!(started(&after[0], "Put") - started(&before[0], "Put"), 20.0);
+    // Every member applied the 20 puts and the delete; the serving one got the messages.
+    for (s, b) in after.iter().zip(&before) {
+        assert_eq!(
+            s.get("etcd_mvcc_put_total") - b.get("etcd_mvcc_put_total"),
+            20.0
+        );
+        assert_eq!(
+            s.get("etcd_mvcc_delete_total") - b.get("etcd_mvcc_delete_total"),
+            1.0
+        );
+    }
+    assert!(
+        after[0].get("etcd_network_client_grpc_received_bytes_total")
+            - before[0].get("etcd_network_client_grpc_received_bytes_total")
+            >= 20.0 * "metrics-key-0v".len() as f64
+    );
+    assert!(after[0].get("etcd_network_client_grpc_sent_bytes_total") > 0.0);
     assert_eq!(
         started(&after[0], "DeleteRange") - started(&before[0], "DeleteRange"),
         1.0
