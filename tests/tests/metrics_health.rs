@@ -865,6 +865,55 @@ fn etcds_e2e_metrics_expectations() {
     assert_eq!(s.get("etcd_debugging_mvcc_watcher_total"), 0.0);
 }
 
+/// `https://` metrics URLs use the client TLS configuration, client certificate check
+/// included (etcd's serveMetrics); an `http://` one beside it stays plaintext.
+#[test]
+fn https_metrics_urls_use_the_client_tls_configuration() {
+    use detcd_tests::tls::{curl, Ca, ClientFiles};
+    let sn = subnet::METRICS_TLS;
+    let me = ip(sn, 0);
+    let mut c = Cluster::guide("metrics_tls", sn, 1, GUIDE_TOKEN);
+    let dir = c.dir().to_path_buf();
+    let ca = Ca::new("client CA");
+    let ca_file = ca.write(&dir, "ca.crt");
+    let server = ca.issue_to(&dir, "server", "infra0", &[&me], false);
+    let mut admin = ca.issue_to(&dir, "admin", "admin", &[], false);
+    admin.ca = Some(ca_file.clone());
+    let m = &mut c.members[0];
+    for flag in ["--listen-client-urls", "--advertise-client-urls"] {
+        detcd_tests::set_flag(&mut m.args, flag, &format!("https://{me}:2379"));
+    }
+    let text = |p: &Option<std::path::PathBuf>| p.as_ref().unwrap().display().to_string();
+    m.args.extend([
+        "--client-cert-auth".to_string(),
+        format!("--trusted-ca-file={}", ca_file.display()),
+        format!("--cert-file={}", text(&server.cert)),
+        format!("--key-file={}", text(&server.key)),
+        "--listen-metrics-urls".to_string(),
+        format!("https://{me}:{METRICS_PORT},http://{me}:2382"),
+    ]);
+    m.client_tls = Some(admin.clone());
+    c.start_all();
+    c.wait_healthy(HEALTHY_TIMEOUT);
+
+    let (code, body) = curl(&format!("https://{me}:{METRICS_PORT}/metrics"), &admin).unwrap();
+    assert_eq!(code, 200);
+    let families = parse(&body);
+    assert_eq!(families["etcd_server_has_leader"].samples[0].value, 1.0);
+    let (code, body) = curl(&format!("https://{me}:{METRICS_PORT}/health"), &admin).unwrap();
+    assert_eq!((code, body.as_str()), (200, r#"{"health":"true"}"#));
+    // Without a client certificate the handshake is refused, as on the client port.
+    let no_cert = ClientFiles {
+        ca: Some(ca_file),
+        ..Default::default()
+    };
+    let refused = curl(&format!("https://{me}:{METRICS_PORT}/metrics"), &no_cert);
+    assert!(refused.is_err(), "{refused:?}");
+    // The plaintext listener.
+    let (code, body) = http_get(&format!("{me}:2382"), "/livez", TIMEOUT).unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+}
+
 /// `etcdserver` of `/version`: the same version the metrics label.
 fn http_version(addr: &str) -> String {
     let (_, body) = http_get(addr, "/version", TIMEOUT).unwrap();
