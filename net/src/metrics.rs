@@ -87,6 +87,11 @@ pub struct Metrics {
     delete_total: [IntCounter; 2],
     total_put_size: IntGauge,
 
+    // lease/metrics.go
+    lease_granted: IntCounter,
+    lease_revoked: IntCounter,
+    lease_renewed: IntCounter,
+
     // rafthttp/metrics.go
     /// Bytes of raft messages (and snapshot chunks) sent to each peer, `To` its ID.
     pub peer_sent_bytes: IntCounterVec,
@@ -467,6 +472,24 @@ impl Metrics {
                 "total_put_size_in_bytes",
                 "The total size of put kv pairs seen by this member.",
             ),
+            lease_granted: counter(
+                "etcd_debugging",
+                "lease",
+                "granted_total",
+                "The total number of granted leases.",
+            ),
+            lease_revoked: counter(
+                "etcd_debugging",
+                "lease",
+                "revoked_total",
+                "The total number of revoked leases.",
+            ),
+            lease_renewed: counter(
+                "etcd_debugging",
+                "lease",
+                "renewed_total",
+                "The number of renewed leases seen by the leader.",
+            ),
             peer_sent_bytes: counter_vec(
                 "etcd",
                 "network",
@@ -531,6 +554,14 @@ impl Metrics {
             bump(c, ops.deletes);
         }
         self.total_put_size.set(ops.put_bytes as i64);
+        let leases = shared
+            .leases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts();
+        bump(&self.lease_granted, leases.granted);
+        bump(&self.lease_revoked, leases.revoked);
+        bump(&self.lease_renewed, leases.renewed);
         self.keys_total.set(keys as i64);
         self.current_revision.set(rev);
         self.compact_revision.set(compact);

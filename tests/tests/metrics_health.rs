@@ -359,6 +359,9 @@ fn check_types(s: &Scrape) {
         ("etcd_server_slow_read_indexes_total", "counter"),
         ("etcd_mvcc_put_total", "counter"),
         ("etcd_mvcc_delete_total", "counter"),
+        ("etcd_debugging_lease_granted_total", "counter"),
+        ("etcd_debugging_lease_revoked_total", "counter"),
+        ("etcd_debugging_lease_renewed_total", "counter"),
         ("grpc_server_started_total", "counter"),
         ("grpc_server_handled_total", "counter"),
         ("grpc_server_msg_received_total", "counter"),
@@ -600,6 +603,31 @@ fn metrics_follow_writes_leader_changes_and_quorum_loss() {
     };
     assert!(handled_sum(&after[0], true) > 0.0);
     assert_eq!(handled_sum(&after[0], false), 0.0);
+
+    // Leases: every member applies the grant and the revoke; the leader renews.
+    let grant = etcdctl_ok(&endpoint, &["lease", "grant", "60"]).stdout;
+    let id = grant
+        .split_whitespace()
+        .nth(1)
+        .expect("lease ID")
+        .to_string();
+    etcdctl_ok(&endpoint, &["lease", "keep-alive", "--once", &id]);
+    etcdctl_ok(&endpoint, &["lease", "revoke", &id]);
+    for (i, a) in addrs.iter().enumerate() {
+        let b = &after[i];
+        let s = wait_scrape(a, "the lease granted and revoked", |s| {
+            s.get("etcd_debugging_lease_revoked_total")
+                == b.get("etcd_debugging_lease_revoked_total") + 1.0
+        });
+        assert_eq!(
+            s.get("etcd_debugging_lease_granted_total")
+                - b.get("etcd_debugging_lease_granted_total"),
+            1.0
+        );
+        let renewed = s.get("etcd_debugging_lease_renewed_total")
+            - b.get("etcd_debugging_lease_renewed_total");
+        assert_eq!(renewed, if i == leader { 1.0 } else { 0.0 }, "member {i}");
+    }
 
     // The leader dies: the survivors see a new leader (etcd's HighNumberOfLeaderChanges is
     // `increase(etcd_server_leader_changes_seen_total[15m])`), and their stream to it is down.
