@@ -538,6 +538,10 @@ impl Node {
                     PeerEvent::Active(id, sender, active) => if self.transport.is_current(id, sender) {
                         self.shared.metrics.set_peer_active(self.shared.member_id, id, active);
                         self.server.handle_peer_active(id, active)
+                    } else if !active && !self.transport.has_peer(id) {
+                        // The sender of a removed member ended: no stream to it any more
+                        // (etcd's gauge drops to 0 as the peer stops).
+                        self.shared.metrics.set_peer_active(self.shared.member_id, id, false);
                     },
                     PeerEvent::Removed if crate::mutation::active("ignore-removal") => {}
                     PeerEvent::Removed => return Err(NodeError::Removed),

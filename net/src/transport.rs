@@ -282,6 +282,11 @@ impl Transport {
             .is_some_and(|q| q.sender == sender)
     }
 
+    /// Whether the transport has a sender for member `id` (it is in the member list).
+    pub fn has_peer(&self, id: u64) -> bool {
+        self.peers.lock().unwrap().contains_key(&id)
+    }
+
     /// Queues messages for their peers. A full queue means the peer is slow or gone: raft
     /// resends what matters, but a snapshot it must be told about, or it waits for that
     /// snapshot forever (the follower stays in snapshot state).

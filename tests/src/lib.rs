@@ -70,6 +70,7 @@ pub mod subnet {
     pub const METRICS_HEALTH_ENDPOINTS: u8 = 61;
     pub const METRICS_ETCD_E2E: u8 = 62;
     pub const METRICS_TLS: u8 = 63;
+    pub const METRICS_MEMBER_REMOVED: u8 = 64;
 }
 
 pub mod tls;

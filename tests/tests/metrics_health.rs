@@ -942,6 +942,44 @@ fn https_metrics_urls_use_the_client_tls_configuration() {
     assert_eq!((code, body.as_str()), (200, "ok\n"));
 }
 
+/// A removed member's stream is gone: the others' `etcd_network_active_peers` for it drops
+/// to 0 (its sender ends after the member left the member list).
+#[test]
+fn a_removed_members_peer_gauge_drops_to_zero() {
+    if !have_etcdctl() {
+        return;
+    }
+    let sn = subnet::METRICS_MEMBER_REMOVED;
+    let mut c = Cluster::start_guide(
+        "metrics_member_removed",
+        sn,
+        3,
+        GUIDE_TOKEN,
+        &["--strict-reconfig-check=false"],
+    );
+    let addr0 = c.members[0].client_addr();
+    let ids: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| server_id(&scrape_at(&m.client_addr())))
+        .collect();
+    let (me, gone) = (&ids[0], &ids[2]);
+    wait_scrape(&addr0, "the stream to infra2 up", |s| {
+        s.value(
+            "etcd_network_active_peers",
+            &[("Local", me), ("Remote", gone)],
+        ) == Some(1.0)
+    });
+    etcdctl_ok(&c.client_urls()[..1], &["member", "remove", gone]);
+    c.members[2].wait_exit(Duration::from_secs(30));
+    wait_scrape(&addr0, "the stream to the removed member down", |s| {
+        s.value(
+            "etcd_network_active_peers",
+            &[("Local", me), ("Remote", gone)],
+        ) == Some(0.0)
+    });
+}
+
 /// `etcdserver` of `/version`: the same version the metrics label.
 fn http_version(addr: &str) -> String {
     let (_, body) = http_get(addr, "/version", TIMEOUT).unwrap();
