@@ -55,6 +55,7 @@ pub struct Metrics {
     proposals_failed: IntCounter,
     /// ReadIndex requests sent again, unanswered in time or lost to a leader change.
     slow_read_indexes: IntCounter,
+    snapshot_apply_in_progress: IntGauge,
     /// Raft driver steps that applied entries and took longer than 100 ms (etcd's
     /// warnApplyDuration); see the README on how this differs from etcd's per-request count.
     pub slow_applies: IntCounter,
@@ -344,6 +345,12 @@ impl Metrics {
                 "slow_read_indexes_total",
                 "The total number of pending read indexes not in sync with leader's or timed out read index requests.",
             ),
+            snapshot_apply_in_progress: gauge(
+                "etcd",
+                "server",
+                "snapshot_apply_in_progress_total",
+                "1 if the server is applying the incoming snapshot. 0 if none.",
+            ),
             slow_applies: counter(
                 "etcd",
                 "server",
@@ -538,6 +545,8 @@ impl Metrics {
         self.proposals_pending.set(st.proposals_pending as i64);
         bump(&self.proposals_failed, st.proposals_failed);
         bump(&self.slow_read_indexes, st.read_retries);
+        self.snapshot_apply_in_progress
+            .set(i64::from(st.installing_snapshot));
         let (keys, rev, compact, ops) = {
             let m = shared.mvcc.read().unwrap_or_else(|e| e.into_inner());
             (

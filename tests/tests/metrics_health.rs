@@ -357,6 +357,7 @@ fn check_types(s: &Scrape) {
         ("etcd_network_client_grpc_sent_bytes_total", "counter"),
         ("etcd_network_client_grpc_received_bytes_total", "counter"),
         ("etcd_server_slow_read_indexes_total", "counter"),
+        ("etcd_server_snapshot_apply_in_progress_total", "gauge"),
         ("etcd_mvcc_put_total", "counter"),
         ("etcd_mvcc_delete_total", "counter"),
         ("etcd_debugging_lease_granted_total", "counter"),

@@ -289,6 +289,9 @@ pub struct Status {
     /// Client proposals that failed without an answer from the state machine (no leader,
     /// timed out, leader changed) since start: etcd's `etcd_server_proposals_failed_total`.
     pub proposals_failed: u64,
+    /// A snapshot from the leader is being installed: etcd's
+    /// `etcd_server_snapshot_apply_in_progress_total`.
+    pub installing_snapshot: bool,
 }
 
 /// Request IDs unique across members and restarts, as etcd's idutil: the member's low 16
@@ -1598,6 +1601,7 @@ impl<V: StateViews> Server<V> {
         self.status.commit = self.raw.raft.raft_log.committed;
         self.status.applied = self.state.applied();
         self.status.proposals_pending = (self.waiting.len() + self.held.len()) as u64;
+        self.status.installing_snapshot = self.installing.is_some();
     }
 }
 
