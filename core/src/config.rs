@@ -128,6 +128,12 @@ pub struct Config {
     pub snapshot_catchup_entries: u64,
     /// `--discovery-srv`, `--discovery-srv-name` and detcd's `--discovery-srv-resolver`.
     pub srv: SrvConfig,
+    /// `--listen-metrics-urls`: extra listeners serving only `/metrics` and the health
+    /// endpoints (http, or https with the client TLS configuration), as etcd's serveMetrics.
+    pub listen_metrics_urls: Vec<Url>,
+    /// `--metrics extensive` (etcd's other value is the default `basic`; etcd 3.4 accepts any
+    /// other word as basic): adds the gRPC handling-time histograms.
+    pub metrics_extensive: bool,
 }
 
 /// `--logger`.
@@ -433,6 +439,8 @@ impl Default for Config {
             max_concurrent_streams: u32::MAX,
             snapshot_catchup_entries: 5000,
             srv: SrvConfig::default(),
+            listen_metrics_urls: Vec::new(),
+            metrics_extensive: false,
         }
     }
 }
@@ -469,6 +477,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_bind_urls(&self.listen_peer_urls)?;
         check_bind_urls(&self.listen_client_urls)?;
+        check_bind_urls(&self.listen_metrics_urls)?;
         if let Some(u) = self
             .initial_advertise_peer_urls
             .iter()

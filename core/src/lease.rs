@@ -113,7 +113,28 @@ pub struct Lessor {
     /// Leases a keep-alive renewed while they had a checkpointed remainder: a checkpoint of 0
     /// is due for each.
     clear_checkpoints: BTreeSet<i64>,
+    /// What this member did since it started, for /metrics.
+    counts: LeaseCounts,
 }
+
+/// Lease operations this member carried out since it started, as etcd's lease/metrics.go
+/// counts them: grants and revokes applied (on every member), keep-alives renewed (on the
+/// leader). Not state: two lessors compare equal whatever their counts, and a restart starts
+/// from zero, as etcd's counters do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeaseCounts {
+    pub granted: u64,
+    pub revoked: u64,
+    pub renewed: u64,
+}
+
+impl PartialEq for LeaseCounts {
+    fn eq(&self, _: &LeaseCounts) -> bool {
+        true
+    }
+}
+
+impl Eq for LeaseCounts {}
 
 fn corrupt(e: impl std::fmt::Display) -> LogError {
     LogError::Corrupt(format!("lease table: {e}"))
@@ -231,6 +252,7 @@ impl Lessor {
         txn.open_table(LEASES)?
             .insert(id, rec.encode_to_vec().as_slice())?;
         self.insert(rec);
+        self.counts.granted += 1;
         if self.primary {
             let now = self.now_ms + self.resolution_ms;
             let l = self.leases.get_mut(&id).expect("just inserted");
@@ -255,6 +277,7 @@ impl Lessor {
             for k in l.keys {
                 self.key_lease.remove(&k);
             }
+            self.counts.revoked += 1;
         }
         self.clear_checkpoints.remove(&id);
         Ok(())
@@ -314,9 +337,16 @@ impl Lessor {
         Ok(l)
     }
 
-    /// Takes over the leader's clock from an installed snapshot's lessor (which has none).
+    /// Takes over the leader's clock from an installed snapshot's lessor (which has none),
+    /// and the counts of what this member did ([`Lessor::counts`]).
     pub fn keep_clock_of(&mut self, old: &Lessor) {
         self.now_ms = old.now_ms;
+        self.counts = old.counts;
+    }
+
+    /// Grants, revokes and renewals since this member started ([`LeaseCounts`]).
+    pub fn counts(&self) -> LeaseCounts {
+        self.counts
     }
 
     // ---- the leader's clock ----
@@ -367,6 +397,7 @@ impl Lessor {
             return Err(LeaseError::NotFound);
         }
         l.expiry_ms = Some(now + self.resolution_ms + l.ttl as u64 * 1000);
+        self.counts.renewed += 1;
         let clear_checkpoint = l.remaining_ttl > 0;
         if clear_checkpoint {
             self.clear_checkpoints.insert(id);
@@ -510,6 +541,30 @@ mod tests {
         assert_eq!(l.get(7).unwrap().ttl, 2);
         let txn = db.begin_write().unwrap();
         assert_eq!(l.grant(&txn, 7, 10, 2).unwrap(), Err(LeaseError::Exists));
+    }
+
+    #[test]
+    fn grants_revokes_and_renewals_are_counted_but_are_not_state() {
+        let db = db();
+        let mut l = granted(&db, &[(1, 10), (2, 10)], 2);
+        let mut other = granted(&db, &[(1, 10), (2, 10)], 2);
+        l.promote(0, None);
+        l.renew(1).unwrap();
+        l.renew(1).unwrap();
+        assert_eq!(l.renew(3), Err(LeaseError::NotFound));
+        let txn = db.begin_write().unwrap();
+        l.remove(&txn, 2).unwrap();
+        l.remove(&txn, 2).unwrap(); // gone already: not counted again
+        other.remove(&txn, 2).unwrap();
+        let c = l.counts();
+        assert_eq!((c.granted, c.revoked, c.renewed), (2, 1, 2));
+        // Only the leader renews: replicas stay equal whatever they counted.
+        other.promote(0, None);
+        assert_eq!(l, other);
+        // A snapshot install keeps the counts of the lessor it replaces.
+        let mut installed = Lessor::default();
+        installed.keep_clock_of(&l);
+        assert_eq!(installed.counts().renewed, 2);
     }
 
     #[test]

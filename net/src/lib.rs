@@ -20,6 +20,7 @@ pub mod json_api;
 pub mod lease;
 pub mod log_file;
 pub mod member;
+pub mod metrics;
 pub mod mutation;
 pub mod node;
 pub mod proto;

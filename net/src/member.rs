@@ -510,6 +510,21 @@ pub async fn run_member_with_dns(
     let heartbeat = Duration::from_millis(cfg.heartbeat_interval.max(1));
     let election_ticks = (cfg.election_timeout / cfg.heartbeat_interval.max(1)).max(2) as usize;
     let request_timeout = Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout);
+    let level = if cfg.metrics_extensive {
+        crate::metrics::Level::Extensive
+    } else {
+        crate::metrics::Level::Basic
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::new(
+        member_id,
+        level,
+        db_size.clone(),
+    ));
+    metrics.set_quota(if cfg.quota_backend_bytes < 0 {
+        0
+    } else {
+        cfg.effective_quota_backend_bytes() as u64
+    });
     let params = NodeParams {
         member_id,
         cluster_id,
@@ -533,6 +548,7 @@ pub async fn run_member_with_dns(
         lease_checkpoint: cfg.lease_checkpoint,
         pre_vote: cfg.pre_vote,
         catch_up_entries: cfg.snapshot_catchup_entries,
+        metrics,
     };
     let storage = NodeStorage {
         log,
@@ -601,6 +617,21 @@ pub async fn run_member_with_dns(
                 tracing::warn!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
             }
             if let Err(e) = serve_client(listener, api, acceptor).await {
+                let _ = errs.send(e).await;
+            }
+        });
+    }
+    for url in &cfg.listen_metrics_urls {
+        // etcd's serveMetrics: /metrics and the health endpoints, from the start (they say
+        // how the member is doing before it serves clients too); https with the client TLS.
+        let addr = listen_addr(url).await?;
+        let listener = bind(addr).await?;
+        let errs = server_err_tx.clone();
+        let acceptor = tls_for(url, &client_acceptor);
+        let app = crate::http::metrics_routes(handle.clone(), request_timeout);
+        tracing::info!(address = %url, "serving metrics and health");
+        tokio::spawn(async move {
+            if let Err(e) = serve_http(listener, app, acceptor).await {
                 let _ = errs.send(e).await;
             }
         });
@@ -855,10 +886,14 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
         .add_service(ElectionServer::new(crate::concurrency::Concurrency::new(
             api.clone(),
         )))
-        .into_axum_router();
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            api.node.shared.metrics.clone(),
+            crate::metrics::grpc_layer,
+        ));
     let http2 = api.http2;
-    let app =
-        crate::http::routes(api.node.shared.clone(), routes).merge(crate::json_api::routes(&api));
+    let app = crate::http::routes(api.node.clone(), api.request_timeout, routes)
+        .merge(crate::json_api::routes(&api));
     // Our own accept loop rather than axum::serve: each connection's bytes go through
     // h2_authority::AuthorityFix, so `--endpoints=http://host:port` etcdctl requests
     // (`:authority: http://host:port`, which h2 resets) are served as etcd serves them.
@@ -946,7 +981,7 @@ async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), Me
             addr: addr.to_string(),
             err: e.to_string(),
         })?;
-    let app = crate::http::routes(api.node.shared.clone(), axum::Router::new())
+    let app = crate::http::routes(api.node.clone(), api.request_timeout, axum::Router::new())
         .merge(crate::json_api::routes(&api));
     tokio::spawn(serve_http_simulated(http, app));
     tonic::transport::Server::builder()
@@ -969,6 +1004,72 @@ async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), Me
             addr: addr.to_string(),
             err: e.to_string(),
         })
+}
+
+/// `--listen-metrics-urls`: HTTP/1.1 and HTTP/2 (plaintext or TLS) serving only `app`.
+#[cfg(not(madsim))]
+async fn serve_http(
+    listener: Listener,
+    app: axum::Router,
+    tls: Acceptor,
+) -> Result<(), MemberError> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!("metrics listener accept error: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let builder = Builder::new(TokioExecutor::new());
+            let res = match tls {
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
+                        Ok(Err(e)) => {
+                            tracing::warn!(
+                                "rejected connection from {peer} on the metrics port: {e}"
+                            );
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!("rejected connection from {peer} on the metrics port: TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = res {
+                tracing::trace!("metrics connection: {e}");
+            }
+        });
+    }
+}
+
+/// Under madsim: HTTP/1.1 on simulated TCP (the simulated node speaks plaintext).
+#[cfg(madsim)]
+async fn serve_http(addr: Listener, app: axum::Router, _tls: Acceptor) -> Result<(), MemberError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| MemberError::Listen {
+            addr: addr.to_string(),
+            err: e.to_string(),
+        })?;
+    serve_http_simulated(listener, app).await;
+    Ok(())
 }
 
 /// HTTP/1.1 on madsim's TCP (hyper needs no executor for it).

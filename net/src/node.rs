@@ -70,6 +70,8 @@ pub struct Shared {
     pub ready: tokio::sync::watch::Sender<bool>,
     /// The watchers of this member's clients, fed by the driver after each apply.
     pub watch: crate::watch::WatchHub,
+    /// This member's `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -113,6 +115,7 @@ impl Shared {
             leases: RwLock::new(loaded.leases),
             status: Mutex::new(RaftStatus::default()),
             ready: tokio::sync::watch::Sender::new(false),
+            metrics: Arc::new(crate::metrics::Metrics::for_tests(1)),
         })
     }
 
@@ -327,6 +330,8 @@ pub struct NodeParams {
     pub pre_vote: bool,
     /// `--experimental-snapshot-catchup-entries`.
     pub catch_up_entries: u64,
+    /// This member's metrics (the disk timings and the driver's slow steps are recorded here).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// etcd's lease checkpoint interval (lease/lessor.go defaultLeaseCheckpointInterval).
@@ -452,6 +457,7 @@ impl Node {
             leases: RwLock::new(leases),
             status: Mutex::new(RaftStatus::default()),
             ready: tokio::sync::watch::Sender::new(false),
+            metrics: params.metrics.clone(),
         });
         let kv = KvState::new(db, SharedViews(shared.clone()), applied);
         let heartbeat_ms = params.heartbeat.as_millis().max(1) as u64;
@@ -502,6 +508,7 @@ impl Node {
             file: log_file,
             transport: transport.clone(),
             done: done_tx.clone(),
+            metrics: params.metrics.clone(),
         });
         let node = Node {
             server,
@@ -548,14 +555,18 @@ impl Node {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stop_at = self.removed_at.map(|t| t + REMOVED_STOP_DELAY);
+            let applied_before = self.server.status().applied;
+            // How long this turn's handling took (not its wait): a turn that applied
+            // entries and took longer than SLOW counts as a slow apply.
+            let mut step = Duration::ZERO;
             tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => {
                     return Err(NodeError::Removed);
                 }
                 Some(done) = self.disk_done.recv() => match done {
-                    DiskDone::Persisted(n) => timed("handling a log write", || self.server.handle_persisted(n))?,
-                    DiskDone::Committed(applied) => timed("handling a commit", || self.server.handle_committed(applied))?,
+                    DiskDone::Persisted(n) => timed(&mut step, "handling a log write", || self.server.handle_persisted(n))?,
+                    DiskDone::Committed(applied) => timed(&mut step, "handling a commit", || self.server.handle_committed(applied))?,
                     DiskDone::SnapshotBuilt(data) => self.server.handle_snapshot_built(data)?,
                     DiskDone::SnapshotInstalled(res) => self.server.handle_snapshot_installed(*res)?,
                     DiskDone::Defragmented(res) => self.defragmented(res)?,
@@ -567,7 +578,12 @@ impl Node {
                     PeerEvent::SnapshotFileUnusable(index) => self.server.handle_snapshot_unusable(index),
                     // A sender replaced meanwhile (new URLs) reports for a peer it no longer serves.
                     PeerEvent::Active(id, sender, active) => if self.transport.is_current(id, sender) {
+                        self.shared.metrics.set_peer_active(self.shared.member_id, id, active);
                         self.server.handle_peer_active(id, active)
+                    } else if !active && !self.transport.has_peer(id) {
+                        // The sender of a removed member ended: no stream to it any more
+                        // (etcd's gauge drops to 0 as the peer stops).
+                        self.shared.metrics.set_peer_active(self.shared.member_id, id, false);
                     },
                     PeerEvent::Removed if crate::mutation::active("ignore-removal") => {}
                     PeerEvent::Removed => return Err(NodeError::Removed),
@@ -581,9 +597,9 @@ impl Node {
                             Err(_) => break,
                         }
                     }
-                    timed("handling peer messages", || self.server.handle_messages(msgs))?;
+                    timed(&mut step, "handling peer messages", || self.server.handle_messages(msgs))?;
                 }
-                _ = ticker.tick() => timed("handling a tick", || self.server.handle_tick())?,
+                _ = ticker.tick() => timed(&mut step, "handling a tick", || self.server.handle_tick())?,
                 Some(waiter) = self.defrag_requests.recv() => {
                     if self.defragmenter.is_none() {
                         let _ = waiter.send(Err("defragmentation is not supported on this member's storage".into()));
@@ -604,7 +620,7 @@ impl Node {
                     batch.retain(|p| !p.respond.is_closed());
                     let (requests, responders): (Vec<_>, Vec<_>) =
                         batch.into_iter().map(|p| (p.request, p.respond)).unzip();
-                    let ids = timed("handling proposals", || self.server.handle_proposals(requests))?;
+                    let ids = timed(&mut step, "handling proposals", || self.server.handle_proposals(requests))?;
                     self.waiting_writes.extend(ids.into_iter().zip(responders));
                 }
                 Some((change, strict, respond)) = self.member_changes.recv() => {
@@ -623,6 +639,9 @@ impl Node {
                     self.waiting_reads.extend(ids.into_iter().zip(batch));
                 }
                 else => return Ok(()),
+            }
+            if step > SLOW && self.server.status().applied > applied_before {
+                self.shared.metrics.slow_applies.inc();
             }
             self.carry_out();
         }
@@ -651,7 +670,8 @@ impl Node {
                 }
                 Output::Commit(pending) => {
                     let done = self.disk_done_tx.clone();
-                    off_driver(move || commit_and_report(*pending, &done));
+                    let metrics = self.shared.metrics.clone();
+                    off_driver(move || commit_and_report(*pending, &done, &metrics));
                 }
                 Output::InstallSnapshot(install) => {
                     let (done, files) = (self.disk_done_tx.clone(), self.snapshot_files.clone());
@@ -749,11 +769,12 @@ fn api_error(e: RequestError) -> ApiError {
 /// at 100 ms too): on a healthy machine none is.
 const SLOW: Duration = Duration::from_millis(100);
 
-/// Runs `f`, logging it if it took longer than [`SLOW`].
-fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+/// Runs `f`, logging it if it took longer than [`SLOW`]; adds the time it took to `step`.
+fn timed<T>(step: &mut Duration, what: &str, f: impl FnOnce() -> T) -> T {
     let start = std::time::Instant::now();
     let out = f();
     let took = start.elapsed();
+    *step += took;
     if took > SLOW {
         tracing::warn!(
             took_ms = took.as_millis() as u64,
@@ -787,9 +808,16 @@ impl Node {
     }
 }
 
-fn commit_and_report(pending: PendingCommit, done: &mpsc::UnboundedSender<DiskDone>) {
+fn commit_and_report(
+    pending: PendingCommit,
+    done: &mpsc::UnboundedSender<DiskDone>,
+    metrics: &crate::metrics::Metrics,
+) {
     let PendingCommit { txn, applied } = pending;
-    let report = match timed("committing the data file", || txn.commit()) {
+    let mut took = Duration::ZERO;
+    let committed = timed(&mut took, "committing the data file", || txn.commit());
+    metrics.backend_commit.observe(took.as_secs_f64());
+    let report = match committed {
         Ok(()) => DiskDone::Committed(applied),
         Err(e) => DiskDone::Failed(format!("committing applied entries failed, stopping: {e}")),
     };
@@ -831,6 +859,7 @@ fn write_log_batch(
     file: &mut dyn LogFile,
     jobs: Vec<LogJob>,
     transport: &Transport,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Option<u64>, String> {
     let start = std::time::Instant::now();
     let (count, mut replaced) = (jobs.len(), false);
@@ -848,6 +877,7 @@ fn write_log_batch(
                 if !records.is_empty() {
                     file.append(&records)
                         .map_err(|e| format!("raft log write failed, stopping: {e}"))?;
+                    metrics.wal_write_bytes.add(records.len() as i64);
                 }
                 need_sync |= sync;
                 last = Some(number);
@@ -863,8 +893,10 @@ fn write_log_batch(
         }
     }
     if need_sync {
+        let fsync = std::time::Instant::now();
         file.sync()
             .map_err(|e| format!("raft log fsync failed, stopping: {e}"))?;
+        metrics.wal_fsync.observe(fsync.elapsed().as_secs_f64());
     }
     let took = start.elapsed();
     if took > SLOW {
@@ -886,6 +918,7 @@ struct LogWriter {
     file: Box<dyn LogFile>,
     transport: Arc<Transport>,
     done: mpsc::UnboundedSender<DiskDone>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl LogWriter {
@@ -899,7 +932,7 @@ impl LogWriter {
                 Err(_) => break,
             }
         }
-        match write_log_batch(self.file.as_mut(), batch, &self.transport) {
+        match write_log_batch(self.file.as_mut(), batch, &self.transport, &self.metrics) {
             Ok(Some(n)) => self.done.send(DiskDone::Persisted(n)).is_ok(),
             Ok(None) => true,
             Err(msg) => {

@@ -330,6 +330,11 @@ impl Transport {
             .is_some_and(|q| q.sender == sender)
     }
 
+    /// Whether the transport has a sender for member `id` (it is in the member list).
+    pub fn has_peer(&self, id: u64) -> bool {
+        self.peers.lock().unwrap().contains_key(&id)
+    }
+
     /// Queues messages for their peers. A full queue means the peer is slow or gone: raft
     /// resends what matters, but a snapshot it must be told about, or it waits for that
     /// snapshot forever (the follower stays in snapshot state).
@@ -560,8 +565,12 @@ impl PeerSender {
                             next = self.queue.try_recv().ok();
                         }
                     }
+                    let bytes: usize = batch.messages.iter().map(Vec::len).sum();
                     if !batch.messages.is_empty() && btx.send(batch).await.is_err() {
                         return false;
+                    }
+                    if let Some(shared) = self.shared.get() {
+                        shared.metrics.peer_sent(self.peer_id, bytes);
                     }
                 }
             }
@@ -582,11 +591,17 @@ impl PeerSender {
         let (to, events) = (self.peer_id, self.events.clone());
         let (cluster_id, from) = (self.cluster_id, self.member_id);
         let files = self.snapshot_files.clone();
+        let shared = self.shared.clone();
         self.snapshot_send = Some(tokio::spawn(async move {
             let index = m.get_snapshot().get_metadata().index;
             let res = send_snapshot(client, files, m, cluster_id, from).await;
             match &res {
-                Ok(bytes) => tracing::info!(peer = %format_id(to), index, bytes, "sent snapshot"),
+                Ok(bytes) => {
+                    tracing::info!(peer = %format_id(to), index, bytes, "sent snapshot");
+                    if let Some(shared) = shared.get() {
+                        shared.metrics.peer_sent(to, *bytes as usize);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(peer = %format_id(to), index, "sending snapshot failed: {}", e.why)
                 }
@@ -807,6 +822,9 @@ impl Peer for PeerService {
                 tracing::warn!(from = %format_id(batch.from), "refused peer batch: {e}");
                 Status::permission_denied(e.to_string())
             })?;
+            self.shared
+                .metrics
+                .peer_received(batch.from, batch.messages.iter().map(Vec::len).sum());
             for m in msgs {
                 if self.inbound.send(m).await.is_err() {
                     return Err(Status::unavailable("member stopped"));
@@ -854,6 +872,7 @@ impl Peer for PeerService {
         )?;
         let index = msg.get_snapshot().get_metadata().index;
         tracing::info!(from = %format_id(from), index, bytes, "received snapshot");
+        self.shared.metrics.peer_received(from, bytes as usize);
         self.inbound
             .send(msg)
             .await

@@ -136,6 +136,19 @@ impl WatchHub {
         st.streams.values().map(|s| s.watchers.len()).sum()
     }
 
+    /// For /metrics (etcd's mvcc/metrics.go gauges): (watch streams, watchers, watchers not
+    /// synced, i.e. catching up from the store: etcd's "slow watchers").
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let st = self.state.lock().unwrap();
+        let watchers = st.streams.values().map(|s| s.watchers.len()).sum();
+        let unsynced = st
+            .streams
+            .values()
+            .map(|s| s.watchers.values().filter(|w| !w.synced).count())
+            .sum();
+        (st.streams.len(), watchers, unsynced)
+    }
+
     /// Publishes applied events (revision order). Synced watchers get theirs queued at once;
     /// a watcher whose stream queue is full becomes unsynced and catches up later. Runs on
     /// the raft driver: per watcher it only checks whether any event is its, the copying is

@@ -304,6 +304,16 @@ const FLAGS: &[FlagSpec] = &[
         help: "Specify 'stdout' or 'stderr', or a comma-separated list of output targets (file paths; zap only for more than one). [default: default (stderr)]",
     },
     FlagSpec {
+        name: "listen-metrics-urls",
+        heading: "Profiling and Monitoring",
+        help: "List of URLs to listen on for the metrics and health endpoints.",
+    },
+    FlagSpec {
+        name: "metrics",
+        heading: "Profiling and Monitoring",
+        help: "Set level of detail for exported metrics, specify 'extensive' to include server side grpc histogram metrics. [default: basic]",
+    },
+    FlagSpec {
         name: "log-level",
         heading: LOGGING,
         help: "Configures log level. Only supports debug, info, warn, error, panic, or fatal. [default: info]",
@@ -971,6 +981,8 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
         Some(g) => g.invalid("log-outputs", e),
         None => CliError::Other(e),
     })?;
+    urls("listen-metrics-urls", &mut c.listen_metrics_urls)?;
+    c.metrics_extensive = given("metrics").is_some_and(|g| g.value == "extensive");
     if let Some(g) = given("experimental-watch-progress-notify-interval") {
         c.watch_progress_notify_interval_ms = parse_go_duration_ms(&g.value)
             .map_err(|e| g.invalid("experimental-watch-progress-notify-interval", e))?;
@@ -1325,9 +1337,6 @@ mod tests {
             "strict-reconfig-check",
             "trusted-ca-file",
             "wal-dir",
-        ];
-        // Owned by other work in progress: the metrics endpoint and DNS discovery.
-        const ELSEWHERE: &[&str] = &[
             "discovery-srv",
             "discovery-srv-name",
             "listen-metrics-urls",
@@ -1336,7 +1345,6 @@ mod tests {
         for f in ETCD_34_FLAGS {
             assert!(is_known_flag(f), "etcd 3.4's --{f} is not a detcd flag");
         }
-        let _ = ELSEWHERE;
         assert_eq!(code(&["--max-wals", "x"]), 2);
         assert_eq!(
             code(&["--backend-batch-interval", "10"]),
@@ -2002,6 +2010,39 @@ mod tests {
         assert_eq!(
             error(&["--client-cert-auth=maybe"], &[]),
             "invalid value \"maybe\" for flag -client-cert-auth: parse error"
+        );
+    }
+
+    #[test]
+    fn metrics_flags() {
+        let c = config(&[], &[]);
+        assert!(c.listen_metrics_urls.is_empty() && !c.metrics_extensive);
+        let c = config(
+            &[
+                "--listen-metrics-urls",
+                "http://127.0.0.1:2381,https://127.0.0.1:2382",
+                "--metrics=extensive",
+            ],
+            &[],
+        );
+        assert_eq!(
+            c.listen_metrics_urls,
+            urls("http://127.0.0.1:2381,https://127.0.0.1:2382")
+        );
+        assert!(c.metrics_extensive);
+        let c = config(
+            &[],
+            &[
+                ("ETCD_LISTEN_METRICS_URLS", "http://127.0.0.1:2381"),
+                ("ETCD_METRICS", "basic"),
+            ],
+        );
+        assert_eq!(c.listen_metrics_urls, urls("http://127.0.0.1:2381"));
+        assert!(!c.metrics_extensive);
+        // Listen URLs must be IPs, as etcd's checkBindURLs says for every listener.
+        assert!(
+            error(&["--listen-metrics-urls", "http://example.com:2381"], &[])
+                .contains("expected IP in URL for binding"),
         );
     }
 

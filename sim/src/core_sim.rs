@@ -657,7 +657,11 @@ impl CoreSim {
                 if installed.is_ok() {
                     files.remove(index); // as the executor does: the data file holds it now
                 }
-                self.with_server(i, |s| s.handle_snapshot_installed(installed));
+                self.with_server(i, |s| {
+                    // What etcd_server_snapshot_apply_in_progress_total reports.
+                    assert!(s.status().installing_snapshot, "an install in flight");
+                    s.handle_snapshot_installed(installed)
+                });
                 return;
             }
             DiskJob::BuildSnapshot(source) => {

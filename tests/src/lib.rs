@@ -76,6 +76,12 @@ pub mod subnet {
     pub const SRV_SSL_NO_DOMAIN_SAN: u8 = 54;
     pub const SRV_ERRORS: u8 = 55;
     pub const SRV_GATEWAY: u8 = 56;
+    // Metrics and health (tests/tests/metrics_health.rs): 127.0.60.x-127.0.69.x.
+    pub const METRICS_CLUSTER: u8 = 60;
+    pub const METRICS_HEALTH_ENDPOINTS: u8 = 61;
+    pub const METRICS_ETCD_E2E: u8 = 62;
+    pub const METRICS_TLS: u8 = 63;
+    pub const METRICS_MEMBER_REMOVED: u8 = 64;
 }
 
 pub mod dns;

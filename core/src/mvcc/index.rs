@@ -50,6 +50,14 @@ impl<'a> KeyRange<'a> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Index {
     keys: imbl::OrdMap<Vec<u8>, Vec<Event>>,
+    /// Keys whose last event is not a tombstone (they exist now): kept by `push` and `pop`
+    /// (a compaction never changes a key's last event, or drops a key that exists).
+    live: usize,
+}
+
+/// Whether a key with these events exists at the latest revision.
+fn exists(events: &[Event]) -> bool {
+    events.last().is_some_and(|e| !e.tombstone)
 }
 
 /// What a compaction removes: for each affected key, how many leading events go.
@@ -97,16 +105,37 @@ impl Index {
     pub fn push(&mut self, key: &[u8], ev: Event) {
         let evs = self.keys.entry(key.to_vec()).or_default();
         debug_assert!(evs.last().is_none_or(|l| l.rev < ev.rev));
+        let before = exists(evs);
         evs.push(ev);
+        self.count_change(before, !ev.tombstone);
+    }
+
+    fn count_change(&mut self, before: bool, after: bool) {
+        match (before, after) {
+            (false, true) => self.live += 1,
+            (true, false) => self.live -= 1,
+            _ => {}
+        }
+    }
+
+    /// How many keys exist at the latest revision (etcd's keysGauge).
+    pub fn live_keys(&self) -> usize {
+        self.live
     }
 
     /// Undoes the last `push` for `key`.
     pub fn pop(&mut self, key: &[u8]) {
+        let mut change = None;
         if let Some(evs) = self.keys.get_mut(key) {
+            let before = exists(evs);
             evs.pop();
+            change = Some((before, exists(evs)));
             if evs.is_empty() {
                 self.keys.remove(key);
             }
+        }
+        if let Some((before, after)) = change {
+            self.count_change(before, after);
         }
     }
 

@@ -247,6 +247,21 @@ struct WriteState {
     rows: Vec<Vec<u8>>,
     /// The changes as watch events, published on success ([`Mvcc::take_events`]).
     events: Vec<WatchEvent>,
+    /// Put and DeleteRange operations done, counted into [`Mvcc::op_counts`] on success.
+    ops: OpCounts,
+}
+
+/// Write operations this member applied since it started, as etcd's mvcc/metrics_txn.go
+/// counts them for `etcd_mvcc_put_total`, `etcd_mvcc_delete_total` and
+/// `etcd_debugging_mvcc_total_put_size_in_bytes`: every Put and DeleteRange operation
+/// applied (those inside a txn's taken branch included; a DeleteRange counts once however
+/// many keys it deletes), and the key and value bytes of the puts. Not replicated state: a
+/// restart starts again from zero, as etcd's counters do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    pub puts: u64,
+    pub deletes: u64,
+    pub put_bytes: u64,
 }
 
 impl WriteState {
@@ -337,6 +352,8 @@ pub struct Mvcc {
     current_rev: i64,
     /// -1 until the first compaction, as etcd's compactMainRev.
     compact_rev: i64,
+    /// Writes applied so far (for /metrics; not part of the state: see [`OpCounts`]).
+    ops: OpCounts,
     /// Changes of the writes applied since the caller last took them, in revision order
     /// (what Watch and the lessor learn of each write).
     events: Vec<WatchEvent>,
@@ -397,6 +414,7 @@ impl Mvcc {
             compact_rev,
             events: Vec::new(),
             stored_bytes: 0,
+            ops: OpCounts::default(),
         }
     }
 
@@ -438,6 +456,21 @@ impl Mvcc {
     /// The last compaction's revision, or -1 if there has been none.
     pub fn compact_revision(&self) -> i64 {
         self.compact_rev
+    }
+
+    /// Writes applied since start ([`OpCounts`]).
+    pub fn op_counts(&self) -> OpCounts {
+        self.ops
+    }
+
+    /// Carries the counts of the state this one replaces (a snapshot install) over.
+    pub fn keep_op_counts(&mut self, from: OpCounts) {
+        self.ops = from;
+    }
+
+    /// How many keys exist at the current revision (etcd's `etcd_debugging_mvcc_keys_total`).
+    pub fn live_keys(&self) -> usize {
+        self.index.live_keys()
     }
 
     /// The caller committed the write transaction holding every write applied so far: reads
@@ -924,6 +957,7 @@ impl Mvcc {
             undo: Vec::new(),
             rows: Vec::new(),
             events: Vec::new(),
+            ops: OpCounts::default(),
         }
     }
 
@@ -942,6 +976,9 @@ impl Mvcc {
                     self.current_rev = ws.begin + 1;
                 }
                 self.events.extend(ws.events);
+                self.ops.puts += ws.ops.puts;
+                self.ops.deletes += ws.ops.deletes;
+                self.ops.put_bytes += ws.ops.put_bytes;
                 Ok(v)
             }
             Err(e) => {
@@ -1042,6 +1079,8 @@ impl Mvcc {
             lease,
         };
         self.record(kv, ws, &new, false)?;
+        ws.ops.puts += 1;
+        ws.ops.put_bytes += (req.key.len() + req.value.len()) as u64;
         Ok(PutResponse {
             header: header(main),
             prev_kv: if req.prev_kv { prev } else { None },
@@ -1097,6 +1136,7 @@ impl Mvcc {
         } else {
             ws.begin
         };
+        ws.ops.deletes += 1;
         Ok(DeleteRangeResponse {
             header: header(rev),
             deleted,

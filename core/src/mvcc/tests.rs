@@ -111,6 +111,20 @@ impl H {
         if self.open.is_none() {
             assert_eq!(self.kv_rows(), self.m.index.event_count() as u64);
         }
+        let live = self
+            .m
+            .index
+            .iter()
+            .filter(|(_, evs)| evs.last().is_some_and(|e| !e.tombstone))
+            .count();
+        assert_eq!(self.m.live_keys(), live, "the live key count drifted");
+        if self.open.is_none() {
+            assert_eq!(
+                self.reopen().live_keys(),
+                live,
+                "a reload counts keys differently"
+            );
+        }
         for (k, evs) in self.m.index.iter() {
             assert!(!evs.is_empty());
             let old: Vec<_> = evs
@@ -237,6 +251,32 @@ fn empty_store_is_at_revision_one() {
     assert_eq!(r.count, 0);
     assert!(r.kvs.is_empty());
     assert_eq!(rev_of(&r.header), 1);
+}
+
+#[test]
+fn writes_are_counted_for_metrics_as_etcd_counts_them() {
+    let mut h = H::new();
+    h.put_kv("a", "12");
+    h.put_kv("bb", "3");
+    // A DeleteRange counts once, whatever it deletes (nothing, here too).
+    h.del(del("a", "z")).unwrap();
+    h.del(del("nothing", "")).unwrap();
+    // A txn's taken branch: one put and one delete.
+    h.txn(TxnRequest {
+        success: vec![op_put("c", "v"), op_del("d", ""), op_range("a", "")],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        h.m.op_counts(),
+        OpCounts {
+            puts: 3,
+            deletes: 3,
+            put_bytes: 3 + 3 + 2
+        }
+    );
+    assert_eq!(h.m.live_keys(), 1);
+    h.check_invariants();
 }
 
 #[test]

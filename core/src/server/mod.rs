@@ -285,6 +285,19 @@ pub struct Status {
     /// This member's name and client URLs are in the replicated member list: it serves
     /// clients as a published member (etcd's ReadyNotify).
     pub published: bool,
+    /// Times a new leader (not "none") was seen since start: etcd's
+    /// `etcd_server_leader_changes_seen_total` (etcdserver/raft.go counts a soft state whose
+    /// leader is set and differs from the last one seen, "none" included).
+    pub leader_changes: u64,
+    /// Client proposals (writes and membership changes) waiting for their entry or for a
+    /// leader: etcd's `etcd_server_proposals_pending`.
+    pub proposals_pending: u64,
+    /// Client proposals that failed without an answer from the state machine (no leader,
+    /// timed out, leader changed) since start: etcd's `etcd_server_proposals_failed_total`.
+    pub proposals_failed: u64,
+    /// A snapshot from the leader is being installed: etcd's
+    /// `etcd_server_snapshot_apply_in_progress_total`.
+    pub installing_snapshot: bool,
 }
 
 /// Request IDs unique across members and restarts, as etcd's idutil: the member's low 16
@@ -1088,6 +1101,9 @@ impl<V: StateViews> Server<V> {
     }
 
     fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+        if leader != self.status.leader && leader != 0 {
+            self.status.leader_changes += 1;
+        }
         if leader != self.status.leader {
             self.leader_epoch += 1;
             // A membership change in flight died with the leader that proposed it: say so
@@ -1101,6 +1117,7 @@ impl<V: StateViews> Server<V> {
                 .collect();
             for id in moved {
                 self.waiting.remove(&id);
+                self.status.proposals_failed += 1;
                 self.outputs.push_back(Output::Response {
                     id,
                     result: Err(RequestError::LeaderChanged),
@@ -1227,6 +1244,7 @@ impl<V: StateViews> Server<V> {
             return;
         }
         if self.held.len() >= MAX_HELD_PROPOSALS {
+            self.status.proposals_failed += 1;
             self.outputs.push_back(Output::Response {
                 id: p.id,
                 result: Err(RequestError::NoLeader),
@@ -1257,6 +1275,7 @@ impl<V: StateViews> Server<V> {
             .collect();
         for (id, w) in expired {
             self.waiting.remove(&id);
+            self.status.proposals_failed += 1;
             self.outputs.push_back(Output::Response {
                 id,
                 result: Err(RequestError::TimedOut {
@@ -1270,6 +1289,7 @@ impl<V: StateViews> Server<V> {
             .is_some_and(|p| tick - p.since_tick >= hold)
         {
             let p = self.held.pop_front().unwrap();
+            self.status.proposals_failed += 1;
             self.outputs.push_back(Output::Response {
                 id: p.id,
                 result: Err(RequestError::NoLeader),
@@ -1634,6 +1654,8 @@ impl<V: StateViews> Server<V> {
         self.status.vote = self.raw.raft.vote;
         self.status.commit = self.raw.raft.raft_log.committed;
         self.status.applied = self.state.applied();
+        self.status.proposals_pending = (self.waiting.len() + self.held.len()) as u64;
+        self.status.installing_snapshot = self.installing.is_some();
     }
 }
 

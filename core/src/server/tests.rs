@@ -133,6 +133,32 @@ fn proposals_and_reads_without_a_leader_fail_with_no_leader() {
     assert!(answers.iter().any(|a| matches!(a,
         Output::ReadReady { id, result: Err(RequestError::NoLeader) } if *id == read)));
     assert_eq!(RequestError::NoLeader.to_string(), "etcdserver: no leader");
+    // What /metrics reports: the write failed, nothing waits any more, no leader was seen.
+    let st = s.status();
+    assert_eq!(
+        (st.proposals_failed, st.proposals_pending, st.leader_changes),
+        (1, 0, 0)
+    );
+}
+
+#[test]
+fn status_counts_leader_changes_and_pending_proposals_for_metrics() {
+    let (mut s, mut file) = lone_leader();
+    assert_eq!(
+        s.status().leader_changes,
+        1,
+        "electing itself is one change"
+    );
+    s.handle_proposals(vec![put("a"), put("b")]).unwrap();
+    assert_eq!(
+        s.status().proposals_pending,
+        2,
+        "waiting for their log write"
+    );
+    run_outputs(&mut s, &mut file);
+    let st = s.status();
+    assert_eq!((st.proposals_pending, st.proposals_failed), (0, 0));
+    assert!(st.commit >= 3 && st.applied == st.commit, "{st:?}");
 }
 
 #[test]

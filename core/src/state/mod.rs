@@ -757,7 +757,11 @@ impl<V: StateViews> KvState<V> {
             mut leases,
         } = installed;
         let revision = mvcc.current_revision();
-        self.views.mvcc_mut(|m| *m = mvcc);
+        self.views.mvcc_mut(|m| {
+            let counts = m.op_counts();
+            *m = mvcc;
+            m.keep_op_counts(counts);
+        });
         self.views.members_mut(|m| *m = members);
         self.views.leases_mut(|l| {
             leases.keep_clock_of(l);
