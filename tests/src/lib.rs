@@ -61,6 +61,7 @@ pub mod subnet {
     pub const OPERATOR_FLAGS: u8 = 24;
     pub const OPERATOR_COMPACTION: u8 = 25;
     pub const QUOTA_ALARM: u8 = 26;
+    pub const KUBEADM: u8 = 27;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;

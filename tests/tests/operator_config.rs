@@ -8,11 +8,15 @@ use detcd_tests::{
 use etcd_client::{GetOptions, Txn, TxnOp};
 use std::time::Duration;
 
+/// Tests that bind 127.0.0.1 (etcd's sample config, kubeadm's command line) take turns.
+static LOCALHOST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// etcd 3.4's etcd.conf.yml.sample, byte for byte: name `default`, data dir
 /// `default.etcd` (relative to the working directory), localhost:2379/2380, `logger: zap`
 /// to stderr, `enable-v2: true`, `enable-pprof: true`, periodic auto compaction of 1 hour.
 #[test]
 fn etcds_sample_config_file_starts_detcd_unchanged() {
+    let _localhost = LOCALHOST.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = Cluster::empty("sample_config", 0);
     let sample = c.dir().join("etcd.conf.yml");
     std::fs::copy(
@@ -273,13 +277,23 @@ fn the_nospace_recipe_with_etcdctl() {
             .trim(),
         "x"
     );
-    // The alarm is in the data file: a restart keeps it.
+    // /health reports the alarm, as etcd's does.
+    let addr = c.members[i].client_addr();
+    let (code, body) = detcd_tests::http_get(&addr, "/health", Duration::from_secs(5)).unwrap();
+    assert_eq!((code, body.trim()), (503, r#"{"health":"false"}"#));
+    // The alarm is in the data file: a restart keeps it (and /health stays 503 meanwhile).
     c.members[i].kill();
     c.members[i].start();
-    c.members[i].wait_healthy(HEALTHY_TIMEOUT);
-    assert!(etcdctl_ok(&eps, &["alarm", "list"])
-        .stdout
-        .contains("alarm:NOSPACE"));
+    let deadline = Deadline::new(HEALTHY_TIMEOUT, "the restarted member to list its alarms");
+    loop {
+        let out = etcdctl(&eps, &["alarm", "list"]);
+        if out.success() {
+            assert!(out.stdout.contains("alarm:NOSPACE"), "{out:?}");
+            break;
+        }
+        deadline.check(&out);
+        deadline.pause();
+    }
 
     // The recipe.
     etcdctl_ok(&eps, &["del", "big", "--prefix"]);
@@ -348,5 +362,110 @@ fn the_nospace_recipe_with_etcdctl() {
             .stdout
             .trim(),
         "x"
+    );
+}
+
+/// The command line kubeadm (v1.31) writes into its etcd static pod manifest, unchanged but
+/// for the node's address and the file paths: client and peer TLS with client certificates,
+/// a plain-HTTP metrics listener on 127.0.0.1:2381, etcd 3.5-era flags. The API server's
+/// traffic (over TLS with a client certificate) and the kubelet's probes (`/health` and
+/// `/readyz` on the metrics port) work.
+#[test]
+fn kubeadms_etcd_command_line_starts_detcd_unchanged() {
+    if !detcd_tests::have_etcdctl() {
+        return;
+    }
+    let _localhost = LOCALHOST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = Cluster::empty("kubeadm", subnet::KUBEADM);
+    let node = ip(c.subnet, 0);
+    let pki = c.dir().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = detcd_tests::tls::Ca::new("etcd-ca");
+    let ca_file = ca.write(&pki, "ca.crt");
+    ca.issue_to(
+        &pki,
+        "server",
+        "node1",
+        &["localhost", "127.0.0.1", &node],
+        false,
+    );
+    ca.issue_to(
+        &pki,
+        "peer",
+        "node1",
+        &["localhost", "127.0.0.1", &node],
+        false,
+    );
+    let client = ca.issue_to(
+        &pki,
+        "apiserver-etcd-client",
+        "kube-apiserver-etcd-client",
+        &[],
+        false,
+    );
+    let p = |f: &str| pki.join(f).display().to_string();
+    let data_dir = c.dir().join("var-lib-etcd").display().to_string();
+    let args: Vec<String> = [
+        format!("--advertise-client-urls=https://{node}:2379"),
+        format!("--cert-file={}", p("server.crt")),
+        "--client-cert-auth=true".into(),
+        format!("--data-dir={data_dir}"),
+        "--experimental-initial-corrupt-check=true".into(),
+        "--experimental-watch-progress-notify-interval=5s".into(),
+        format!("--initial-advertise-peer-urls=https://{node}:2380"),
+        format!("--initial-cluster=node1=https://{node}:2380"),
+        format!("--key-file={}", p("server.key")),
+        format!("--listen-client-urls=https://127.0.0.1:2379,https://{node}:2379"),
+        "--listen-metrics-urls=http://127.0.0.1:2381".into(),
+        format!("--listen-peer-urls=https://{node}:2380"),
+        "--name=node1".into(),
+        format!("--peer-cert-file={}", p("peer.crt")),
+        "--peer-client-cert-auth=true".into(),
+        format!("--peer-key-file={}", p("peer.key")),
+        format!("--peer-trusted-ca-file={}", p("ca.crt")),
+        "--snapshot-count=10000".into(),
+        format!("--trusted-ca-file={}", p("ca.crt")),
+    ]
+    .into();
+    let i = c.add("node1", node.clone(), args, vec![]);
+    let files = detcd_tests::tls::ClientFiles {
+        ca: Some(ca_file),
+        ..client
+    };
+    c.members[i].client_tls = Some(files.clone());
+    c.members[i].start();
+    c.members[i].wait_healthy(HEALTHY_TIMEOUT);
+    // The API server's path: etcdctl over TLS with the client certificate.
+    let mut eps = vec![format!("https://{node}:2379")];
+    let with_tls = |args: &[&str]| -> Vec<String> {
+        files
+            .etcdctl_args()
+            .into_iter()
+            .chain(args.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let run = |eps: &[String], args: &[&str]| {
+        let a = with_tls(args);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        detcd_tests::etcdctl_ok(eps, &a)
+    };
+    run(&eps, &["put", "/registry/pods/default/p", "spec"]);
+    eps = vec!["https://127.0.0.1:2379".to_string()];
+    let got = run(
+        &eps,
+        &["get", "/registry/pods/", "--prefix", "--print-value-only"],
+    );
+    assert_eq!(got.stdout.trim(), "spec");
+    // The kubelet's probes, on the plain-HTTP metrics listener.
+    for path in ["/health", "/readyz", "/livez", "/metrics"] {
+        let (code, body) = detcd_tests::http_get("127.0.0.1:2381", path, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    // The corrupt-check flag is accepted with its warning, nothing else is.
+    let stderr = c.members[i].stderr();
+    assert!(
+        stderr.contains("--experimental-initial-corrupt-check has no effect"),
+        "{stderr}"
     );
 }
