@@ -129,3 +129,14 @@ fn watch_request_corpus() {
         },
     );
 }
+
+#[test]
+fn json_request_corpus() {
+    replay(
+        "json_request",
+        |d| {
+            checks::check_json_request(d);
+        },
+        checks::check_json_request,
+    );
+}
