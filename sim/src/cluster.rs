@@ -46,6 +46,41 @@ pub fn guide_config(members: &[(&str, &str)], i: usize, token: &str) -> Config {
 /// How a member process ended, if it did (a fatal error, or a clean return).
 pub type ExitNote = Arc<Mutex<Option<String>>>;
 
+/// Runs one incarnation of a member on its simulated disk and snapshot files, resolving names
+/// through `dns`; when it ends (or its data file cannot be opened), `exit` says how.
+pub(crate) async fn run_on_disk(
+    cfg: Config,
+    disk: SimDisk,
+    snapshots: detcd_net::snapshot_files::MemSnapshots,
+    dns: detcd_net::dns::SharedDns,
+    exit: ExitNote,
+) {
+    let db = match redb::Builder::new().create_with_backend(disk.open()) {
+        Ok(db) => db,
+        Err(e) => {
+            *exit.lock().unwrap() = Some(format!("cannot open data file: {e}"));
+            return;
+        }
+    };
+    let size_disk = disk.clone();
+    let res = detcd_net::run_member_with_dns(
+        cfg,
+        db,
+        Box::new(disk.open_log()),
+        Arc::new(move || size_disk.len()),
+        Arc::new(snapshots),
+        None,
+        dns,
+    )
+    .await;
+    let note = match res {
+        Ok(()) => "stopped".to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::info!("member exited: {note}");
+    *exit.lock().unwrap() = Some(note);
+}
+
 pub struct SimMember {
     pub name: String,
     pub ip: IpAddr,
@@ -97,29 +132,9 @@ pub fn start_member(handle: &Handle, cfg: Config, ip: IpAddr, disk: SimDisk) -> 
                 starts.fetch_add(1, Ordering::Relaxed);
                 async move {
                     *exit.lock().unwrap() = None;
-                    let db = match redb::Builder::new().create_with_backend(disk.open()) {
-                        Ok(db) => db,
-                        Err(e) => {
-                            *exit.lock().unwrap() = Some(format!("cannot open data file: {e}"));
-                            return;
-                        }
-                    };
-                    let size_disk = disk.clone();
-                    let res = detcd_net::run_member_with(
-                        cfg,
-                        db,
-                        Box::new(disk.open_log()),
-                        Arc::new(move || size_disk.len()),
-                        Arc::new(snapshots),
-                        None,
-                    )
-                    .await;
-                    let note = match res {
-                        Ok(()) => "stopped".to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    tracing::info!("member exited: {note}");
-                    *exit.lock().unwrap() = Some(note);
+                    // Under madsim a member resolves no names (NoDns), as run_member_with does.
+                    let dns = Arc::new(detcd_net::dns::NoDns);
+                    run_on_disk(cfg, disk, snapshots, dns, exit).await;
                 }
             })
             .build()

@@ -189,30 +189,7 @@ pub fn start_srv_member(cfg: Config, ip: &str, dns: SimDns) -> SrvMember {
                 let snapshots = snapshots.clone();
                 let dns = dns.clone();
                 async move {
-                    let db = match redb::Builder::new().create_with_backend(disk.open()) {
-                        Ok(db) => db,
-                        Err(e) => {
-                            *exit.lock().unwrap() = Some(format!("cannot open data file: {e}"));
-                            return;
-                        }
-                    };
-                    let size_disk = disk.clone();
-                    let res = detcd_net::run_member_with_dns(
-                        cfg,
-                        db,
-                        Box::new(disk.open_log()),
-                        Arc::new(move || size_disk.len()),
-                        Arc::new(snapshots),
-                        None,
-                        Arc::new(dns),
-                    )
-                    .await;
-                    let note = match res {
-                        Ok(()) => "stopped".to_string(),
-                        Err(e) => e.to_string(),
-                    };
-                    tracing::info!("member exited: {note}");
-                    *exit.lock().unwrap() = Some(note);
+                    crate::cluster::run_on_disk(cfg, disk, snapshots, Arc::new(dns), exit).await
                 }
             })
             .build()
