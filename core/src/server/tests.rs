@@ -17,6 +17,11 @@ fn put(key: &str) -> Request {
 
 /// Member 1 of a cluster of `voters`, on an in-memory data file and log file.
 fn server(voters: &[u64]) -> (Server<Owned>, MemFile) {
+    server_with(voters, |_| {})
+}
+
+/// [`server`] with `tweak` applied to its configuration.
+fn server_with(voters: &[u64], tweak: impl FnOnce(&mut ServerConfig)) -> (Server<Owned>, MemFile) {
     let db = redb::Builder::new()
         .create_with_backend(redb::backends::InMemoryBackend::new())
         .unwrap();
@@ -27,6 +32,7 @@ fn server(voters: &[u64]) -> (Server<Owned>, MemFile) {
     let applied = read_applied(&db).unwrap();
     let mut cfg = ServerConfig::new(1, 10, MemberAttributes::default());
     cfg.hold_ticks = 30;
+    tweak(&mut cfg);
     let state = KvState::new(Arc::new(db), views, applied);
     let logger = crate::raft_logger::raft_logger();
     (Server::new(cfg, log, state, false, &logger).unwrap(), file)
@@ -755,4 +761,26 @@ fn a_defragmentation_pauses_apply_but_not_reads() {
         applied,
         "the old file changed after the swap"
     );
+}
+
+/// `--pre-vote`: with it (the default) a member cut off from the others only pre-campaigns,
+/// so its term stays; without it each election timeout raises its term (etcd 3.4's default).
+#[test]
+fn pre_vote_keeps_an_isolated_members_term() {
+    for (pre_vote, term_moves) in [(true, false), (false, true)] {
+        let (mut s, mut file) = server_with(&[1, 2, 3], |c| c.pre_vote = pre_vote);
+        s.handle_tick().unwrap();
+        run_outputs(&mut s, &mut file);
+        let before = s.status().term;
+        for _ in 0..40 {
+            s.handle_tick().unwrap();
+            run_outputs(&mut s, &mut file);
+        }
+        assert_eq!(
+            s.status().term > before,
+            term_moves,
+            "pre_vote {pre_vote}: term {before} -> {}",
+            s.status().term
+        );
+    }
 }
