@@ -90,6 +90,8 @@ pub struct Config {
     /// `--strict-reconfig-check` (default true): refuse membership changes that could cost
     /// the quorum.
     pub strict_reconfig_check: bool,
+    /// `--enable-v2`: serve the v2 keys API (and `/new`) on the client URLs.
+    pub enable_v2: bool,
     /// `--max-learners` (etcd 3.6; default 1, 3.4's fixed limit).
     pub max_learners: u32,
     /// `--force-new-cluster`: restart from the data dir as the only member of the cluster.
@@ -423,6 +425,7 @@ impl Default for Config {
             cipher_suites: Vec::new(),
             self_signed_cert_validity: 1,
             strict_reconfig_check: true,
+            enable_v2: false,
             max_learners: 1,
             force_new_cluster: false,
             auto_promote_learners: false,

@@ -25,5 +25,6 @@ pub mod srv;
 pub mod state;
 pub mod tables;
 pub mod tls;
+pub mod v2store;
 pub mod wal;
 pub mod watch;

@@ -13,6 +13,10 @@ pub const REMOVED_MEMBERS: TableDefinition<u64, ()> = TableDefinition::new("remo
 pub const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 /// Active alarms: (member id, etcdserverpb.AlarmType) -> (), owned by `alarms`.
 pub const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
+/// The v2 keys store's nodes: cleaned path -> v2store::Node as JSON, owned by `state::v2_rows`.
+pub const V2_NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("v2_nodes");
+/// The v2 keys store's event history (the last 1000): event index -> v2store::Event as JSON.
+pub const V2_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("v2_events");
 /// MVCC key-value history, owned by `mvcc`.
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
@@ -28,4 +32,6 @@ pub mod meta_keys {
     pub const MEMBER_ID: &str = "member_id";
     /// MVCC: the revision of the last compaction (i64, 8 bytes big-endian); absent if none.
     pub const MVCC_COMPACT_REVISION: &str = "mvcc_compact_revision";
+    /// The v2 keys store's index (u64, 8 bytes big-endian); absent if it was never written.
+    pub const V2_INDEX: &str = "v2_index";
 }

@@ -52,6 +52,10 @@ pub struct Api {
     pub quota_bytes: Option<u64>,
     /// The client port's HTTP/2 settings.
     pub http2: Http2Settings,
+    /// `--enable-v2`: serve the v2 keys API and `/new`.
+    pub enable_v2: bool,
+    /// The client port speaks TLS (the scheme of the URLs `/new` hands out).
+    pub client_tls: bool,
 }
 
 /// `--max-concurrent-streams`, `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`

@@ -79,6 +79,8 @@ pub fn defragment(db: &redb::Database, path: &Path) -> Result<redb::Database, De
         tables::LEASES.name(),
         tables::ALARMS.name(),
         tables::KV.name(),
+        tables::V2_NODES.name(),
+        tables::V2_EVENTS.name(),
     ];
     let listed = from
         .list_tables()
@@ -108,6 +110,8 @@ pub fn defragment(db: &redb::Database, path: &Path) -> Result<redb::Database, De
     copy_table(&from, &to, tables::LEASES).map_err(store("copying leases"))?;
     copy_table(&from, &to, tables::ALARMS).map_err(store("copying alarms"))?;
     copy_table(&from, &to, tables::KV).map_err(store("copying kv"))?;
+    copy_table(&from, &to, tables::V2_NODES).map_err(store("copying v2_nodes"))?;
+    copy_table(&from, &to, tables::V2_EVENTS).map_err(store("copying v2_events"))?;
     to.commit()
         .map_err(|e| store("committing the copy")(e.into()))?;
     // The copy is ours alone: redb can trim the room a new file reserves for growth.

@@ -28,6 +28,7 @@ pub mod snapshot_files;
 #[cfg(not(madsim))]
 pub mod tls;
 pub mod transport;
+pub mod v2_keys;
 pub mod watch;
 
 #[cfg(not(madsim))]

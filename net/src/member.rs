@@ -578,6 +578,11 @@ pub async fn run_member_with_dns(
                 .then(|| Duration::from_millis(cfg.grpc_keepalive_interval_ms)),
             keepalive_timeout: Duration::from_millis(cfg.grpc_keepalive_timeout_ms),
         },
+        enable_v2: cfg.enable_v2,
+        client_tls: cfg
+            .listen_client_urls
+            .iter()
+            .any(|u| u.scheme.as_str() == "https"),
     };
     // A server that stops (its listener failed) stops the member.
     let (server_err_tx, mut server_err) = mpsc::channel::<MemberError>(4);
@@ -893,7 +898,8 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
         ));
     let http2 = api.http2;
     let app = crate::http::routes(api.node.clone(), api.request_timeout, routes)
-        .merge(crate::json_api::routes(&api));
+        .merge(crate::json_api::routes(&api))
+        .merge(crate::v2_keys::routes(&api));
     // Our own accept loop rather than axum::serve: each connection's bytes go through
     // h2_authority::AuthorityFix, so `--endpoints=http://host:port` etcdctl requests
     // (`:authority: http://host:port`, which h2 resets) are served as etcd serves them.
@@ -982,7 +988,8 @@ async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), Me
             err: e.to_string(),
         })?;
     let app = crate::http::routes(api.node.clone(), api.request_timeout, axum::Router::new())
-        .merge(crate::json_api::routes(&api));
+        .merge(crate::json_api::routes(&api))
+        .merge(crate::v2_keys::routes(&api));
     tokio::spawn(serve_http_simulated(http, app));
     tonic::transport::Server::builder()
         .add_service(KvServer::new(api.clone()))

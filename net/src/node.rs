@@ -72,6 +72,10 @@ pub struct Shared {
     pub watch: crate::watch::WatchHub,
     /// This member's `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The v2 keys store (its watchers are this member's waiting v2 reads).
+    pub v2: RwLock<detcd_core::v2store::V2Store>,
+    /// The channels of those waiting reads.
+    pub v2_waiters: crate::v2_keys::Waiters,
 }
 
 impl Shared {
@@ -116,6 +120,8 @@ impl Shared {
             status: Mutex::new(RaftStatus::default()),
             ready: tokio::sync::watch::Sender::new(false),
             metrics: Arc::new(crate::metrics::Metrics::for_tests(1)),
+            v2: RwLock::new(loaded.v2),
+            v2_waiters: Default::default(),
         })
     }
 
@@ -178,6 +184,12 @@ impl StateViews for SharedViews {
     }
     fn leases_mut<R>(&self, f: impl FnOnce(&mut Lessor) -> R) -> R {
         f(&mut self.0.leases.write().unwrap())
+    }
+    fn v2<R>(&self, f: impl FnOnce(&detcd_core::v2store::V2Store) -> R) -> R {
+        f(&self.0.v2.read().unwrap())
+    }
+    fn v2_mut<R>(&self, f: impl FnOnce(&mut detcd_core::v2store::V2Store) -> R) -> R {
+        f(&mut self.0.v2.write().unwrap())
     }
 }
 
@@ -441,6 +453,7 @@ impl Node {
             mvcc,
             members,
             leases,
+            v2,
         } = state::load_views(&db)?;
         let applied = state::read_applied(&db)?;
         let mut log = log;
@@ -458,6 +471,8 @@ impl Node {
             status: Mutex::new(RaftStatus::default()),
             ready: tokio::sync::watch::Sender::new(false),
             metrics: params.metrics.clone(),
+            v2: RwLock::new(v2),
+            v2_waiters: Default::default(),
         });
         let kv = KvState::new(db, SharedViews(shared.clone()), applied);
         let heartbeat_ms = params.heartbeat.as_millis().max(1) as u64;
@@ -721,6 +736,15 @@ impl Node {
                 Output::MembershipChanged(peers) => self.transport.set_peers(&peers),
                 Output::Events(events) => self.shared.watch.publish(events),
                 Output::StoreReplaced(revision) => self.shared.watch.replaced(revision),
+                Output::V2Fired(fired) => {
+                    let gone = self.shared.v2_waiters.fire(fired);
+                    if !gone.is_empty() {
+                        let mut store = self.shared.v2.write().unwrap();
+                        for id in gone {
+                            store.cancel_watch(id);
+                        }
+                    }
+                }
                 Output::Removed if crate::mutation::active("ignore-removal") => {}
                 Output::Removed => {
                     tracing::warn!(

@@ -333,6 +333,11 @@ const BOOL_FLAGS: &[FlagSpec] = &[
         help: "Reject reconfiguration requests that would cause quorum loss. [default: true]",
     },
     FlagSpec {
+        name: "enable-v2",
+        heading: CLUSTERING,
+        help: "Accept etcd V2 client requests: the v2 keys API (what etcd discovery uses) and a discovery service's /new?size=N.",
+    },
+    FlagSpec {
         name: "pre-vote",
         heading: CLUSTERING,
         help: "Enable to run an additional Raft election phase. [default: true, as etcd 3.5; etcd 3.4's was false]",
@@ -908,6 +913,7 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
         c.strict_reconfig_check = boolean("strict-reconfig-check")?;
     }
     c.force_new_cluster = boolean("force-new-cluster")?;
+    c.enable_v2 = boolean("enable-v2")?;
     if let Some(g) = given("feature-gates") {
         for (gate, on) in
             parse_feature_gates(&g.value).map_err(|e| g.invalid("feature-gates", e))?

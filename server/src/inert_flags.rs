@@ -58,7 +58,8 @@ const NOT_BBOLT: &str = "detcd's data file is redb, committed once per raft batc
                          batching and freelist settings do not apply";
 const NO_AUTH: &str = "detcd has no authentication yet (its Auth service answers \
                        Unimplemented), so there is nothing for this to tune";
-const NO_V2: &str = "detcd does not serve etcd's v2 API yet";
+const NO_V2: &str =
+    "detcd serves the v2 keys API with --enable-v2 and has no v2 store stages or v2-over-v3 mode";
 const NO_TRACING: &str = "detcd has no OpenTelemetry tracing";
 const NO_CORRUPT_CHECK: &str = "detcd does not compare its data with its peers' yet (etcd's \
                                 corruption checks); the check is skipped";
@@ -125,8 +126,6 @@ pub const INERT_FLAGS: &[InertFlag] = &[
     inert!("discovery-proxy", CLUSTERING, Text, "",
         NoEffect("etcd discovery is not built yet"),
         "HTTP proxy to use for traffic to discovery service."),
-    inert!("enable-v2", CLUSTERING, Bool, "false", NoEffect(NO_V2),
-        "Accept etcd V2 client requests. (not served yet)"),
     inert!("v2-deprecation", CLUSTERING, Choice(&["not-yet", "write-only", "write-only-drop-data", "gone"]), "not-yet",
         NoEffect(NO_V2),
         "v2store deprecation stage: 'not-yet', 'write-only', 'write-only-drop-data', 'gone'. [default: not-yet]"),

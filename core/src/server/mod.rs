@@ -51,6 +51,8 @@ pub const MAX_HELD_PROPOSALS: usize = 4096;
 pub const MAX_PENDING_READS: usize = 16384;
 /// The leader proposes at most this many lease revokes a second (etcd's leaseRevokeRate).
 const LEASE_REVOKES_PER_SECOND: u64 = 1000;
+/// How often the leader looks for due v2 TTL keys (etcd's SyncTicker, 500 ms).
+const V2_SYNC_MS: u64 = 500;
 /// Leases checkpointed in one proposal at most (etcd's maxLeaseCheckpointBatchSize).
 const MAX_LEASE_CHECKPOINTS: usize = 1000;
 /// Readies handled per input at most (each drains raft's queues, so this is rarely reached).
@@ -164,6 +166,9 @@ pub enum Output {
     /// A snapshot from the leader replaced the state machine, now at this store revision:
     /// its changes have no events, so every watcher catches up from the store.
     StoreReplaced(i64),
+    /// v2 keys watchers (waiting reads registered with `V2Store::watch` on this member)
+    /// fired by the writes just applied, each with its event.
+    V2Fired(Vec<(u64, crate::v2store::Event)>),
 }
 
 /// Deliberate bugs for proving the simulators' checkers can fail. All false in production.
@@ -545,6 +550,7 @@ impl<V: StateViews> Server<V> {
         self.expire_held();
         self.retry_reads();
         self.tick_leases();
+        self.tick_v2_ttl();
         if self.cfg.auto_promote_learners
             && self.status.is_leader
             && self.tick.is_multiple_of(self.cfg.election_ticks as u64)
@@ -1372,6 +1378,30 @@ impl<V: StateViews> Server<V> {
         }
     }
 
+    /// This member's clock, Unix ms: its start time plus the ticks since (core reads no
+    /// clock). The v2 store's TTLs expire by the leader's.
+    pub fn wall_clock_ms(&self) -> u64 {
+        self.cfg.start_unix_ms + self.tick * self.cfg.tick_ms
+    }
+
+    /// etcd's v2 SYNC (etcdserver/server.go, `sync` every 500 ms while the v2 store has TTL
+    /// keys): the leader proposes its clock once a key is due, and applying it expires them.
+    fn tick_v2_ttl(&mut self) {
+        let period = (V2_SYNC_MS / self.cfg.tick_ms).max(1);
+        if !self.status.is_leader || !self.tick.is_multiple_of(period) {
+            return;
+        }
+        let now = self.wall_clock_ms();
+        let due = self.state.views().v2(|s| s.next_expiry_ms());
+        if due.is_some_and(|t| t <= now) {
+            self.propose_internal(Request::V2(crate::proto::detcdpb::V2Request {
+                method: "SYNC".into(),
+                time_ms: now,
+                ..Default::default()
+            }));
+        }
+    }
+
     /// Proposes a request of the leader's own (no client waits for it). A proposal raft
     /// drops is not retried here: the caller asks again when it is still due.
     fn propose_internal(&mut self, request: Request) {
@@ -1421,6 +1451,10 @@ impl<V: StateViews> Server<V> {
             let events = self.state.take_events();
             if !events.is_empty() {
                 self.outputs.insert(answers_from, Output::Events(events));
+            }
+            let fired = self.state.views().v2_mut(|s| s.take_fired());
+            if !fired.is_empty() {
+                self.outputs.insert(answers_from, Output::V2Fired(fired));
             }
             if self.status.removed {
                 // Make the removal durable now (raft is not driven any more, and no tick
