@@ -12,6 +12,7 @@ pub const CLUSTER_API_VERSION: &str = "3.4";
 pub mod alarms;
 pub mod bootstrap;
 pub mod config;
+pub mod discovery;
 pub mod ids;
 pub mod lease;
 pub mod membership;
