@@ -130,6 +130,8 @@ pub struct Config {
     pub snapshot_catchup_entries: u64,
     /// `--discovery-srv`, `--discovery-srv-name` and detcd's `--discovery-srv-resolver`.
     pub srv: SrvConfig,
+    /// `--discovery`, `--discovery-fallback` and `--discovery-proxy`.
+    pub discovery: DiscoveryConfig,
     /// `--listen-metrics-urls`: extra listeners serving only `/metrics` and the health
     /// endpoints (http, or https with the client TLS configuration), as etcd's serveMetrics.
     pub listen_metrics_urls: Vec<Url>,
@@ -153,6 +155,28 @@ pub enum Logger {
 pub enum AutoCompaction {
     Periodic { retention_ms: u64 },
     Revision { retention: u64 },
+}
+
+/// etcd discovery flags (see `discovery`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// `--discovery`: the discovery URL (its path is the token's directory); empty: not used.
+    pub url: String,
+    /// `--discovery-fallback proxy` (etcd 3.4's default): a member that finds the cluster
+    /// full runs as a proxy to it instead of exiting.
+    pub fallback_proxy: bool,
+    /// `--discovery-proxy`: an HTTP proxy for the discovery requests; empty: none.
+    pub proxy: String,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            url: String::new(),
+            fallback_proxy: true,
+            proxy: String::new(),
+        }
+    }
 }
 
 /// DNS SRV discovery flags (see `srv.rs`).
@@ -442,6 +466,7 @@ impl Default for Config {
             max_concurrent_streams: u32::MAX,
             snapshot_catchup_entries: 5000,
             srv: SrvConfig::default(),
+            discovery: DiscoveryConfig::default(),
             listen_metrics_urls: Vec::new(),
             metrics_extensive: false,
         }

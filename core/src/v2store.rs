@@ -312,7 +312,7 @@ impl Node {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchStart {
     /// The history already holds a matching event.
-    Ready(Event),
+    Ready(Box<Event>),
     /// Registered as watcher `id`; the answer comes from [`V2Store::take_fired`]. `index` is
     /// the store index when it started (`X-Etcd-Index`).
     Waiting { id: u64, index: u64 },
@@ -1099,7 +1099,7 @@ impl V2Store {
         };
         if let Some(mut e) = self.scan(&key, recursive, since)? {
             e.etcd_index = self.index;
-            return Ok(WatchStart::Ready(e));
+            return Ok(WatchStart::Ready(Box::new(e)));
         }
         self.next_watcher += 1;
         let id = self.next_watcher;

@@ -7,6 +7,7 @@ pub mod compactor;
 pub mod concurrency;
 #[cfg(not(madsim))]
 pub mod defrag;
+pub mod discovery;
 pub mod dns;
 pub mod errors;
 #[cfg(not(madsim))]

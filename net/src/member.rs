@@ -55,6 +55,27 @@ pub enum MemberError {
     DnsTimeout(#[from] crate::dns::DnsTimeout),
     #[error("{0}")]
     DnsSetup(#[from] crate::dns::DnsSetupError),
+    /// etcd discovery failed (etcd's `failed to join discovery cluster (..)`; a missing size
+    /// prints the guide's sentence alone). A full cluster may fall back to a proxy
+    /// ([`MemberError::is_full_discovery_cluster`]).
+    #[error("{}", discovery_failure(.0))]
+    Discovery(detcd_core::discovery::DiscoveryError),
+}
+
+fn discovery_failure(e: &detcd_core::discovery::DiscoveryError) -> String {
+    use detcd_core::discovery::DiscoveryError as E;
+    match e {
+        E::SizeNotFound { .. } | E::BadUrl { .. } => format!("error: {e}"),
+        _ => format!("failed to join discovery cluster ({e})"),
+    }
+}
+
+impl MemberError {
+    /// Discovery found `size` members registered before this one (etcd's ErrFullCluster):
+    /// with `--discovery-fallback proxy` the member runs as a proxy instead.
+    pub fn is_full_discovery_cluster(&self) -> bool {
+        matches!(self, MemberError::Discovery(e) if e.is_full_cluster())
+    }
 }
 
 /// The data file inside the data dir (etcd keeps `member/snap/db` and `member/wal` there).
@@ -200,7 +221,10 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
     if created
         && matches!(
             res,
-            Err(MemberError::Bootstrap(_) | MemberError::Srv(_) | MemberError::DnsTimeout(_))
+            Err(MemberError::Bootstrap(_)
+                | MemberError::Srv(_)
+                | MemberError::DnsTimeout(_)
+                | MemberError::Discovery(_))
         )
     {
         // A refused start leaves nothing behind: the next attempt starts as fresh as this one.
@@ -290,6 +314,52 @@ async fn srv_initial_cluster(
     Ok(lookups.hosts)
 }
 
+/// etcd discovery (`--discovery`, etcdserver's `v2discovery.JoinCluster`): registers this
+/// member under the discovery URL, waits for the others, and replaces `cfg.initial_cluster`
+/// with the cluster found; the member IDs then hash the whole discovery URL as the token, as
+/// etcd's do (etcd-facts §1).
+async fn discovery_initial_cluster(cfg: &mut Config) -> Result<(), MemberError> {
+    use detcd_core::discovery::{local_value, member_id_v2, DiscoveryError, V2Discovery};
+    let url = cfg.discovery.url.clone();
+    let id = member_id_v2(&cfg.initial_advertise_peer_urls, &url);
+    let value = local_value(&cfg.name, &cfg.initial_advertise_peer_urls);
+    let machine = V2Discovery::join(&url, id, &value).map_err(MemberError::Discovery)?;
+    let proxy = Some(cfg.discovery.proxy.as_str()).filter(|p| !p.is_empty());
+    let found = match crate::discovery::run_v2(machine, proxy).await {
+        Ok(found) => found,
+        Err(e) => {
+            let plain = matches!(
+                e,
+                DiscoveryError::SizeNotFound { .. } | DiscoveryError::BadUrl { .. }
+            );
+            if !plain && (!e.is_full_cluster() || !cfg.discovery.fallback_proxy) {
+                let line = discovery_failure(&e);
+                for log in e.etcd_exit_advice(&cfg.name, &url, &cfg.data_dir) {
+                    if log.text != line {
+                        crate::discovery::emit(&log);
+                    }
+                }
+            }
+            return Err(MemberError::Discovery(e));
+        }
+    };
+    let members = detcd_core::config::parse_initial_cluster(&found).map_err(|e| {
+        MemberError::Discovery(DiscoveryError::InvalidUrl {
+            cluster: found.clone(),
+            reason: e.to_string(),
+        })
+    })?;
+    if members.is_empty() {
+        return Err(MemberError::Discovery(DiscoveryError::BadSizeKey {
+            value: "0".into(),
+        }));
+    }
+    tracing::info!(initial_cluster = %found, "got the initial cluster from the discovery service");
+    cfg.initial_cluster = members;
+    cfg.initial_cluster_token = url;
+    Ok(())
+}
+
 /// Resolves every host name of the advertised peer URLs and the initial cluster through `dns`
 /// (for `--discovery-srv-resolver`: names the system resolver may not know).
 async fn resolve_bootstrap_hosts(
@@ -366,7 +436,23 @@ pub async fn run_member_with_dns(
         if !cfg.srv.domain.is_empty() {
             tracing::info!(discovery_srv = %cfg.srv.domain, "--discovery-srv ignored: the data dir holds a log");
         }
+        if !cfg.discovery.url.is_empty() {
+            let wal = match &cfg.wal_dir {
+                Some(dir) => dir.clone(),
+                None => Path::new(&cfg.data_dir)
+                    .join("member")
+                    .join("wal")
+                    .display()
+                    .to_string(),
+            };
+            tracing::warn!(
+                "discovery token ignored since a cluster has already been initialized. Valid log found at {wal:?}"
+            );
+        }
         None
+    } else if !cfg.discovery.url.is_empty() {
+        discovery_initial_cluster(&mut cfg).await?;
+        use_dns.then_some(resolve_bootstrap_hosts(&cfg, dns.as_ref()).await)
     } else if !cfg.srv.domain.is_empty() {
         Some(srv_initial_cluster(&mut cfg, dns.clone()).await?)
     } else if use_dns {

@@ -137,6 +137,17 @@ impl Tls {
     }
 }
 
+/// A TLS client configuration verifying servers against the system's CA certificates (what
+/// etcd's discovery client uses for an https `--discovery` URL).
+pub fn system_client_config() -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let config = ClientConfig::builder_with_provider(provider(&[]))
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| err(format!("TLS configuration: {e}")))?
+        .with_root_certificates(system_roots()?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The system's CA certificates (rustls-native-certs: `SSL_CERT_FILE`, `SSL_CERT_DIR`, else the
 /// platform's store), as Go's crypto/x509 finds them for etcd.
 fn system_roots() -> Result<RootCertStore, TlsSetupError> {

@@ -345,8 +345,10 @@ async fn propose(api: &Api, req: V2Request, no_value: bool) -> Response {
         .propose(Internal::V2(req), api.request_timeout)
         .await
     {
-        Ok(Applied::V2(Ok(e))) => event_response(api, &e, no_value),
-        Ok(Applied::V2(Err(e))) => error_response(api, &e),
+        Ok(Applied::V2(answer)) => match *answer {
+            Ok(e) => event_response(api, &e, no_value),
+            Err(e) => error_response(api, &e),
+        },
         Ok(other) => raft_error(api, format!("unexpected apply result {other:?}")),
         Err(e) => raft_error(api, e),
     }
@@ -377,7 +379,7 @@ async fn wait(api: Api, kr: KeyRequest) -> Response {
             }
             Ok(WatchStart::Ready(e)) => {
                 let index = e.etcd_index;
-                let _ = tx.try_send(e);
+                let _ = tx.try_send(*e);
                 (index, None)
             }
             Ok(WatchStart::Waiting { id, index }) => {
@@ -453,8 +455,11 @@ async fn new_token(State(api): State<Api>, uri: Uri, headers: HeaderMap) -> Resp
         .propose(Internal::V2(req), api.request_timeout)
         .await
     {
-        Ok(Applied::V2(Ok(_))) => {}
-        Ok(Applied::V2(Err(e))) => return error_response(&api, &e),
+        Ok(Applied::V2(answer)) => {
+            if let Err(e) = *answer {
+                return error_response(&api, &e);
+            }
+        }
         Ok(other) => return raft_error(&api, format!("unexpected apply result {other:?}")),
         Err(e) => return raft_error(&api, e),
     }

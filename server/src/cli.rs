@@ -246,6 +246,23 @@ const FLAGS: &[FlagSpec] = &[
         help: "Initial cluster token for the etcd cluster during bootstrap.\n\
                Specifying this can protect you from unintended cross-cluster interaction when running multiple clusters. [default: etcd-cluster]",
     },
+    // etcd discovery (see discovery_flags).
+    FlagSpec {
+        name: "discovery",
+        heading: CLUSTERING,
+        help: "Discovery URL used to bootstrap the cluster.",
+    },
+    FlagSpec {
+        name: "discovery-fallback",
+        heading: CLUSTERING,
+        help: "Expected behavior ('exit' or 'proxy') when discovery services fails.\n\
+               \"proxy\" supports v2 API only. [default: proxy]",
+    },
+    FlagSpec {
+        name: "discovery-proxy",
+        heading: CLUSTERING,
+        help: "HTTP proxy to use for traffic to discovery service.",
+    },
     // DNS SRV discovery (see srv_flags).
     FlagSpec {
         name: "discovery-srv",
@@ -994,7 +1011,45 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
             .map_err(|e| g.invalid("experimental-watch-progress-notify-interval", e))?;
     }
     srv_flags(given, &mut c)?;
+    discovery_flags(given, &mut c)?;
     Ok(c)
+}
+
+/// `--discovery`, `--discovery-fallback` and `--discovery-proxy` (etcd 3.4's v2 discovery).
+/// As etcd: the default `--initial-cluster` is dropped when `--discovery` is set, and an
+/// explicit one (or `--discovery-srv`) alongside it is an error (exit 1); so is joining an
+/// existing cluster with a discovery URL (etcdserver's ErrDiscoveryURLSet... wording from
+/// embed/config.go).
+fn discovery_flags(given: &dyn Fn(&str) -> Option<Given>, c: &mut Config) -> Result<(), CliError> {
+    if let Some(g) = given("discovery-fallback") {
+        c.discovery.fallback_proxy = match g.value.as_str() {
+            "proxy" => true,
+            "exit" => false,
+            other => {
+                return Err(g.invalid(
+                    "discovery-fallback",
+                    format!("valid values are 'exit' or 'proxy', not {other:?}"),
+                ))
+            }
+        };
+    }
+    c.discovery.proxy = given("discovery-proxy")
+        .map(|g| g.value)
+        .unwrap_or_default();
+    c.discovery.url = given("discovery").map(|g| g.value).unwrap_or_default();
+    if c.discovery.url.is_empty() {
+        return Ok(());
+    }
+    if given("initial-cluster").is_some() || given("discovery-srv").is_some() {
+        return Err(CliError::Other(CONFLICT_BOOTSTRAP_FLAGS.to_string()));
+    }
+    if c.initial_cluster_state == detcd_core::config::ClusterState::Existing {
+        return Err(CliError::Other(
+            "discovery URL should not be set when joining existing initial cluster".into(),
+        ));
+    }
+    c.initial_cluster.clear();
+    Ok(())
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`, as etcd parses them
@@ -1259,7 +1314,8 @@ mod tests {
         .unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         let (_, warnings) = run(&["--enable-v2", "--max-wals", "0"], &[]).unwrap();
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(config(&["--enable-v2"], &[]).enable_v2);
     }
 
     /// Every etcd 3.4 server flag (`etcd --help` of 3.4.23) is one detcd takes, and the
@@ -1383,8 +1439,48 @@ mod tests {
             "--peer-crl-file=/p.crl is not supported: certificate revocation lists are not checked yet; starting without would admit revoked peer certificates"
         );
         assert!(error(&["--proxy", "on"], &[]).starts_with("--proxy=on is not supported"));
-        assert!(error(&["--discovery", "https://discovery.etcd.io/x"], &[])
-            .starts_with("--discovery=https://discovery.etcd.io/x is not supported"));
+        assert_eq!(
+            error(
+                &[
+                    "--discovery",
+                    "https://discovery.etcd.io/x",
+                    "--initial-cluster",
+                    "a=http://h:2380"
+                ],
+                &[]
+            ),
+            CONFLICT_BOOTSTRAP_FLAGS
+        );
+        assert_eq!(
+            error(
+                &[
+                    "--discovery",
+                    "https://d/x",
+                    "--initial-cluster-state",
+                    "existing"
+                ],
+                &[]
+            ),
+            "discovery URL should not be set when joining existing initial cluster"
+        );
+        let c = config(
+            &[
+                "--discovery",
+                "https://discovery.etcd.io/x",
+                "--discovery-fallback",
+                "exit",
+                "--discovery-proxy",
+                "http://proxy:3128",
+            ],
+            &[],
+        );
+        assert!(
+            c.initial_cluster.is_empty(),
+            "the default --initial-cluster is dropped"
+        );
+        assert_eq!(c.discovery.url, "https://discovery.etcd.io/x");
+        assert!(!c.discovery.fallback_proxy);
+        assert_eq!(c.discovery.proxy, "http://proxy:3128");
         assert_eq!(
             code(&["--tls-min-version", "TLS1.2"]),
             0,
@@ -1524,11 +1620,12 @@ mod tests {
                 retention_ms: 3_600_000
             })
         );
-        // enable-v2 and enable-pprof are set to true in the sample: warnings, not a refusal.
+        // enable-v2 is set to true in the sample; enable-pprof too: a warning, not a refusal.
+        assert!(c.enable_v2);
         assert!(
             warnings
                 .iter()
-                .any(|w| w.starts_with("--enable-v2 has no effect")),
+                .any(|w| w.starts_with("--enable-pprof has no effect")),
             "{warnings:?}"
         );
         assert!(

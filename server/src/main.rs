@@ -48,12 +48,23 @@ async fn main() -> ExitCode {
             for w in warnings {
                 tracing::warn!("{w}");
             }
+            let fallback = config.discovery.fallback_proxy.then(|| config.clone());
             match detcd_net::run_member(config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 // etcd stops a removed member and exits 0 (etcdmain: `<-stopped`, Exit(0)).
                 Err(detcd_net::MemberError::Node(detcd_net::node::NodeError::Removed)) => {
                     tracing::warn!("the data-dir used by this member must be removed");
                     ExitCode::SUCCESS
+                }
+                Err(e) if e.is_full_discovery_cluster() && fallback.is_some() => {
+                    let cfg = fallback.expect("checked");
+                    match detcd_net::discovery::run_fallback_proxy(cfg).await {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(p) => {
+                            eprintln!("detcd: {e}; {p}");
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
                 Err(e) => {
                     eprintln!("detcd: {e}");

@@ -600,7 +600,7 @@ impl CoreSim {
                 // membership changes: the member list never changes here.
                 Output::MembershipChanged(_) => {}
                 // Watch is the executor's; the madsim suite checks it end to end.
-                Output::Events(_) | Output::StoreReplaced(_) => {}
+                Output::Events(_) | Output::StoreReplaced(_) | Output::V2Fired(_) => {}
                 Output::Removed => {
                     self.fatal = Some(format!("member {i} was removed, but no change was asked"))
                 }

@@ -62,6 +62,11 @@ pub mod subnet {
     pub const OPERATOR_COMPACTION: u8 = 25;
     pub const QUOTA_ALARM: u8 = 26;
     pub const KUBEADM: u8 = 27;
+    pub const DISCOVERY_NEW: u8 = 28;
+    pub const DISCOVERY_ETCD_MEMBERS: u8 = 29;
+    pub const DISCOVERY_ETCD_HOST: u8 = 30;
+    pub const DISCOVERY_ERRORS: u8 = 31;
+    pub const DISCOVERY_HOST_CLUSTER: u8 = 32;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;
@@ -227,6 +232,8 @@ pub struct Member {
     pub client_tls: Option<tls::ClientFiles>,
     /// The process's working directory (default: the test's).
     pub cwd: Option<PathBuf>,
+    /// The binary to run instead of detcd (a real etcd, for interop tests).
+    pub bin: Option<PathBuf>,
 }
 
 impl Member {
@@ -250,6 +257,7 @@ impl Member {
             last_exit: None,
             client_tls: None,
             cwd: None,
+            bin: None,
         }
     }
 
@@ -275,7 +283,7 @@ impl Member {
         assert!(self.child.is_none(), "{} is already running", self.name);
         self.check_ports_free();
         self.starts += 1;
-        let bin = detcd_bin();
+        let bin = self.bin.clone().unwrap_or_else(detcd_bin);
         let banner = format!(
             "===== start #{} of {}: {}{} {}\n",
             self.starts,
@@ -614,6 +622,18 @@ impl Drop for Cluster {
 /// A minimal HTTP/1.1 GET (`Connection: close`): returns the status code and the body
 /// (de-chunked if needed).
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, None, timeout)
+}
+
+/// A minimal HTTP/1.1 request (`Connection: close`) with an optional form body
+/// (`application/x-www-form-urlencoded`, as `curl -d` sends): the status code and the body.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    form: Option<&str>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Error, ErrorKind};
     let sock: SocketAddr = addr
         .parse()
@@ -621,10 +641,18 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u
     let mut s = TcpStream::connect_timeout(&sock, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    )?;
+    match form {
+        None => write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        )?,
+        Some(body) => write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?,
+    }
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let split = raw
@@ -699,6 +727,31 @@ pub fn have_etcdctl() -> bool {
         panic!("etcdctl is not installed, and CI=true requires it (apt-get install etcd-client)");
     }
     println!("skipped: etcdctl not installed (apt-get install etcd-client)");
+    false
+}
+
+/// The real etcd server (Debian's `etcd-server`, etcd 3.4) for interop tests:
+/// `$DETCD_ETCD` if set, else `etcd` from PATH.
+pub fn etcd_server_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("DETCD_ETCD").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("etcd"))
+        .find(|p| p.is_file())
+}
+
+/// Whether a test that runs a real etcd can run: with `CI=true` a missing etcd fails the
+/// test; elsewhere it prints the skip notice and returns false.
+pub fn have_etcd_server() -> bool {
+    if etcd_server_path().is_some() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("etcd is not installed, and CI=true requires it (apt-get install etcd-server)");
+    }
+    println!("skipped: etcd not installed (apt-get install etcd-server)");
     false
 }
 

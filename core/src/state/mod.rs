@@ -52,7 +52,7 @@ pub enum Applied {
     /// A member published its name and client URLs.
     Attributes,
     /// A v2 keys request: its event, or the v2 error that is the client's answer.
-    V2(Result<crate::v2store::Event, crate::v2store::V2Error>),
+    V2(Box<Result<crate::v2store::Event, crate::v2store::V2Error>>),
     /// A membership change applied at this raft index.
     MemberChanged {
         index: u64,
@@ -535,7 +535,7 @@ impl<V: StateViews> KvState<V> {
                         Fatal::new(&format!("entry {index}: storing the v2 store"), e)
                     })?;
                 }
-                Ok(Applied::V2(answer))
+                Ok(Applied::V2(Box::new(answer)))
             }
             Some(Request::MemberUpdate(_)) => {
                 return Err(Fatal(format!(
@@ -1027,7 +1027,7 @@ mod tests {
     fn the_v2_store_survives_restarts_and_snapshots() {
         let mut leader = new_state();
         let answer = leader.apply(1, &v2_put("/tok/_config/size", "3")).unwrap();
-        assert!(matches!(answer, Ok(Applied::V2(Ok(_)))));
+        assert!(matches!(answer, Ok(Applied::V2(ref a)) if a.is_ok()));
         leader
             .apply(2, &v2_put("/tok/abc", "n=u"))
             .unwrap()
