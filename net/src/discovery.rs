@@ -263,7 +263,9 @@ where
 /// instead of joining. etcd 3.4 runs its v2 HTTP proxy there; detcd runs its gateway (an L4
 /// proxy with failover, so v3 gRPC passes through too) on each `--listen-client-urls`
 /// address, to the client URLs the discovered members publish (asked over detcd's peer
-/// protocol, else etcd's `GET <peer URL>/members`). Runs until a listener fails.
+/// protocol, else etcd's `GET <peer URL>/members`). Runs until a listener fails. (Not in the
+/// simulator, which has no gateway.)
+#[cfg(not(madsim))]
 pub async fn run_fallback_proxy(cfg: detcd_core::config::Config) -> Result<(), String> {
     tracing::info!("discovery cluster full, falling back to proxy");
     let machine = V2Discovery::get_cluster(&cfg.discovery.url).map_err(|e| e.to_string())?;
@@ -307,25 +309,17 @@ pub async fn run_fallback_proxy(cfg: detcd_core::config::Config) -> Result<(), S
 }
 
 /// The client URLs the members at `peer_urls` publish.
+#[cfg(not(madsim))]
 async fn cluster_client_urls(
     cfg: &detcd_core::config::Config,
     peer_urls: &[String],
 ) -> Vec<String> {
     let mut urls: Vec<String> = Vec::new();
     if let Ok(plan) = detcd_core::tls::plan(cfg) {
-        #[cfg(not(madsim))]
         let tls = crate::transport::PeerDialTls {
             config: crate::tls::Tls::setup(&plan).ok().map(|t| t.peer_dial),
             dns: None,
             server_name: None,
-        };
-        #[cfg(madsim)]
-        let tls = {
-            let _ = plan;
-            crate::transport::PeerDialTls {
-                dns: None,
-                server_name: None,
-            }
         };
         for c in crate::transport::fetch_remote_clusters(peer_urls, &tls).await {
             for m in c.members {
