@@ -130,7 +130,8 @@ pub struct Config {
     pub snapshot_catchup_entries: u64,
     /// `--discovery-srv`, `--discovery-srv-name` and detcd's `--discovery-srv-resolver`.
     pub srv: SrvConfig,
-    /// `--discovery`, `--discovery-fallback` and `--discovery-proxy`.
+    /// `--discovery`, `--discovery-fallback`, `--discovery-proxy` and etcd 3.6's v3 discovery
+    /// flags (`--discovery-token`, `--discovery-endpoints`, ...).
     pub discovery: DiscoveryConfig,
     /// `--listen-metrics-urls`: extra listeners serving only `/metrics` and the health
     /// endpoints (http, or https with the client TLS configuration), as etcd's serveMetrics.
@@ -167,6 +168,8 @@ pub struct DiscoveryConfig {
     pub fallback_proxy: bool,
     /// `--discovery-proxy`: an HTTP proxy for the discovery requests; empty: none.
     pub proxy: String,
+    /// etcd 3.6's v3 discovery (`--discovery-token`, `--discovery-endpoints`, ...).
+    pub v3: V3DiscoveryConfig,
 }
 
 impl Default for DiscoveryConfig {
@@ -175,7 +178,73 @@ impl Default for DiscoveryConfig {
             url: String::new(),
             fallback_proxy: true,
             proxy: String::new(),
+            v3: V3DiscoveryConfig::default(),
         }
+    }
+}
+
+/// etcd 3.6's v3 discovery flags (embed/config.go `DiscoveryCfg`, a clientv3 `ConfigSpec`
+/// and the token): the member registers under `token` in the etcd cluster at `endpoints`
+/// through the v3 API (see `discovery::v3`). Defaults are etcd 3.6's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct V3DiscoveryConfig {
+    /// `--discovery-token`: the token of the cluster being bootstrapped (also its
+    /// `--initial-cluster-token`, so it seeds the member and cluster IDs).
+    pub token: String,
+    /// `--discovery-endpoints`: the discovery service's gRPC endpoints (`host:port`, or a URL
+    /// with `http`/`https`), sorted with duplicates dropped as etcd's flag type keeps them;
+    /// empty: v3 discovery is not used.
+    pub endpoints: Vec<String>,
+    /// `--discovery-dial-timeout` (2 s).
+    pub dial_timeout_ms: u64,
+    /// `--discovery-request-timeout` (5 s): the deadline of each request.
+    pub request_timeout_ms: u64,
+    /// `--discovery-keepalive-time` (2 s): HTTP/2 pings this often (0: none).
+    pub keepalive_time_ms: u64,
+    /// `--discovery-keepalive-timeout` (6 s): a ping unanswered this long drops the connection.
+    pub keepalive_timeout_ms: u64,
+    /// `--discovery-insecure-transport` (true): endpoints without a scheme are dialed in
+    /// plaintext unless a certificate flag or `--discovery-insecure-skip-tls-verify` is set.
+    pub insecure_transport: bool,
+    /// `--discovery-insecure-skip-tls-verify` (false).
+    pub insecure_skip_tls_verify: bool,
+    /// `--discovery-cert`: the client certificate presented to the discovery service.
+    pub cert_file: String,
+    /// `--discovery-key`: its key.
+    pub key_file: String,
+    /// `--discovery-cacert`: the CA bundle that verifies the discovery service (empty: the
+    /// system's CA certificates).
+    pub cacert_file: String,
+    /// `--discovery-user` (`username[:password]`).
+    pub user: String,
+    /// `--discovery-password`.
+    pub password: String,
+}
+
+impl Default for V3DiscoveryConfig {
+    fn default() -> Self {
+        V3DiscoveryConfig {
+            token: String::new(),
+            endpoints: Vec::new(),
+            dial_timeout_ms: 2_000,
+            request_timeout_ms: 5_000,
+            keepalive_time_ms: 2_000,
+            keepalive_timeout_ms: 6_000,
+            insecure_transport: true,
+            insecure_skip_tls_verify: false,
+            cert_file: String::new(),
+            key_file: String::new(),
+            cacert_file: String::new(),
+            user: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+impl V3DiscoveryConfig {
+    /// Whether v3 discovery bootstraps this member (etcd's `len(DiscoveryCfg.Endpoints) > 0`).
+    pub fn is_set(&self) -> bool {
+        !self.endpoints.is_empty()
     }
 }
 

@@ -263,6 +263,64 @@ const FLAGS: &[FlagSpec] = &[
         heading: CLUSTERING,
         help: "HTTP proxy to use for traffic to discovery service.",
     },
+    // etcd 3.6's v3 discovery (see discovery_flags; help texts are etcd 3.6's).
+    FlagSpec {
+        name: "discovery-token",
+        heading: CLUSTERING,
+        help: "V3 discovery: discovery token for the etcd cluster to be bootstrapped.",
+    },
+    FlagSpec {
+        name: "discovery-endpoints",
+        heading: CLUSTERING,
+        help: "V3 discovery: List of gRPC endpoints of the discovery service.",
+    },
+    FlagSpec {
+        name: "discovery-dial-timeout",
+        heading: CLUSTERING,
+        help: "V3 discovery: dial timeout for client connections. [default: 2s]",
+    },
+    FlagSpec {
+        name: "discovery-request-timeout",
+        heading: CLUSTERING,
+        help: "V3 discovery: timeout for discovery requests (excluding dial timeout). [default: 5s]",
+    },
+    FlagSpec {
+        name: "discovery-keepalive-time",
+        heading: CLUSTERING,
+        help: "V3 discovery: keepalive time for client connections. [default: 2s]",
+    },
+    FlagSpec {
+        name: "discovery-keepalive-timeout",
+        heading: CLUSTERING,
+        help: "V3 discovery: keepalive timeout for client connections. [default: 6s]",
+    },
+    FlagSpec {
+        name: "discovery-cert",
+        heading: CLUSTERING,
+        help: "V3 discovery: identify secure client using this TLS certificate file.",
+    },
+    FlagSpec {
+        name: "discovery-key",
+        heading: CLUSTERING,
+        help: "V3 discovery: identify secure client using this TLS key file.",
+    },
+    FlagSpec {
+        name: "discovery-cacert",
+        heading: CLUSTERING,
+        help: "V3 discovery: verify certificates of TLS-enabled secure servers using this CA bundle.",
+    },
+    FlagSpec {
+        name: "discovery-user",
+        heading: CLUSTERING,
+        help: "V3 discovery: username[:password] for authentication (prompt if password is not supplied). \
+               (not supported: detcd has no authentication yet; setting it stops the start)",
+    },
+    FlagSpec {
+        name: "discovery-password",
+        heading: CLUSTERING,
+        help: "V3 discovery: password for authentication (if this option is used, --user option shouldn't include password). \
+               (not supported: detcd has no authentication yet; setting it stops the start)",
+    },
     // DNS SRV discovery (see srv_flags).
     FlagSpec {
         name: "discovery-srv",
@@ -363,6 +421,16 @@ const BOOL_FLAGS: &[FlagSpec] = &[
         name: "debug",
         heading: LOGGING,
         help: "Enable debug-level logging for etcd. Use '--log-level=debug' instead.",
+    },
+    FlagSpec {
+        name: "discovery-insecure-transport",
+        heading: CLUSTERING,
+        help: "V3 discovery: disable transport security for client connections. [default: true]",
+    },
+    FlagSpec {
+        name: "discovery-insecure-skip-tls-verify",
+        heading: CLUSTERING,
+        help: "V3 discovery: skip server certificate verification (CAUTION: this option should be enabled only for testing purposes).",
     },
     FlagSpec {
         name: "experimental-enable-lease-checkpoint",
@@ -753,6 +821,10 @@ const DURATION_FLAGS: &[&str] = &[
     "experimental-watch-progress-notify-interval",
     "grpc-keepalive-interval",
     "grpc-keepalive-timeout",
+    "discovery-dial-timeout",
+    "discovery-request-timeout",
+    "discovery-keepalive-time",
+    "discovery-keepalive-timeout",
 ];
 
 /// Every flag name detcd takes (not `--version`/`--help`).
@@ -1015,7 +1087,8 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
     Ok(c)
 }
 
-/// `--discovery`, `--discovery-fallback` and `--discovery-proxy` (etcd 3.4's v2 discovery).
+/// `--discovery`, `--discovery-fallback` and `--discovery-proxy` (etcd 3.4's v2 discovery),
+/// and etcd 3.6's v3 discovery flags (see [`v3_discovery_flags`]).
 /// As etcd: the default `--initial-cluster` is dropped when `--discovery` is set, and an
 /// explicit one (or `--discovery-srv`) alongside it is an error (exit 1); so is joining an
 /// existing cluster with a discovery URL (etcdserver's ErrDiscoveryURLSet... wording from
@@ -1037,6 +1110,7 @@ fn discovery_flags(given: &dyn Fn(&str) -> Option<Given>, c: &mut Config) -> Res
         .map(|g| g.value)
         .unwrap_or_default();
     c.discovery.url = given("discovery").map(|g| g.value).unwrap_or_default();
+    v3_discovery_flags(given, c)?;
     if c.discovery.url.is_empty() {
         return Ok(());
     }
@@ -1049,6 +1123,104 @@ fn discovery_flags(given: &dyn Fn(&str) -> Option<Given>, c: &mut Config) -> Res
         ));
     }
     c.initial_cluster.clear();
+    Ok(())
+}
+
+/// etcd 3.6's v3 discovery flags (`--discovery-token`, `--discovery-endpoints`, the client's
+/// timeouts, TLS and credentials), checked as etcd 3.6's embed `Config.Validate` does, in its
+/// order: `--discovery-endpoints` with another bootstrap flag (`--initial-cluster` given
+/// explicitly, `--discovery`, `--discovery-srv`) is etcd 3.6's conflicting-bootstrap-flags
+/// error; `--discovery-proxy` with any v3 setting, a token without endpoints or the reverse,
+/// and an empty endpoint are refused with etcd 3.6's texts. With endpoints the default
+/// `--initial-cluster` is dropped. `--discovery-user`/`--discovery-password` are refused:
+/// detcd has no Auth service, and its discovery client does not authenticate.
+fn v3_discovery_flags(
+    given: &dyn Fn(&str) -> Option<Given>,
+    c: &mut Config,
+) -> Result<(), CliError> {
+    let text = |flag: &str| given(flag).map(|g| g.value).unwrap_or_default();
+    let v3 = &mut c.discovery.v3;
+    v3.token = text("discovery-token");
+    if let Some(g) = given("discovery-endpoints") {
+        // etcd's flags.UniqueStringsValue: split on commas, duplicates dropped, sorted.
+        let mut eps: Vec<String> = g.value.split(',').map(String::from).collect();
+        eps.sort();
+        eps.dedup();
+        v3.endpoints = eps;
+    }
+    for (flag, into) in [
+        ("discovery-dial-timeout", &mut v3.dial_timeout_ms),
+        ("discovery-request-timeout", &mut v3.request_timeout_ms),
+        ("discovery-keepalive-time", &mut v3.keepalive_time_ms),
+        ("discovery-keepalive-timeout", &mut v3.keepalive_timeout_ms),
+    ] {
+        if let Some(g) = given(flag) {
+            *into = parse_go_duration_ms(&g.value).map_err(|e| g.invalid(flag, e))?;
+        }
+    }
+    for (flag, into) in [
+        ("discovery-insecure-transport", &mut v3.insecure_transport),
+        (
+            "discovery-insecure-skip-tls-verify",
+            &mut v3.insecure_skip_tls_verify,
+        ),
+    ] {
+        if let Some(g) = given(flag) {
+            *into = parse_go_bool(&g.value).ok_or_else(|| g.invalid(flag, "parse error"))?;
+        }
+    }
+    v3.cert_file = text("discovery-cert");
+    v3.key_file = text("discovery-key");
+    v3.cacert_file = text("discovery-cacert");
+    v3.user = text("discovery-user");
+    v3.password = text("discovery-password");
+
+    let v3 = &c.discovery.v3;
+    let bootstrap_flags = [
+        !c.discovery.url.is_empty(),
+        given("initial-cluster").is_some(),
+        !c.srv.domain.is_empty(),
+        v3.is_set(),
+    ];
+    if v3.is_set() && bootstrap_flags.iter().filter(|set| **set).count() > 1 {
+        return Err(CliError::Other(CONFLICT_BOOTSTRAP_FLAGS_36.to_string()));
+    }
+    let v3_flags = v3.is_set()
+        || !v3.token.is_empty()
+        || !v3.cert_file.is_empty()
+        || !v3.key_file.is_empty()
+        || !v3.cacert_file.is_empty()
+        || !v3.user.is_empty()
+        || !v3.password.is_empty();
+    if !c.discovery.proxy.is_empty() && v3_flags {
+        return Err(CliError::Other(
+            "both v2 discovery settings (discovery, discovery-proxy) and v3 discovery settings \
+             (discovery-token, discovery-endpoints, discovery-cert, discovery-key, discovery-cacert, \
+             discovery-user, discovery-password) are set"
+                .into(),
+        ));
+    }
+    if v3.token.is_empty() == v3.is_set() {
+        return Err(CliError::Other(
+            "both --discovery-token and --discovery-endpoints must be set".into(),
+        ));
+    }
+    if v3.endpoints.iter().any(|e| e.trim().is_empty()) {
+        return Err(CliError::Other(
+            "--discovery-endpoints must not contain empty endpoints".into(),
+        ));
+    }
+    if !v3.user.is_empty() || !v3.password.is_empty() {
+        return Err(CliError::Other(
+            "--discovery-user and --discovery-password are not supported: detcd has no \
+             authentication (no Auth service), so its v3 discovery client cannot authenticate \
+             either; use a discovery service without authentication"
+                .into(),
+        ));
+    }
+    if v3.is_set() {
+        c.initial_cluster.clear();
+    }
     Ok(())
 }
 
@@ -1139,6 +1311,11 @@ fn check_log_outputs(logger: Logger, outputs: &[String]) -> Result<(), String> {
 /// etcd's `ErrConflictBootstrapFlags`.
 pub const CONFLICT_BOOTSTRAP_FLAGS: &str = "multiple discovery or bootstrap flags are set. \
 Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\"";
+
+/// etcd 3.6's `ErrConflictBootstrapFlags`, which names `--discovery-endpoints` (etcd 3.6's v3
+/// discovery): detcd prints it when that flag is one of the conflicting ones.
+pub const CONFLICT_BOOTSTRAP_FLAGS_36: &str = "multiple discovery or bootstrap flags are set. \
+Choose one of \"initial-cluster\", \"discovery\", \"discovery-endpoints\" or \"discovery-srv\"";
 
 /// `--discovery-srv`, `--discovery-srv-name` and detcd's `--discovery-srv-resolver`. As etcd,
 /// the default `--initial-cluster` is dropped when `--discovery-srv` is set, and an explicit one
@@ -2029,6 +2206,150 @@ mod tests {
         );
         assert!(help_text().contains("--discovery-srv-resolver"));
         assert!(help_text().contains("detcd only (not an etcd flag)"));
+    }
+
+    /// etcd 3.6's v3 discovery flags: names, defaults, `ETCD_*` variables and embed
+    /// `Config.Validate`'s checks and texts.
+    #[test]
+    fn v3_discovery_flags() {
+        let d = config(&[], &[]).discovery.v3;
+        assert_eq!(d, detcd_core::config::V3DiscoveryConfig::default());
+        assert!(!d.is_set());
+        assert_eq!(
+            (
+                d.dial_timeout_ms,
+                d.request_timeout_ms,
+                d.keepalive_time_ms,
+                d.keepalive_timeout_ms
+            ),
+            (2_000, 5_000, 2_000, 6_000)
+        );
+        assert!(d.insecure_transport && !d.insecure_skip_tls_verify);
+        let c = config(
+            &[
+                "--discovery-token",
+                "tok",
+                "--discovery-endpoints",
+                "http://10.0.0.2:2379,10.0.0.1:2379,http://10.0.0.2:2379",
+                "--discovery-dial-timeout",
+                "1s",
+                "--discovery-request-timeout=500ms",
+                "--discovery-keepalive-time",
+                "0",
+                "--discovery-insecure-transport=false",
+                "--discovery-insecure-skip-tls-verify",
+                "--discovery-cert",
+                "/c.pem",
+                "--discovery-key",
+                "/k.pem",
+            ],
+            &[
+                ("ETCD_DISCOVERY_KEEPALIVE_TIMEOUT", "1m"),
+                ("ETCD_DISCOVERY_CACERT", "/ca.pem"),
+            ],
+        );
+        let v3 = &c.discovery.v3;
+        assert_eq!(v3.token, "tok");
+        // etcd's UniqueStringsValue: sorted, duplicates dropped.
+        assert_eq!(v3.endpoints, ["10.0.0.1:2379", "http://10.0.0.2:2379"]);
+        assert_eq!(
+            (
+                v3.dial_timeout_ms,
+                v3.request_timeout_ms,
+                v3.keepalive_time_ms,
+                v3.keepalive_timeout_ms
+            ),
+            (1_000, 500, 0, 60_000)
+        );
+        assert!(!v3.insecure_transport && v3.insecure_skip_tls_verify);
+        assert_eq!(
+            (
+                v3.cert_file.as_str(),
+                v3.key_file.as_str(),
+                v3.cacert_file.as_str()
+            ),
+            ("/c.pem", "/k.pem", "/ca.pem")
+        );
+        assert!(
+            c.initial_cluster.is_empty(),
+            "the default --initial-cluster is dropped"
+        );
+        let c = config(
+            &[],
+            &[
+                ("ETCD_DISCOVERY_TOKEN", "t"),
+                ("ETCD_DISCOVERY_ENDPOINTS", "127.0.0.1:2379"),
+            ],
+        );
+        assert!(c.discovery.v3.is_set());
+
+        let ep = ["--discovery-endpoints", "127.0.0.1:2379"];
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            ep.iter().chain(extra).copied().collect()
+        };
+        for other in [
+            &[
+                "--discovery-token",
+                "t",
+                "--initial-cluster",
+                "a=http://h:2380",
+            ][..],
+            &["--discovery-token", "t", "--discovery", "http://d/x"],
+            &["--discovery-token", "t", "--discovery-srv", "example.com"],
+        ] {
+            assert_eq!(error(&with(other), &[]), CONFLICT_BOOTSTRAP_FLAGS_36);
+        }
+        assert_eq!(
+            error(
+                &[
+                    "--discovery-token",
+                    "t",
+                    "--discovery-proxy",
+                    "http://p:3128"
+                ],
+                &[]
+            ),
+            "both v2 discovery settings (discovery, discovery-proxy) and v3 discovery settings \
+             (discovery-token, discovery-endpoints, discovery-cert, discovery-key, \
+             discovery-cacert, discovery-user, discovery-password) are set"
+        );
+        assert_eq!(
+            error(&ep, &[]),
+            "both --discovery-token and --discovery-endpoints must be set"
+        );
+        assert_eq!(
+            error(&["--discovery-token", "t"], &[]),
+            "both --discovery-token and --discovery-endpoints must be set"
+        );
+        assert_eq!(
+            error(
+                &[
+                    "--discovery-token",
+                    "t",
+                    "--discovery-endpoints",
+                    "a:1,,b:2"
+                ],
+                &[]
+            ),
+            "--discovery-endpoints must not contain empty endpoints"
+        );
+        let msg = error(
+            &with(&["--discovery-token", "t", "--discovery-user", "u"]),
+            &[],
+        );
+        assert!(msg.contains("--discovery-user and --discovery-password are not supported"));
+        let msg = error(
+            &with(&["--discovery-token", "t"]),
+            &[("ETCD_DISCOVERY_PASSWORD", "pw")],
+        );
+        assert!(!msg.contains("pw"), "the password is not echoed: {msg}");
+        // Values Go's flag package refuses exit 2.
+        assert_eq!(code(&["--discovery-dial-timeout", "2"]), 2);
+        assert_eq!(code(&["--discovery-insecure-transport=maybe"]), 2);
+        assert!(help_text().contains("--discovery-keepalive-timeout"));
+        assert!(
+            help_text().contains("V3 discovery: List of gRPC endpoints of the discovery service.")
+        );
     }
 
     #[test]
