@@ -323,7 +323,10 @@ async fn discovery_initial_cluster(cfg: &mut Config) -> Result<(), MemberError> 
     let url = cfg.discovery.url.clone();
     let id = member_id_v2(&cfg.initial_advertise_peer_urls, &url);
     let value = local_value(&cfg.name, &cfg.initial_advertise_peer_urls);
-    let machine = V2Discovery::join(&url, id, &value).map_err(MemberError::Discovery)?;
+    let mut machine = V2Discovery::join(&url, id, &value).map_err(MemberError::Discovery)?;
+    if crate::mutation::active("discovery-ignore-size") {
+        machine = machine.with_size_ignored();
+    }
     let proxy = Some(cfg.discovery.proxy.as_str()).filter(|p| !p.is_empty());
     let found = match crate::discovery::run_v2(machine, proxy).await {
         Ok(found) => found,

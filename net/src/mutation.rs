@@ -19,6 +19,9 @@
 //! - `skip-peer-cluster-id-check`: a member dialing a peer ignores that the peer's handshake
 //!   answer names another cluster (`transport.rs`), so a member whose SRV lookup saw other
 //!   records than its peers' keeps running beside their cluster instead of exiting.
+//! - `discovery-ignore-size`: etcd discovery never finds the cluster full and takes every
+//!   registered member (core's `V2Discovery::with_size_ignored`), so a `size+1`-th member
+//!   goes on instead of stopping with "cluster is full".
 
 #[cfg(madsim)]
 pub fn active(name: &str) -> bool {

@@ -15,6 +15,8 @@ pub mod watch_check;
 #[cfg(madsim)]
 pub mod cluster;
 #[cfg(madsim)]
+pub mod discovery;
+#[cfg(madsim)]
 pub mod reconfig;
 #[cfg(madsim)]
 pub mod scenario;

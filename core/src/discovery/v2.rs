@@ -365,6 +365,8 @@ pub struct V2Discovery {
     max_retries: u32,
     out: VecDeque<Step>,
     state: State,
+    /// The simulator's mutation `discovery-ignore-size` (see [`V2Discovery::with_size_ignored`]).
+    ignore_size: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -534,6 +536,15 @@ impl V2Discovery {
         self
     }
 
+    /// A deliberate bug, for proving the simulator's `[discovery]` checker can fail (detcd-net's
+    /// mutation `discovery-ignore-size`; never in production): the machine never finds the
+    /// cluster full and takes every registered member, so a `size+1`-th member goes on
+    /// instead of stopping with "cluster is full".
+    pub fn with_size_ignored(mut self) -> Self {
+        self.ignore_size = true;
+        self
+    }
+
     fn build(
         discovery_url: &str,
         member_id: u64,
@@ -556,6 +567,7 @@ impl V2Discovery {
             max_retries: ETCD_MAX_RETRIES,
             out: VecDeque::new(),
             state: State::Start,
+            ignore_size: false,
         })
     }
 
@@ -759,7 +771,7 @@ impl V2Discovery {
                 // find self position (discovery.go:286-294); size-1 wraps for a size of 0 as
                 // Go's uint64 does, so a size of 0 is never full.
                 let mut full = false;
-                for (i, n) in nodes.iter().enumerate() {
+                for (i, n) in nodes.iter().enumerate().filter(|_| !self.ignore_size) {
                     if path_base(&n.key) == self.self_base {
                         break;
                     }
@@ -906,7 +918,7 @@ impl V2Discovery {
 
     /// waitNodes (discovery.go:339-371), up to the first wait.
     fn wait_nodes(&mut self, mut all: Vec<Node>, size: u64, index: u64) {
-        if all.len() as u64 > size {
+        if all.len() as u64 > size && !self.ignore_size {
             all.truncate(usize::try_from(size).unwrap_or(usize::MAX));
         }
         // Watcher(d.cluster, AfterIndex: index, Recursive): WaitIndex = index+1 when index > 0.
