@@ -140,3 +140,25 @@ fn json_request_corpus() {
         checks::check_json_request,
     );
 }
+
+#[test]
+fn v2_discovery_answer_corpus() {
+    replay(
+        "v2_discovery_answer",
+        |d| {
+            checks::check_v2_discovery_answer(d);
+        },
+        checks::check_v2_discovery_answer,
+    );
+}
+
+#[test]
+fn v2_store_rows_corpus() {
+    replay(
+        "v2_store_rows",
+        |d| {
+            checks::check_v2_store_rows(d);
+        },
+        checks::check_v2_store_rows,
+    );
+}

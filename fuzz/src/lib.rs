@@ -334,3 +334,66 @@ pub fn check_json_request(data: &[u8]) -> bool {
         epb::ProclaimRequest
     )
 }
+
+/// `v2_discovery_answer`: etcd discovery's client (core's `V2Discovery`) fed the same
+/// arbitrary answer to every request: the first byte picks the status (200, 201, 404, 412,
+/// 500, 307 with the rest as Location, or a failed connection), the rest is the body and the
+/// `X-Etcd-Index`. It must never panic, and every run must end (retries are bounded here)
+/// within a bounded number of steps. Returns whether discovery succeeded.
+pub fn check_v2_discovery_answer(data: &[u8]) -> bool {
+    use detcd_core::discovery::{HttpResponse, Step, Transport, V2Discovery};
+    let (first, rest) = data.split_first().unwrap_or((&0, &[]));
+    let body = rest.to_vec();
+    let answer = || -> Transport {
+        let status = match first % 7 {
+            0 => 200,
+            1 => 201,
+            2 => 404,
+            3 => 412,
+            4 => 500,
+            5 => 307,
+            _ => return Transport::Failed("connection refused".into()),
+        };
+        Transport::Response(HttpResponse {
+            status,
+            etcd_index: Some(String::from_utf8_lossy(&body[..body.len().min(8)]).into_owned()),
+            location: (status == 307).then(|| String::from_utf8_lossy(&body).into_owned()),
+            body: body.clone(),
+        })
+    };
+    let mut m = V2Discovery::join("http://10.0.0.1:2379/v2/keys/d/tok", 0x1234, "a=http://10.0.0.2:2380")
+        .expect("a valid URL")
+        .with_max_retries(3);
+    for _ in 0..10_000 {
+        match m.poll_step() {
+            Some(Step::Send(_)) => m.handle_response(answer()),
+            Some(Step::Sleep { .. }) => m.handle_slept(),
+            Some(Step::Log(_)) => {}
+            Some(Step::Done(r)) => return r.is_ok(),
+            None => panic!("the machine stopped without an outcome"),
+        }
+    }
+    // The same non-empty answer forever may keep a wait going (etcd re-sends it): bounded.
+    false
+}
+
+/// `v2_store_rows`: a v2 keys store snapshot (JSON, as a leader sends it and as the data file
+/// holds it) loaded by `V2Store::import`. Whatever loads must answer reads without panicking
+/// and export to what it loaded; damage must be refused, not cut. Returns whether it loaded.
+pub fn check_v2_store_rows(data: &[u8]) -> bool {
+    use detcd_core::v2store::{Exported, V2Store};
+    let Ok(exported) = serde_json::from_slice::<Exported>(data) else {
+        return false;
+    };
+    let mut store = V2Store::new();
+    if store.import(exported).is_err() {
+        return false;
+    }
+    let _ = store.get("/", true, 0);
+    let again = serde_json::to_vec(&store.export()).expect("a loaded store exports");
+    let reread: Exported = serde_json::from_slice(&again).expect("an export reads back");
+    let mut copy = V2Store::new();
+    copy.import(reread).expect("an export loads");
+    assert_eq!(copy.get("/", true, 0), store.get("/", true, 0));
+    true
+}
