@@ -915,19 +915,7 @@ impl V2Store {
             }
         }
         let next = cur + 1;
-        let e = Event {
-            action: Action::Delete,
-            node: NodeView {
-                key: path.clone(),
-                dir: n.is_dir(),
-                modified_index: next,
-                created_index: n.created_index,
-                ..Default::default()
-            },
-            prev_node: Some(self.repr(&path, Some(&n), false, now)),
-            etcd_index: next,
-            refresh: false,
-        };
+        let e = self.removal(Action::Delete, &path, &n, next, now);
         self.remove_tree(&path, &e);
         self.index = next;
         self.notify(e.clone());
@@ -951,21 +939,27 @@ impl V2Store {
         }
         Self::compare(&n, prev_value, prev_index, cur)?;
         self.index += 1;
-        let e = Event {
-            action: Action::CompareAndDelete,
-            node: NodeView {
-                key: path.clone(),
-                modified_index: self.index,
-                created_index: n.created_index,
-                ..Default::default()
-            },
-            prev_node: Some(self.repr(&path, Some(&n), false, now)),
-            etcd_index: self.index,
-            refresh: false,
-        };
+        let e = self.removal(Action::CompareAndDelete, &path, &n, self.index, now);
         self.remove_tree(&path, &e);
         self.notify(e.clone());
         Ok(e)
+    }
+
+    /// The event of a node's removal at `index`: the node as it was is the previous node.
+    fn removal(&self, action: Action, path: &str, n: &Node, index: u64, now: u64) -> Event {
+        Event {
+            action,
+            node: NodeView {
+                key: path.to_string(),
+                dir: n.is_dir(),
+                modified_index: index,
+                created_index: n.created_index,
+                ..Default::default()
+            },
+            prev_node: Some(self.repr(path, Some(n), false, now)),
+            etcd_index: index,
+            refresh: false,
+        }
     }
 
     /// etcd's DeleteExpiredKeys: every node due by `cutoff_ms` goes, one expire event each.
@@ -981,19 +975,7 @@ impl V2Store {
                 .cloned()
                 .expect("TTL entries name stored nodes");
             self.index += 1;
-            let e = Event {
-                action: Action::Expire,
-                node: NodeView {
-                    key: path.clone(),
-                    dir: n.is_dir(),
-                    modified_index: self.index,
-                    created_index: n.created_index,
-                    ..Default::default()
-                },
-                prev_node: Some(self.repr(&path, Some(&n), false, cutoff_ms)),
-                etcd_index: self.index,
-                refresh: false,
-            };
+            let e = self.removal(Action::Expire, &path, &n, self.index, cutoff_ms);
             self.remove_tree(&path, &e);
             self.notify(e);
         }

@@ -33,8 +33,8 @@ pub const CLEAR_ERRORS: &[&str] = &[
     "the cluster doesn't have a size configuration value",
 ];
 
-/// A discovery host member at `ip` of the static cluster `hosts` (`(name, ip)`), v2 enabled.
-pub fn host_config(name: &str, ip: &str, hosts: &[(&str, &str)]) -> Config {
+/// A member named `name` on `ip` (peer port 2380, client port 2379, plain http).
+fn config_at(name: &str, ip: &str) -> Config {
     let mut cfg = Config::default();
     cfg.name = name.to_string();
     cfg.data_dir = format!("{name}.etcd");
@@ -42,6 +42,12 @@ pub fn host_config(name: &str, ip: &str, hosts: &[(&str, &str)]) -> Config {
     cfg.listen_peer_urls = cfg.initial_advertise_peer_urls.clone();
     cfg.listen_client_urls = parse_urls(&format!("http://{ip}:2379")).unwrap();
     cfg.advertise_client_urls = cfg.listen_client_urls.clone();
+    cfg
+}
+
+/// A discovery host member at `ip` of the static cluster `hosts` (`(name, ip)`), v2 enabled.
+pub fn host_config(name: &str, ip: &str, hosts: &[(&str, &str)]) -> Config {
+    let mut cfg = config_at(name, ip);
     cfg.initial_cluster_token = "discovery-host".into();
     cfg.initial_cluster = hosts
         .iter()
@@ -57,13 +63,7 @@ pub fn host_config(name: &str, ip: &str, hosts: &[(&str, &str)]) -> Config {
 /// A member bootstrapping through `durl` (the guide's discovery example), exiting when the
 /// cluster is full (the proxy fallback needs the gateway, which the simulator lacks).
 pub fn member_config(name: &str, ip: &str, durl: &str) -> Config {
-    let mut cfg = Config::default();
-    cfg.name = name.to_string();
-    cfg.data_dir = format!("{name}.etcd");
-    cfg.initial_advertise_peer_urls = parse_urls(&format!("http://{ip}:2380")).unwrap();
-    cfg.listen_peer_urls = cfg.initial_advertise_peer_urls.clone();
-    cfg.listen_client_urls = parse_urls(&format!("http://{ip}:2379")).unwrap();
-    cfg.advertise_client_urls = cfg.listen_client_urls.clone();
+    let mut cfg = config_at(name, ip);
     cfg.initial_cluster = Vec::new();
     cfg.discovery.url = durl.to_string();
     cfg.discovery.fallback_proxy = false;
