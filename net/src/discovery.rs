@@ -4,10 +4,22 @@
 //! certificates, `SSL_CERT_FILE`/`SSL_CERT_DIR` honoured), its sleeps with the runtime's
 //! timer and its log lines with `tracing`. Under madsim the same code runs over simulated TCP
 //! (plain http only).
+//!
+//! [`run_v3`] drives core's [`V3Discovery`] (etcd 3.6's `--discovery-token` with
+//! `--discovery-endpoints`) with tonic's etcd v3 KV and Watch clients; under madsim over
+//! madsim-tonic (plaintext endpoints only).
 
+use crate::proto::etcdserverpb::{kv_client::KvClient, watch_client::WatchClient};
+use detcd_core::config::V3DiscoveryConfig;
 use detcd_core::discovery::{
     v2::MAX_BODY_BYTES, DiscoveryError, HttpRequest, HttpResponse, Log, LogLevel, Method, Step,
     Transport, V2Discovery,
+};
+use detcd_core::discovery::{
+    KvReply, KvRequest, V3Discovery, V3DiscoveryError, V3Step, WatchUpdate,
+};
+use detcd_core::proto::etcdserverpb::{
+    watch_request::RequestUnion, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use http_body_util::BodyExt as _;
 use hyper::Uri;
@@ -353,4 +365,490 @@ async fn cluster_client_urls(
     urls.sort();
     urls.dedup();
     urls
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd 3.6's v3 discovery (`--discovery-token` with `--discovery-endpoints`)
+// ---------------------------------------------------------------------------------------------
+
+/// clientv3's `defaultUnaryMaxRetries`: a Range that found its endpoint unavailable is tried
+/// again (on the next endpoint) at most this often within its deadline.
+const UNARY_MAX_RETRIES: u32 = 100;
+
+/// clientv3's `defaultBackoffWaitBetween`: the pause before such a retry.
+const UNARY_RETRY_WAIT: Duration = Duration::from_millis(25);
+
+/// The first and the longest pause before the watch is opened again after its stream broke
+/// (clientv3 resumes a broken watch stream for ever; grpc's reconnection backs off).
+const WATCH_RESUME_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(250), Duration::from_secs(4));
+
+/// Why v3 discovery failed: the machine's verdict (etcd's texts), or the client could not be
+/// set up (a certificate file, an endpoint that is not one).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum V3Error {
+    #[error("{0}")]
+    Discovery(#[from] V3DiscoveryError),
+    #[error("{0}")]
+    Client(String),
+}
+
+impl V3Error {
+    /// etcd's `ErrFullCluster`.
+    pub fn is_full_cluster(&self) -> bool {
+        matches!(self, V3Error::Discovery(e) if e.is_full_cluster())
+    }
+}
+
+/// Runs a v3 discovery machine to its end against the discovery cluster at `cfg.endpoints`:
+/// the initial cluster (`name=url,...`) or why not.
+///
+/// The client does what etcd 3.6's clientv3 does for the machine: it keeps one gRPC
+/// connection, to the first endpoint (in `--discovery-endpoints`' sorted order) that accepts
+/// one within `--discovery-dial-timeout`, and moves on to the next endpoint when that
+/// connection fails; each Range and Put has the step's deadline (`--discovery-request-timeout`;
+/// Go's text `context deadline exceeded` when it passes); a Range answered `Unavailable` is
+/// retried on the next endpoint (as clientv3's retry interceptor does for repeatable
+/// requests), a Put is not (the machine retries it after its backoff). The watch is resumed
+/// after an `Unavailable`/`Internal` break (on the next endpoint, from the revision after the
+/// last event it delivered) without the machine noticing, as clientv3's watcher does; any
+/// other end of the stream is reported as [`WatchUpdate::Closed`]. HTTP/2 keepalive pings
+/// follow `--discovery-keepalive-time`/`--discovery-keepalive-timeout`.
+///
+/// TLS (not in the simulator): an `https://` endpoint always, an `http://` one never, a bare
+/// `host:port` when clientv3 would build a TLS configuration (a `--discovery-cert`, `-key` or
+/// `-cacert`, `--discovery-insecure-transport=false`, or
+/// `--discovery-insecure-skip-tls-verify`). The server is verified against
+/// `--discovery-cacert`, else the system's CA certificates.
+pub async fn run_v3(mut machine: V3Discovery, cfg: &V3DiscoveryConfig) -> Result<String, V3Error> {
+    let mut client = V3Client::new(cfg)?;
+    let mut watch: Option<MembersWatch> = None;
+    loop {
+        match machine.poll_step() {
+            Some(V3Step::Send {
+                request,
+                timeout_ms,
+            }) => {
+                let reply = client.request(&request, timeout_ms).await;
+                machine.handle_reply(reply);
+            }
+            Some(V3Step::Watch(create)) => {
+                // Dropping the earlier watch closes its stream.
+                watch = Some(MembersWatch::new(create));
+            }
+            Some(V3Step::Sleep { ms, log }) => {
+                emit(&log);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                machine.handle_slept();
+            }
+            Some(V3Step::Log(log)) => emit(&log),
+            Some(V3Step::Done(result)) => return result.map_err(V3Error::Discovery),
+            None => match watch.as_mut() {
+                Some(w) => {
+                    let update = w.next(&mut client).await;
+                    if matches!(update, WatchUpdate::Closed(_)) {
+                        watch = None;
+                    }
+                    machine.handle_watch(update);
+                }
+                None => {
+                    return Err(V3Error::Client(
+                        "the discovery state machine stopped without an outcome".into(),
+                    ))
+                }
+            },
+        }
+    }
+}
+
+/// One `--discovery-endpoints` entry.
+#[derive(Clone, Debug)]
+struct Target {
+    /// As given, for messages.
+    text: String,
+    /// `http://host:port`: what tonic dials (the TLS connector, if any, does the rest).
+    uri: String,
+    #[cfg_attr(madsim, allow(dead_code))]
+    host: String,
+    #[cfg_attr(madsim, allow(dead_code))]
+    port: u16,
+    tls: bool,
+}
+
+/// The discovery service's client: one connection at a time, failing over in endpoint order.
+struct V3Client {
+    targets: Vec<Target>,
+    current: usize,
+    channel: Option<tonic::transport::Channel>,
+    dial_timeout: Option<Duration>,
+    /// `--discovery-request-timeout`: also how long opening the watch may take.
+    request_timeout: Duration,
+    keepalive_time: Option<Duration>,
+    keepalive_timeout: Duration,
+    #[cfg(not(madsim))]
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl V3Client {
+    fn new(cfg: &V3DiscoveryConfig) -> Result<V3Client, V3Error> {
+        // clientv3's newTLSConfig: a TLS configuration exists with any certificate flag, when
+        // insecure transport is off, or when verification is skipped.
+        let tls_configured = !cfg.cert_file.is_empty()
+            || !cfg.key_file.is_empty()
+            || !cfg.cacert_file.is_empty()
+            || !cfg.insecure_transport
+            || cfg.insecure_skip_tls_verify;
+        let mut targets = Vec::new();
+        for ep in &cfg.endpoints {
+            targets.push(parse_target(ep, tls_configured).map_err(V3Error::Client)?);
+        }
+        if targets.is_empty() {
+            return Err(V3Error::Client(
+                "at least one Endpoint is required in client config".into(),
+            ));
+        }
+        #[cfg(not(madsim))]
+        let tls = if tls_configured || targets.iter().any(|t| t.tls) {
+            Some(
+                crate::tls::discovery_client_config(
+                    &cfg.cacert_file,
+                    &cfg.cert_file,
+                    &cfg.key_file,
+                    cfg.insecure_skip_tls_verify,
+                )
+                .map_err(|e| V3Error::Client(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        #[cfg(madsim)]
+        if let Some(t) = targets.iter().find(|t| t.tls) {
+            return Err(V3Error::Client(format!(
+                "discovery endpoint {}: TLS is not available in the simulator (plain http only)",
+                t.text
+            )));
+        }
+        let ms = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        Ok(V3Client {
+            targets,
+            current: 0,
+            channel: None,
+            dial_timeout: ms(cfg.dial_timeout_ms),
+            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+            keepalive_time: ms(cfg.keepalive_time_ms),
+            keepalive_timeout: Duration::from_millis(cfg.keepalive_timeout_ms),
+            #[cfg(not(madsim))]
+            tls,
+        })
+    }
+
+    /// The connection, opening one to the current endpoint or the ones after it.
+    async fn channel(&mut self) -> Result<tonic::transport::Channel, String> {
+        if let Some(ch) = &self.channel {
+            return Ok(ch.clone());
+        }
+        let n = self.targets.len();
+        let mut errors = Vec::new();
+        for i in 0..n {
+            let idx = (self.current + i) % n;
+            match self.connect(&self.targets[idx]).await {
+                Ok(ch) => {
+                    self.current = idx;
+                    self.channel = Some(ch.clone());
+                    return Ok(ch);
+                }
+                Err(e) => errors.push(format!("{}: {e}", self.targets[idx].text)),
+            }
+        }
+        Err(format!(
+            "cannot connect to the discovery service ({})",
+            errors.join("; ")
+        ))
+    }
+
+    /// Forgets the connection: the next request dials the next endpoint first.
+    fn fail_over(&mut self) {
+        self.channel = None;
+        self.current = (self.current + 1) % self.targets.len();
+    }
+
+    async fn connect(&self, t: &Target) -> Result<tonic::transport::Channel, String> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(t.uri.clone())
+            .map_err(|e| error_chain(&e))?
+            .keep_alive_while_idle(false)
+            .keep_alive_timeout(self.keepalive_timeout);
+        if let Some(d) = self.dial_timeout {
+            endpoint = endpoint.connect_timeout(d);
+        }
+        if let Some(d) = self.keepalive_time {
+            endpoint = endpoint.http2_keep_alive_interval(d);
+        }
+        let dial = async {
+            #[cfg(not(madsim))]
+            if t.tls {
+                let config = self
+                    .tls
+                    .clone()
+                    .ok_or_else(|| "no TLS configuration".to_string())?;
+                let connector = DiscoveryTlsDial {
+                    config,
+                    host: t.host.clone(),
+                    port: t.port,
+                };
+                return endpoint
+                    .connect_with_connector(connector)
+                    .await
+                    .map_err(|e| error_chain(&e));
+            }
+            endpoint.connect().await.map_err(|e| error_chain(&e))
+        };
+        match self.dial_timeout {
+            Some(d) => tokio::time::timeout(d, dial)
+                .await
+                .unwrap_or_else(|_| Err("context deadline exceeded (dial timeout)".to_string())),
+            None => dial.await,
+        }
+    }
+
+    /// Performs one Range or Put within `timeout_ms`.
+    async fn request(&mut self, req: &KvRequest, timeout_ms: u64) -> KvReply {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let repeatable = matches!(req, KvRequest::Range(_));
+        let mut retries = 0;
+        loop {
+            let ch = match self.channel().await {
+                Ok(ch) => ch,
+                Err(e) => return KvReply::Failed(e),
+            };
+            let mut kv = KvClient::new(ch);
+            let call = async {
+                match req {
+                    KvRequest::Range(r) => kv
+                        .range(r.clone())
+                        .await
+                        .map(|r| KvReply::Range(r.into_inner())),
+                    KvRequest::Put(p) => kv
+                        .put(p.clone())
+                        .await
+                        .map(|r| KvReply::Put(r.into_inner())),
+                }
+            };
+            match tokio::time::timeout_at(deadline, call).await {
+                Err(_) => return KvReply::Failed("context deadline exceeded".into()),
+                Ok(Ok(reply)) => return reply,
+                Ok(Err(status)) => {
+                    let unavailable = status.code() == tonic::Code::Unavailable;
+                    // What the connection rather than the server said: try another one.
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::Unknown
+                            | tonic::Code::Cancelled
+                            | tonic::Code::Internal
+                    ) {
+                        self.fail_over();
+                    }
+                    let again = tokio::time::Instant::now() + UNARY_RETRY_WAIT;
+                    if unavailable && repeatable && retries < UNARY_MAX_RETRIES && again < deadline
+                    {
+                        retries += 1;
+                        tokio::time::sleep(UNARY_RETRY_WAIT).await;
+                        continue;
+                    }
+                    return KvReply::Failed(grpc_error_text(&status));
+                }
+            }
+        }
+    }
+
+    /// Opens a watch stream with this create request; the stream's requests end (and with
+    /// them the stream) when the returned sender is dropped.
+    async fn open_watch(&mut self, create: WatchCreateRequest) -> Result<OpenWatch, tonic::Status> {
+        let ch = self.channel().await.map_err(tonic::Status::unavailable)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(1);
+        let _ = tx
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            })
+            .await;
+        let requests =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        let mut client = WatchClient::new(ch);
+        match tokio::time::timeout(self.request_timeout, client.watch(requests)).await {
+            Ok(Ok(resp)) => Ok(OpenWatch {
+                stream: resp.into_inner(),
+                _requests: tx,
+            }),
+            Ok(Err(status)) => Err(status),
+            Err(_) => Err(tonic::Status::unavailable(
+                "context deadline exceeded (opening the watch)",
+            )),
+        }
+    }
+}
+
+/// A `--discovery-endpoints` entry as clientv3 reads it (`endpoint.translateEndpoint`):
+/// `http://host:port` (plaintext), `https://host:port` (TLS), or `host:port` (TLS when a TLS
+/// configuration exists). Unix sockets are not supported.
+fn parse_target(ep: &str, tls_configured: bool) -> Result<Target, String> {
+    use detcd_core::config::{Scheme, Url};
+    let has_scheme = ep.contains("://");
+    let url = Url::parse(&if has_scheme {
+        ep.to_string()
+    } else {
+        format!("http://{ep}")
+    })
+    .map_err(|e| format!("--discovery-endpoints {ep:?}: {e}"))?;
+    let tls = if has_scheme {
+        url.scheme == Scheme::Https
+    } else {
+        tls_configured
+    };
+    let plain = Url {
+        scheme: Scheme::Http,
+        ..url.clone()
+    };
+    Ok(Target {
+        text: ep.to_string(),
+        uri: plain.to_string(),
+        host: url.host,
+        port: url.port,
+        tls,
+    })
+}
+
+/// An open watch stream and the sender keeping its request side open.
+struct OpenWatch {
+    stream: tonic::Streaming<WatchResponse>,
+    _requests: tokio::sync::mpsc::Sender<WatchRequest>,
+}
+
+/// The machine's watch on the members prefix, resumed across broken streams.
+struct MembersWatch {
+    create: WatchCreateRequest,
+    /// The revision to resume from: after the last event delivered.
+    next_rev: i64,
+    open: Option<OpenWatch>,
+    backoff: Duration,
+}
+
+impl MembersWatch {
+    fn new(create: WatchCreateRequest) -> MembersWatch {
+        MembersWatch {
+            next_rev: create.start_revision,
+            create,
+            open: None,
+            backoff: WATCH_RESUME_BACKOFF.0,
+        }
+    }
+
+    /// The next news for the machine.
+    async fn next(&mut self, client: &mut V3Client) -> WatchUpdate {
+        loop {
+            let status = match self.open.as_mut() {
+                None => {
+                    let mut create = self.create.clone();
+                    create.start_revision = self.next_rev;
+                    match client.open_watch(create).await {
+                        Ok(w) => {
+                            self.open = Some(w);
+                            continue;
+                        }
+                        Err(status) => status,
+                    }
+                }
+                Some(w) => match w.stream.message().await {
+                    Ok(Some(resp)) => {
+                        self.backoff = WATCH_RESUME_BACKOFF.0;
+                        for ev in &resp.events {
+                            if let Some(kv) = &ev.kv {
+                                self.next_rev = self.next_rev.max(kv.mod_revision + 1);
+                            }
+                        }
+                        return WatchUpdate::Response(resp);
+                    }
+                    Ok(None) => {
+                        self.open = None;
+                        return WatchUpdate::Closed("watch stream closed by the server".into());
+                    }
+                    Err(status) => {
+                        self.open = None;
+                        status
+                    }
+                },
+            };
+            // clientv3's isHaltErr: Unavailable and Internal are worth resuming after.
+            if !matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Internal
+            ) {
+                return WatchUpdate::Closed(grpc_error_text(&status));
+            }
+            client.fail_over();
+            tracing::warn!(
+                error = %grpc_error_text(&status),
+                backoff = %detcd_core::discovery::go_duration(self.backoff.as_millis() as u64),
+                "discovery: the watch on the members broke; resuming"
+            );
+            tokio::time::sleep(self.backoff).await;
+            self.backoff = (self.backoff * 2).min(WATCH_RESUME_BACKOFF.1);
+        }
+    }
+}
+
+/// grpc-go's error text, as etcd logs a failed request.
+fn grpc_error_text(status: &tonic::Status) -> String {
+    format!(
+        "rpc error: code = {:?} desc = {}",
+        status.code(),
+        status.message()
+    )
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// tonic's connector for a TLS discovery endpoint: TCP, then the TLS handshake naming `host`.
+#[cfg(not(madsim))]
+#[derive(Clone)]
+struct DiscoveryTlsDial {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    host: String,
+    port: u16,
+}
+
+#[cfg(not(madsim))]
+impl tower_service::Service<tonic::codegen::http::Uri> for DiscoveryTlsDial {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            crate::tls::connect(this.config, &this.host, this.port)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        })
+    }
 }

@@ -148,6 +148,54 @@ pub fn system_client_config() -> Result<Arc<ClientConfig>, TlsSetupError> {
     Ok(Arc::new(config))
 }
 
+/// The TLS client configuration of etcd 3.6's v3 discovery client: the discovery service is
+/// verified against `--discovery-cacert` (else the system's CA certificates), or not at all
+/// with `--discovery-insecure-skip-tls-verify`; `--discovery-cert`/`--discovery-key` are
+/// presented when the server asks (re-read when the files change). ALPN `h2`, as gRPC needs.
+pub fn discovery_client_config(
+    cacert: &str,
+    cert: &str,
+    key: &str,
+    skip_verify: bool,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let provider = provider(&[]);
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| err(format!("TLS configuration: {e}")))?;
+    let builder = if skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SkipVerify(provider.clone())))
+    } else if !cacert.is_empty() {
+        builder.with_root_certificates(load_roots(cacert, "--discovery-cacert")?)
+    } else {
+        builder.with_root_certificates(system_roots().map_err(|_| {
+            err(
+                "no system CA certificates found to verify the discovery service with; \
+                 give --discovery-cacert (or set SSL_CERT_FILE)",
+            )
+        })?)
+    };
+    let mut config = match (cert.is_empty(), key.is_empty()) {
+        (true, true) => builder.with_no_client_auth(),
+        (false, false) => {
+            let src = CertSource::Files {
+                cert: cert.to_string(),
+                key: key.to_string(),
+            };
+            builder.with_client_cert_resolver(Arc::new(ReloadingCert::open(&src, &provider)?))
+        }
+        // Go's TLSInfo.baseConfig wording (etcd 3.6 would ignore the lone file).
+        _ => {
+            return Err(err(format!(
+                "--discovery-key and --discovery-cert must both be present [key: {key:?}, cert: {cert:?}]"
+            )))
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The system's CA certificates (rustls-native-certs: `SSL_CERT_FILE`, `SSL_CERT_DIR`, else the
 /// platform's store), as Go's crypto/x509 finds them for etcd.
 fn system_roots() -> Result<RootCertStore, TlsSetupError> {
