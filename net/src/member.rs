@@ -60,6 +60,11 @@ pub enum MemberError {
     /// ([`MemberError::is_full_discovery_cluster`]).
     #[error("{}", discovery_failure(.0))]
     Discovery(detcd_core::discovery::DiscoveryError),
+    /// etcd 3.6's v3 discovery (`--discovery-endpoints`) failed: etcd's `failed to join
+    /// discovery cluster (..)`. A full cluster ends the start too (etcd 3.6 has no proxy
+    /// fallback).
+    #[error("failed to join discovery cluster ({0})")]
+    DiscoveryV3(crate::discovery::V3Error),
 }
 
 fn discovery_failure(e: &detcd_core::discovery::DiscoveryError) -> String {
@@ -224,7 +229,8 @@ pub async fn run_member(cfg: Config) -> Result<(), MemberError> {
             Err(MemberError::Bootstrap(_)
                 | MemberError::Srv(_)
                 | MemberError::DnsTimeout(_)
-                | MemberError::Discovery(_))
+                | MemberError::Discovery(_)
+                | MemberError::DiscoveryV3(_))
         )
     {
         // A refused start leaves nothing behind: the next attempt starts as fresh as this one.
@@ -363,6 +369,53 @@ async fn discovery_initial_cluster(cfg: &mut Config) -> Result<(), MemberError> 
     Ok(())
 }
 
+/// etcd 3.6's v3 discovery (`--discovery-token` with `--discovery-endpoints`, etcdserver's
+/// `v3discovery.JoinCluster`): registers this member under the token in the discovery
+/// cluster, waits for the others, and replaces `cfg.initial_cluster` with the cluster found.
+/// As etcd 3.6's `PeerURLsMapAndToken`, the token is also the initial-cluster token, so the
+/// member IDs hash the advertised peer URLs with it ([`member_id_v3`]). A failure prints
+/// etcd 3.6's etcdmain warnings.
+///
+/// [`member_id_v3`]: detcd_core::discovery::member_id_v3
+async fn discovery_v3_initial_cluster(cfg: &mut Config) -> Result<(), MemberError> {
+    use crate::discovery::V3Error;
+    use detcd_core::discovery::{local_value, member_id_v3, V3Discovery, V3DiscoveryError};
+    let v3 = cfg.discovery.v3.clone();
+    let id = member_id_v3(&cfg.initial_advertise_peer_urls, &v3.token);
+    let value = local_value(&cfg.name, &cfg.initial_advertise_peer_urls);
+    tracing::info!("Bootstrapping cluster using v3 discovery.");
+    let result = match V3Discovery::join(&v3.token, id, &value, v3.request_timeout_ms) {
+        Ok(machine) => crate::discovery::run_v3(machine, &v3).await,
+        Err(e) => Err(V3Error::Discovery(e)),
+    };
+    let found = match result {
+        Ok(found) => found,
+        Err(e) => {
+            let err = MemberError::DiscoveryV3(e);
+            // etcd 3.6's etcdmain, for every discovery error but v2's duplicate ID or name.
+            tracing::warn!(
+                discovery_token = %v3.token,
+                error = %err,
+                "failed to bootstrap; discovery token was already used"
+            );
+            tracing::warn!(
+                "do not reuse discovery token; generate a new one to bootstrap a cluster"
+            );
+            return Err(err);
+        }
+    };
+    let members = detcd_core::config::parse_initial_cluster(&found).map_err(|e| {
+        MemberError::DiscoveryV3(V3Error::Discovery(V3DiscoveryError::InvalidUrl {
+            cluster: found.clone(),
+            reason: e.to_string(),
+        }))
+    })?;
+    tracing::info!(initial_cluster = %found, "got the initial cluster from the discovery service");
+    cfg.initial_cluster = members;
+    cfg.initial_cluster_token = v3.token;
+    Ok(())
+}
+
 /// Resolves every host name of the advertised peer URLs and the initial cluster through `dns`
 /// (for `--discovery-srv-resolver`: names the system resolver may not know).
 async fn resolve_bootstrap_hosts(
@@ -439,22 +492,42 @@ pub async fn run_member_with_dns(
         if !cfg.srv.domain.is_empty() {
             tracing::info!(discovery_srv = %cfg.srv.domain, "--discovery-srv ignored: the data dir holds a log");
         }
+        let wal = match &cfg.wal_dir {
+            Some(dir) => dir.clone(),
+            None => Path::new(&cfg.data_dir)
+                .join("member")
+                .join("wal")
+                .display()
+                .to_string(),
+        };
         if !cfg.discovery.url.is_empty() {
-            let wal = match &cfg.wal_dir {
-                Some(dir) => dir.clone(),
-                None => Path::new(&cfg.data_dir)
-                    .join("member")
-                    .join("wal")
-                    .display()
-                    .to_string(),
-            };
             tracing::warn!(
                 "discovery token ignored since a cluster has already been initialized. Valid log found at {wal:?}"
+            );
+        }
+        if cfg.discovery.v3.is_set() {
+            // etcd 3.6's bootstrapClusterWithWAL.
+            tracing::warn!(
+                wal_dir = %wal,
+                "discovery token is ignored since cluster already initialized; valid logs are found"
             );
         }
         None
     } else if !cfg.discovery.url.is_empty() {
         discovery_initial_cluster(&mut cfg).await?;
+        use_dns.then_some(resolve_bootstrap_hosts(&cfg, dns.as_ref()).await)
+    } else if cfg.discovery.v3.is_set() {
+        if cfg.initial_cluster_state == detcd_core::config::ClusterState::New {
+            discovery_v3_initial_cluster(&mut cfg).await?;
+        } else {
+            // etcd 3.6 discovers only for a new cluster; joining an existing one it takes
+            // PeerURLsMapAndToken's map of this member alone, with the token.
+            cfg.initial_cluster = vec![detcd_core::config::InitialMember {
+                name: cfg.name.clone(),
+                peer_urls: cfg.initial_advertise_peer_urls.clone(),
+            }];
+            cfg.initial_cluster_token = cfg.discovery.v3.token.clone();
+        }
         use_dns.then_some(resolve_bootstrap_hosts(&cfg, dns.as_ref()).await)
     } else if !cfg.srv.domain.is_empty() {
         Some(srv_initial_cluster(&mut cfg, dns.clone()).await?)

@@ -67,10 +67,10 @@ pub mod subnet {
     pub const DISCOVERY_ETCD_HOST: u8 = 30;
     pub const DISCOVERY_ERRORS: u8 = 31;
     pub const DISCOVERY_HOST_CLUSTER: u8 = 32;
-    pub const V2_KEYS_VS_ETCD: u8 = 34;
-    pub const DISCOVERY_HTTPS_PROXY: u8 = 35;
     /// etcd 3.6's v3 discovery (`--discovery-token`, `--discovery-endpoints`).
     pub const DISCOVERY_V3: u8 = 33;
+    pub const V2_KEYS_VS_ETCD: u8 = 34;
+    pub const DISCOVERY_HTTPS_PROXY: u8 = 35;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;

@@ -435,3 +435,192 @@ fn discovery_errors_name_the_problem() {
         "a member waiting for discovery keeps waiting"
     );
 }
+
+/// The flags of a member that bootstraps through etcd 3.6's v3 discovery: `token` in the
+/// discovery cluster at `endpoints` (no --initial-cluster).
+fn discovery_v3_args(
+    c: &Cluster,
+    name: &str,
+    me: &str,
+    token: &str,
+    endpoints: &str,
+) -> Vec<String> {
+    let mut args = discovery_args(c, name, me, "unused");
+    let i = args.iter().position(|a| a == "--discovery").unwrap();
+    args.drain(i..i + 2);
+    args.extend(
+        [
+            "--discovery-token",
+            token,
+            "--discovery-endpoints",
+            endpoints,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    args
+}
+
+/// The member ID etcd 3.6 gives a member bootstrapped through v3 discovery with `token` (its
+/// peer URL hashed with the token), computed with detcd's code.
+fn expected_id_v3(peer_url: &str, token: &str) -> String {
+    let url = detcd_core::config::Url::parse(peer_url).unwrap();
+    detcd_core::ids::format_id(detcd_core::discovery::member_id_v3(&[url], token))
+}
+
+/// Three members named infra<first>..infra<first+2> at `ip(s, first..)` bootstrap through v3
+/// discovery with `token` at `endpoints`; checks the member list and IDs, and returns the
+/// members' indices.
+fn bootstrap_three_v3(c: &mut Cluster, first: usize, token: &str, endpoints: &str) -> Vec<usize> {
+    let s = subnet::DISCOVERY_V3;
+    let mut ms = Vec::new();
+    for i in first..first + 3 {
+        let me = ip(s, i);
+        let args = discovery_v3_args(c, &format!("infra{i}"), &me, token, endpoints);
+        let m = c.add(&format!("infra{i}"), me, args, vec![]);
+        c.members[m].start();
+        ms.push(m);
+    }
+    for &m in &ms {
+        c.members[m].wait_healthy(HEALTHY_TIMEOUT);
+    }
+    let list = member_list(&c.members[ms[0]].client_url());
+    let names: Vec<String> = list.iter().map(|(_, n)| n.clone()).collect();
+    let want: Vec<String> = (first..first + 3).map(|i| format!("infra{i}")).collect();
+    assert_eq!(names, want, "{list:?}");
+    for (id, name) in &list {
+        let i: usize = name[5..].parse().unwrap();
+        let peer = format!("http://{}:{PEER_PORT}", ip(s, i));
+        assert_eq!(id, &expected_id_v3(&peer, token), "{name}");
+    }
+    ms
+}
+
+/// etcd 3.6's v3 discovery end to end, with a one-member detcd cluster as the discovery
+/// service: the size put with etcdctl, three detcd members bootstrap through it with etcd
+/// 3.6's member IDs (the first endpoint, in etcd's sorted order, has nothing listening: the
+/// client fails over), a fourth finds the cluster full and exits 1 (etcd 3.6 has no proxy
+/// fallback), a token without a size is refused, and a restarted member ignores the token
+/// with etcd 3.6's warning.
+///
+/// No real etcd 3.6 runs here: this machine has Debian's etcd 3.4, which has no v3 discovery
+/// (see the next test for a real etcd 3.4 *serving* the v3 API to detcd's discovery client).
+#[test]
+fn detcd_members_bootstrap_through_v3_discovery_on_a_detcd_host() {
+    if !have_etcdctl() {
+        return;
+    }
+    let s = subnet::DISCOVERY_V3;
+    let mut c = Cluster::empty("discovery-v3", s);
+    let host_ip = ip(s, 9);
+    let host = add_host(&mut c, &host_ip, false);
+    c.members[host].start();
+    c.members[host].wait_healthy(HEALTHY_TIMEOUT);
+    let host_url = c.members[host].client_url();
+    let token = "detcd-v3-token";
+    etcdctl_ok(
+        std::slice::from_ref(&host_url),
+        &["put", &format!("/_etcd/registry/{token}/_config/size"), "3"],
+    );
+    // Sorted, the bare dead endpoint comes first.
+    let endpoints = format!("{}:{CLIENT_PORT},{host_url}", ip(s, 8));
+    let ms = bootstrap_three_v3(&mut c, 0, token, &endpoints);
+    // The registrations: one key per member ID, valued name=peerURL.
+    let got = etcdctl_ok(
+        std::slice::from_ref(&host_url),
+        &[
+            "get",
+            "--prefix",
+            &format!("/_etcd/registry/{token}/members/"),
+        ],
+    );
+    for i in 0..3 {
+        let peer = format!("http://{}:{PEER_PORT}", ip(s, i));
+        let key = format!(
+            "/_etcd/registry/{token}/members/{}",
+            expected_id_v3(&peer, token)
+        );
+        assert!(got.stdout.contains(&key), "{}", got.stdout);
+        assert!(
+            got.stdout.contains(&format!("infra{i}={peer}")),
+            "{}",
+            got.stdout
+        );
+    }
+    let log = c.members[ms[0]].stderr();
+    assert!(
+        log.contains("Bootstrapping cluster using v3 discovery.")
+            && log.contains("discovery joined cluster successfully"),
+        "{}",
+        c.members[ms[0]].log_tail(20)
+    );
+
+    // A fourth member: the cluster is full, exit 1, nothing left behind.
+    let me = ip(s, 3);
+    let args = discovery_v3_args(&c, "infra3", &me, token, &host_url);
+    let extra = c.add("infra3", me, args, vec![]);
+    c.members[extra].start();
+    assert_eq!(c.members[extra].wait_exit(HEALTHY_TIMEOUT).code(), Some(1));
+    let err = c.members[extra].stderr();
+    assert!(
+        err.contains("failed to join discovery cluster (discovery: cluster is full)")
+            && err.contains(
+                "do not reuse discovery token; generate a new one to bootstrap a cluster"
+            ),
+        "{}",
+        c.members[extra].log_tail(10)
+    );
+    assert!(
+        !c.members[extra].data_dir.exists(),
+        "a refused start leaves no data dir"
+    );
+
+    // A token without a size.
+    let me = ip(s, 4);
+    let args = discovery_v3_args(&c, "infra4", &me, "nosize", &host_url);
+    let m = c.add("infra4", me, args, vec![]);
+    c.members[m].start();
+    assert_eq!(c.members[m].wait_exit(HEALTHY_TIMEOUT).code(), Some(1));
+    assert!(
+        c.members[m]
+            .stderr()
+            .contains("failed to join discovery cluster (discovery: size key not found)"),
+        "{}",
+        c.members[m].log_tail(10)
+    );
+
+    // A restart with a data dir: the token is ignored, with etcd 3.6's warning.
+    c.members[ms[1]].kill();
+    c.members[ms[1]].start();
+    c.members[ms[1]].wait_healthy(HEALTHY_TIMEOUT);
+    assert!(
+        c.members[ms[1]].stderr().contains(
+            "discovery token is ignored since cluster already initialized; valid logs are found"
+        ),
+        "{}",
+        c.members[ms[1]].log_tail(20)
+    );
+}
+
+/// detcd's v3 discovery client against a real etcd server: Debian's etcd 3.4 serves the v3
+/// KV and Watch API that etcd 3.6's discovery uses (it has no v3 discovery of its own), and
+/// three detcd members bootstrap through it.
+#[test]
+fn detcd_members_bootstrap_through_v3_discovery_on_a_real_etcd_host() {
+    if !have_etcdctl() || !have_etcd_server() {
+        return;
+    }
+    let s = subnet::DISCOVERY_V3;
+    let mut c = Cluster::empty("discovery-v3-etcd", s);
+    let host_ip = ip(s, 29);
+    let host = add_host(&mut c, &host_ip, true);
+    c.members[host].start();
+    c.members[host].wait_healthy(HEALTHY_TIMEOUT);
+    let host_url = c.members[host].client_url();
+    let token = "through-etcd";
+    etcdctl_ok(
+        std::slice::from_ref(&host_url),
+        &["put", &format!("/_etcd/registry/{token}/_config/size"), "3"],
+    );
+    bootstrap_three_v3(&mut c, 20, token, &host_url);
+}
