@@ -633,7 +633,8 @@ impl V3Client {
                         .map(|r| KvReply::Put(r.into_inner())),
                 }
             };
-            match tokio::time::timeout_at(deadline, call).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, call).await {
                 Err(_) => return KvReply::Failed("context deadline exceeded".into()),
                 Ok(Ok(reply)) => return reply,
                 Ok(Err(status)) => {
