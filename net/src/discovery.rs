@@ -590,11 +590,8 @@ impl V3Client {
                     .tls
                     .clone()
                     .ok_or_else(|| "no TLS configuration".to_string())?;
-                let connector = DiscoveryTlsDial {
-                    config,
-                    host: t.host.clone(),
-                    port: t.port,
-                };
+                let connector =
+                    crate::transport::TlsDial::endpoint(config, t.host.clone(), t.port);
                 return endpoint
                     .connect_with_connector(connector)
                     .await
@@ -820,36 +817,3 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// tonic's connector for a TLS discovery endpoint: TCP, then the TLS handshake naming `host`.
-#[cfg(not(madsim))]
-#[derive(Clone)]
-struct DiscoveryTlsDial {
-    config: std::sync::Arc<rustls::ClientConfig>,
-    host: String,
-    port: u16,
-}
-
-#[cfg(not(madsim))]
-impl tower_service::Service<tonic::codegen::http::Uri> for DiscoveryTlsDial {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            crate::tls::connect(this.config, &this.host, this.port)
-                .await
-                .map(hyper_util::rt::TokioIo::new)
-        })
-    }
-}

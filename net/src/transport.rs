@@ -102,6 +102,7 @@ async fn open_channel(url: &str, tls: &PeerDialTls) -> Result<tonic::transport::
             port: parsed.port,
             addr,
             server_name: tls.server_name.clone(),
+            peer: true,
         };
         return endpoint
             .connect_with_connector(connector)
@@ -139,10 +140,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// tonic's connector for TLS peers: TCP, then the TLS handshake with the peer configuration.
+/// tonic's connector for TLS peers (and etcd v3 discovery endpoints): TCP, then the TLS
+/// handshake with the given configuration.
 #[cfg(not(madsim))]
 #[derive(Clone)]
-struct TlsDial {
+pub(crate) struct TlsDial {
     config: Arc<rustls::ClientConfig>,
     host: String,
     port: u16,
@@ -150,6 +152,23 @@ struct TlsDial {
     addr: Option<std::net::IpAddr>,
     /// See [`PeerDialTls::server_name`].
     server_name: Option<String>,
+    /// A peer: handshake failures are logged here (a discovery endpoint's reach its caller).
+    peer: bool,
+}
+
+#[cfg(not(madsim))]
+impl TlsDial {
+    /// A connector to `host:port` verified as `host` (an etcd v3 discovery endpoint).
+    pub(crate) fn endpoint(config: Arc<rustls::ClientConfig>, host: String, port: u16) -> TlsDial {
+        TlsDial {
+            config,
+            host,
+            port,
+            addr: None,
+            server_name: None,
+            peer: false,
+        }
+    }
 }
 
 #[cfg(not(madsim))]
@@ -181,7 +200,7 @@ impl tower_service::Service<tonic::codegen::http::Uri> for TlsDial {
             match connected {
                 Ok(s) => Ok(hyper_util::rt::TokioIo::new(s)),
                 Err(e) => {
-                    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                    if this.peer && e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
                         match &this.server_name {
                             // The guide's DNS SRV note: the domain must be in the SAN.
                             Some(domain) => tracing::warn!(

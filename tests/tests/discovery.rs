@@ -95,6 +95,36 @@ fn expected_id(peer_url: &str, durl: &str) -> String {
     detcd_core::ids::format_id(detcd_core::discovery::member_id_v2(&[url], durl))
 }
 
+/// Three members infra0..2 at `ip(subnet, 0..3)` (real etcd ones with `etcd`) bootstrap
+/// through `durl`; checks the member list and that each ID is etcd's for its peer URL and
+/// `durl`. Returns the member list, as (id, name).
+fn bootstrap_three_v2(c: &mut Cluster, durl: &str, etcd: bool) -> Vec<(String, String)> {
+    let s = c.subnet;
+    let mut ms = Vec::new();
+    for i in 0..3 {
+        let me = ip(s, i);
+        let args = discovery_args(c, &format!("infra{i}"), &me, durl);
+        let m = c.add(&format!("infra{i}"), me, args, vec![]);
+        if etcd {
+            c.members[m].bin = etcd_server_path();
+        }
+        c.members[m].start();
+        ms.push(m);
+    }
+    for &m in &ms {
+        c.members[m].wait_healthy(HEALTHY_TIMEOUT);
+    }
+    let list = member_list(&c.members[ms[0]].client_url());
+    let names: Vec<&str> = list.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["infra0", "infra1", "infra2"], "{list:?}");
+    for (id, name) in &list {
+        let i: usize = name[5..].parse().unwrap();
+        let peer = format!("http://{}:{PEER_PORT}", ip(s, i));
+        assert_eq!(id, &expected_id(&peer, durl), "{name}");
+    }
+    list
+}
+
 /// Waits until `path` on `addr` answers 200 and `check` accepts the body.
 fn wait_body(addr: &str, path: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
     let deadline = Deadline::new(HEALTHY_TIMEOUT, what);
@@ -141,23 +171,7 @@ fn detcd_members_bootstrap_through_new_on_a_detcd_host() {
     );
     assert!(size.contains(r#""value":"3""#), "{size}");
 
-    for i in 0..3 {
-        let me = ip(s, i);
-        let args = discovery_args(&c, &format!("infra{i}"), &me, &durl);
-        let m = c.add(&format!("infra{i}"), me, args, vec![]);
-        c.members[m].start();
-    }
-    for m in 1..=3 {
-        c.members[m].wait_healthy(HEALTHY_TIMEOUT);
-    }
-    let list = member_list(&c.members[1].client_url());
-    let names: Vec<&str> = list.iter().map(|(_, n)| n.as_str()).collect();
-    assert_eq!(names, ["infra0", "infra1", "infra2"]);
-    for (id, name) in &list {
-        let i: usize = name[5..].parse().unwrap();
-        let peer = format!("http://{}:{PEER_PORT}", ip(s, i));
-        assert_eq!(id, &expected_id(&peer, &durl), "{name}");
-    }
+    let list = bootstrap_three_v2(&mut c, &durl, false);
     // The registrations are in the token's directory, under those IDs.
     let dir = wait_body(&host_addr, token_path, "token dir", |_| true);
     for (id, name) in &list {
@@ -230,23 +244,7 @@ fn real_etcd_members_bootstrap_through_a_detcd_host() {
     let token_path = "/v2/keys/discovery/6c007a14875d53d9bf0ef5a6fc0257c817f0fb83";
     put_size(&host_addr, token_path, 3);
     let durl = format!("http://{host_addr}{token_path}");
-    for i in 0..3 {
-        let me = ip(s, i);
-        let args = discovery_args(&c, &format!("infra{i}"), &me, &durl);
-        let m = c.add(&format!("infra{i}"), me, args, vec![]);
-        c.members[m].bin = etcd_server_path();
-        c.members[m].start();
-    }
-    for m in 1..=3 {
-        c.members[m].wait_healthy(HEALTHY_TIMEOUT);
-    }
-    let list = member_list(&c.members[1].client_url());
-    assert_eq!(list.len(), 3, "{list:?}");
-    for (id, name) in &list {
-        let i: usize = name[5..].parse().unwrap();
-        let peer = format!("http://{}:{PEER_PORT}", ip(s, i));
-        assert_eq!(id, &expected_id(&peer, &durl), "{name}");
-    }
+    bootstrap_three_v2(&mut c, &durl, true);
 }
 
 /// detcd members bootstrap through a real etcd 3.4 host (`--enable-v2`).
@@ -265,22 +263,7 @@ fn detcd_members_bootstrap_through_a_real_etcd_host() {
     let token_path = "/v2/keys/discovery/detcd-through-etcd";
     put_size(&host_addr, token_path, 3);
     let durl = format!("http://{host_addr}{token_path}");
-    for i in 0..3 {
-        let me = ip(s, i);
-        let args = discovery_args(&c, &format!("infra{i}"), &me, &durl);
-        let m = c.add(&format!("infra{i}"), me, args, vec![]);
-        c.members[m].start();
-    }
-    for m in 1..=3 {
-        c.members[m].wait_healthy(HEALTHY_TIMEOUT);
-    }
-    let list = member_list(&c.members[2].client_url());
-    assert_eq!(list.len(), 3, "{list:?}");
-    for (id, name) in &list {
-        let i: usize = name[5..].parse().unwrap();
-        let peer = format!("http://{}:{PEER_PORT}", ip(s, i));
-        assert_eq!(id, &expected_id(&peer, &durl), "{name}");
-    }
+    bootstrap_three_v2(&mut c, &durl, false);
 }
 
 /// The host is itself a three-member detcd cluster: a token made on one member is served by
