@@ -355,8 +355,14 @@ pub struct V2Store {
     /// Nodes with a TTL, by (expiry, path).
     ttl: BTreeSet<(u64, String)>,
     history: VecDeque<Event>,
+    /// Events below this index were dropped from the history (0: none ever was). Not the
+    /// oldest event's index: index moves without events ([`V2Store::count_member_change`])
+    /// are etcd's own events in its history, so a wait from before them is not "cleared".
+    cleared_below: u64,
     /// Paths changed since the last take_changes.
     dirty: BTreeSet<String>,
+    /// The index moved without a node changing ([`V2Store::count_member_change`]).
+    index_moved: bool,
     new_events: Vec<Event>,
     // Per member, not replicated:
     watchers: BTreeMap<u64, Watcher>,
@@ -458,6 +464,17 @@ impl V2Store {
     /// The first TTL due, Unix ms.
     pub fn next_expiry_ms(&self) -> Option<u64> {
         self.ttl.first().map(|(t, _)| *t)
+    }
+
+    /// Counts a change of the cluster's member bookkeeping in the index, as etcd's v2 store
+    /// does: etcd keeps members, their attributes and the cluster version in its hidden `/0`
+    /// namespace of the same store (etcdserver/api/membership/store.go), so each such write
+    /// moves `X-Etcd-Index`, and a client's first key in a fresh one-member cluster gets index
+    /// 4, not 1 (clients such as `etcdctl watch --after-index=1` rely on the index having
+    /// moved). No event is recorded: nothing a client can watch changed.
+    pub fn count_member_change(&mut self, writes: u64) {
+        self.index += writes;
+        self.index_moved = true;
     }
 
     /// Waiting reads registered on this member.
@@ -986,7 +1003,9 @@ impl V2Store {
     /// Adds an event to the history (etcd's EventHistory.addEvent).
     fn record(&mut self, e: Event) {
         if self.history.len() == HISTORY_CAPACITY {
-            self.history.pop_front();
+            if let Some(dropped) = self.history.pop_front() {
+                self.cleared_below = dropped.index() + 1;
+            }
         }
         self.history.push_back(e.clone());
         self.new_events.push(e);
@@ -1030,7 +1049,7 @@ impl V2Store {
     fn scan(&self, key: &str, recursive: bool, since: u64) -> Result<Option<Event>, V2Error> {
         let start = self.history.front().map_or(0, Event::index);
         let last = self.history.back().map_or(0, Event::index);
-        if since < start {
+        if since < self.cleared_below {
             return Err(V2Error::new(
                 code::EVENT_INDEX_CLEARED,
                 format!("the requested history has been cleared [{start}/{since}]"),
@@ -1123,6 +1142,7 @@ impl V2Store {
     /// What changed since the last call: the data file writes these rows with the apply's
     /// transaction.
     pub fn take_changes(&mut self) -> Changes {
+        self.index_moved = false;
         let nodes = std::mem::take(&mut self.dirty)
             .into_iter()
             .map(|p| {
@@ -1140,7 +1160,7 @@ impl V2Store {
 
     /// True when [`V2Store::take_changes`] has something to write.
     pub fn has_changes(&self) -> bool {
-        !self.dirty.is_empty() || !self.new_events.is_empty()
+        !self.dirty.is_empty() || !self.new_events.is_empty() || self.index_moved
     }
 
     /// The store rebuilt from its rows: every node by path, the history events in index
@@ -1184,6 +1204,10 @@ impl V2Store {
             }
             s.history.push_back(e);
         }
+        // A full history may have dropped older events; a shorter one never did.
+        if s.history.len() == HISTORY_CAPACITY {
+            s.cleared_below = s.history.front().map_or(0, Event::index);
+        }
         Ok(s)
     }
 
@@ -1211,9 +1235,11 @@ impl V2Store {
         self.nodes = fresh.nodes;
         self.ttl = fresh.ttl;
         self.history = fresh.history;
+        self.cleared_below = fresh.cleared_below;
         self.index = fresh.index;
         self.dirty.clear();
         self.new_events.clear();
+        self.index_moved = false;
     }
 }
 

@@ -277,6 +277,10 @@ pub fn initialize_member(
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)
         .map_err(|e| LogError::Storage(e.to_string()))?;
+    let v2_index = match &how {
+        NewMember::NewCluster => members.len() as u64 + 1,
+        NewMember::Joining { .. } => 0,
+    };
     let (cs, base, removed) = match how {
         NewMember::NewCluster => {
             let mut cs = ConfState::default();
@@ -285,8 +289,14 @@ pub fn initialize_member(
         }
         NewMember::Joining { removed } => (ConfState::default(), (0, 0), removed),
     };
+    // etcd's v2 store counts each bootstrap member's raftAttributes and the cluster version
+    // (see V2Store::count_member_change); a joining member takes the leader's.
     let log = crate::raft_log::RaftLog::bootstrap(&txn, cs, base, log_file)?;
     Membership::bootstrap(&txn, cluster_id, members, removed)?;
+    if v2_index > 0 {
+        txn.open_table(META)?
+            .insert(meta_keys::V2_INDEX, v2_index.to_be_bytes().as_slice())?;
+    }
     txn.open_table(META)?
         .insert(meta_keys::MEMBER_ID, local_id.to_be_bytes().as_slice())?;
     txn.open_table(crate::tables::KV)?;
@@ -523,6 +533,8 @@ impl<V: StateViews> KvState<V> {
                 self.views
                     .members_mut(|m| m.set_attributes(txn, a))
                     .map_err(|e| Fatal::new("storing member attributes", e))?;
+                // etcd writes /0/members/<id>/attributes into its v2 store.
+                self.count_v2_member_writes(txn, 1)?;
                 Ok(Applied::Attributes)
             }
             Some(Request::V2(r)) => {
@@ -554,6 +566,16 @@ impl<V: StateViews> KvState<V> {
                 Ok(other)
             }
         }
+    }
+
+    /// Moves the v2 store's index by `writes` of etcd's member bookkeeping
+    /// ([`V2Store::count_member_change`]), durably with the apply.
+    fn count_v2_member_writes(&self, txn: &redb::WriteTransaction, writes: u64) -> Result<(), Fatal> {
+        let changes = self.views.v2_mut(|s| {
+            s.count_member_change(writes);
+            s.take_changes()
+        });
+        v2_rows::write_changes(txn, changes).map_err(|e| Fatal::new("storing the v2 store index", e))
     }
 
     /// etcd's Alarm apply (etcdserver/apply.go): ACTIVATE raises, DEACTIVATE clears, each
@@ -645,6 +667,8 @@ impl<V: StateViews> KvState<V> {
         self.views
             .members_mut(|m| m.apply(txn, change))
             .map_err(|e| Fatal::new("storing a membership change", e))?;
+        // etcd writes the member's raftAttributes (or removes it) in its v2 store.
+        self.count_v2_member_writes(txn, 1)?;
         if let Some(cs) = cs {
             let mut bytes = Vec::new();
             crate::raftpb::encode_conf_state(cs, &mut bytes);
@@ -1034,7 +1058,8 @@ mod tests {
             .unwrap();
         commit(&mut leader);
         let reloaded = load_views(leader.db()).unwrap().v2;
-        assert_eq!(reloaded.index(), 2);
+        // Bootstrap counted etcd's bookkeeping (one member's raftAttributes, the version).
+        assert_eq!(reloaded.index(), 4);
         assert_eq!(
             reloaded
                 .get("/tok/abc", false, 0)
@@ -1071,7 +1096,7 @@ mod tests {
                 .as_deref(),
             Some("3")
         );
-        assert_eq!(follower.views().v2(|s| s.index()), 2);
+        assert_eq!(follower.views().v2(|s| s.index()), 4);
         // Damage is refused with the row named.
         {
             let txn = leader.db().begin_write().unwrap();

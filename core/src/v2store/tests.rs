@@ -323,3 +323,18 @@ fn times_print_as_go_does() {
     assert_eq!(rfc3339_ms(1_764_000_000_120), "2025-11-24T16:00:00.12Z");
     assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00Z");
 }
+
+/// Index moves of etcd's member bookkeeping are not client events, but a wait from before
+/// them is not "cleared" either: it gets the first client event after them.
+#[test]
+fn a_wait_from_before_member_bookkeeping_finds_the_first_write() {
+    let mut s = V2Store::new();
+    s.count_member_change(7);
+    put(&mut s, "/foo", "bar").unwrap();
+    match s.watch("/foo", false, false, 2).unwrap() {
+        WatchStart::Ready(e) => assert_eq!(e.node.modified_index, 8),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.has_changes());
+    assert_eq!(s.take_changes().index, 8);
+}
