@@ -361,9 +361,13 @@ pub fn check_v2_discovery_answer(data: &[u8]) -> bool {
             body: body.clone(),
         })
     };
-    let mut m = V2Discovery::join("http://10.0.0.1:2379/v2/keys/d/tok", 0x1234, "a=http://10.0.0.2:2380")
-        .expect("a valid URL")
-        .with_max_retries(3);
+    let mut m = V2Discovery::join(
+        "http://10.0.0.1:2379/v2/keys/d/tok",
+        0x1234,
+        "a=http://10.0.0.2:2380",
+    )
+    .expect("a valid URL")
+    .with_max_retries(3);
     for _ in 0..10_000 {
         match m.poll_step() {
             Some(Step::Send(_)) => m.handle_response(answer()),

@@ -590,8 +590,7 @@ impl V3Client {
                     .tls
                     .clone()
                     .ok_or_else(|| "no TLS configuration".to_string())?;
-                let connector =
-                    crate::transport::TlsDial::endpoint(config, t.host.clone(), t.port);
+                let connector = crate::transport::TlsDial::endpoint(config, t.host.clone(), t.port);
                 return endpoint
                     .connect_with_connector(connector)
                     .await
@@ -816,4 +815,3 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
-

@@ -570,12 +570,17 @@ impl<V: StateViews> KvState<V> {
 
     /// Moves the v2 store's index by `writes` of etcd's member bookkeeping
     /// ([`V2Store::count_member_change`]), durably with the apply.
-    fn count_v2_member_writes(&self, txn: &redb::WriteTransaction, writes: u64) -> Result<(), Fatal> {
+    fn count_v2_member_writes(
+        &self,
+        txn: &redb::WriteTransaction,
+        writes: u64,
+    ) -> Result<(), Fatal> {
         let changes = self.views.v2_mut(|s| {
             s.count_member_change(writes);
             s.take_changes()
         });
-        v2_rows::write_changes(txn, changes).map_err(|e| Fatal::new("storing the v2 store index", e))
+        v2_rows::write_changes(txn, changes)
+            .map_err(|e| Fatal::new("storing the v2 store index", e))
     }
 
     /// etcd's Alarm apply (etcdserver/apply.go): ACTIVATE raises, DEACTIVATE clears, each
