@@ -410,8 +410,9 @@ fn is_hidden_below(watch: &str, key: &str) -> bool {
 
 /// Seconds left until `expire_ms`, rounded up (etcd's expirationAndTTL).
 fn ttl_secs(expire_ms: u64, now_ms: u64) -> i64 {
-    let left = expire_ms as i64 - now_ms as i64;
-    left.div_euclid(1000) + i64::from(left.rem_euclid(1000) > 0)
+    let left = i128::from(expire_ms) - i128::from(now_ms);
+    let secs = left.div_euclid(1000) + i128::from(left.rem_euclid(1000) > 0);
+    secs.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 /// `ms` since the Unix epoch as RFC 3339 in UTC, as Go prints a time.Time in JSON
@@ -949,7 +950,8 @@ impl V2Store {
         let path = clean_path(path);
         let cur = self.index;
         let Some(n) = self.lookup(&path)?.cloned() else {
-            return Err(V2Error::new(code::NOT_FILE, "/", cur));
+            // etcd's root is its /1 namespace, whose trimmed path is empty.
+            return Err(V2Error::new(code::NOT_FILE, "", cur));
         };
         if n.is_dir() {
             return Err(V2Error::new(code::NOT_FILE, path, cur));

@@ -614,7 +614,10 @@ impl Node {
                     }
                     timed(&mut step, "handling peer messages", || self.server.handle_messages(msgs))?;
                 }
-                _ = ticker.tick() => timed(&mut step, "handling a tick", || self.server.handle_tick())?,
+                _ = ticker.tick() => {
+                    self.server.handle_wall_clock(unix_ms_now());
+                    timed(&mut step, "handling a tick", || self.server.handle_tick())?
+                }
                 Some(waiter) = self.defrag_requests.recv() => {
                     if self.defragmenter.is_none() {
                         let _ = waiter.send(Err("defragmentation is not supported on this member's storage".into()));
@@ -996,4 +999,12 @@ fn start_log_writer(mut writer: LogWriter) -> mpsc::UnboundedSender<LogJob> {
         }
     });
     tx
+}
+
+/// The wall clock in Unix milliseconds (simulated under madsim), for the core's v2 expiry.
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

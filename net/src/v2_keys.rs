@@ -104,7 +104,13 @@ fn form(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Vec<(St
     let form_body = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+        .is_some_and(|t| {
+            // Go's mime.ParseMediaType: the media type is case-insensitive.
+            t.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
     if form_body && matches!(*method, Method::PUT | Method::POST | Method::PATCH) {
         out.extend(form_urlencoded::parse(body).into_owned());
     }
@@ -112,6 +118,27 @@ fn form(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Vec<(St
         out.extend(form_urlencoded::parse(q.as_bytes()).into_owned());
     }
     out
+}
+
+/// Keys longer than this many bytes are refused (etcd has no limit; every member creates a
+/// row per missing parent directory, so a key's cost grows with its length times its depth).
+pub const MAX_KEY_BYTES: usize = 8 * 1024;
+/// Keys deeper than this many segments are refused (see [`MAX_KEY_BYTES`]).
+pub const MAX_KEY_DEPTH: usize = 64;
+
+/// detcd's bound on a key's length and depth (error 209, Invalid field).
+fn check_key(key: &str) -> Result<(), V2Error> {
+    let depth = key.split('/').filter(|s| !s.is_empty()).count();
+    if key.len() > MAX_KEY_BYTES || depth > MAX_KEY_DEPTH {
+        return Err(bad(
+            code::INVALID_FIELD,
+            &format!(
+                "key too long: {} bytes in {depth} segments (detcd's limit: {MAX_KEY_BYTES} bytes, {MAX_KEY_DEPTH} segments)",
+                key.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A parsed keys request (etcd's `parseKeyRequest` result).
@@ -306,7 +333,13 @@ async fn keys(
         );
         return r;
     }
-    let key = uri.path()[KEYS_PREFIX.len()..].to_string();
+    // Go serves the decoded path (r.URL.Path): `a%20b` is the key "a b".
+    let key = percent_encoding::percent_decode_str(&uri.path()[KEYS_PREFIX.len()..])
+        .decode_utf8_lossy()
+        .into_owned();
+    if let Err(e) = check_key(&key) {
+        return error_response(&api, &e);
+    }
     let form = form(&method, &uri, &headers, &body);
     let now = now_ms();
     let kr = match parse(&method, &key, &form, now) {
@@ -525,5 +558,22 @@ mod tests {
         assert_eq!(f[0], ("value".to_string(), "body".to_string()));
         let f = form(&Method::DELETE, &uri, &h, b"value=body");
         assert_eq!(f.len(), 1);
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("Application/X-WWW-Form-Urlencoded; charset=utf-8"),
+        );
+        assert_eq!(form(&Method::PUT, &uri, &h, b"value=body").len(), 2);
+    }
+
+    #[test]
+    fn keys_are_bounded() {
+        assert!(check_key("/a/b").is_ok());
+        assert_eq!(check_key(&"/a".repeat(65)).unwrap_err().code, 209);
+        assert_eq!(
+            check_key(&format!("/{}", "x".repeat(9000)))
+                .unwrap_err()
+                .code,
+            209
+        );
     }
 }

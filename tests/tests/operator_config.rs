@@ -67,7 +67,7 @@ fn etcds_sample_config_file_starts_detcd_unchanged() {
     assert!(
         json_lines.iter().any(|l| l["msg"]
             .as_str()
-            .is_some_and(|m| m.starts_with("--enable-v2 has no effect"))),
+            .is_some_and(|m| m.starts_with("--enable-pprof has no effect"))),
         "{stderr}"
     );
 }

@@ -102,6 +102,10 @@ fn v2_keys_answers_as_etcd_3_4_does() {
         ("DELETE", "/v2/keys/dir?recursive=true", None),
         ("DELETE", "/v2/keys/", None),
         ("PATCH", "/v2/keys/foo", None),
+        ("PUT", "/v2/keys/sp%20ace/x%2Fy", Some("value=decoded")),
+        ("GET", "/v2/keys/sp%20ace?recursive=true", None),
+        ("PUT", "/v2/keys/form", Some("value=a%2Bb+c")),
+        ("GET", "/v2/keys/form", None),
         ("GET", "/v2/keys/?recursive=true&sorted=true", None),
     ];
     let mut differences = Vec::new();

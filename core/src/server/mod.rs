@@ -358,6 +358,8 @@ pub struct Server<V: StateViews> {
     state: KvState<V>,
     ids: IdGen,
     tick: u64,
+    /// The executor's wall clock at the last tick ([`Server::handle_wall_clock`]).
+    wall_clock_ms: Option<u64>,
     outputs: VecDeque<Output>,
     /// Proposals in raft, by request id, waiting for their entry to apply.
     waiting: BTreeMap<u64, Waiting>,
@@ -464,6 +466,7 @@ impl<V: StateViews> Server<V> {
             state,
             ids,
             tick: 0,
+            wall_clock_ms: None,
             outputs: VecDeque::new(),
             waiting: BTreeMap::new(),
             leader_epoch: 0,
@@ -1378,10 +1381,19 @@ impl<V: StateViews> Server<V> {
         }
     }
 
-    /// This member's clock, Unix ms: its start time plus the ticks since (core reads no
-    /// clock). The v2 store's TTLs expire by the leader's.
+    /// This member's clock, Unix ms: the last [`Server::handle_wall_clock`], else its start
+    /// time plus the ticks since (core reads no clock). The v2 store's TTLs expire by the
+    /// leader's.
     pub fn wall_clock_ms(&self) -> u64 {
-        self.cfg.start_unix_ms + self.tick * self.cfg.tick_ms
+        self.wall_clock_ms
+            .unwrap_or(self.cfg.start_unix_ms + self.tick * self.cfg.tick_ms)
+    }
+
+    /// The executor's wall clock, Unix ms, given before ticks: ticks may be delayed, and the
+    /// v2 store's expiry times come from proposers' wall clocks (etcd stamps its v2 SYNC with
+    /// `time.Now()`).
+    pub fn handle_wall_clock(&mut self, unix_ms: u64) {
+        self.wall_clock_ms = Some(unix_ms);
     }
 
     /// etcd's v2 SYNC (etcdserver/server.go, `sync` every 500 ms while the v2 store has TTL

@@ -672,8 +672,13 @@ impl<V: StateViews> KvState<V> {
         self.views
             .members_mut(|m| m.apply(txn, change))
             .map_err(|e| Fatal::new("storing a membership change", e))?;
-        // etcd writes the member's raftAttributes (or removes it) in its v2 store.
-        self.count_v2_member_writes(txn, 1)?;
+        // etcd writes the member's raftAttributes in its v2 store; a removal deletes the
+        // member and records it as removed (membership/store.go): two writes.
+        let writes = match change {
+            crate::membership::MemberChange::Remove(_) => 2,
+            _ => 1,
+        };
+        self.count_v2_member_writes(txn, writes)?;
         if let Some(cs) = cs {
             let mut bytes = Vec::new();
             crate::raftpb::encode_conf_state(cs, &mut bytes);
