@@ -24,6 +24,17 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// Events kept for `waitIndex` (etcd's `newWatchHub(1000)`).
 pub const HISTORY_CAPACITY: usize = 1000;
 
+/// The most the nodes may hold, in bytes of keys and values (plus a fixed overhead each):
+/// detcd's bound, not etcd's. The whole store travels in a snapshot's head frame (64 MiB at
+/// most, JSON, where escaping can grow a value sixfold), so a store that grew past the frame
+/// would stop every snapshot. Writes that would pass it are refused (code 300).
+pub const MAX_NODE_BYTES: u64 = 4 << 20;
+
+/// The most the history holds, in the same units: it keeps the last [`HISTORY_CAPACITY`]
+/// events or this many bytes of them, whichever is less (oldest dropped first), so deleting
+/// large values always makes room.
+pub const MAX_HISTORY_BYTES: u64 = 4 << 20;
+
 /// Expiry times before 2000-01-01 mean "never" (etcd's minExpireTime), Unix ms.
 const MIN_EXPIRE_MS: u64 = 946_684_800_000;
 
@@ -355,6 +366,10 @@ pub struct V2Store {
     /// Nodes with a TTL, by (expiry, path).
     ttl: BTreeSet<(u64, String)>,
     history: VecDeque<Event>,
+    /// Bytes the nodes hold ([`MAX_NODE_BYTES`]).
+    node_bytes: u64,
+    /// Bytes the history holds ([`MAX_HISTORY_BYTES`]).
+    history_bytes: u64,
     /// Events below this index were dropped from the history (0: none ever was). Not the
     /// oldest event's index: index moves without events ([`V2Store::count_member_change`])
     /// are etcd's own events in its history, so a wait from before them is not "cleared".
@@ -406,6 +421,17 @@ fn is_hidden_below(watch: &str, key: &str) -> bool {
         return false;
     }
     clean_path(&format!("/{}", &key[watch.len()..])).contains("/_")
+}
+
+/// What a node counts toward [`MAX_NODE_BYTES`].
+fn node_bytes(path: &str, n: &Node) -> u64 {
+    (path.len() + n.value.as_ref().map_or(0, String::len) + 64) as u64
+}
+
+/// What a history event counts toward [`MAX_HISTORY_BYTES`].
+fn event_bytes(e: &Event) -> u64 {
+    let view = |v: &NodeView| v.key.len() + v.value.as_ref().map_or(0, String::len);
+    (view(&e.node) + e.prev_node.as_ref().map_or(0, view) + 128) as u64
 }
 
 /// Seconds left until `expire_ms`, rounded up (etcd's expirationAndTTL).
@@ -476,6 +502,11 @@ impl V2Store {
     pub fn count_member_change(&mut self, writes: u64) {
         self.index += writes;
         self.index_moved = true;
+    }
+
+    /// Bytes the nodes and the history hold ([`MAX_NODE_BYTES`], [`MAX_HISTORY_BYTES`]).
+    pub fn stored_bytes(&self) -> (u64, u64) {
+        (self.node_bytes, self.history_bytes)
     }
 
     /// Waiting reads registered on this member.
@@ -608,6 +639,20 @@ impl V2Store {
     pub fn apply(&mut self, r: &V2Request) -> Result<Event, V2Error> {
         let expire = r.expiration_ms;
         let now = r.time_ms;
+        if matches!(r.method.as_str(), "PUT" | "POST") {
+            // The node, and parent directories at most as long as its path.
+            let grows = (2 * r.path.len() + r.value.len() + 128) as u64;
+            if self.node_bytes + grows > MAX_NODE_BYTES {
+                return Err(V2Error::new(
+                    code::RAFT_INTERNAL,
+                    format!(
+                        "v2 store is full: its keys and values take {} bytes and this write needs up to {grows} more (detcd's limit: {MAX_NODE_BYTES}); delete keys to make room",
+                        self.node_bytes
+                    ),
+                    self.index,
+                ));
+            }
+        }
         match r.method.as_str() {
             "POST" => self.create(&r.path, r.dir, &r.value, true, expire, now),
             "PUT" => match r.prev_exist {
@@ -646,10 +691,12 @@ impl V2Store {
 
     fn put_node(&mut self, path: &str, node: Node) {
         if let Some(old) = self.nodes.get(path) {
+            self.node_bytes -= node_bytes(path, old);
             if old.expire_ms != 0 {
                 self.ttl.remove(&(old.expire_ms, path.to_string()));
             }
         }
+        self.node_bytes += node_bytes(path, &node);
         if node.expire_ms != 0 {
             self.ttl.insert((node.expire_ms, path.to_string()));
         }
@@ -659,6 +706,7 @@ impl V2Store {
 
     fn remove_node(&mut self, path: &str) {
         if let Some(old) = self.nodes.remove(path) {
+            self.node_bytes -= node_bytes(path, &old);
             if old.expire_ms != 0 {
                 self.ttl.remove(&(old.expire_ms, path.to_string()));
             }
@@ -1004,13 +1052,19 @@ impl V2Store {
 
     /// Adds an event to the history (etcd's EventHistory.addEvent).
     fn record(&mut self, e: Event) {
-        if self.history.len() == HISTORY_CAPACITY {
-            if let Some(dropped) = self.history.pop_front() {
-                self.cleared_below = dropped.index() + 1;
-            }
-        }
+        self.history_bytes += event_bytes(&e);
         self.history.push_back(e.clone());
         self.new_events.push(e);
+        // Bounded by the event count (the loop ends once one event is left).
+        while self.history.len() > HISTORY_CAPACITY
+            || (self.history_bytes > MAX_HISTORY_BYTES && self.history.len() > 1)
+        {
+            let Some(dropped) = self.history.pop_front() else {
+                break;
+            };
+            self.history_bytes -= event_bytes(&dropped);
+            self.cleared_below = dropped.index() + 1;
+        }
     }
 
     /// etcd's watcherHub.notify: records the event, then fires the watchers of the key and
@@ -1210,6 +1264,8 @@ impl V2Store {
         if s.history.len() == HISTORY_CAPACITY {
             s.cleared_below = s.history.front().map_or(0, Event::index);
         }
+        s.node_bytes = s.nodes.iter().map(|(p, n)| node_bytes(p, n)).sum();
+        s.history_bytes = s.history.iter().map(event_bytes).sum();
         Ok(s)
     }
 
@@ -1237,6 +1293,8 @@ impl V2Store {
         self.nodes = fresh.nodes;
         self.ttl = fresh.ttl;
         self.history = fresh.history;
+        self.node_bytes = fresh.node_bytes;
+        self.history_bytes = fresh.history_bytes;
         self.cleared_below = fresh.cleared_below;
         self.index = fresh.index;
         self.dirty.clear();
