@@ -565,6 +565,38 @@ mod tests {
         assert_eq!(form(&Method::PUT, &uri, &h, b"value=body").len(), 2);
     }
 
+    proptest::proptest! {
+        /// The request parser takes whatever a client sends (query, form body, content type,
+        /// key path) without panicking; what it accepts keeps its invariants.
+        #[test]
+        fn any_request_parses_or_is_refused(
+            method in proptest::sample::select(vec![Method::GET, Method::PUT, Method::POST, Method::DELETE, Method::HEAD]),
+            query in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            path in "[a-z%/._0-9]{0,40}",
+            form_type in proptest::bool::ANY,
+        ) {
+            let mut h = HeaderMap::new();
+            if form_type {
+                h.insert("content-type", HeaderValue::from_static("application/x-www-form-urlencoded"));
+            }
+            let q: String = query.iter().map(|b| (b % 95 + 32) as char).collect();
+            let uri = format!("/v2/keys/{path}?{}", q.replace(' ', "%20").replace('#', "%23"));
+            let Ok(uri) = uri.parse::<Uri>() else { return Ok(()); };
+            let f = form(&method, &uri, &h, &body);
+            let key = percent_encoding::percent_decode_str(&uri.path()[KEYS_PREFIX.len()..])
+                .decode_utf8_lossy()
+                .into_owned();
+            if check_key(&key).is_err() {
+                return Ok(());
+            }
+            if let Ok(kr) = parse(&method, &key, &f, 1_000) {
+                proptest::prop_assert!(kr.req.expiration_ms == 0 || kr.req.expiration_ms >= 1_000);
+                proptest::prop_assert!(!kr.wait || method == Method::GET || method == Method::HEAD);
+            }
+        }
+    }
+
     #[test]
     fn keys_are_bounded() {
         assert!(check_key("/a/b").is_ok());

@@ -784,3 +784,41 @@ fn pre_vote_keeps_an_isolated_members_term() {
         );
     }
 }
+
+/// The leader expires v2 TTL keys by the wall clock the executor hands it, not by its tick
+/// count: ticks may run late, and expiry times come from proposers' wall clocks.
+#[test]
+fn v2_ttl_keys_expire_by_the_executors_wall_clock() {
+    use crate::proto::detcdpb::V2Request;
+    let (mut s, mut file) = lone_leader();
+    let now = 1_764_000_000_000;
+    s.handle_wall_clock(now);
+    s.handle_proposals(vec![Request::V2(V2Request {
+        method: "PUT".into(),
+        path: "/t".into(),
+        value: "v".into(),
+        expiration_ms: now + 60_000,
+        time_ms: now,
+        ..Default::default()
+    })])
+    .unwrap();
+    run_outputs(&mut s, &mut file);
+    let alive = |s: &Server<Owned>| s.state().views().v2(|v| v.get("/t", false, now).is_ok());
+    assert!(alive(&s));
+    // Ticks with no newer clock: nothing is due.
+    for _ in 0..20 {
+        s.handle_tick().unwrap();
+        run_outputs(&mut s, &mut file);
+    }
+    assert!(alive(&s), "expired by ticks");
+    // The executor's clock passed it: the next SYNC expires the key.
+    for _ in 0..20 {
+        s.handle_wall_clock(now + 61_000);
+        s.handle_tick().unwrap();
+        run_outputs(&mut s, &mut file);
+    }
+    assert!(
+        !alive(&s),
+        "not expired once the wall clock passed the expiry"
+    );
+}
