@@ -721,6 +721,21 @@ impl Maintenance for Api {
         }))
     }
 
+    /// etcd's MoveLeader (api/v3rpc/maintenance.go): only the leader takes it (`etcdserver:
+    /// not leader` elsewhere); it answers once the target leads, or with etcd's
+    /// `etcdserver: bad leader transferee` (the target is not a voting member) or
+    /// `etcdserver: request timed out, leader transfer took too long`.
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let target = req.into_inner().target_id;
+        self.node.move_leader(target, self.request_timeout).await?;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: self.header(None),
+        }))
+    }
+
     async fn status(
         &self,
         _: Request<pb::StatusRequest>,

@@ -94,6 +94,10 @@ pub fn routes(api: &Api) -> Router {
             unary!(api, Maintenance::defragment),
         )
         .route("/maintenance/hashkv", unary!(api, Maintenance::hash_kv))
+        .route(
+            "/maintenance/transfer-leadership",
+            unary!(api, Maintenance::move_leader),
+        )
         .route("/lock/lock", unary!(conc, Lock::lock))
         .route("/lock/unlock", unary!(conc, Lock::unlock))
         .route("/election/campaign", unary!(conc, Election::campaign))

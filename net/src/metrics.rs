@@ -166,6 +166,7 @@ pub const GRPC_METHODS: &[(&str, &str, &str)] = &[
     ("etcdserverpb.Maintenance", "Status", "unary"),
     ("etcdserverpb.Maintenance", "Defragment", "unary"),
     ("etcdserverpb.Maintenance", "HashKV", "unary"),
+    ("etcdserverpb.Maintenance", "MoveLeader", "unary"),
     ("v3lockpb.Lock", "Lock", "unary"),
     ("v3lockpb.Lock", "Unlock", "unary"),
     ("v3electionpb.Election", "Campaign", "unary"),

@@ -202,6 +202,12 @@ struct Proposal {
 /// waits for its result.
 type MemberChangeJob = (MemberChange, bool, oneshot::Sender<ApplyResult>);
 
+/// A MoveLeader for the driver: its target, and who waits for the answer.
+type LeaderMoveJob = (u64, oneshot::Sender<ApplyResult>);
+
+/// MoveLeader requests queued to the driver (rare: an operator's command).
+const LEADER_MOVE_QUEUE: usize = 16;
+
 /// Membership changes queued to the driver (few: clients, and followers forwarding theirs).
 pub const MEMBER_CHANGE_QUEUE: usize = 64;
 
@@ -244,6 +250,7 @@ pub struct NodeHandle {
     reads: mpsc::Sender<oneshot::Sender<Result<(), ApiError>>>,
     pub member_changes: MemberChanges,
     defrag: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+    leader_moves: mpsc::Sender<LeaderMoveJob>,
 }
 
 impl NodeHandle {
@@ -288,6 +295,25 @@ impl NodeHandle {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ApiError::Internal(e)),
             Err(_) => Err(ApiError::Stopped),
+        }
+    }
+
+    /// etcd's MoveLeader: on the leader, hands leadership to member `target` and waits
+    /// until it leads (`Server::handle_move_leader` says how it is refused, and times out
+    /// after the request timeout; `timeout` here is a last resort a little later).
+    pub async fn move_leader(&self, target: u64, timeout: Duration) -> Result<(), ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.leader_moves
+            .send((target, tx))
+            .await
+            .map_err(|_| ApiError::Stopped)?;
+        match tokio::time::timeout(timeout + PROPOSAL_TIMEOUT_MARGIN, rx).await {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Refused(
+                detcd_core::server::RefusedBy::leader_transfer_timeout(),
+            )),
         }
     }
 
@@ -404,6 +430,7 @@ pub struct Node {
     /// Clients waiting for the defragmentation under way (or about to start).
     defrag_waiters: Vec<oneshot::Sender<Result<(), String>>>,
     defragmenter: Option<Defragmenter>,
+    leader_moves: mpsc::Receiver<LeaderMoveJob>,
 }
 
 /// Copies a data file compactly and replaces it with the copy (see `crate::defrag`);
@@ -518,6 +545,7 @@ impl Node {
         let (itx, irx) = mpsc::channel(INBOUND_QUEUE);
         let (mtx, mrx) = mpsc::channel(MEMBER_CHANGE_QUEUE);
         let (dtx, drx) = mpsc::channel(DEFRAG_QUEUE);
+        let (ltx, lrx) = mpsc::channel(LEADER_MOVE_QUEUE);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let log_jobs = start_log_writer(LogWriter {
             file: log_file,
@@ -546,6 +574,7 @@ impl Node {
             defrag_requests: drx,
             defrag_waiters: Vec::new(),
             defragmenter,
+            leader_moves: lrx,
         };
         let handle = NodeHandle {
             shared,
@@ -553,6 +582,7 @@ impl Node {
             reads: rtx,
             member_changes: MemberChanges(mtx.clone()),
             defrag: dtx,
+            leader_moves: ltx,
         };
         let inputs = NodeInputs {
             inbound: itx,
@@ -643,6 +673,10 @@ impl Node {
                 }
                 Some((change, strict, respond)) = self.member_changes.recv() => {
                     let id = self.server.handle_member_change(change, strict)?;
+                    self.waiting_writes.insert(id, respond);
+                }
+                Some((target, respond)) = self.leader_moves.recv() => {
+                    let id = self.server.handle_move_leader(target)?;
                     self.waiting_writes.insert(id, respond);
                 }
                 Some(r) = self.reads.recv() => {

@@ -92,6 +92,9 @@ pub mod subnet {
     pub const METRICS_ETCD_E2E: u8 = 62;
     pub const METRICS_TLS: u8 = 63;
     pub const METRICS_MEMBER_REMOVED: u8 = 64;
+    // Maintenance calls (tests/tests/maintenance.rs): 127.0.70.x-127.0.72.x.
+    pub const MAINTENANCE_MOVE_LEADER: u8 = 70;
+    pub const MAINTENANCE_SNAPSHOT: u8 = 71;
 }
 
 pub mod dns;

@@ -94,6 +94,26 @@ pub struct RefusedBy {
     pub grpc_code: i32,
 }
 
+impl RefusedBy {
+    /// etcd's ErrGRPCBadLeaderTransferee (FailedPrecondition): MoveLeader's target is not a
+    /// voting member (etcdserver/server.go MoveLeader).
+    pub fn bad_leader_transferee() -> RefusedBy {
+        RefusedBy {
+            message: "etcdserver: bad leader transferee".into(),
+            grpc_code: 9,
+        }
+    }
+
+    /// etcd's ErrTimeoutLeaderTransfer, which its togRPCError does not map, so clients get it
+    /// with code Unknown (etcdserver/errors.go, api/v3rpc/util.go).
+    pub fn leader_transfer_timeout() -> RefusedBy {
+        RefusedBy {
+            message: "etcdserver: request timed out, leader transfer took too long".into(),
+            grpc_code: 2,
+        }
+    }
+}
+
 impl From<MemberError> for RefusedBy {
     fn from(e: MemberError) -> Self {
         RefusedBy {
@@ -346,6 +366,16 @@ struct HeldProposal {
     since_tick: u64,
 }
 
+/// A MoveLeader waiting for its target to lead.
+#[derive(Debug, Clone, Copy)]
+struct LeaderMove {
+    id: u64,
+    target: u64,
+    /// The leader it started from, and when (ticks), for the log line at the end.
+    from: u64,
+    since_tick: u64,
+}
+
 /// Reads sent to raft under one context.
 struct ReadBatch {
     ids: Vec<u64>,
@@ -394,6 +424,8 @@ pub struct Server<V: StateViews> {
     installing: Option<Ready>,
     /// A defragmentation of the data file asked for by a client, and how far it is.
     defrag: Defrag,
+    /// MoveLeader requests waiting for their target to lead.
+    leader_moves: Vec<LeaderMove>,
     attributes_published: bool,
     ticks_since_publish: usize,
     /// The tick since which the transport has been connected to each peer (absent: not
@@ -483,6 +515,7 @@ impl<V: StateViews> Server<V> {
             building: None,
             installing: None,
             defrag: Defrag::Idle,
+            leader_moves: Vec::new(),
             attributes_published: false,
             ticks_since_publish: 0,
             peer_active_since: BTreeMap::new(),
@@ -779,6 +812,80 @@ impl<V: StateViews> Server<V> {
         }
     }
 
+    /// etcd's MoveLeader (api/v3rpc/maintenance.go, etcdserver/server.go): on the leader,
+    /// hands leadership to `target` with raft's leader transfer and answers (the returned
+    /// request id's [`Output::Response`]) `Applied::LeaderMoved` once this member sees
+    /// `target` lead. Refused with [`RequestError::NotLeader`] off the leader, with
+    /// [`RefusedBy::bad_leader_transferee`] when `target` is not a voting member, and with
+    /// [`RefusedBy::leader_transfer_timeout`] when it does not lead within the request
+    /// timeout (`hold_ticks`; etcd waits as long as the client's deadline, and raft-rs, as
+    /// etcd's raft, gives up the transfer itself after an election timeout). A target that
+    /// already leads answers at once, as in etcd.
+    pub fn handle_move_leader(&mut self, target: u64) -> Result<u64, Fatal> {
+        let id = self.ids.next_id();
+        let leader = self.raw.raft.leader_id;
+        let refused = if self.status.removed || !self.status.is_leader {
+            Some(RequestError::NotLeader(leader))
+        } else if self
+            .state
+            .views()
+            .members(|m| m.get(target).is_none_or(|m| m.is_learner))
+        {
+            Some(RequestError::Refused(RefusedBy::bad_leader_transferee()))
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            self.outputs
+                .push_back(Output::Response { id, result: Err(e) });
+            return Ok(id);
+        }
+        tracing::info!(
+            "{} starts leadership transfer from {} to {}",
+            crate::ids::format_id(self.cfg.id),
+            crate::ids::format_id(leader),
+            crate::ids::format_id(target)
+        );
+        self.leader_moves.push(LeaderMove {
+            id,
+            target,
+            from: leader,
+            since_tick: self.tick,
+        });
+        self.raw.transfer_leader(target);
+        self.drive()?;
+        Ok(id)
+    }
+
+    /// Answers the MoveLeaders whose target now leads, and fails those that waited longer
+    /// than the request timeout.
+    fn settle_leader_moves(&mut self) {
+        if self.leader_moves.is_empty() {
+            return;
+        }
+        let (leader, tick, hold) = (self.raw.raft.leader_id, self.tick, self.cfg.hold_ticks);
+        let (me, tick_ms) = (self.cfg.id, self.cfg.tick_ms);
+        let outputs = &mut self.outputs;
+        self.leader_moves.retain(|m| {
+            let result = if m.target == leader {
+                tracing::info!(
+                    "{} finished leadership transfer from {} to {} (took {}ms)",
+                    crate::ids::format_id(me),
+                    crate::ids::format_id(m.from),
+                    crate::ids::format_id(m.target),
+                    (tick - m.since_tick) * tick_ms
+                );
+                Ok(Applied::LeaderMoved)
+            } else if tick - m.since_tick >= hold {
+                Err(RequestError::Refused(RefusedBy::leader_transfer_timeout()))
+            } else {
+                return true;
+            };
+            outputs.push_back(Output::Response { id: m.id, result });
+            false
+        });
+    }
+
     /// A voter to hand leadership to: connected for the health interval, its log the most
     /// caught up of those (raft-rs drops proposals while a transfer is pending, so a dead
     /// target would stall writes until the transfer times out).
@@ -951,6 +1058,7 @@ impl<V: StateViews> Server<V> {
         self.maybe_snapshot()?;
         self.maybe_defragment()?;
         self.update_status();
+        self.settle_leader_moves();
         self.pin_election_timeout();
         Ok(())
     }

@@ -22,15 +22,24 @@ fn server(voters: &[u64]) -> (Server<Owned>, MemFile) {
 
 /// [`server`] with `tweak` applied to its configuration.
 fn server_with(voters: &[u64], tweak: impl FnOnce(&mut ServerConfig)) -> (Server<Owned>, MemFile) {
+    member_with(1, voters, tweak)
+}
+
+/// Member `id` of a cluster of `voters`, with `tweak` applied to its configuration.
+fn member_with(
+    id: u64,
+    voters: &[u64],
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> (Server<Owned>, MemFile) {
     let db = redb::Builder::new()
         .create_with_backend(redb::backends::InMemoryBackend::new())
         .unwrap();
     let mut file = MemFile::default();
     let members: Vec<(u64, Vec<String>)> = voters.iter().map(|id| (*id, vec![])).collect();
-    let log = initialize_new_member(&db, &mut file, 7, 1, &members).unwrap();
+    let log = initialize_new_member(&db, &mut file, 7, id, &members).unwrap();
     let views = Owned::new(load_views(&db).unwrap());
     let applied = read_applied(&db).unwrap();
-    let mut cfg = ServerConfig::new(1, 10, MemberAttributes::default());
+    let mut cfg = ServerConfig::new(id, 10, MemberAttributes::default());
     cfg.hold_ticks = 30;
     tweak(&mut cfg);
     let state = KvState::new(Arc::new(db), views, applied);
@@ -821,4 +830,213 @@ fn v2_ttl_keys_expire_by_the_executors_wall_clock() {
         !alive(&s),
         "not expired once the wall clock passed the expiry"
     );
+}
+
+/// Three members (IDs 1, 2, 3) wired by hand with instant disks: messages to a member in
+/// `cut` are dropped.
+struct Three {
+    members: Vec<(Server<Owned>, MemFile)>,
+    /// Each member's answers (its `Output::Response`s and the like), by index.
+    answers: Vec<Vec<Output>>,
+    cut: Vec<u64>,
+}
+
+impl Three {
+    fn new() -> Three {
+        let members = (1..=3)
+            .map(|id| member_with(id, &[1, 2, 3], |_| {}))
+            .collect();
+        Three {
+            members,
+            answers: vec![Vec::new(), Vec::new(), Vec::new()],
+            cut: Vec::new(),
+        }
+    }
+
+    /// Carries out every member's outputs and delivers their messages until none is left.
+    fn settle(&mut self) {
+        for _ in 0..100 {
+            let mut sent = Vec::new();
+            for (i, (s, file)) in self.members.iter_mut().enumerate() {
+                let answers = carry_out(s, file, None, &mut sent);
+                self.answers[i].extend(answers);
+            }
+            if sent.is_empty() {
+                return;
+            }
+            for m in sent {
+                if self.cut.contains(&m.to) {
+                    continue;
+                }
+                let (s, _) = &mut self.members[m.to as usize - 1];
+                s.handle_messages(vec![m]).unwrap();
+            }
+        }
+        panic!("messages never ran out");
+    }
+
+    fn tick(&mut self) {
+        for (s, _) in &mut self.members {
+            s.handle_tick().unwrap();
+        }
+        self.settle();
+    }
+
+    /// The member every member sees as leader, after ticking until there is one.
+    fn leader(&mut self) -> u64 {
+        for _ in 0..100 {
+            let leaders: Vec<u64> = self
+                .members
+                .iter()
+                .map(|(s, _)| s.status().leader)
+                .collect();
+            if leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+                return leaders[0];
+            }
+            self.tick();
+        }
+        panic!("no leader elected");
+    }
+
+    fn server(&mut self, id: u64) -> &mut Server<Owned> {
+        &mut self.members[id as usize - 1].0
+    }
+
+    /// The answer member `on` gave to request `id`, if it has answered.
+    fn answer(&mut self, on: u64, id: u64) -> Option<Result<Applied, RequestError>> {
+        let answers = &mut self.answers[on as usize - 1];
+        let at = answers
+            .iter()
+            .position(|o| matches!(o, Output::Response { id: got, .. } if *got == id))?;
+        match answers.remove(at) {
+            Output::Response { result, .. } => Some(result),
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn move_leader_hands_leadership_to_the_target_and_answers_once_it_leads() {
+    let mut c = Three::new();
+    let leader = c.leader();
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let id = c.server(leader).handle_move_leader(target).unwrap();
+    c.settle();
+    let mut ticks = 0;
+    while c
+        .answer(leader, id)
+        .map(|r| assert!(matches!(r, Ok(Applied::LeaderMoved)), "{r:?}"))
+        .is_none()
+    {
+        assert!(
+            ticks < 5,
+            "the transfer to a caught-up voter takes no election timeout"
+        );
+        c.tick();
+        ticks += 1;
+    }
+    assert_eq!(c.leader(), target, "every member follows the target");
+    assert!(c.server(target).status().is_leader);
+    // The new leader takes writes.
+    let put_id = c.server(target).handle_proposals(vec![put("k")]).unwrap()[0];
+    c.settle();
+    assert!(matches!(
+        c.answer(target, put_id),
+        Some(Ok(Applied::Put(_)))
+    ));
+
+    // The target leading already: answered at once.
+    let id = c.server(target).handle_move_leader(target).unwrap();
+    c.settle();
+    assert!(matches!(
+        c.answer(target, id),
+        Some(Ok(Applied::LeaderMoved))
+    ));
+}
+
+#[test]
+fn move_leader_refusals_are_etcds() {
+    let mut c = Three::new();
+    let leader = c.leader();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let id = c.server(follower).handle_move_leader(leader).unwrap();
+    let answer = c.answer(follower, id).or_else(|| {
+        c.settle();
+        c.answer(follower, id)
+    });
+    let err = answer.unwrap().unwrap_err();
+    assert_eq!(err, RequestError::NotLeader(leader));
+    assert_eq!(err.to_string(), "etcdserver: not leader");
+
+    // Not a member at all.
+    let id = c.server(leader).handle_move_leader(0x99).unwrap();
+    c.settle();
+    let err = c.answer(leader, id).unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "etcdserver: bad leader transferee");
+    assert!(matches!(&err, RequestError::Refused(r) if r.grpc_code == 9));
+    assert_eq!(c.leader(), leader, "nothing moved");
+}
+
+#[test]
+fn move_leader_to_a_learner_is_a_bad_transferee() {
+    use crate::proto::detcdpb::MemberRecord;
+    let (mut s, mut file) = lone_leader();
+    let learner = MemberRecord {
+        id: 5,
+        peer_urls: vec!["http://10.0.0.5:2380".into()],
+        is_learner: true,
+        ..Default::default()
+    };
+    let (added, _) = change(&mut s, &mut file, MemberChange::Add(learner));
+    assert!(
+        matches!(added, Ok(Applied::MemberChanged { .. })),
+        "{added:?}"
+    );
+    let id = s.handle_move_leader(5).unwrap();
+    let outs = run_outputs(&mut s, &mut file);
+    let result = outs.iter().find_map(|o| match o {
+        Output::Response { id: got, result } if *got == id => Some(result.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        result.unwrap().unwrap_err().to_string(),
+        "etcdserver: bad leader transferee"
+    );
+    assert!(s.status().is_leader);
+}
+
+#[test]
+fn move_leader_to_an_unreachable_member_times_out_with_etcds_error() {
+    let mut c = Three::new();
+    let leader = c.leader();
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    c.cut.push(target);
+    let id = c.server(leader).handle_move_leader(target).unwrap();
+    let mut ticks = 0u64;
+    let answer = loop {
+        c.tick();
+        ticks += 1;
+        if let Some(a) = c.answer(leader, id) {
+            break a;
+        }
+        assert!(ticks <= 100, "never answered");
+    };
+    assert_eq!(
+        ticks, 30,
+        "answered after the request timeout (member_with's hold_ticks)"
+    );
+    let err = answer.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "etcdserver: request timed out, leader transfer took too long"
+    );
+    assert!(matches!(&err, RequestError::Refused(r) if r.grpc_code == 2));
+    assert!(c.server(leader).status().is_leader, "the leader stayed");
+    // raft gave the transfer up: the leader takes writes again.
+    let put_id = c.server(leader).handle_proposals(vec![put("k")]).unwrap()[0];
+    c.settle();
+    assert!(matches!(
+        c.answer(leader, put_id),
+        Some(Ok(Applied::Put(_)))
+    ));
 }

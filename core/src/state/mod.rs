@@ -57,6 +57,9 @@ pub enum Applied {
     MemberChanged {
         index: u64,
     },
+    /// Leadership moved to the member a MoveLeader asked for (no entry applied; see
+    /// `Server::handle_move_leader`).
+    LeaderMoved,
 }
 
 /// A failure that stops the member: continuing would answer clients from a store that no
