@@ -313,6 +313,8 @@ impl Resolved<'_> {
 fn resolve_url<'a>(url: &'a Url, resolve: &dyn Fn(&str) -> Vec<IpAddr>) -> Resolved<'a> {
     let addrs: Vec<Host> = match url.ip() {
         Some(ip) => vec![Host::Ip(ip)],
+        // etcd's resolveURL: unix sockets are compared as written, never resolved.
+        None if url.scheme.is_unix() => Vec::new(),
         None => resolve(&url.host).into_iter().map(Host::Ip).collect(),
     };
     let first = addrs

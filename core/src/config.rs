@@ -17,6 +17,10 @@ pub struct Url {
 pub enum Scheme {
     Http,
     Https,
+    /// A unix socket named by the URL's `host:port` (etcd's `unix://`, plaintext).
+    Unix,
+    /// A unix socket with TLS (etcd's `unixs://`).
+    Unixs,
 }
 
 impl Scheme {
@@ -24,7 +28,19 @@ impl Scheme {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::Unix => "unix",
+            Scheme::Unixs => "unixs",
         }
+    }
+
+    /// `https` and `unixs`: the listener or dial speaks TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Scheme::Https | Scheme::Unixs)
+    }
+
+    /// `unix` and `unixs`: a unix socket, not TCP.
+    pub fn is_unix(self) -> bool {
+        matches!(self, Scheme::Unix | Scheme::Unixs)
     }
 }
 
@@ -270,10 +286,8 @@ pub struct SrvConfig {
 pub enum UrlError {
     #[error("no valid URLs given")]
     Empty,
-    #[error("URL scheme must be http or https: {0}")]
+    #[error("URL scheme must be http, https, unix, or unixs: {0}")]
     Scheme(String),
-    #[error("unix socket URLs are not supported by detcd (URL scheme must be http or https): {0}")]
-    UnixSocket(String),
     #[error("URL address does not have the form \"host:port\": {0}")]
     HostPort(String),
     #[error("URL must not contain a path: {0}")]
@@ -290,8 +304,10 @@ pub enum UrlError {
 
 impl Url {
     /// Parses one URL by etcd's `types.NewURLs` rules: surrounding whitespace is trimmed, the
-    /// scheme (any case) must be `http` or `https`, the authority must be `host:port` with a
-    /// numeric port (IPv6 hosts in brackets), and nothing may follow it (no path, not even `/`).
+    /// scheme (any case) must be `http`, `https`, `unix` or `unixs`, the authority must be
+    /// `host:port` with a numeric port (IPv6 hosts in brackets), and nothing may follow it (no
+    /// path, not even `/`). A unix URL names its socket file by `host:port`, relative to the
+    /// working directory, as etcd's `unix://etcd.unix:1` names the file `etcd.unix:1`.
     ///
     /// Like etcd, an empty host (`http://:2380`) parses; `Config::validate` refuses it where it
     /// matters. Unlike etcd, user info, queries and fragments are refused rather than carried
@@ -300,8 +316,12 @@ impl Url {
         let input = s.trim();
         let err_str = || input.to_string();
         let Some((scheme, rest)) = input.split_once("://") else {
-            return Err(if input.to_ascii_lowercase().starts_with("unix") {
-                UrlError::UnixSocket(err_str())
+            // Go's url.Parse finds `unix:/tmp/sock`'s scheme but no host in it.
+            let known = input.split_once(':').is_some_and(|(s, _)| {
+                ["http", "https", "unix", "unixs"].contains(&s.to_ascii_lowercase().as_str())
+            });
+            return Err(if known {
+                UrlError::HostPort(err_str())
             } else {
                 UrlError::Scheme(err_str())
             });
@@ -309,7 +329,8 @@ impl Url {
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
-            "unix" | "unixs" => return Err(UrlError::UnixSocket(err_str())),
+            "unix" => Scheme::Unix,
+            "unixs" => Scheme::Unixs,
             _ => return Err(UrlError::Scheme(err_str())),
         };
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -363,9 +384,20 @@ impl Url {
         })
     }
 
-    /// The host as an IP address, if it is written as one.
+    /// The host as an IP address, if it is written as one (never for a unix socket).
     pub fn ip(&self) -> Option<std::net::IpAddr> {
+        if self.scheme.is_unix() {
+            return None;
+        }
         self.host.parse().ok()
+    }
+
+    /// The socket file of a `unix://` or `unixs://` URL: its `host:port`, as etcd's
+    /// `transport.NewUnixListener(u.Host)` takes it (`None` for TCP URLs).
+    pub fn unix_path(&self) -> Option<String> {
+        self.scheme
+            .is_unix()
+            .then(|| format!("{}:{}", self.host, self.port))
     }
 }
 
@@ -617,10 +649,11 @@ impl Config {
     }
 }
 
-/// etcd's `checkBindURLs`: a listen URL must hold an IP address or `localhost`.
+/// etcd's `checkBindURLs`: a listen URL must hold an IP address or `localhost` (a unix
+/// socket URL names a file and is not checked).
 pub fn check_bind_urls(urls: &[Url]) -> Result<(), ConfigError> {
     for u in urls {
-        if u.host != "localhost" && u.ip().is_none() {
+        if !u.scheme.is_unix() && u.host != "localhost" && u.ip().is_none() {
             return Err(ConfigError::BindNotIp(u.to_string()));
         }
     }
@@ -708,6 +741,20 @@ mod tests {
                 "https://[fe80::1%25eth0]:2380",
             ),
             (
+                "unix://etcd.unix:1",
+                Scheme::Unix,
+                "etcd.unix",
+                1,
+                "unix://etcd.unix:1",
+            ),
+            (
+                "UNIXS://localhost:12345",
+                Scheme::Unixs,
+                "localhost",
+                12345,
+                "unixs://localhost:12345",
+            ),
+            (
                 "http://0.0.0.0:0",
                 Scheme::Http,
                 "0.0.0.0",
@@ -736,12 +783,11 @@ mod tests {
     #[test]
     fn url_parse_rejects() {
         let cases: &[(&str, &str)] = &[
-            ("", "URL scheme must be http or https: "),
-            ("10.0.1.10:2380", "URL scheme must be http or https: 10.0.1.10:2380"),
-            ("ftp://a:1", "URL scheme must be http or https: ftp://a:1"),
-            ("unix://a:1", "unix socket URLs are not supported by detcd (URL scheme must be http or https): unix://a:1"),
-            ("unixs://a:1", "unix socket URLs are not supported by detcd (URL scheme must be http or https): unixs://a:1"),
-            ("unix:/tmp/sock", "unix socket URLs are not supported by detcd (URL scheme must be http or https): unix:/tmp/sock"),
+            ("", "URL scheme must be http, https, unix, or unixs: "),
+            ("10.0.1.10:2380", "URL scheme must be http, https, unix, or unixs: 10.0.1.10:2380"),
+            ("ftp://a:1", "URL scheme must be http, https, unix, or unixs: ftp://a:1"),
+            ("unix:/tmp/sock", "URL address does not have the form \"host:port\": unix:/tmp/sock"),
+            ("unix://etcd.unix", "URL address does not have the form \"host:port\": unix://etcd.unix"),
             ("http://10.0.1.10", "URL address does not have the form \"host:port\": http://10.0.1.10"),
             ("http://", "URL address does not have the form \"host:port\": http://"),
             ("http://::1:2380", "URL address does not have the form \"host:port\": http://::1:2380"),
@@ -934,6 +980,7 @@ mod tests {
             (|c| c.listen_client_urls = vec![u("http://127.0.0.1:2379"), u("https://example.com:2379")],
                 Some("expected IP in URL for binding (https://example.com:2379)")),
             (|c| c.listen_client_urls = vec![u("http://:2379")], Some("expected IP in URL for binding (http://:2379)")),
+            (|c| c.listen_peer_urls = vec![u("unix://etcd.unix:1")], None),
             // Advertised URLs may be names.
             (|c| c.initial_advertise_peer_urls = vec![u("http://infra0.example.com:2380")], None),
             (|c| c.advertise_client_urls = vec![u("https://infra0.example.com:2379")], None),

@@ -3,7 +3,7 @@
 //! it dials. detcd-net turns a `TlsPlan` into rustls configurations; the simulated node takes
 //! the same decisions and then speaks plaintext.
 
-use crate::config::{Config, Scheme, Url};
+use crate::config::{Config, Url};
 
 /// One side's TLS flags (etcd's `transport.TLSInfo` plus the auto-TLS switch).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -245,7 +245,7 @@ pub fn plan(cfg: &Config) -> Result<TlsPlan, TlsError> {
         ("peer-cert-file", "peer-key-file", "peer-auto-tls"),
         &mut warnings,
     )?;
-    let https = |urls: &[Url]| urls.iter().find(|u| u.scheme == Scheme::Https).cloned();
+    let https = |urls: &[Url]| urls.iter().find(|u| u.scheme.is_tls()).cloned();
     let client = match (&client_cert, https(&cfg.listen_client_urls)) {
         (None, Some(u)) => return Err(TlsError::ClientCertMissing(u.to_string())),
         (None, None) => None,

@@ -88,13 +88,21 @@ impl fmt::Display for RewriteError {
 impl std::error::Error for RewriteError {}
 
 /// `:authority` as etcd takes it: a URL's scheme and any path dropped (`http://a:1/` ->
-/// `a:1`). `None` when there is nothing to change (or nothing would be left).
+/// `a:1`). A socket path with no host before it (etcdctl sends `/dir/etcd.sock:1` for
+/// `--endpoints unix:///dir/etcd.sock:1`; Go's server takes any authority) is cut to its
+/// file name. `None` when there is nothing to change (or nothing would be left).
 pub fn fix_authority(value: &[u8]) -> Option<&[u8]> {
-    let at = value.windows(3).position(|w| w == b"://")?;
-    let rest = &value[at + 3..];
+    let rest = match value.windows(3).position(|w| w == b"://") {
+        Some(at) => &value[at + 3..],
+        None => value,
+    };
     let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
     let host = &rest[..end];
-    (!host.is_empty()).then_some(host)
+    if !host.is_empty() {
+        return (host.len() != value.len()).then_some(host);
+    }
+    let file = rest.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    (!file.is_empty()).then_some(file)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -784,6 +792,12 @@ mod tests {
         assert_eq!(fix_authority(b"unix://x/y"), Some(&b"x"[..]));
         assert_eq!(fix_authority(b"127.0.0.1:2379"), None);
         assert_eq!(fix_authority(b"http://"), None);
+        assert_eq!(
+            fix_authority(b"/tmp/d/infra0.client:1"),
+            Some(&b"infra0.client:1"[..])
+        );
+        assert_eq!(fix_authority(b"unix:///tmp/x:1"), Some(&b"x:1"[..]));
+        assert_eq!(fix_authority(b"/"), None);
         assert_eq!(fix_authority(b""), None);
     }
 

@@ -19,6 +19,8 @@ pub mod hpack;
 pub mod http;
 pub mod json_api;
 pub mod lease;
+#[cfg(not(madsim))]
+pub mod listener;
 pub mod log_file;
 pub mod member;
 pub mod metrics;

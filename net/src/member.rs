@@ -744,19 +744,18 @@ pub async fn run_member_with_dns(
         client_tls: cfg
             .listen_client_urls
             .iter()
-            .any(|u| u.scheme.as_str() == "https"),
+            .any(|u| u.scheme.is_tls()),
     };
     // A server that stops (its listener failed) stops the member.
     let (server_err_tx, mut server_err) = mpsc::channel::<MemberError>(4);
     for url in &cfg.listen_peer_urls {
-        let addr = listen_addr(url).await?;
         let svc = PeerService::new(
             handle.shared.clone(),
             &inputs,
             snapshot_files.clone(),
             request_timeout,
         );
-        let listener = bind(addr).await?;
+        let listener = bind(url).await?;
         let errs = server_err_tx.clone();
         let acceptor = tls_for(url, &peer_acceptor);
         tokio::spawn(async move {
@@ -766,14 +765,14 @@ pub async fn run_member_with_dns(
         });
     }
     for url in &cfg.listen_client_urls {
-        let addr = listen_addr(url).await?;
-        let insecure = url.scheme == detcd_core::config::Scheme::Http;
+        let insecure = !url.scheme.is_tls();
         // Bound now (a taken port stops the start), served once this member has published
         // itself to the cluster, as etcd serves clients after ReadyNotify: a client that
         // connects earlier waits instead of reaching a member that cannot answer yet.
-        let listener = bind(addr).await?;
+        let listener = bind(url).await?;
         let errs = server_err_tx.clone();
         let api = api.clone();
+        let address = url.to_string();
         let acceptor = tls_for(url, &client_acceptor);
         tokio::spawn(async move {
             let mut ready = api.node.shared.ready.subscribe();
@@ -781,7 +780,7 @@ pub async fn run_member_with_dns(
                 return;
             }
             if insecure {
-                tracing::warn!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
+                tracing::warn!(address = %address, "serving client traffic insecurely; this is strongly discouraged!");
             }
             if let Err(e) = serve_client(listener, api, acceptor).await {
                 let _ = errs.send(e).await;
@@ -791,8 +790,7 @@ pub async fn run_member_with_dns(
     for url in &cfg.listen_metrics_urls {
         // etcd's serveMetrics: /metrics and the health endpoints, from the start (they say
         // how the member is doing before it serves clients too); https with the client TLS.
-        let addr = listen_addr(url).await?;
-        let listener = bind(addr).await?;
+        let listener = bind(url).await?;
         let errs = server_err_tx.clone();
         let acceptor = tls_for(url, &client_acceptor);
         let app = crate::http::metrics_routes(handle.clone(), request_timeout);
@@ -892,9 +890,9 @@ type Acceptor = Option<tokio_rustls::TlsAcceptor>;
 type Acceptor = Option<std::convert::Infallible>;
 
 fn tls_for(url: &detcd_core::config::Url, acceptor: &Acceptor) -> Acceptor {
-    match url.scheme {
-        detcd_core::config::Scheme::Https => acceptor.clone(),
-        detcd_core::config::Scheme::Http => None,
+    match url.scheme.is_tls() {
+        true => acceptor.clone(),
+        false => None,
     }
 }
 
@@ -903,23 +901,36 @@ fn tls_for(url: &detcd_core::config::Url, acceptor: &Acceptor) -> Acceptor {
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(not(madsim))]
-type Listener = tokio::net::TcpListener;
+type Listener = crate::listener::Listener;
 #[cfg(madsim)]
 type Listener = SocketAddr;
 
+/// Binds a listen URL: TCP at its resolved address, or the unix socket file it names.
 #[cfg(not(madsim))]
-async fn bind(addr: SocketAddr) -> Result<Listener, MemberError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| MemberError::Listen {
-            addr: addr.to_string(),
+async fn bind(url: &detcd_core::config::Url) -> Result<Listener, MemberError> {
+    if let Some(path) = url.unix_path() {
+        return Listener::unix(&path).map_err(|e| MemberError::Listen {
+            addr: url.to_string(),
             err: e.to_string(),
-        })
+        });
+    }
+    let addr = listen_addr(url).await?;
+    Listener::tcp(addr).await.map_err(|e| MemberError::Listen {
+        addr: addr.to_string(),
+        err: e.to_string(),
+    })
 }
 
+/// Under madsim every member listens on simulated TCP; unix sockets are not simulated.
 #[cfg(madsim)]
-async fn bind(addr: SocketAddr) -> Result<Listener, MemberError> {
-    Ok(addr)
+async fn bind(url: &detcd_core::config::Url) -> Result<Listener, MemberError> {
+    if url.scheme.is_unix() {
+        return Err(MemberError::Listen {
+            addr: url.to_string(),
+            err: "unix sockets are not simulated".to_string(),
+        });
+    }
+    listen_addr(url).await
 }
 
 #[cfg(not(madsim))]
@@ -928,10 +939,7 @@ async fn serve_peer(
     svc: PeerService,
     tls: Acceptor,
 ) -> Result<(), MemberError> {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let addr = listener.local_addr();
     let svc = PeerServer::new(svc)
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
@@ -972,15 +980,11 @@ async fn serve_peer(addr: Listener, svc: PeerService, _tls: Acceptor) -> Result<
 
 #[cfg(not(madsim))]
 fn tokio_stream_from(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    listener: Listener,
+) -> impl futures::Stream<Item = std::io::Result<crate::listener::Conn>> {
     async_stream::stream! {
         loop {
-            let accepted = listener.accept().await.map(|(s, _)| {
-                let _ = s.set_nodelay(true);
-                s
-            });
-            yield accepted;
+            yield listener.accept().await.map(|(s, _)| s);
         }
     }
 }
@@ -989,7 +993,7 @@ fn tokio_stream_from(
 /// hold up the others; refused handshakes are logged with the reason.
 #[cfg(not(madsim))]
 fn tls_incoming(
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     acceptor: tokio_rustls::TlsAcceptor,
 ) -> impl futures::Stream<Item = std::io::Result<crate::tls::ServerIo>> {
     let (tx, mut rx) = mpsc::channel(64);
@@ -1003,7 +1007,6 @@ fn tls_incoming(
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -1031,10 +1034,7 @@ fn tls_incoming(
 /// gRPC and etcd's HTTP endpoints (/health, /version) share the client port, as in etcd.
 #[cfg(not(madsim))]
 async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(), MemberError> {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let addr = listener.local_addr();
     let limit = api.max_request_bytes + 512 * 1024; // etcd's grpcOverheadBytes
     let kv = KvServer::new(api.clone()).max_decoding_message_size(limit);
     let cluster = ClusterServer::new(api.clone()).max_decoding_message_size(limit);
@@ -1068,8 +1068,8 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 if !matches!(
                     e.kind(),
@@ -1084,7 +1084,6 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         let Some(acceptor) = tls.clone() else {
             let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
@@ -1097,10 +1096,6 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
             continue;
         };
         tokio::spawn(async move {
-            let peer = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
             let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                 .await
             {

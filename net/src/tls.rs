@@ -700,8 +700,8 @@ pub async fn connect_named(
         .await
 }
 
-/// A peer-port TLS connection as tonic's server takes it.
-pub struct ServerIo(pub tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+/// A peer-port TLS connection (over TCP or a unix socket) as tonic's server takes it.
+pub struct ServerIo(pub tokio_rustls::server::TlsStream<crate::listener::Conn>);
 
 impl tonic::transport::server::Connected for ServerIo {
     type ConnectInfo = ();

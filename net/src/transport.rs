@@ -83,6 +83,32 @@ async fn peer_dial_addr(host: &str, tls: &PeerDialTls) -> Result<Option<std::net
 /// Opens a channel to a peer URL: plaintext for `http://`, TLS for `https://`.
 async fn open_channel(url: &str, tls: &PeerDialTls) -> Result<tonic::transport::Channel, String> {
     let parsed = detcd_core::config::Url::parse(url).map_err(|e| e.to_string())?;
+    #[cfg(not(madsim))]
+    if let Some(path) = parsed.unix_path() {
+        let tls = match parsed.scheme.is_tls() {
+            true => Some(
+                tls.config
+                    .clone()
+                    .ok_or_else(|| format!("no peer TLS configured to dial {url}"))?,
+            ),
+            false => None,
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", parsed.host))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let connector = UnixDial {
+            path,
+            host: parsed.host,
+            tls,
+        };
+        return endpoint
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| error_chain(&e));
+    }
     let addr = peer_dial_addr(&parsed.host, tls).await?;
     #[cfg(not(madsim))]
     if url.len() > 8 && url[..8].eq_ignore_ascii_case("https://") {
@@ -220,6 +246,54 @@ impl tower_service::Service<tonic::codegen::http::Uri> for TlsDial {
                     Err(e)
                 }
             }
+        })
+    }
+}
+
+/// tonic's connector for `unix://` and `unixs://` peers (etcd's `unixTransport`): the socket
+/// file named by the URL's `host:port`, then TLS verified as `host` for `unixs`.
+#[cfg(not(madsim))]
+#[derive(Clone)]
+struct UnixDial {
+    path: String,
+    host: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A dialed connection of any kind, as hyper takes it.
+#[cfg(not(madsim))]
+trait DialedIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+#[cfg(not(madsim))]
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> DialedIo for T {}
+
+#[cfg(not(madsim))]
+impl tower_service::Service<tonic::codegen::http::Uri> for UnixDial {
+    type Response = hyper_util::rt::TokioIo<Box<dyn DialedIo>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(&this.path).await?;
+            let Some(config) = this.tls else {
+                return Ok(hyper_util::rt::TokioIo::new(Box::new(stream) as Box<dyn DialedIo>));
+            };
+            let name = rustls::pki_types::ServerName::try_from(this.host.clone())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(Box::new(tls) as Box<dyn DialedIo>))
         })
     }
 }

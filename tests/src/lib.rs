@@ -71,6 +71,8 @@ pub mod subnet {
     pub const DISCOVERY_V3: u8 = 33;
     pub const V2_KEYS_VS_ETCD: u8 = 34;
     pub const DISCOVERY_HTTPS_PROXY: u8 = 35;
+    /// `unix://` peer and client URLs (tests/tests/unix_sockets.rs).
+    pub const UNIX_SOCKETS: u8 = 39;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;
