@@ -31,13 +31,37 @@ enum Parsed {
     Run(GatewayConfig, String),
 }
 
-/// Parses the arguments after `gateway`. Errors are cobra's (`unknown flag: --x`).
+/// Parses the arguments after `gateway`. Errors are cobra's (`unknown flag: --x`). As cobra
+/// does, the flags may come before the `start` subcommand (etcd's e2e TestGateway runs
+/// `etcd gateway --endpoints=... start`): the first argument that is neither a flag nor a
+/// flag's value names the subcommand.
 fn parse(args: &[String]) -> Result<Parsed, String> {
-    match args.first().map(String::as_str) {
+    let mut command = None;
+    let mut flags: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        if command.is_none() && !arg.starts_with('-') {
+            command = Some(arg.as_str());
+            continue;
+        }
+        flags.push(arg.clone());
+        // cobra's stripFlags: before the subcommand, `--flag value` takes the next argument.
+        let takes_value = arg.starts_with("--")
+            && !arg.contains('=')
+            && !["--insecure-discovery", "--help"].contains(&arg.as_str());
+        if command.is_none() && takes_value && i < args.len() {
+            flags.push(args[i].clone());
+            i += 1;
+        }
+    }
+    match command {
         Some("start") => {}
-        Some("-h") | Some("--help") | None => return Ok(Parsed::Help),
+        None => return Ok(Parsed::Help),
         Some(other) => return Err(format!("unknown command {other:?} for \"detcd gateway\"")),
     }
+    let args = flags;
     let mut cfg = GatewayConfig {
         listen_addr: "127.0.0.1:23790".into(),
         endpoints: vec!["127.0.0.1:2379".into()],
@@ -49,7 +73,7 @@ fn parse(args: &[String]) -> Result<Parsed, String> {
         retry_delay: Duration::from_secs(60),
     };
     let mut resolver = String::new();
-    let mut it = args[1..].iter();
+    let mut it = args.iter();
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
             return Ok(Parsed::Help);
@@ -205,6 +229,25 @@ mod tests {
         assert_eq!(c.trusted_ca_file, "ca.crt");
     }
 
+    /// cobra takes the subcommand's flags before its name too (etcd's e2e TestGateway).
+    #[test]
+    fn flags_may_come_before_start() {
+        for argv in [
+            &["--endpoints=a:1,b:2", "start"][..],
+            &["--endpoints", "a:1,b:2", "start"][..],
+            &["--endpoints", "a:1", "start", "--endpoints=a:1,b:2"][..],
+        ] {
+            let Ok(Parsed::Run(c, _)) = parse(&args(argv)) else {
+                panic!("{argv:?}")
+            };
+            assert_eq!(c.endpoints, ["a:1", "b:2"], "{argv:?}");
+        }
+        let Ok(Parsed::Run(c, _)) = parse(&args(&["--insecure-discovery", "start"])) else {
+            panic!()
+        };
+        assert!(c.insecure_discovery);
+    }
+
     #[test]
     fn errors_are_cobras() {
         assert_eq!(
@@ -217,5 +260,10 @@ mod tests {
         );
         assert!(parse(&args(&["start", "--retry-delay=abc"])).is_err());
         assert!(matches!(parse(&args(&[])), Ok(Parsed::Help)));
+        assert!(matches!(parse(&args(&["--help"])), Ok(Parsed::Help)));
+        assert_eq!(
+            parse(&args(&["stop"])).unwrap_err(),
+            "unknown command \"stop\" for \"detcd gateway\""
+        );
     }
 }
