@@ -784,26 +784,86 @@ mod tests {
     fn url_parse_rejects() {
         let cases: &[(&str, &str)] = &[
             ("", "URL scheme must be http, https, unix, or unixs: "),
-            ("10.0.1.10:2380", "URL scheme must be http, https, unix, or unixs: 10.0.1.10:2380"),
-            ("ftp://a:1", "URL scheme must be http, https, unix, or unixs: ftp://a:1"),
-            ("unix:/tmp/sock", "URL address does not have the form \"host:port\": unix:/tmp/sock"),
-            ("unix://etcd.unix", "URL address does not have the form \"host:port\": unix://etcd.unix"),
-            ("http://10.0.1.10", "URL address does not have the form \"host:port\": http://10.0.1.10"),
-            ("http://", "URL address does not have the form \"host:port\": http://"),
-            ("http://::1:2380", "URL address does not have the form \"host:port\": http://::1:2380"),
-            ("http://[::1]", "URL address does not have the form \"host:port\": http://[::1]"),
-            ("http://[::1:2380", "URL address does not have the form \"host:port\": http://[::1:2380"),
-            ("http://10.0.1.10:2380/", "URL must not contain a path: http://10.0.1.10:2380/"),
-            ("http://10.0.1.10:2380/v2/keys", "URL must not contain a path: http://10.0.1.10:2380/v2/keys"),
-            ("http://10.0.1.10/x", "URL must not contain a path: http://10.0.1.10/x"),
-            ("http://a:1?x=y", "URL must not contain a query or a fragment: http://a:1?x=y"),
-            ("http://a:1#f", "URL must not contain a query or a fragment: http://a:1#f"),
-            ("http://u:p@a:1", "URL must not contain user information: http://u:p@a:1"),
-            ("http://a:abc", "URL port must be a number from 0 to 65535: http://a:abc"),
-            ("http://a:", "URL port must be a number from 0 to 65535: http://a:"),
-            ("http://a:65536", "URL port must be a number from 0 to 65535: http://a:65536"),
-            ("http://a:-1", "URL port must be a number from 0 to 65535: http://a:-1"),
-            ("http://[1.2.3.4]:80", "URL host is not valid: http://[1.2.3.4]:80"),
+            (
+                "10.0.1.10:2380",
+                "URL scheme must be http, https, unix, or unixs: 10.0.1.10:2380",
+            ),
+            (
+                "ftp://a:1",
+                "URL scheme must be http, https, unix, or unixs: ftp://a:1",
+            ),
+            (
+                "unix:/tmp/sock",
+                "URL address does not have the form \"host:port\": unix:/tmp/sock",
+            ),
+            (
+                "unix://etcd.unix",
+                "URL address does not have the form \"host:port\": unix://etcd.unix",
+            ),
+            (
+                "http://10.0.1.10",
+                "URL address does not have the form \"host:port\": http://10.0.1.10",
+            ),
+            (
+                "http://",
+                "URL address does not have the form \"host:port\": http://",
+            ),
+            (
+                "http://::1:2380",
+                "URL address does not have the form \"host:port\": http://::1:2380",
+            ),
+            (
+                "http://[::1]",
+                "URL address does not have the form \"host:port\": http://[::1]",
+            ),
+            (
+                "http://[::1:2380",
+                "URL address does not have the form \"host:port\": http://[::1:2380",
+            ),
+            (
+                "http://10.0.1.10:2380/",
+                "URL must not contain a path: http://10.0.1.10:2380/",
+            ),
+            (
+                "http://10.0.1.10:2380/v2/keys",
+                "URL must not contain a path: http://10.0.1.10:2380/v2/keys",
+            ),
+            (
+                "http://10.0.1.10/x",
+                "URL must not contain a path: http://10.0.1.10/x",
+            ),
+            (
+                "http://a:1?x=y",
+                "URL must not contain a query or a fragment: http://a:1?x=y",
+            ),
+            (
+                "http://a:1#f",
+                "URL must not contain a query or a fragment: http://a:1#f",
+            ),
+            (
+                "http://u:p@a:1",
+                "URL must not contain user information: http://u:p@a:1",
+            ),
+            (
+                "http://a:abc",
+                "URL port must be a number from 0 to 65535: http://a:abc",
+            ),
+            (
+                "http://a:",
+                "URL port must be a number from 0 to 65535: http://a:",
+            ),
+            (
+                "http://a:65536",
+                "URL port must be a number from 0 to 65535: http://a:65536",
+            ),
+            (
+                "http://a:-1",
+                "URL port must be a number from 0 to 65535: http://a:-1",
+            ),
+            (
+                "http://[1.2.3.4]:80",
+                "URL host is not valid: http://[1.2.3.4]:80",
+            ),
             ("http://a b:1", "URL host is not valid: http://a b:1"),
         ];
         for &(input, msg) in cases {

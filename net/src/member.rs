@@ -741,10 +741,7 @@ pub async fn run_member_with_dns(
             keepalive_timeout: Duration::from_millis(cfg.grpc_keepalive_timeout_ms),
         },
         enable_v2: cfg.enable_v2,
-        client_tls: cfg
-            .listen_client_urls
-            .iter()
-            .any(|u| u.scheme.is_tls()),
+        client_tls: cfg.listen_client_urls.iter().any(|u| u.scheme.is_tls()),
     };
     // A server that stops (its listener failed) stops the member.
     let (server_err_tx, mut server_err) = mpsc::channel::<MemberError>(4);

@@ -286,14 +286,18 @@ impl tower_service::Service<tonic::codegen::http::Uri> for UnixDial {
         Box::pin(async move {
             let stream = tokio::net::UnixStream::connect(&this.path).await?;
             let Some(config) = this.tls else {
-                return Ok(hyper_util::rt::TokioIo::new(Box::new(stream) as Box<dyn DialedIo>));
+                return Ok(hyper_util::rt::TokioIo::new(
+                    Box::new(stream) as Box<dyn DialedIo>
+                ));
             };
             let name = rustls::pki_types::ServerName::try_from(this.host.clone())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, stream)
                 .await?;
-            Ok(hyper_util::rt::TokioIo::new(Box::new(tls) as Box<dyn DialedIo>))
+            Ok(hyper_util::rt::TokioIo::new(
+                Box::new(tls) as Box<dyn DialedIo>
+            ))
         })
     }
 }

@@ -73,7 +73,10 @@ fn a_cluster_over_unix_sockets_serves_etcdctl_and_survives_a_restart() {
     etcdctl_ok(&[socket(0)], &["put", "while-down", "v2"]);
     c.members[1].start();
     c.members[1].wait_healthy(HEALTHY_TIMEOUT);
-    let deadline = Deadline::new(Duration::from_secs(20), "infra1 to catch up over unix sockets");
+    let deadline = Deadline::new(
+        Duration::from_secs(20),
+        "infra1 to catch up over unix sockets",
+    );
     loop {
         let got = etcdctl(
             &[socket(1)],
