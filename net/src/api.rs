@@ -678,6 +678,31 @@ impl Maintenance for Api {
         .await
     }
 
+    /// etcd's Hash, over detcd's data: the CRC-32C of this member's state as its snapshot
+    /// holds it (`SnapshotSource::hash`: every MVCC row, revisions, members, alarms, leases,
+    /// the v2 store) at the applied index, taken once everything applied is durable and
+    /// computed off the async workers. Equal on members that applied the same entries; not
+    /// comparable with etcd's (a CRC over its bbolt file's buckets). The header's revision is
+    /// the copy's.
+    async fn hash(
+        &self,
+        _: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        self.refuse_learner()?;
+        let source = self.node.state_copy(self.request_timeout).await?;
+        let revision = source.revision();
+        let hash = run_blocking(move || {
+            source
+                .hash()
+                .map_err(|e| Status::internal(format!("etcdserver: hashing the store: {e}")))
+        })
+        .await?;
+        Ok(Response::new(pb::HashResponse {
+            header: self.header(Some(revision)),
+            hash,
+        }))
+    }
+
     /// etcd's HashKV: a hash of this member's key-value history up to a revision, equal on
     /// members that applied the same writes (and to etcd's for the same store).
     async fn hash_kv(
@@ -729,6 +754,7 @@ impl Maintenance for Api {
         &self,
         req: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.refuse_learner()?;
         let target = req.into_inner().target_id;
         self.node.move_leader(target, self.request_timeout).await?;
         Ok(Response::new(pb::MoveLeaderResponse {

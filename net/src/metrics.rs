@@ -165,6 +165,7 @@ pub const GRPC_METHODS: &[(&str, &str, &str)] = &[
     ("etcdserverpb.Maintenance", "Alarm", "unary"),
     ("etcdserverpb.Maintenance", "Status", "unary"),
     ("etcdserverpb.Maintenance", "Defragment", "unary"),
+    ("etcdserverpb.Maintenance", "Hash", "unary"),
     ("etcdserverpb.Maintenance", "HashKV", "unary"),
     ("etcdserverpb.Maintenance", "MoveLeader", "unary"),
     ("v3lockpb.Lock", "Lock", "unary"),

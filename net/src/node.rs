@@ -21,7 +21,7 @@ use detcd_core::proto::detcdpb::{self, internal_request::Request};
 use detcd_core::proto::etcdserverpb as pb;
 use detcd_core::raft_log::{LogError, RaftLog};
 use detcd_core::server::{Output, RequestError, Server, ServerConfig};
-use detcd_core::state::{self, Fatal, KvState, PendingCommit, StateViews};
+use detcd_core::state::{self, Fatal, KvState, PendingCommit, SnapshotSource, StateViews};
 use detcd_core::wal::LogFile;
 use raft::prelude::*;
 use redb::ReadableDatabase;
@@ -207,6 +207,8 @@ type LeaderMoveJob = (u64, oneshot::Sender<ApplyResult>);
 
 /// MoveLeader requests queued to the driver (rare: an operator's command).
 const LEADER_MOVE_QUEUE: usize = 16;
+/// Requests for a copy of the state (Hash, Snapshot) queued to the driver.
+const STATE_COPY_QUEUE: usize = 16;
 
 /// Membership changes queued to the driver (few: clients, and followers forwarding theirs).
 pub const MEMBER_CHANGE_QUEUE: usize = 64;
@@ -251,6 +253,7 @@ pub struct NodeHandle {
     pub member_changes: MemberChanges,
     defrag: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
     leader_moves: mpsc::Sender<LeaderMoveJob>,
+    state_copies: mpsc::Sender<oneshot::Sender<Box<SnapshotSource>>>,
 }
 
 impl NodeHandle {
@@ -314,6 +317,22 @@ impl NodeHandle {
             Err(_) => Err(ApiError::Refused(
                 detcd_core::server::RefusedBy::leader_transfer_timeout(),
             )),
+        }
+    }
+
+    /// A point-in-time copy of this member's applied state (`Server::handle_state_copy`):
+    /// a read transaction over it, to read off the async workers (Maintenance.Hash and
+    /// Snapshot). It waits for the applied state to be durable (one commit at most).
+    pub async fn state_copy(&self, timeout: Duration) -> Result<SnapshotSource, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.state_copies
+            .send(tx)
+            .await
+            .map_err(|_| ApiError::Stopped)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(source)) => Ok(*source),
+            Ok(Err(_)) => Err(ApiError::Stopped),
+            Err(_) => Err(ApiError::Timeout),
         }
     }
 
@@ -431,6 +450,9 @@ pub struct Node {
     defrag_waiters: Vec<oneshot::Sender<Result<(), String>>>,
     defragmenter: Option<Defragmenter>,
     leader_moves: mpsc::Receiver<LeaderMoveJob>,
+    state_copy_requests: mpsc::Receiver<oneshot::Sender<Box<SnapshotSource>>>,
+    /// Who waits for each state copy the server was asked for, by request id.
+    waiting_copies: BTreeMap<u64, oneshot::Sender<Box<SnapshotSource>>>,
 }
 
 /// Copies a data file compactly and replaces it with the copy (see `crate::defrag`);
@@ -546,6 +568,7 @@ impl Node {
         let (mtx, mrx) = mpsc::channel(MEMBER_CHANGE_QUEUE);
         let (dtx, drx) = mpsc::channel(DEFRAG_QUEUE);
         let (ltx, lrx) = mpsc::channel(LEADER_MOVE_QUEUE);
+        let (ctx, crx) = mpsc::channel(STATE_COPY_QUEUE);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let log_jobs = start_log_writer(LogWriter {
             file: log_file,
@@ -575,6 +598,8 @@ impl Node {
             defrag_waiters: Vec::new(),
             defragmenter,
             leader_moves: lrx,
+            state_copy_requests: crx,
+            waiting_copies: BTreeMap::new(),
         };
         let handle = NodeHandle {
             shared,
@@ -583,6 +608,7 @@ impl Node {
             member_changes: MemberChanges(mtx.clone()),
             defrag: dtx,
             leader_moves: ltx,
+            state_copies: ctx,
         };
         let inputs = NodeInputs {
             inbound: itx,
@@ -679,6 +705,10 @@ impl Node {
                     let id = self.server.handle_move_leader(target)?;
                     self.waiting_writes.insert(id, respond);
                 }
+                Some(respond) = self.state_copy_requests.recv() => {
+                    let id = self.server.handle_state_copy()?;
+                    self.waiting_copies.insert(id, respond);
+                }
                 Some(r) = self.reads.recv() => {
                     let mut batch = vec![r];
                     while batch.len() < MAX_BATCH {
@@ -759,6 +789,11 @@ impl Node {
                         let _ =
                             done.send(DiskDone::SnapshotBuilt(build_snapshot(*source, &*files)));
                     });
+                }
+                Output::StateCopy { id, source } => {
+                    if let Some(w) = self.waiting_copies.remove(&id) {
+                        let _ = w.send(source);
+                    }
                 }
                 Output::Response { id, result } => {
                     if let Some(w) = self.waiting_writes.remove(&id) {

@@ -594,6 +594,7 @@ impl CoreSim {
                 }
                 // This harness never asks for a defragmentation.
                 Output::Defragment(_) => panic!("a defragmentation nobody asked for"),
+                Output::StateCopy { .. } => panic!("a copy of the state nobody asked for"),
                 Output::Response { id, result } => self.respond(i, id, result),
                 Output::ReadReady { id, result } => self.read_ready(i, id, result),
                 // The in-memory network routes by member ID, and this harness makes no

@@ -1,5 +1,5 @@
-//! etcd's Maintenance calls against a real three-member detcd cluster: MoveLeader with
-//! `etcdctl move-leader` and etcd's errors.
+//! etcd's Maintenance calls against real detcd clusters: MoveLeader with `etcdctl
+//! move-leader` and etcd's errors, Hash.
 
 use detcd_tests::etcd_client::{Client, ConnectOptions};
 use detcd_tests::{
@@ -39,6 +39,25 @@ fn agreed_leader(endpoints: &[String]) -> (Vec<u64>, usize) {
         }
         deadline.check(&format!("{seen:?}"));
         deadline.pause();
+    }
+}
+
+/// The (hash, revision) every member answers Hash with, once they all agree (they may be a
+/// moment apart in what they applied).
+async fn agreed_hash(endpoints: &[String]) -> (u32, i64) {
+    let deadline = Deadline::new(Duration::from_secs(30), "every member to hash alike");
+    loop {
+        let mut seen = Vec::new();
+        for ep in endpoints {
+            let mut c = connect(&[ep.clone()]).await;
+            let h = c.hash().await.unwrap();
+            seen.push((h.hash(), h.header().unwrap().revision()));
+        }
+        if seen.iter().all(|h| *h == seen[0]) {
+            return seen[0];
+        }
+        deadline.check(&format!("{seen:?}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -105,6 +124,24 @@ fn move_leader_with_etcdctl_and_etcds_errors() {
             err.to_string()
                 .contains("etcdserver: bad leader transferee"),
             "{err}"
+        );
+    });
+
+    // detcd's Hash: equal on every member once they applied the same writes, and a write
+    // changes it.
+    rt.block_on(async {
+        let mut leader = connect(&[eps[lead].clone()]).await;
+        for i in 0..20 {
+            leader.put(format!("k{i}"), "v", None).await.unwrap();
+        }
+        let first = agreed_hash(&eps).await;
+        leader.put("k0", "changed", None).await.unwrap();
+        let second = agreed_hash(&eps).await;
+        assert_ne!(first.0, second.0, "a write changes the hash");
+        assert_eq!(
+            second.1,
+            first.1 + 1,
+            "the header carries the copy's revision"
         );
     });
 

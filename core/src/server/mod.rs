@@ -164,6 +164,13 @@ pub enum Output {
     /// Copy this data file compactly (off the driver; it stays readable meanwhile) and
     /// report `handle_defragmented` with the copy that replaces it.
     Defragment(std::sync::Arc<redb::Database>),
+    /// The point-in-time copy of the state machine asked for with `id`
+    /// ([`Server::handle_state_copy`]): a read view of everything applied, durable, that the
+    /// executor reads off the driver (Maintenance.Hash and Snapshot).
+    StateCopy {
+        id: u64,
+        source: Box<SnapshotSource>,
+    },
     /// The answer to proposal `id`.
     Response {
         id: u64,
@@ -426,6 +433,9 @@ pub struct Server<V: StateViews> {
     defrag: Defrag,
     /// MoveLeader requests waiting for their target to lead.
     leader_moves: Vec<LeaderMove>,
+    /// Requests for a copy of the state machine ([`Output::StateCopy`]) waiting for
+    /// everything applied to be durable.
+    state_copies: Vec<u64>,
     attributes_published: bool,
     ticks_since_publish: usize,
     /// The tick since which the transport has been connected to each peer (absent: not
@@ -516,6 +526,7 @@ impl<V: StateViews> Server<V> {
             installing: None,
             defrag: Defrag::Idle,
             leader_moves: Vec::new(),
+            state_copies: Vec::new(),
             attributes_published: false,
             ticks_since_publish: 0,
             peer_active_since: BTreeMap::new(),
@@ -857,6 +868,35 @@ impl<V: StateViews> Server<V> {
         Ok(id)
     }
 
+    /// A client asked for a point-in-time copy of this member's state machine (etcd's
+    /// Maintenance.Snapshot, and detcd's Hash over the same content). Returns the id that
+    /// its [`Output::StateCopy`] carries: it comes once everything applied is durable (at
+    /// once if it is; otherwise after the commit this asks for), so it is a read
+    /// transaction over exactly the applied state. Applying goes on meanwhile.
+    pub fn handle_state_copy(&mut self) -> Result<u64, Fatal> {
+        let id = self.ids.next_id();
+        self.state_copies.push(id);
+        self.maybe_state_copy()?;
+        Ok(id)
+    }
+
+    fn maybe_state_copy(&mut self) -> Result<(), Fatal> {
+        if self.state_copies.is_empty() || self.installing.is_some() {
+            return Ok(());
+        }
+        if self.state.is_committing() {
+            return Ok(()); // handle_committed comes back here (a defragmentation too)
+        }
+        if self.state.has_open_txn() || self.state.durable_applied() != self.state.applied() {
+            return self.request_commit();
+        }
+        for id in std::mem::take(&mut self.state_copies) {
+            let source = Box::new(self.state.snapshot_source()?);
+            self.outputs.push_back(Output::StateCopy { id, source });
+        }
+        Ok(())
+    }
+
     /// Answers the MoveLeaders whose target now leads, and fails those that waited longer
     /// than the request timeout.
     fn settle_leader_moves(&mut self) {
@@ -996,7 +1036,9 @@ impl<V: StateViews> Server<V> {
         if self.state.durable_applied() == self.state.applied() {
             self.snapshot_and_compact()?;
         }
-        // A defragmentation waiting for this commit goes before more is applied.
+        // Copies of the state and a defragmentation waiting for this commit go before more
+        // is applied (the copies first: they need the writer idle, which the other takes).
+        self.maybe_state_copy()?;
         self.maybe_defragment()?;
         self.apply_queued()?;
         self.drive()
@@ -1056,6 +1098,7 @@ impl<V: StateViews> Server<V> {
         }
         self.release_reads();
         self.maybe_snapshot()?;
+        self.maybe_state_copy()?;
         self.maybe_defragment()?;
         self.update_status();
         self.settle_leader_moves();

@@ -183,10 +183,17 @@ impl SnapshotSource {
     /// `SnapshotRef` (what the raft snapshot carries). Reads the whole store: run it off the
     /// driver. A read or write failure is [`Fatal`].
     pub fn write_to<W: Write>(self, out: W) -> Result<(W, SnapshotRef), Fatal> {
+        self.write_copy(out)
+    }
+
+    /// [`Self::write_to`] without giving the source up: every call writes the same bytes (one
+    /// read transaction, one point in time), so a caller can measure the file before sending
+    /// it.
+    pub fn write_copy<W: Write>(&self, out: W) -> Result<(W, SnapshotRef), Fatal> {
         let mut head = SnapshotData {
             current_revision: self.current_rev,
             compact_revision: self.compact_rev,
-            v2_store: self.v2,
+            v2_store: self.v2.clone(),
             ..Default::default()
         };
         self.members.export(&mut head);
@@ -198,6 +205,23 @@ impl SnapshotSource {
         })
         .map_err(|e| Fatal::new("exporting the key-value store", e))?;
         w.finish().map_err(write_err)
+    }
+}
+
+impl SnapshotSource {
+    /// The store revision this source is at.
+    pub fn revision(&self) -> i64 {
+        self.current_rev
+    }
+
+    /// detcd's Maintenance.Hash: the CRC-32C of this source's snapshot file ([`Self::write_copy`]
+    /// into nothing), which covers the replicated state: every MVCC row (all kept revisions,
+    /// tombstones included), the current and compacted revisions, the member table with the
+    /// removed IDs, the alarms, the leases and the v2 store. Members that applied the same
+    /// entries get the same hash; the raft log, hard state and applied index are not in it.
+    /// Not comparable with etcd's Hash, a CRC over its bbolt buckets (mvcc/backend Hash).
+    pub fn hash(&self) -> Result<u32, Fatal> {
+        Ok(self.write_copy(std::io::sink())?.1.crc32c)
     }
 }
 
