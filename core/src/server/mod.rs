@@ -926,18 +926,24 @@ impl<V: StateViews> Server<V> {
         });
     }
 
-    /// A voter to hand leadership to: connected for the health interval, its log the most
-    /// caught up of those (raft-rs drops proposals while a transfer is pending, so a dead
-    /// target would stall writes until the transfer times out).
+    /// A voter to hand leadership to: one connected now (raft-rs drops proposals while a
+    /// transfer is pending, so a dead target would stall writes until the transfer times
+    /// out), preferring those connected for the whole health interval, then the most caught
+    /// up. A peer connected for less than the interval still qualifies: the removal's own
+    /// checks have passed (or `--strict-reconfig-check=false` waived them, as etcd's e2e
+    /// TestCtlV3MemberRemove does right after start-up), and etcd would not refuse here.
     fn transfer_target(&self) -> Option<u64> {
         let prs = self.raw.raft.prs();
         let voters = prs.conf().voters().ids();
         voters
             .iter()
-            .filter(|id| *id != self.cfg.id && self.healthy_peer(*id))
-            .filter_map(|id| prs.get(id).map(|p| (p.matched, std::cmp::Reverse(id), id)))
+            .filter(|id| *id != self.cfg.id && self.peer_active_since.contains_key(id))
+            .filter_map(|id| {
+                let p = prs.get(id)?;
+                Some((self.healthy_peer(id), p.matched, std::cmp::Reverse(id), id))
+            })
             .max()
-            .map(|(_, _, id)| id)
+            .map(|(_, _, _, id)| id)
     }
 
     /// Connected to the peer for the whole health interval (etcd's transport.ActiveSince).
