@@ -29,6 +29,8 @@ use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
 /// A request body larger than this is refused (etcd bounds requests by --max-request-bytes;
@@ -147,7 +149,36 @@ pub fn routes(api: &Api) -> Router {
                 }
             }),
         );
+    let slots = Arc::new(Semaphore::new(
+        (api.http2.max_concurrent_streams as usize).min(Semaphore::MAX_PERMITS),
+    ));
+    let v3 = v3.layer(axum::middleware::from_fn_with_state(slots, limit_calls));
     Router::new().nest("/v3", v3.clone()).nest("/v3beta", v3)
+}
+
+/// etcd's gateway is a gRPC client of its own member over one connection, so at most
+/// `--max-concurrent-streams` gateway calls (unary or streaming) run at once, and further
+/// calls wait until one ends, as grpc-go holds a new stream until the server's limit lets it
+/// open (etcd 3.4 e2e TestV3Curl_MaxStreams_*). A call holds its slot until its response
+/// body is done or dropped.
+async fn limit_calls(
+    axum::extract::State(slots): axum::extract::State<Arc<Semaphore>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(slot) = slots.acquire_owned().await else {
+        return error_response(&Status::unavailable("gateway closed"));
+    };
+    let (parts, body) = next.run(req).await.into_parts();
+    if http_body::Body::size_hint(&body).exact().is_some() {
+        // A unary answer, complete already (and sent with its Content-Length): the call is over.
+        return Response::from_parts(parts, body);
+    }
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &slot;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
 }
 
 /// The request message from a JSON body; an empty body is the empty message (as
@@ -369,6 +400,51 @@ mod tests {
             parse::<pb::RangeRequest>(b"").unwrap(),
             pb::RangeRequest::default()
         );
+    }
+
+    /// With `--max-concurrent-streams 1`, an open stream holds the one slot: a unary call
+    /// waits until the stream's body is dropped; unary answers give their slot back at once.
+    #[tokio::test]
+    async fn gateway_calls_beyond_the_stream_limit_wait_for_a_slot() {
+        let slots = Arc::new(Semaphore::new(1));
+        let app = Router::new()
+            .route(
+                "/stream",
+                post(|| async {
+                    Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>())
+                }),
+            )
+            .route("/unary", post(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(
+                slots.clone(),
+                limit_calls,
+            ));
+        let call = |path: &'static str| {
+            let mut app = app.clone();
+            async move {
+                let req = axum::extract::Request::post(path)
+                    .body(Body::empty())
+                    .unwrap();
+                tower_service::Service::call(&mut app, req).await.unwrap()
+            }
+        };
+        let unary = call("/unary").await;
+        assert_eq!(
+            unary
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .map(|v| v.as_bytes()),
+            Some(&b"2"[..]),
+            "a unary answer keeps its length"
+        );
+        assert_eq!(slots.available_permits(), 1);
+        let stream = call("/stream").await;
+        assert_eq!(slots.available_permits(), 0);
+        let mut waiting = Box::pin(call("/unary"));
+        assert!(futures::poll!(&mut waiting).is_pending());
+        drop(stream);
+        assert_eq!(waiting.await.status(), StatusCode::OK);
+        assert_eq!(slots.available_permits(), 1);
     }
 
     #[tokio::test]
