@@ -97,12 +97,15 @@ pub struct Config {
     pub log_level: String,
     /// `--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, `--auto-tls`.
     pub client_tls: crate::tls::TlsInfo,
-    /// The `--peer-*` counterparts, plus `--peer-cert-allowed-cn`.
+    /// The `--peer-*` counterparts, plus `--peer-cert-allowed-cn`; both sides' CRL files and
+    /// allowed hostnames.
     pub peer_tls: crate::tls::TlsInfo,
     /// `--cipher-suites`: TLS 1.2 suites by their Go names; empty means the library's defaults.
     pub cipher_suites: Vec<String>,
     /// `--self-signed-cert-validity`, in years (auto TLS).
     pub self_signed_cert_validity: u32,
+    /// `--tls-min-version`, `--tls-max-version` (etcd 3.5): for every listener and peer dial.
+    pub tls_versions: crate::tls::TlsVersions,
     /// `--strict-reconfig-check` (default true): refuse membership changes that could cost
     /// the quorum.
     pub strict_reconfig_check: bool,
@@ -549,6 +552,7 @@ impl Default for Config {
             peer_tls: Default::default(),
             cipher_suites: Vec::new(),
             self_signed_cert_validity: 1,
+            tls_versions: Default::default(),
             strict_reconfig_check: true,
             enable_v2: false,
             max_learners: 1,

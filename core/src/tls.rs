@@ -15,6 +15,13 @@ pub struct TlsInfo {
     pub auto_tls: bool,
     /// `--peer-cert-allowed-cn` (peer side only): the CN a peer's client certificate must carry.
     pub allowed_cn: String,
+    /// `--client-cert-allowed-hostname` / `--peer-cert-allowed-hostname`: a host name or IP
+    /// address the other side's certificate must be valid for.
+    pub allowed_hostname: String,
+    /// `--client-crl-file` / `--peer-crl-file`: certificates whose serial it lists are refused.
+    pub crl_file: String,
+    /// `--experimental-peer-skip-client-san-verification` (peer side only).
+    pub skip_client_san_verify: bool,
 }
 
 impl TlsInfo {
@@ -38,6 +45,16 @@ pub enum CertSource {
     },
 }
 
+/// Which certificates a port accepts beyond the CA check (etcd's `TLSInfo.AllowedCN` and
+/// `AllowedHostname`, mutually exclusive there too).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allowed {
+    /// The subject CN must be exactly this.
+    Cn(String),
+    /// The certificate must be valid for this host name or IP address (Go's `VerifyHostname`).
+    Hostname(String),
+}
+
 /// Whether a port asks the other side for a certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -45,8 +62,11 @@ pub enum ClientAuth {
     /// Handshakes without a certificate from `ca` are refused.
     Require {
         ca: String,
-        /// The CN the certificate must carry (`--peer-cert-allowed-cn`), if any.
-        allowed_cn: Option<String>,
+        /// The CN or host name the certificate must carry, if any.
+        allowed: Option<Allowed>,
+        /// The CRL file (`--client-crl-file` / `--peer-crl-file`), if any: a presented
+        /// certificate whose serial it lists is refused.
+        crl: Option<String>,
     },
 }
 
@@ -55,6 +75,61 @@ pub enum ClientAuth {
 pub struct ServerTls {
     pub cert: CertSource,
     pub client_auth: ClientAuth,
+    /// etcd's `checkSAN` (the peer listeners, unless
+    /// `--experimental-peer-skip-client-san-verification`): a presented certificate with IP or
+    /// DNS SANs must be valid for the connection's remote address.
+    pub check_san: bool,
+}
+
+/// A TLS protocol version detcd (rustls) speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    /// etcd 3.5's `tlsutil.GetTLSVersion`: `""` (the default), `TLS1.2` or `TLS1.3`; anything
+    /// else (`TLS1.0` and `TLS1.1` too) is refused with etcd's words.
+    pub fn parse(s: &str) -> Result<Option<TlsVersion>, String> {
+        match s {
+            "" => Ok(None),
+            "TLS1.2" => Ok(Some(TlsVersion::Tls12)),
+            "TLS1.3" => Ok(Some(TlsVersion::Tls13)),
+            _ => Err(format!(
+                "unexpected TLS version {s:?} (must be one of: TLS1.2, TLS1.3)"
+            )),
+        }
+    }
+
+    /// etcd's name of the version (`TLS1.2`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "TLS1.2",
+            TlsVersion::Tls13 => "TLS1.3",
+        }
+    }
+}
+
+/// `--tls-min-version` and `--tls-max-version` (etcd 3.5); `None`: the default (TLS 1.2 at
+/// least, the newest the library has at most).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsVersions {
+    pub min: Option<TlsVersion>,
+    pub max: Option<TlsVersion>,
+}
+
+impl TlsVersions {
+    /// The versions to offer and accept, newest first (never empty once `plan` has checked
+    /// min <= max).
+    pub fn enabled(&self) -> Vec<TlsVersion> {
+        let min = self.min.unwrap_or(TlsVersion::Tls12);
+        let max = self.max.unwrap_or(TlsVersion::Tls13);
+        [TlsVersion::Tls13, TlsVersion::Tls12]
+            .into_iter()
+            .filter(|v| *v >= min && *v <= max)
+            .collect()
+    }
 }
 
 /// How a member checks the peers it dials.
@@ -91,6 +166,8 @@ pub struct TlsPlan {
     pub peer_dial: PeerDial,
     /// TLS 1.2 cipher suites by Go name; empty: the defaults. TLS 1.3 suites are always on.
     pub cipher_suites: Vec<String>,
+    /// The protocol versions of every listener and peer dial.
+    pub versions: TlsVersions,
     /// Warnings to log (e.g. auto TLS ignored because files were given).
     pub warnings: Vec<String>,
 }
@@ -119,6 +196,20 @@ pub enum TlsError {
     CipherSuite { name: String },
     #[error("--self-signed-cert-validity must be at least 1 (years)")]
     Validity,
+    /// etcd's `TLSInfo.baseConfig` refusal (the listener fails, etcd exits 1).
+    #[error(
+        "AllowedCN and AllowedHostname are mutually exclusive (cn={cn:?}, hostname={hostname:?})"
+    )]
+    AllowedCnAndHostname { cn: String, hostname: String },
+    /// etcd 3.5's `Config.Validate`.
+    #[error("min version ({min}) is greater than max version ({max})")]
+    MinAboveMax {
+        min: &'static str,
+        max: &'static str,
+    },
+    /// etcd 3.5's `Config.Validate`: Go cannot choose TLS 1.3 suites.
+    #[error("cipher suites cannot be configured when only TLS1.3 is enabled")]
+    CipherSuitesWithTls13Only,
 }
 
 /// The TLS 1.2 suites detcd (rustls) implements, by their Go names.
@@ -208,6 +299,17 @@ fn client_auth(
     info: &TlsInfo,
     flags: (&'static str, &'static str),
 ) -> Result<ClientAuth, TlsError> {
+    let allowed = match (info.allowed_cn.is_empty(), info.allowed_hostname.is_empty()) {
+        (false, false) => {
+            return Err(TlsError::AllowedCnAndHostname {
+                cn: info.allowed_cn.clone(),
+                hostname: info.allowed_hostname.clone(),
+            })
+        }
+        (false, true) => Some(Allowed::Cn(info.allowed_cn.clone())),
+        (true, false) => Some(Allowed::Hostname(info.allowed_hostname.clone())),
+        (true, true) => None,
+    };
     if !info.client_cert_auth {
         return Ok(ClientAuth::None);
     }
@@ -219,7 +321,8 @@ fn client_auth(
     }
     Ok(ClientAuth::Require {
         ca: info.trusted_ca_file.clone(),
-        allowed_cn: (!info.allowed_cn.is_empty()).then(|| info.allowed_cn.clone()),
+        allowed,
+        crl: (!info.crl_file.is_empty()).then(|| info.crl_file.clone()),
     })
 }
 
@@ -227,6 +330,18 @@ fn client_auth(
 pub fn plan(cfg: &Config) -> Result<TlsPlan, TlsError> {
     if cfg.self_signed_cert_validity == 0 {
         return Err(TlsError::Validity);
+    }
+    // etcd 3.5's Config.Validate.
+    if let (Some(min), Some(max)) = (cfg.tls_versions.min, cfg.tls_versions.max) {
+        if min > max {
+            return Err(TlsError::MinAboveMax {
+                min: min.as_str(),
+                max: max.as_str(),
+            });
+        }
+    }
+    if cfg.tls_versions.min == Some(TlsVersion::Tls13) && !cfg.cipher_suites.is_empty() {
+        return Err(TlsError::CipherSuitesWithTls13Only);
     }
     let mut warnings = Vec::new();
     let client_cert = cert_source(
@@ -252,6 +367,8 @@ pub fn plan(cfg: &Config) -> Result<TlsPlan, TlsError> {
         (Some(cert), _) => Some(ServerTls {
             cert: cert.clone(),
             client_auth: client_auth(&cfg.client_tls, ("client-cert-auth", "trusted-ca-file"))?,
+            // etcd 3.4 and 3.5 serve clients through NewTLSListener, without checkSAN.
+            check_san: false,
         }),
     };
     let peer = match (&peer_cert, https(&cfg.listen_peer_urls)) {
@@ -263,6 +380,8 @@ pub fn plan(cfg: &Config) -> Result<TlsPlan, TlsError> {
                 &cfg.peer_tls,
                 ("peer-client-cert-auth", "peer-trusted-ca-file"),
             )?,
+            // rafthttp.NewListener → transport.wrapTLS: checkSAN unless skipped.
+            check_san: !cfg.peer_tls.skip_client_san_verify,
         }),
     };
     let verify = match &peer_cert {
@@ -291,6 +410,7 @@ pub fn plan(cfg: &Config) -> Result<TlsPlan, TlsError> {
             cert: peer_cert,
         },
         cipher_suites: cfg.cipher_suites.clone(),
+        versions: cfg.tls_versions,
         warnings,
     })
 }
@@ -385,7 +505,8 @@ mod tests {
             client.client_auth,
             ClientAuth::Require {
                 ca: "ca.crt".into(),
-                allowed_cn: None
+                allowed: None,
+                crl: None
             }
         );
         let peer = p.peer.unwrap();
@@ -393,7 +514,8 @@ mod tests {
             peer.client_auth,
             ClientAuth::Require {
                 ca: "ca-peer.crt".into(),
-                allowed_cn: Some("etcd".into())
+                allowed: Some(Allowed::Cn("etcd".into())),
+                crl: None
             }
         );
         assert_eq!(p.peer_dial.verify, PeerVerify::Ca("ca-peer.crt".into()));
@@ -481,6 +603,84 @@ mod tests {
             .unwrap()
             .len(),
             2
+        );
+    }
+
+    #[test]
+    fn crl_allowed_hostname_and_san_check() {
+        let mut c = cfg("https://127.0.0.1:2379", "https://127.0.0.1:2380");
+        for (info, cert) in [(&mut c.client_tls, "c"), (&mut c.peer_tls, "p")] {
+            *info = TlsInfo {
+                cert_file: cert.into(),
+                key_file: format!("{cert}.key"),
+                trusted_ca_file: "ca".into(),
+                client_cert_auth: true,
+                crl_file: format!("{cert}.crl"),
+                ..Default::default()
+            };
+        }
+        c.client_tls.allowed_hostname = "client.example".into();
+        let p = plan(&c).unwrap();
+        let (client, peer) = (p.client.unwrap(), p.peer.unwrap());
+        assert_eq!(
+            client.client_auth,
+            ClientAuth::Require {
+                ca: "ca".into(),
+                allowed: Some(Allowed::Hostname("client.example".into())),
+                crl: Some("c.crl".into())
+            }
+        );
+        assert!(!client.check_san, "etcd checks SANs on peer listeners only");
+        assert!(peer.check_san);
+        assert!(matches!(
+            peer.client_auth,
+            ClientAuth::Require { crl: Some(ref f), allowed: None, .. } if f == "p.crl"
+        ));
+        c.peer_tls.skip_client_san_verify = true;
+        assert!(!plan(&c).unwrap().peer.unwrap().check_san);
+        c.peer_tls.allowed_cn = "etcd".into();
+        c.peer_tls.allowed_hostname = "h".into();
+        assert_eq!(
+            plan(&c).unwrap_err().to_string(),
+            "AllowedCN and AllowedHostname are mutually exclusive (cn=\"etcd\", hostname=\"h\")"
+        );
+    }
+
+    #[test]
+    fn tls_versions() {
+        assert_eq!(TlsVersion::parse(""), Ok(None));
+        assert_eq!(TlsVersion::parse("TLS1.3"), Ok(Some(TlsVersion::Tls13)));
+        assert_eq!(
+            TlsVersion::parse("TLS1.1").unwrap_err(),
+            "unexpected TLS version \"TLS1.1\" (must be one of: TLS1.2, TLS1.3)"
+        );
+        let mut c = Config::default();
+        assert_eq!(
+            plan(&c).unwrap().versions.enabled(),
+            vec![TlsVersion::Tls13, TlsVersion::Tls12]
+        );
+        c.tls_versions = TlsVersions {
+            min: Some(TlsVersion::Tls13),
+            max: Some(TlsVersion::Tls12),
+        };
+        assert_eq!(
+            plan(&c).unwrap_err().to_string(),
+            "min version (TLS1.3) is greater than max version (TLS1.2)"
+        );
+        c.tls_versions.max = None;
+        assert_eq!(
+            plan(&c).unwrap().versions.enabled(),
+            vec![TlsVersion::Tls13]
+        );
+        c.cipher_suites = vec!["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into()];
+        assert_eq!(plan(&c), Err(TlsError::CipherSuitesWithTls13Only));
+        c.tls_versions = TlsVersions {
+            min: None,
+            max: Some(TlsVersion::Tls12),
+        };
+        assert_eq!(
+            plan(&c).unwrap().versions.enabled(),
+            vec![TlsVersion::Tls12]
         );
     }
 }

@@ -882,7 +882,7 @@ fn join_urls(urls: &[detcd_core::config::Url]) -> String {
 
 /// A listener's TLS: the acceptor for `https://` URLs, None for `http://`.
 #[cfg(not(madsim))]
-type Acceptor = Option<tokio_rustls::TlsAcceptor>;
+type Acceptor = Option<crate::tls::TlsAcceptor>;
 #[cfg(madsim)]
 type Acceptor = Option<std::convert::Infallible>;
 
@@ -991,7 +991,7 @@ fn tokio_stream_from(
 #[cfg(not(madsim))]
 fn tls_incoming(
     listener: Listener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: crate::tls::TlsAcceptor,
 ) -> impl futures::Stream<Item = std::io::Result<crate::tls::ServerIo>> {
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(async move {

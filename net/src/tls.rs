@@ -4,7 +4,9 @@
 //! for auto TLS (`<data-dir>/fixtures/{client,peer}/{cert,key}.pem`, reused when present).
 //! Not compiled under madsim: the simulated node takes the same decisions and speaks plaintext.
 
-use detcd_core::tls::{CertSource, ClientAuth, PeerVerify, ServerTls, TlsPlan};
+use detcd_core::tls::{
+    Allowed, CertSource, ClientAuth, PeerVerify, ServerTls, TlsPlan, TlsVersion, TlsVersions,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -31,8 +33,8 @@ fn err(s: impl Into<String>) -> TlsSetupError {
 
 /// The member's TLS, ready to use.
 pub struct Tls {
-    pub client: Option<tokio_rustls::TlsAcceptor>,
-    pub peer: Option<tokio_rustls::TlsAcceptor>,
+    pub client: Option<TlsAcceptor>,
+    pub peer: Option<TlsAcceptor>,
     /// For dialing `https://` peers.
     pub peer_dial: Arc<ClientConfig>,
 }
@@ -62,6 +64,18 @@ fn provider(cipher_suites: &[String]) -> Arc<CryptoProvider> {
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
+/// The rustls versions of `--tls-min-version`/`--tls-max-version` (etcd 3.5 sets them on the
+/// client and peer listeners and on the peer dialer alike).
+fn protocol_versions(v: &TlsVersions) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    v.enabled()
+        .into_iter()
+        .map(|v| match v {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        })
+        .collect()
+}
+
 impl Tls {
     /// Generates auto-TLS certificates, loads and checks every file of `plan`.
     pub fn setup(plan: &TlsPlan) -> Result<Tls, TlsSetupError> {
@@ -75,6 +89,7 @@ impl Tls {
                 server_acceptor(
                     s,
                     &provider,
+                    &plan.versions,
                     &[b"h2".to_vec(), b"http/1.1".to_vec()],
                     "client",
                 )?
@@ -84,7 +99,8 @@ impl Tls {
         };
         let peer = match &plan.peer {
             Some(s) => {
-                let (acceptor, cert) = server_acceptor(s, &provider, &[b"h2".to_vec()], "peer")?;
+                let (acceptor, cert) =
+                    server_acceptor(s, &provider, &plan.versions, &[b"h2".to_vec()], "peer")?;
                 peer_cert = Some(cert);
                 Some(acceptor)
             }
@@ -96,7 +112,7 @@ impl Tls {
             }
         }
         let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(VERSIONS)
+            .with_protocol_versions(&protocol_versions(&plan.versions))
             .map_err(|e| err(format!("TLS configuration: {e}")))?;
         let builder = match &plan.peer_dial.verify {
             PeerVerify::Ca(ca) => {
@@ -217,20 +233,30 @@ fn system_roots() -> Result<RootCertStore, TlsSetupError> {
 fn server_acceptor(
     s: &ServerTls,
     provider: &Arc<CryptoProvider>,
+    versions: &TlsVersions,
     alpn: &[Vec<u8>],
-    side: &str,
-) -> Result<(tokio_rustls::TlsAcceptor, Arc<ReloadingCert>), TlsSetupError> {
+    side: &'static str,
+) -> Result<(TlsAcceptor, Arc<ReloadingCert>), TlsSetupError> {
     let cert = Arc::new(ReloadingCert::open(&s.cert, provider)?);
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(VERSIONS)
+        .with_protocol_versions(&protocol_versions(versions))
         .map_err(|e| err(format!("TLS configuration: {e}")))?;
     let builder = match &s.client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
-        ClientAuth::Require { ca, allowed_cn } => {
+        ClientAuth::Require { ca, allowed, crl } => {
             let flag = if side == "peer" {
                 "--peer-trusted-ca-file"
             } else {
                 "--trusted-ca-file"
+            };
+            let crl_flag = if side == "peer" {
+                "--peer-crl-file"
+            } else {
+                "--client-crl-file"
+            };
+            let crl = match crl {
+                Some(path) => Some(CrlFile::open(path, crl_flag)?),
+                None => None,
             };
             let p = provider.clone();
             let inner = CaReloader::new(
@@ -244,13 +270,19 @@ fn server_acceptor(
             )?;
             builder.with_client_cert_verifier(Arc::new(CnVerifier {
                 inner,
-                allowed_cn: allowed_cn.clone(),
+                allowed: allowed.clone(),
+                crl,
             }))
         }
     };
     let mut cfg = builder.with_cert_resolver(cert.clone());
     cfg.alpn_protocols = alpn.to_vec();
-    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), cert))
+    let acceptor = TlsAcceptor {
+        inner: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+        side,
+        check_san: s.check_san,
+    };
+    Ok((acceptor, cert))
 }
 
 fn load_roots(path: &str, flag: &str) -> Result<RootCertStore, TlsSetupError> {
@@ -603,11 +635,13 @@ impl ServerCertVerifier for PeerServerVerifier {
     }
 }
 
-/// The CA check of webpki (CAs re-read when the file changes), plus `--peer-cert-allowed-cn`.
+/// The CA check of webpki (CAs re-read when the file changes), plus `--peer-cert-allowed-cn`
+/// or `--{client,peer}-cert-allowed-hostname`, and the CRL file.
 #[derive(Debug)]
 struct CnVerifier {
     inner: CaReloader<dyn ClientCertVerifier>,
-    allowed_cn: Option<String>,
+    allowed: Option<Allowed>,
+    crl: Option<CrlFile>,
 }
 
 impl ClientCertVerifier for CnVerifier {
@@ -626,7 +660,22 @@ impl ClientCertVerifier for CnVerifier {
             .inner
             .get()
             .verify_client_cert(end_entity, intermediates, now)?;
-        if let Some(want) = &self.allowed_cn {
+        if let Some(crl) = &self.crl {
+            // etcd's checkCRL: every certificate the other side presented.
+            crl.check(std::iter::once(end_entity).chain(intermediates))?;
+        }
+        if let Some(Allowed::Hostname(host)) = &self.allowed {
+            if let Err(e) = verify_hostname(end_entity, host) {
+                // etcd's VerifyPeerCertificate error; the other side gets bad_certificate.
+                tracing::warn!(
+                    "client certificate authentication failed: certificate not valid for allowed hostname {host:?}: {e}"
+                );
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                ));
+            }
+        }
+        if let Some(Allowed::Cn(want)) = &self.allowed {
             let cn = x509_parser::parse_x509_certificate(end_entity)
                 .ok()
                 .and_then(|(_, c)| {
@@ -667,6 +716,352 @@ impl ClientCertVerifier for CnVerifier {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.get().supported_verify_schemes()
+    }
+}
+
+/// A listener's TLS: rustls' handshake, then etcd's post-handshake checks (the SAN check of
+/// peer listeners). Every refused connection is logged as etcd logs it (embed's
+/// `logTLSHandshakeFailure`: "rejected connection" with `remote-addr`, `server-name` and, when
+/// the other side presented a certificate, its `ip-addresses` and `dns-names`).
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    inner: tokio_rustls::TlsAcceptor,
+    /// `client` or `peer`, for logs.
+    side: &'static str,
+    /// etcd's `checkSAN` (see [`check_cert_san`]).
+    check_san: bool,
+}
+
+/// A connection's remote address, for etcd's SAN check and logs.
+pub trait RemoteAddr {
+    /// The remote IP address and port; `None` where there is none (a unix socket).
+    fn remote_addr(&self) -> Option<std::net::SocketAddr>;
+}
+
+impl RemoteAddr for tokio::net::TcpStream {
+    fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.peer_addr().ok()
+    }
+}
+
+impl RemoteAddr for crate::listener::Conn {
+    fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            crate::listener::Conn::Tcp(s) => s.peer_addr().ok(),
+            crate::listener::Conn::Unix(_) => None,
+        }
+    }
+}
+
+impl TlsAcceptor {
+    /// Runs the TLS handshake on `stream`, then the SAN check where etcd makes it. Errors: the
+    /// handshake's, or a refused certificate (`PermissionDenied`); either is logged here.
+    pub async fn accept<IO>(
+        &self,
+        stream: IO,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + RemoteAddr,
+    {
+        let remote = stream.remote_addr();
+        let tls = match self.inner.accept(stream).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                log_rejected(self.side, remote, "", None, &e.to_string());
+                return Err(e);
+            }
+        };
+        if self.check_san {
+            let conn = tls.get_ref().1;
+            if let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) {
+                if let Err(why) = check_cert_san(cert, remote).await {
+                    let name = conn.server_name().unwrap_or("").to_string();
+                    log_rejected(self.side, remote, &name, Some(cert), &why);
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        why,
+                    ));
+                }
+            }
+        }
+        Ok(tls)
+    }
+}
+
+/// etcd's "rejected connection" warning.
+fn log_rejected(
+    side: &str,
+    remote: Option<std::net::SocketAddr>,
+    server_name: &str,
+    cert: Option<&CertificateDer<'_>>,
+    error: &str,
+) {
+    let remote = remote.map(|a| a.to_string()).unwrap_or_default();
+    match cert.map(|c| cert_sans(c)) {
+        Some((ips, dns)) => tracing::warn!(
+            "remote-addr" = %remote,
+            "server-name" = %server_name,
+            "ip-addresses" = ?ips,
+            "dns-names" = ?dns,
+            error = %error,
+            listener = side,
+            "rejected connection"
+        ),
+        None => tracing::warn!(
+            "remote-addr" = %remote,
+            "server-name" = %server_name,
+            error = %error,
+            listener = side,
+            "rejected connection"
+        ),
+    }
+}
+
+/// A certificate's IP and DNS SANs, as text (Go's `cert.IPAddresses`, `cert.DNSNames`).
+fn cert_sans(cert: &CertificateDer<'_>) -> (Vec<String>, Vec<String>) {
+    use x509_parser::extensions::GeneralName;
+    let (mut ips, mut dns) = (Vec::new(), Vec::new());
+    if let Ok((_, c)) = x509_parser::parse_x509_certificate(cert) {
+        if let Ok(Some(san)) = c.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    GeneralName::DNSName(d) => dns.push(d.to_string()),
+                    GeneralName::IPAddress(b) => match b.len() {
+                        4 => ips.push(
+                            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())
+                                .to_string(),
+                        ),
+                        16 => ips.push(
+                            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())
+                                .to_string(),
+                        ),
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+    (ips, dns)
+}
+
+/// Go's `cert.VerifyHostname(host)`: an IP address must be one of the IP SANs, a name must
+/// match a DNS SAN (wildcards for one label); the subject CN is not consulted. The matching is
+/// webpki's. Errors: Go's `x509.HostnameError` text.
+fn verify_hostname(cert: &CertificateDer<'_>, host: &str) -> Result<(), String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let matched = ServerName::try_from(bare.to_string())
+        .ok()
+        .zip(rustls::server::ParsedCertificate::try_from(cert).ok())
+        .is_some_and(|(name, parsed)| rustls::client::verify_server_name(&parsed, &name).is_ok());
+    if matched {
+        return Ok(());
+    }
+    let (ips, dns) = cert_sans(cert);
+    let valid = if bare.parse::<std::net::IpAddr>().is_ok() {
+        if ips.is_empty() {
+            return Err(format!(
+                "x509: cannot validate certificate for {bare} because it doesn't contain any IP SANs"
+            ));
+        }
+        ips.join(", ")
+    } else {
+        dns.join(", ")
+    };
+    if valid.is_empty() {
+        return Err(format!(
+            "x509: certificate is not valid for any names, but wanted to match {bare}"
+        ));
+    }
+    Err(format!(
+        "x509: certificate is valid for {valid}, not {bare}"
+    ))
+}
+
+/// etcd's `checkCertSAN` (pkg/transport/listener_tls.go), run on the peer listeners after the
+/// handshake: a certificate without IP or DNS SANs passes; otherwise the remote IP address must
+/// be one of its IP SANs, or one of its DNS SANs must name it: the address's reverse lookup
+/// gives the name (wildcard SANs match a suffix), or the name's forward lookup gives the
+/// address. Errors: Go's texts.
+pub async fn check_cert_san(
+    cert: &CertificateDer<'_>,
+    remote: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    let (ips, dns) = cert_sans(cert);
+    if ips.is_empty() && dns.is_empty() {
+        return Ok(());
+    }
+    // Go's net.SplitHostPort of a unix socket's remote address.
+    let Some(remote) = remote else {
+        return Err("missing port in address".to_string());
+    };
+    let host = remote.ip().to_canonical().to_string();
+    if !ips.is_empty() {
+        match verify_hostname(cert, &host) {
+            Ok(()) => return Ok(()),
+            Err(e) if dns.is_empty() => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let (ok, lookup_err) = is_host_in_dns(remote.ip().to_canonical(), &dns).await;
+    if ok {
+        return Ok(());
+    }
+    let why = lookup_err.map(|e| format!(" ({e})")).unwrap_or_default();
+    Err(format!(
+        "tls: {host:?} does not match any of DNSNames {dns:?}{why}"
+    ))
+}
+
+/// etcd's `isHostInDNS`: the reverse lookup of `ip` against the SANs (wildcards as suffixes),
+/// then each plain SAN's forward lookup (the system resolver, /etc/hosts first, as Go's).
+/// Returns whether one matched and the last lookup error.
+async fn is_host_in_dns(ip: std::net::IpAddr, dns_names: &[String]) -> (bool, Option<String>) {
+    let (wildcards, names): (Vec<&String>, Vec<&String>) =
+        dns_names.iter().partition(|d| d.starts_with("*."));
+    let mut last_err = None;
+    match reverse_lookup(ip).await {
+        Ok(found) => {
+            for name in found {
+                let name = name.trim_end_matches('.');
+                if wildcards.iter().any(|w| name.ends_with(&w[1..]))
+                    || names.iter().any(|n| n.as_str() == name)
+                {
+                    return (true, None);
+                }
+            }
+        }
+        Err(e) => last_err = Some(e),
+    }
+    for name in names {
+        match tokio::net::lookup_host((name.as_str(), 0)).await {
+            Ok(addrs) => {
+                if addrs.into_iter().any(|a| a.ip().to_canonical() == ip) {
+                    return (true, None);
+                }
+            }
+            Err(e) => last_err = Some(format!("lookup {name}: {e}")),
+        }
+    }
+    (false, last_err)
+}
+
+/// The PTR names of `ip` through the system resolver configuration (hickory-resolver reads
+/// /etc/hosts too).
+async fn reverse_lookup(ip: std::net::IpAddr) -> Result<Vec<String>, String> {
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let (config, opts) = hickory_resolver::system_conf::read_system_conf()
+        .map_err(|e| format!("lookup {ip}: {e}"))?;
+    let mut b =
+        hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+    *b.options_mut() = opts;
+    let resolver = b.build().map_err(|e| format!("lookup {ip}: {e}"))?;
+    let answer = resolver
+        .reverse_lookup(ip)
+        .await
+        .map_err(|e| format!("lookup {ip}: {e}"))?;
+    Ok(answer
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_resolver::proto::rr::RData::PTR(p) => Some(p.0.to_string()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A CRL file (`--client-crl-file`, `--peer-crl-file`): the serials it revokes, re-read when
+/// the file changes (etcd reads it for every connection). PEM (`X509 CRL`) or DER, as Go's
+/// `x509.ParseCRL`. As etcd's `checkCRL`, only serials are compared: the list's signature and
+/// dates are not checked.
+#[derive(Debug)]
+struct CrlFile {
+    path: String,
+    flag: &'static str,
+    /// (mtime, revoked serials or why the file is unusable).
+    current: Mutex<(Option<SystemTime>, Result<Revoked, String>)>,
+}
+
+/// The serials a CRL lists (as [`serial_key`] gives them).
+type Revoked = Arc<std::collections::HashSet<Vec<u8>>>;
+
+/// A serial's magnitude bytes (Go's `big.Int.Bytes()`: no leading zero bytes).
+fn serial_key(raw: &[u8]) -> Vec<u8> {
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
+    raw[start..].to_vec()
+}
+
+fn read_crl(path: &str, flag: &str) -> Result<std::collections::HashSet<Vec<u8>>, String> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {flag} {path}: {e}"))?;
+    let der: Vec<u8> = if bytes.starts_with(b"-----BEGIN X509 CRL") {
+        CertificateRevocationListDer::from_pem_slice(&bytes)
+            .map_err(|e| format!("{flag} {path}: not a PEM certificate revocation list: {e}"))?
+            .as_ref()
+            .to_vec()
+    } else {
+        bytes
+    };
+    let (_, crl) = x509_parser::parse_x509_crl(&der)
+        .map_err(|e| format!("{flag} {path}: not a certificate revocation list: {e}"))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| serial_key(r.raw_serial()))
+        .collect())
+}
+
+impl CrlFile {
+    /// Reads `path`. Errors (start-up): unreadable, or not a CRL; the message names `flag`.
+    fn open(path: &str, flag: &'static str) -> Result<CrlFile, TlsSetupError> {
+        let mtime = file_mtime(path);
+        let serials = read_crl(path, flag).map_err(err)?;
+        Ok(CrlFile {
+            path: path.to_string(),
+            flag,
+            current: Mutex::new((mtime, Ok(Arc::new(serials)))),
+        })
+    }
+
+    /// etcd's `checkCRL`: refuses (`Revoked`) when one of `certs` has a listed serial, or when
+    /// the file became unusable (as etcd, whose per-connection read then fails).
+    fn check<'a>(
+        &self,
+        certs: impl Iterator<Item = &'a CertificateDer<'a>>,
+    ) -> Result<(), rustls::Error> {
+        let serials = {
+            let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            let mtime = file_mtime(&self.path);
+            if mtime != cur.0 {
+                let next = read_crl(&self.path, self.flag).map(Arc::new);
+                match &next {
+                    Ok(_) => tracing::info!(file = %self.path, "reloaded {}", self.flag),
+                    Err(e) => tracing::warn!("{e}; refusing certificates until it is fixed"),
+                }
+                *cur = (mtime, next);
+            }
+            cur.1.clone()
+        };
+        let serials = serials.map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownRevocationStatus)
+        })?;
+        for c in certs {
+            let Ok((_, parsed)) = x509_parser::parse_x509_certificate(c) else {
+                continue;
+            };
+            let serial = serial_key(parsed.raw_serial());
+            if serials.contains(&serial) {
+                let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+                tracing::warn!(
+                    "transport: certificate serial {hex} revoked ({} {})",
+                    self.flag,
+                    self.path
+                );
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Revoked,
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -914,7 +1309,8 @@ mod tests {
                     }),
                 )
                 .unwrap(),
-                allowed_cn: cn.map(str::to_string),
+                allowed: cn.map(|c| Allowed::Cn(c.to_string())),
+                crl: None,
             }
         };
         let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
@@ -943,5 +1339,197 @@ mod tests {
         assert!(v.verify_client_cert(&der(&rotated), &[], now).is_ok());
         assert!(v.verify_client_cert(&der(&etcd), &[], now).is_ok());
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A leaf for `hosts` with the given serial, as (DER, PEM).
+    fn leaf_serial(ca: &Ca, hosts: &[&str], serial: u64) -> (CertificateDer<'static>, String) {
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let mut p = rcgen::CertificateParams::new(hosts).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "leaf");
+        p.serial_number = Some(rcgen::SerialNumber::from(serial));
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let k = rcgen::KeyPair::generate().unwrap();
+        let c = p.signed_by(&k, &ca.0, &ca.1).unwrap();
+        (c.der().clone(), c.pem())
+    }
+
+    /// A CRL from `ca` revoking `serials`.
+    fn crl(ca: &Ca, serials: &[u64]) -> rcgen::CertificateRevocationList {
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2020, 2, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca.0, &ca.1)
+        .unwrap()
+    }
+
+    /// etcd's checkCRL: a listed serial is refused at the handshake, others pass; PEM and DER
+    /// files; a damaged file stops the start naming the flag and file, and a file damaged
+    /// later refuses every certificate (etcd's per-connection read fails the same way).
+    #[test]
+    fn crl_refuses_listed_serials() {
+        let d = tmp("crl");
+        let ca = ca();
+        let ca_path = write(&d, "ca", &ca.0.pem());
+        let (revoked, _) = leaf_serial(&ca, &["127.0.0.1"], 0x4a3c);
+        let (good, _) = leaf_serial(&ca, &["127.0.0.1"], 0x99);
+        let crl_pem = write(&d, "crl.pem", &crl(&ca, &[0x4a3c]).pem().unwrap());
+        let crl_der = d.join("crl.der");
+        std::fs::write(&crl_der, crl(&ca, &[0x4a3c]).der().as_ref()).unwrap();
+        let crl_der = crl_der.to_string_lossy().into_owned();
+        let p = provider();
+        let verifier = |crl_path: &str| {
+            let p2 = p.clone();
+            CnVerifier {
+                inner: CaReloader::new(
+                    &ca_path,
+                    "--trusted-ca-file",
+                    Box::new(move |roots| {
+                        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p2.clone())
+                            .build()
+                            .map_err(|e| e.to_string())
+                    }),
+                )
+                .unwrap(),
+                allowed: None,
+                crl: Some(CrlFile::open(crl_path, "--client-crl-file").unwrap()),
+            }
+        };
+        let now = UnixTime::now();
+        for path in [&crl_pem, &crl_der] {
+            let v = verifier(path);
+            assert_eq!(
+                v.verify_client_cert(&revoked, &[], now).unwrap_err(),
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+            );
+            assert!(v.verify_client_cert(&good, &[], now).is_ok());
+        }
+        // Damaged at start-up: named.
+        let bad = write(
+            &d,
+            "bad.crl",
+            "-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n",
+        );
+        let e = CrlFile::open(&bad, "--peer-crl-file").unwrap_err().0;
+        assert!(e.starts_with("--peer-crl-file ") && e.contains(&bad), "{e}");
+        let junk = write(&d, "junk.crl", "junk");
+        let e = CrlFile::open(&junk, "--peer-crl-file").unwrap_err().0;
+        assert!(
+            e.contains("not a certificate revocation list") && e.contains(&junk),
+            "{e}"
+        );
+        let missing = d.join("missing.crl").to_string_lossy().into_owned();
+        let e = CrlFile::open(&missing, "--client-crl-file").unwrap_err().0;
+        assert!(
+            e.starts_with("cannot read --client-crl-file ") && e.contains(&missing),
+            "{e}"
+        );
+        // Rotation: a new list is picked up; a damaged one refuses everyone.
+        let v = verifier(&crl_pem);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&crl_pem, crl(&ca, &[0x99]).pem().unwrap()).unwrap();
+        assert!(v.verify_client_cert(&revoked, &[], now).is_ok());
+        assert!(v.verify_client_cert(&good, &[], now).is_err());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&crl_pem, "junk").unwrap();
+        assert!(v.verify_client_cert(&revoked, &[], now).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Go's VerifyHostname, for --{client,peer}-cert-allowed-hostname.
+    #[test]
+    fn allowed_hostname() {
+        let ca = ca();
+        let (cert, _) = leaf_serial(&ca, &["127.0.0.1", "peer.example", "*.wild.example"], 1);
+        assert_eq!(verify_hostname(&cert, "127.0.0.1"), Ok(()));
+        assert_eq!(verify_hostname(&cert, "peer.example"), Ok(()));
+        assert_eq!(verify_hostname(&cert, "a.wild.example"), Ok(()));
+        assert_eq!(
+            verify_hostname(&cert, "127.0.0.2").unwrap_err(),
+            "x509: certificate is valid for 127.0.0.1, not 127.0.0.2"
+        );
+        assert_eq!(
+            verify_hostname(&cert, "other.example").unwrap_err(),
+            "x509: certificate is valid for peer.example, *.wild.example, not other.example"
+        );
+        let (names_only, _) = leaf_serial(&ca, &["peer.example"], 2);
+        assert_eq!(
+            verify_hostname(&names_only, "10.0.0.1").unwrap_err(),
+            "x509: cannot validate certificate for 10.0.0.1 because it doesn't contain any IP SANs"
+        );
+        let d = tmp("hostname");
+        let ca_path = write(&d, "ca", &ca.0.pem());
+        let p = provider();
+        let v = CnVerifier {
+            inner: CaReloader::new(
+                &ca_path,
+                "--peer-trusted-ca-file",
+                Box::new(move |roots| {
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p.clone())
+                        .build()
+                        .map_err(|e| e.to_string())
+                }),
+            )
+            .unwrap(),
+            allowed: Some(Allowed::Hostname("peer.example".into())),
+            crl: None,
+        };
+        let now = UnixTime::now();
+        assert!(v.verify_client_cert(&cert, &[], now).is_ok());
+        let (other, _) = leaf_serial(&ca, &["127.0.0.1", "other.example"], 3);
+        assert_eq!(
+            v.verify_client_cert(&other, &[], now).unwrap_err(),
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// etcd's checkCertSAN on the peer listeners.
+    #[tokio::test]
+    async fn cert_san_must_name_the_remote_address() {
+        let ca = ca();
+        let at = |ip: &str| Some(format!("{ip}:40000").parse().unwrap());
+        let (ip_only, _) = leaf_serial(&ca, &["127.0.0.1"], 1);
+        assert_eq!(check_cert_san(&ip_only, at("127.0.0.1")).await, Ok(()));
+        assert_eq!(
+            check_cert_san(&ip_only, at("127.0.0.2")).await.unwrap_err(),
+            "x509: certificate is valid for 127.0.0.1, not 127.0.0.2"
+        );
+        // An IPv4 peer seen through a dual-stack socket.
+        assert_eq!(
+            check_cert_san(&ip_only, at("[::ffff:127.0.0.1]")).await,
+            Ok(())
+        );
+        // No IP or DNS SANs: nothing to check.
+        let (none, _) = leaf_serial(&ca, &[], 2);
+        assert_eq!(check_cert_san(&none, at("10.1.2.3")).await, Ok(()));
+        // A DNS SAN whose forward lookup gives the address (/etc/hosts' localhost).
+        let (dns, _) = leaf_serial(&ca, &["localhost"], 3);
+        assert_eq!(check_cert_san(&dns, at("127.0.0.1")).await, Ok(()));
+        let (elsewhere, _) = leaf_serial(&ca, &["peer.invalid"], 4);
+        let e = check_cert_san(&elsewhere, at("127.0.0.1"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.starts_with("tls: \"127.0.0.1\" does not match any of DNSNames [\"peer.invalid\"]"),
+            "{e}"
+        );
+        // A unix socket's peer has no address to match.
+        assert!(check_cert_san(&ip_only, None).await.is_err());
     }
 }

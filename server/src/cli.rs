@@ -11,7 +11,7 @@ use detcd_core::config::{
     self, default_data_dir, initial_cluster_from_name, parse_initial_cluster, parse_urls,
     AutoCompaction, ClusterState, Config, Logger, LOG_LEVELS,
 };
-use detcd_core::tls::{parse_cipher_suites, TlsInfo};
+use detcd_core::tls::{parse_cipher_suites, TlsInfo, TlsVersion};
 
 use crate::inert_flags::{self, Inert, Kind};
 
@@ -94,6 +94,8 @@ const CHECKED_AFTER_PARSING: &[&str] = &[
     "initial-cluster",
     "log-level",
     "cipher-suites",
+    "tls-min-version",
+    "tls-max-version",
     "logger",
     "log-outputs",
     "auto-compaction-mode",
@@ -359,6 +361,36 @@ const FLAGS: &[FlagSpec] = &[
         help: "Allowed CN for inter peer authentication.",
     },
     FlagSpec {
+        name: "client-crl-file",
+        heading: SECURITY,
+        help: "Path to the client certificate revocation list file.",
+    },
+    FlagSpec {
+        name: "client-cert-allowed-hostname",
+        heading: SECURITY,
+        help: "Allowed TLS hostname for client cert authentication.",
+    },
+    FlagSpec {
+        name: "peer-crl-file",
+        heading: SECURITY,
+        help: "Path to the peer certificate revocation list file.",
+    },
+    FlagSpec {
+        name: "peer-cert-allowed-hostname",
+        heading: SECURITY,
+        help: "Allowed TLS hostname for inter peer authentication.",
+    },
+    FlagSpec {
+        name: "tls-min-version",
+        heading: SECURITY,
+        help: "Minimum TLS version supported by etcd. Possible values: TLS1.2, TLS1.3. [default: TLS1.2]",
+    },
+    FlagSpec {
+        name: "tls-max-version",
+        heading: SECURITY,
+        help: "Maximum TLS version supported by etcd. Possible values: TLS1.2, TLS1.3 (empty defers to Go).",
+    },
+    FlagSpec {
         name: "cipher-suites",
         heading: SECURITY,
         help: "Comma-separated list of supported TLS cipher suites between client/server and peers (empty will be auto-populated by Go).",
@@ -441,6 +473,11 @@ const BOOL_FLAGS: &[FlagSpec] = &[
     FlagSpec { name: "auto-tls", heading: SECURITY, help: "Client TLS using generated certificates." },
     FlagSpec { name: "peer-client-cert-auth", heading: SECURITY, help: "Enable peer client cert authentication." },
     FlagSpec { name: "peer-auto-tls", heading: SECURITY, help: "Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file are not provided." },
+    FlagSpec {
+        name: "experimental-peer-skip-client-san-verification",
+        heading: SECURITY,
+        help: "Skip verification of SAN field in client certificate for peer connections.",
+    },
 ];
 
 const USAGE: &str = "\
@@ -982,6 +1019,9 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
         client_cert_auth: boolean("client-cert-auth")?,
         auto_tls: boolean("auto-tls")?,
         allowed_cn: String::new(),
+        allowed_hostname: text("client-cert-allowed-hostname"),
+        crl_file: text("client-crl-file"),
+        skip_client_san_verify: false,
     };
     c.peer_tls = TlsInfo {
         cert_file: text("peer-cert-file"),
@@ -990,7 +1030,20 @@ fn build_config(given: &dyn Fn(&str) -> Option<Given>) -> Result<Config, CliErro
         client_cert_auth: boolean("peer-client-cert-auth")?,
         auto_tls: boolean("peer-auto-tls")?,
         allowed_cn: text("peer-cert-allowed-cn"),
+        allowed_hostname: text("peer-cert-allowed-hostname"),
+        crl_file: text("peer-crl-file"),
+        skip_client_san_verify: boolean("experimental-peer-skip-client-san-verification")?,
     };
+    for flag in ["tls-min-version", "tls-max-version"] {
+        if let Some(g) = given(flag) {
+            let v = TlsVersion::parse(&g.value).map_err(|e| g.invalid(flag, e))?;
+            if flag == "tls-min-version" {
+                c.tls_versions.min = v;
+            } else {
+                c.tls_versions.max = v;
+            }
+        }
+    }
     if let Some(g) = given("cipher-suites") {
         c.cipher_suites =
             parse_cipher_suites(&g.value).map_err(|e| g.invalid("cipher-suites", e))?;
@@ -1610,11 +1663,6 @@ mod tests {
     /// Flags whose absence of effect would be unsafe stop the start, naming the flag.
     #[test]
     fn unsafe_to_ignore_flags_are_refused() {
-        assert_eq!(code(&["--client-crl-file", "/x.crl"]), 1);
-        assert_eq!(
-            error(&["--peer-crl-file", "/p.crl"], &[]),
-            "--peer-crl-file=/p.crl is not supported: certificate revocation lists are not checked yet; starting without would admit revoked peer certificates"
-        );
         assert!(error(&["--proxy", "on"], &[]).starts_with("--proxy=on is not supported"));
         assert_eq!(
             error(
@@ -1658,13 +1706,85 @@ mod tests {
         assert_eq!(c.discovery.url, "https://discovery.etcd.io/x");
         assert!(!c.discovery.fallback_proxy);
         assert_eq!(c.discovery.proxy, "http://proxy:3128");
-        assert_eq!(
-            code(&["--tls-min-version", "TLS1.2"]),
-            0,
-            "the default is fine"
-        );
-        assert_eq!(code(&["--tls-min-version", "TLS1.3"]), 1);
         assert_eq!(code(&["--host-whitelist", "*"]), 0);
+    }
+
+    /// The CRL, allowed-hostname, SAN-check and TLS version flags (etcd 3.4/3.5) reach the
+    /// TLS configuration; bad versions are refused with etcd 3.5's words, exit 1.
+    #[test]
+    fn crl_hostname_and_tls_version_flags() {
+        let c = config(
+            &[
+                "--client-crl-file",
+                "/c.crl",
+                "--client-cert-allowed-hostname",
+                "client.example",
+                "--peer-crl-file",
+                "/p.crl",
+                "--peer-cert-allowed-hostname",
+                "peer.example",
+                "--experimental-peer-skip-client-san-verification",
+                "--tls-min-version",
+                "TLS1.3",
+            ],
+            &[],
+        );
+        assert_eq!(c.client_tls.crl_file, "/c.crl");
+        assert_eq!(c.client_tls.allowed_hostname, "client.example");
+        assert_eq!(c.peer_tls.crl_file, "/p.crl");
+        assert_eq!(c.peer_tls.allowed_hostname, "peer.example");
+        assert!(c.peer_tls.skip_client_san_verify);
+        assert!(!c.client_tls.skip_client_san_verify);
+        assert_eq!(c.tls_versions.min, Some(TlsVersion::Tls13));
+        assert_eq!(c.tls_versions.max, None);
+        let c = config(
+            &["--tls-min-version", "TLS1.2", "--tls-max-version", "TLS1.2"],
+            &[],
+        );
+        assert_eq!(c.tls_versions.max, Some(TlsVersion::Tls12));
+        assert_eq!(
+            error(&["--tls-min-version", "TLS1.1"], &[]),
+            "invalid value \"TLS1.1\" for flag -tls-min-version: unexpected TLS version \"TLS1.1\" (must be one of: TLS1.2, TLS1.3)"
+        );
+        assert_eq!(code(&["--tls-max-version", "TLS1.0"]), 1);
+        assert_eq!(
+            error(
+                &["--tls-min-version", "TLS1.3", "--tls-max-version", "TLS1.2"],
+                &[]
+            ),
+            "min version (TLS1.3) is greater than max version (TLS1.2)"
+        );
+        assert_eq!(
+            error(
+                &[
+                    "--tls-min-version",
+                    "TLS1.3",
+                    "--cipher-suites",
+                    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+                ],
+                &[]
+            ),
+            "cipher suites cannot be configured when only TLS1.3 is enabled"
+        );
+        assert_eq!(
+            error(
+                &[
+                    "--peer-auto-tls",
+                    "--peer-cert-allowed-cn",
+                    "etcd",
+                    "--peer-cert-allowed-hostname",
+                    "h"
+                ],
+                &[]
+            ),
+            "AllowedCN and AllowedHostname are mutually exclusive (cn=\"etcd\", hostname=\"h\")"
+        );
+        assert_eq!(
+            config(&[], &[("ETCD_PEER_CRL_FILE", "/e.crl")])
+                .peer_tls
+                .crl_file,
+            "/e.crl"
+        );
     }
 
     #[test]
@@ -1812,6 +1932,34 @@ mod tests {
             "{warnings:?}"
         );
         assert!(warnings[0].starts_with("Loading server configuration from \"/etc/etcd.yml\""));
+    }
+
+    /// etcd's config-file keys for CRLs, allowed host names (3.5: a list) and TLS versions.
+    #[test]
+    fn config_file_crl_hostname_and_tls_versions() {
+        let file = "client-transport-security:\n  crl-file: /c.crl\n  allowed-hostname: [client.example]\n\
+                    peer-transport-security:\n  crl-file: /p.crl\n  allowed-hostname: peer.example\n  \
+                    skip-client-san-verify: true\ntls-min-version: TLS1.2\ntls-max-version: TLS1.3\n";
+        let (cli, _) = run_with_file(&["--config-file", "/etc/etcd.yml"], &[], file).unwrap();
+        let Cli::Run(c) = cli else { panic!() };
+        assert_eq!(c.client_tls.crl_file, "/c.crl");
+        assert_eq!(c.client_tls.allowed_hostname, "client.example");
+        assert_eq!(c.peer_tls.crl_file, "/p.crl");
+        assert_eq!(c.peer_tls.allowed_hostname, "peer.example");
+        assert!(c.peer_tls.skip_client_san_verify);
+        assert_eq!(c.tls_versions.min, Some(TlsVersion::Tls12));
+        assert_eq!(c.tls_versions.max, Some(TlsVersion::Tls13));
+        let e = run_with_file(
+            &["--config-file", "/etc/etcd.yml"],
+            &[],
+            "tls-max-version: TLS1.1\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        assert!(
+            e.to_string().contains("unexpected TLS version \"TLS1.1\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!   ignoring it loses nothing an operator relies on: one start-up warning names the flag and
 //!   why.
 //! - [`Inert::Refused`]: ignoring it would be unsafe or would silently change what the
-//!   operator asked for (a revocation list, a listener, a bootstrap path): detcd refuses to
+//!   operator asked for (a separate client certificate, a host check, a bootstrap path): detcd refuses to
 //!   start (exit 1) with the reason.
 //! - [`Inert::AlwaysOn`]: detcd always behaves the way the flag asks; no warning.
 //!
@@ -120,18 +120,6 @@ pub const INERT_FLAGS: &[InertFlag] = &[
     inert!("v2-deprecation", CLUSTERING, Choice(&["not-yet", "write-only", "write-only-drop-data", "gone"]), "not-yet",
         NoEffect(NO_V2),
         "v2store deprecation stage: 'not-yet', 'write-only', 'write-only-drop-data', 'gone'. [default: not-yet]"),
-    inert!("client-crl-file", SECURITY, Text, "",
-        Refused("certificate revocation lists are not checked yet; starting without would admit revoked client certificates"),
-        "Path to the client certificate revocation list file. (not supported yet)"),
-    inert!("client-cert-allowed-hostname", SECURITY, Text, "",
-        Refused("client certificate hostname checks are not built yet; starting without would admit other clients"),
-        "Allowed TLS hostname for client cert authentication. (not supported yet)"),
-    inert!("peer-crl-file", SECURITY, Text, "",
-        Refused("certificate revocation lists are not checked yet; starting without would admit revoked peer certificates"),
-        "Path to the peer certificate revocation list file. (not supported yet)"),
-    inert!("peer-cert-allowed-hostname", SECURITY, Text, "",
-        Refused("peer certificate hostname checks are not built yet; starting without would admit other peers"),
-        "Allowed TLS hostname for inter peer authentication. (not supported yet)"),
     inert!("client-cert-file", SECURITY, Text, "",
         Refused("detcd presents --cert-file as its client certificate; a separate one is not supported yet"),
         "Path to an explicit peer client TLS cert file otherwise cert file will be used when client auth is required. (not supported yet)"),
@@ -144,21 +132,12 @@ pub const INERT_FLAGS: &[InertFlag] = &[
     inert!("peer-client-key-file", SECURITY, Text, "",
         Refused("detcd presents --peer-key-file to its peers; a separate client key is not supported yet"),
         "Path to an explicit peer client TLS key file otherwise peer key file will be used when client auth is required. (not supported yet)"),
-    inert!("tls-min-version", SECURITY, Text, "TLS1.2",
-        Refused("detcd negotiates TLS 1.2 and 1.3; choosing the range is not supported yet"),
-        "Minimum TLS version supported by etcd. Possible values: TLS1.2, TLS1.3. [default: TLS1.2]"),
-    inert!("tls-max-version", SECURITY, Text, "",
-        Refused("detcd negotiates TLS 1.2 and 1.3; choosing the range is not supported yet"),
-        "Maximum TLS version supported by etcd. Possible values: TLS1.2, TLS1.3 (empty defers to Go)."),
     inert!("cors", SECURITY, Text, "*",
         NoEffect("detcd sends no CORS headers, so browsers refuse cross-origin requests"),
         "Comma-separated whitelist of origins for CORS, or cross-origin resource sharing, (empty or * means allow all). [default: *]"),
     inert!("host-whitelist", SECURITY, Text, "*",
         Refused("Host header checks are not built yet; starting without would accept every host name"),
         "Acceptable hostnames from HTTP client requests, if server is not secure (empty or * means allow all). (only * supported)"),
-    inert!("experimental-peer-skip-client-san-verification", SECURITY, Bool, "false",
-        NoEffect("detcd does not check a peer certificate's SANs against the peer's address yet"),
-        "Skip verification of SAN field in client certificate for peer connections."),
     inert!("auth-token", AUTH, Text, "simple", NoEffect(NO_AUTH),
         "Specify a v3 authentication token type and its options ('simple' or 'jwt'). [default: simple]"),
     inert!("bcrypt-cost", AUTH, Uint, "10", NoEffect(NO_AUTH),

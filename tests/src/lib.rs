@@ -80,6 +80,10 @@ pub mod subnet {
     pub const TLS_ROTATION: u8 = 43;
     pub const TLS_STARTUP_ERRORS: u8 = 44;
     pub const TLS_ALLOWED_CN: u8 = 45;
+    /// --client-crl-file, --client-cert-allowed-hostname, --tls-min/max-version.
+    pub const TLS_CRL: u8 = 46;
+    /// etcd's SAN check of peer client certificates.
+    pub const TLS_PEER_SAN: u8 = 47;
     // DNS SRV discovery and the gateway (tests/tests/srv_discovery.rs): 127.0.50.x-59.x.
     pub const SRV_GUIDE_NAMES: u8 = 50;
     pub const SRV_GUIDE_IPS: u8 = 51;

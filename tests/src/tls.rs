@@ -123,8 +123,20 @@ impl Ca {
     /// A leaf for `hosts` (IP or DNS SANs), usable as server and client certificate, with
     /// subject CN `cn`; `expired` makes it valid only in 2000. Returns (cert PEM, key PEM).
     pub fn issue(&self, cn: &str, hosts: &[&str], expired: bool) -> (String, String) {
+        self.issue_serial(cn, hosts, expired, None)
+    }
+
+    /// `issue` with the serial number `serial` when given (else rcgen's random one).
+    pub fn issue_serial(
+        &self,
+        cn: &str,
+        hosts: &[&str],
+        expired: bool,
+        serial: Option<u64>,
+    ) -> (String, String) {
         let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
         let mut p = rcgen::CertificateParams::new(hosts).unwrap();
+        p.serial_number = serial.map(rcgen::SerialNumber::from);
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         p.key_usages = vec![
             rcgen::KeyUsagePurpose::DigitalSignature,
@@ -143,6 +155,30 @@ impl Ca {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A certificate revocation list signed by this CA listing `serials`, as PEM.
+    pub fn crl_pem(&self, serials: &[u64]) -> String {
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2024, 2, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.cert, &self.key)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
     /// `issue`, written to `dir/<name>.crt` and `dir/<name>.key`.
     pub fn issue_to(
         &self,
@@ -153,15 +189,33 @@ impl Ca {
         expired: bool,
     ) -> ClientFiles {
         let (c, k) = self.issue(cn, hosts, expired);
-        let cert = dir.join(format!("{name}.crt"));
-        let key = dir.join(format!("{name}.key"));
-        std::fs::write(&cert, c).unwrap();
-        std::fs::write(&key, k).unwrap();
-        ClientFiles {
-            ca: None,
-            cert: Some(cert),
-            key: Some(key),
-            insecure: false,
-        }
+        write_pair(dir, name, c, k)
+    }
+
+    /// `issue_to` with the serial number `serial`.
+    pub fn issue_serial_to(
+        &self,
+        dir: &Path,
+        name: &str,
+        cn: &str,
+        hosts: &[&str],
+        serial: u64,
+    ) -> ClientFiles {
+        let (c, k) = self.issue_serial(cn, hosts, false, Some(serial));
+        write_pair(dir, name, c, k)
+    }
+}
+
+/// Writes a certificate and key to `dir/<name>.crt` and `dir/<name>.key`.
+fn write_pair(dir: &Path, name: &str, c: String, k: String) -> ClientFiles {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, c).unwrap();
+    std::fs::write(&key, k).unwrap();
+    ClientFiles {
+        ca: None,
+        cert: Some(cert),
+        key: Some(key),
+        insecure: false,
     }
 }

@@ -1,6 +1,8 @@
 //! TLS end to end: the guide's self-signed certificate cluster and its automatic certificates
-//! cluster, with etcdctl's `--cacert --cert --key`; the handshakes that must be refused;
-//! certificate rotation without restart; start-up errors naming the file. Certificates are
+//! cluster, with etcdctl's `--cacert --cert --key`; the handshakes that must be refused
+//! (other CAs, CNs, host names, revoked serials, peers whose certificate does not name their
+//! address, TLS versions); certificate rotation without restart; start-up errors naming the
+//! file. Certificates are
 //! made in the test with rcgen; curl and `openssl s_client` look at the ports.
 
 use detcd_tests::tls::{s_client, Ca, ClientFiles};
@@ -75,11 +77,13 @@ fn guide_self_signed_certificates() {
             &[&me, "127.0.0.1"],
             false,
         );
+        // 127.0.0.1 too: on loopback the peers' connections come from it, and etcd checks
+        // that a peer's client certificate names the address it connects from.
         let pe = peer_ca.issue_to(
             &dir,
             &format!("infra{i}-peer"),
             &format!("infra{i}"),
-            &[&me],
+            &[&me, "127.0.0.1"],
             false,
         );
         https_args(&mut m.args);
@@ -218,7 +222,7 @@ fn peer_from_another_ca_cannot_join() {
             &dir,
             &format!("infra{i}-peer"),
             &format!("infra{i}"),
-            &[&me],
+            &[&me, "127.0.0.1"],
             false,
         );
         // Peer URLs https, client URLs stay http.
@@ -278,7 +282,13 @@ fn peer_cert_allowed_cn() {
     for (i, m) in c.members.iter_mut().enumerate() {
         let me = ip(subnet::TLS_ALLOWED_CN, i);
         let cn = if i == 2 { "intruder" } else { "etcd-peer" };
-        let pe = peer_ca.issue_to(&dir, &format!("infra{i}-peer"), cn, &[&me], false);
+        let pe = peer_ca.issue_to(
+            &dir,
+            &format!("infra{i}-peer"),
+            cn,
+            &[&me, "127.0.0.1"],
+            false,
+        );
         for a in m.args.iter_mut() {
             if a.contains(&format!(":{PEER_PORT}")) {
                 *a = a.replace("http://", "https://");
@@ -462,6 +472,7 @@ fn startup_errors_name_the_file() {
     let c = Cluster::empty("tls_startup", subnet::TLS_STARTUP_ERRORS);
     let dir = c.dir().to_path_buf();
     let ca = Ca::new("startup CA");
+    let ca_path = ca.write(&dir, "ca.crt");
     let me = ip(subnet::TLS_STARTUP_ERRORS, 0);
     let good = ca.issue_to(&dir, "good", "good", &[&me], false);
     let other = ca.issue_to(&dir, "other", "other", &[&me], false);
@@ -520,6 +531,33 @@ fn startup_errors_name_the_file() {
             ],
             path(&missing),
         ),
+        (
+            vec![
+                format!("--cert-file={}", cert(&good)),
+                format!("--key-file={}", key(&good)),
+                "--client-cert-auth".into(),
+                format!("--trusted-ca-file={}", path(&ca_path)),
+                format!("--client-crl-file={}", path(&garbage)),
+            ],
+            format!(
+                "--client-crl-file {}: not a certificate revocation list",
+                path(&garbage)
+            ),
+        ),
+        (
+            vec![
+                format!("--cert-file={}", cert(&good)),
+                format!("--key-file={}", key(&good)),
+                "--client-cert-auth".into(),
+                format!("--trusted-ca-file={}", path(&ca_path)),
+                format!("--client-crl-file={}", path(&missing)),
+            ],
+            format!("cannot read --client-crl-file {}", path(&missing)),
+        ),
+        (
+            vec!["--auto-tls".into(), "--tls-min-version=TLS1.1".into()],
+            "invalid value \"TLS1.1\" for flag -tls-min-version: unexpected TLS version \"TLS1.1\" (must be one of: TLS1.2, TLS1.3)".into(),
+        ),
     ];
     let mut c = c;
     for (n, (extra, want)) in cases.into_iter().enumerate() {
@@ -543,4 +581,207 @@ fn startup_errors_name_the_file() {
         let err = m.stderr();
         assert!(err.contains(&want), "want {want:?} in stderr:\n{err}");
     }
+}
+
+/// --client-crl-file (a revoked client certificate is refused at the handshake, and a new
+/// list is read without restart), --client-cert-allowed-hostname (only certificates valid for
+/// that name) and --tls-min-version=TLS1.3 on one member.
+#[test]
+fn client_crl_allowed_hostname_and_tls_min_version() {
+    if !have_etcdctl() {
+        return;
+    }
+    let mut c = Cluster::guide("tls_crl", subnet::TLS_CRL, 1, GUIDE_TOKEN);
+    let dir = c.dir().to_path_buf();
+    let ca = Ca::new("CRL CA");
+    let ca_path = ca.write(&dir, "ca.crt");
+    let me = ip(subnet::TLS_CRL, 0);
+    let server = ca.issue_to(&dir, "server", "server", &[&me], false);
+    let with_ca = |f: ClientFiles| ClientFiles {
+        ca: Some(ca_path.clone()),
+        ..f
+    };
+    let admin = with_ca(ca.issue_serial_to(&dir, "admin", "admin", &["admin.example"], 0x1001));
+    let revoked = with_ca(ca.issue_serial_to(&dir, "revoked", "admin", &["admin.example"], 0x1002));
+    let intruder =
+        with_ca(ca.issue_serial_to(&dir, "intruder", "admin", &["intruder.example"], 0x1003));
+    let crl = dir.join("revoked.crl");
+    std::fs::write(&crl, ca.crl_pem(&[0x1002])).unwrap();
+    {
+        let m = &mut c.members[0];
+        https_args(&mut m.args);
+        detcd_tests::set_flag(
+            &mut m.args,
+            "--listen-peer-urls",
+            &format!("http://{me}:{PEER_PORT}"),
+        );
+        detcd_tests::set_flag(
+            &mut m.args,
+            "--initial-advertise-peer-urls",
+            &format!("http://{me}:{PEER_PORT}"),
+        );
+        detcd_tests::set_flag(
+            &mut m.args,
+            "--initial-cluster",
+            &format!("{}=http://{me}:{PEER_PORT}", m.name),
+        );
+        m.args.extend([
+            "--client-cert-auth".to_string(),
+            format!("--trusted-ca-file={}", path(&ca_path)),
+            format!("--cert-file={}", path(server.cert.as_ref().unwrap())),
+            format!("--key-file={}", path(server.key.as_ref().unwrap())),
+            format!("--client-crl-file={}", path(&crl)),
+            "--client-cert-allowed-hostname=admin.example".to_string(),
+            "--tls-min-version=TLS1.3".to_string(),
+        ]);
+        m.client_tls = Some(admin.clone());
+    }
+    c.start_all();
+    c.wait_healthy(HEALTHY_TIMEOUT);
+    let ep = vec![c.members[0].client_url()];
+    ctl_ok(&admin, &ep, &["put", "k", "v"]);
+
+    // The revoked certificate: refused, and etcd's words in the log.
+    let out = ctl(
+        &revoked,
+        &ep,
+        &[
+            "put",
+            "k",
+            "v2",
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+        ],
+    );
+    assert!(!out.success(), "a revoked certificate was served: {out}");
+    wait_log(
+        &c.members[0],
+        "transport: certificate serial 1002 revoked",
+        10,
+    );
+    wait_log(&c.members[0], "rejected connection", 10);
+
+    // A certificate not valid for --client-cert-allowed-hostname.
+    let out = ctl(
+        &intruder,
+        &ep,
+        &["get", "k", "--dial-timeout=2s", "--command-timeout=3s"],
+    );
+    assert!(
+        !out.success(),
+        "a certificate for another host was served: {out}"
+    );
+    wait_log(
+        &c.members[0],
+        "client certificate authentication failed: certificate not valid for allowed hostname \"admin.example\"",
+        10,
+    );
+
+    // TLS 1.3 only.
+    let addr = format!("{me}:{CLIENT_PORT}");
+    let (ok, text) = s_client(&addr, &["-tls1_2"]);
+    assert!(
+        !ok,
+        "TLS 1.2 was negotiated under --tls-min-version=TLS1.3:\n{text}"
+    );
+    let (ok, text) = s_client(&addr, &["-tls1_3"]);
+    assert!(ok && text.contains("TLSv1.3"), "{text}");
+
+    // A new list revoking the admin's certificate too is read without restart.
+    std::fs::write(&crl, ca.crl_pem(&[0x1001, 0x1002])).unwrap();
+    let deadline = Deadline::new(
+        Duration::from_secs(10),
+        "the rewritten CRL to refuse the admin certificate",
+    );
+    loop {
+        let out = ctl(
+            &admin,
+            &ep,
+            &["get", "k", "--dial-timeout=2s", "--command-timeout=3s"],
+        );
+        if !out.success() {
+            break;
+        }
+        deadline.check(&out.to_string());
+        deadline.pause();
+    }
+    wait_log(
+        &c.members[0],
+        "transport: certificate serial 1001 revoked",
+        10,
+    );
+    assert!(c.members[0].is_running());
+}
+
+/// etcd's SAN check on the peer port (--peer-client-cert-auth): a peer whose client
+/// certificate names neither the address its connections come from (127.0.0.1: the kernel's
+/// source address for loopback) nor a DNS name that resolves to it is refused after the
+/// handshake, with etcd's "rejected connection" line; given a certificate with such a name it
+/// joins without restart (the certificate files are re-read).
+#[test]
+fn peer_certificate_must_name_its_address() {
+    if !have_etcdctl() {
+        return;
+    }
+    let mut c = Cluster::guide("tls_peer_san", subnet::TLS_PEER_SAN, 3, GUIDE_TOKEN);
+    let dir = c.dir().to_path_buf();
+    let peer_ca = Ca::new("peer CA");
+    let ca_peer = peer_ca.write(&dir, "ca-peer.crt");
+    let stranger = ip(subnet::TLS_PEER_SAN, 2);
+    let mut infra2_files = None;
+    for (i, m) in c.members.iter_mut().enumerate() {
+        let me = ip(subnet::TLS_PEER_SAN, i);
+        let hosts: Vec<&str> = if i == 2 {
+            vec![&me]
+        } else {
+            vec![&me, "127.0.0.1"]
+        };
+        let pe = peer_ca.issue_to(&dir, &format!("infra{i}-peer"), "etcd", &hosts, false);
+        for a in m.args.iter_mut() {
+            if a.contains(&format!(":{PEER_PORT}")) {
+                *a = a.replace("http://", "https://");
+            }
+        }
+        m.args.extend([
+            "--peer-client-cert-auth".to_string(),
+            format!("--peer-trusted-ca-file={}", path(&ca_peer)),
+            format!("--peer-cert-file={}", path(pe.cert.as_ref().unwrap())),
+            format!("--peer-key-file={}", path(pe.key.as_ref().unwrap())),
+        ]);
+        if i == 2 {
+            infra2_files = Some(pe);
+        }
+    }
+    c.start_all();
+    c.members[0].wait_healthy(HEALTHY_TIMEOUT);
+    c.members[1].wait_healthy(HEALTHY_TIMEOUT);
+    let why = format!("x509: certificate is valid for {stranger}, not 127.0.0.1");
+    wait_log(&c.members[0], &why, 20);
+    wait_log(&c.members[0], "rejected connection", 20);
+    wait_log(&c.members[0], &format!("[\"{stranger}\"]"), 20);
+    let infra2 = vec![c.members[2].client_url()];
+    let out = etcdctl(&infra2, &["put", "k", "v", "--command-timeout=3s"]);
+    assert!(
+        !out.success(),
+        "infra2 wrote through the cluster while refused: {out}"
+    );
+
+    // A DNS SAN naming 127.0.0.1 (localhost) lets infra2 in: the files are re-read.
+    let f = infra2_files.unwrap();
+    let (cert, key) = peer_ca.issue("etcd", &[&stranger, "localhost"], false);
+    std::fs::write(f.key.as_ref().unwrap(), key).unwrap();
+    std::fs::write(f.cert.as_ref().unwrap(), cert).unwrap();
+    let deadline = Deadline::new(
+        Duration::from_secs(30),
+        "infra2 to join once its certificate names its address",
+    );
+    loop {
+        let out = etcdctl(&infra2, &["put", "k", "v", "--command-timeout=3s"]);
+        if out.success() {
+            break;
+        }
+        deadline.check(&format!("{out}\n{}", c.logs(20)));
+        deadline.pause();
+    }
+    c.wait_healthy(HEALTHY_TIMEOUT);
 }
