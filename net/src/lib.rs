@@ -32,6 +32,7 @@ pub mod snapshot_files;
 pub mod tls;
 pub mod transport;
 pub mod v2_keys;
+pub mod v2_members;
 pub mod watch;
 
 #[cfg(not(madsim))]

@@ -1058,7 +1058,8 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
     let http2 = api.http2;
     let app = crate::http::routes(api.node.clone(), api.request_timeout, routes)
         .merge(crate::json_api::routes(&api))
-        .merge(crate::v2_keys::routes(&api));
+        .merge(crate::v2_keys::routes(&api))
+        .merge(crate::v2_members::routes(&api));
     // Our own accept loop rather than axum::serve: each connection's bytes go through
     // h2_authority::AuthorityFix, so `--endpoints=http://host:port` etcdctl requests
     // (`:authority: http://host:port`, which h2 resets) are served as etcd serves them.
@@ -1143,7 +1144,8 @@ async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), Me
         })?;
     let app = crate::http::routes(api.node.clone(), api.request_timeout, axum::Router::new())
         .merge(crate::json_api::routes(&api))
-        .merge(crate::v2_keys::routes(&api));
+        .merge(crate::v2_keys::routes(&api))
+        .merge(crate::v2_members::routes(&api));
     tokio::spawn(serve_http_simulated(http, app));
     tonic::transport::Server::builder()
         .add_service(KvServer::new(api.clone()))

@@ -73,6 +73,7 @@ pub mod subnet {
     pub const DISCOVERY_HTTPS_PROXY: u8 = 35;
     /// `unix://` peer and client URLs (tests/tests/unix_sockets.rs).
     pub const UNIX_SOCKETS: u8 = 39;
+    pub const V2_MEMBERS_VS_ETCD: u8 = 38;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;
@@ -647,6 +648,18 @@ pub fn http_request(
     form: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    let body = form.map(|f| ("application/x-www-form-urlencoded", f));
+    http_request_with(addr, method, path, body, timeout)
+}
+
+/// [`http_request`] with a body of any content type: `(content type, body)`.
+pub fn http_request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Error, ErrorKind};
     let sock: SocketAddr = addr
         .parse()
@@ -654,15 +667,15 @@ pub fn http_request(
     let mut s = TcpStream::connect_timeout(&sock, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    match form {
+    match body {
         None => write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         )?,
-        Some(body) => write!(
+        Some((content_type, body)) => write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )?,
     }
