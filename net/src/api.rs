@@ -650,8 +650,63 @@ impl Cluster for Api {
     }
 }
 
+/// Maintenance.Snapshot's stream of messages.
+type SnapshotStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+/// Stream messages buffered between the thread writing a snapshot and the client.
+const SNAPSHOT_STREAM_BUFFER: usize = 4;
+
 #[tonic::async_trait]
 impl Maintenance for Api {
+    type SnapshotStream = SnapshotStream;
+
+    /// etcd's Snapshot: this member's state at one applied index, as `etcdctl snapshot save`
+    /// stores it (`crate::snapshot_save`: detcd's snapshot file, zero-padded to 512 bytes, in
+    /// 32 KiB messages with the bytes remaining after each, then its SHA-256 with 0
+    /// remaining). The copy is taken once everything applied is durable and written on a
+    /// blocking thread, a chunk at a time as the client takes them (bounded memory); the
+    /// first message's header carries the copy's revision. Not served in the simulator.
+    async fn snapshot(
+        &self,
+        _: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.refuse_learner()?;
+        #[cfg(madsim)]
+        {
+            Err(Status::unimplemented(
+                "detcd: Snapshot is not served in the simulator",
+            ))
+        }
+        #[cfg(not(madsim))]
+        {
+            let source = self.node.state_copy(self.request_timeout).await?;
+            let mut header = self.header(Some(source.revision()));
+            let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_STREAM_BUFFER);
+            tokio::task::spawn_blocking(move || {
+                let sent = crate::snapshot_save::write_saved(&source, |blob, remaining| {
+                    let msg = pb::SnapshotResponse {
+                        header: header.take(),
+                        remaining_bytes: remaining,
+                        blob,
+                    };
+                    tx.blocking_send(Ok(msg))
+                        .map_err(|_| std::io::Error::other("the client went away"))
+                });
+                if let Err(e) = sent {
+                    tracing::warn!("sending a snapshot to a client failed: {e}");
+                    let _ = tx.blocking_send(Err(Status::internal(e)));
+                }
+            });
+            let stream =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+                );
+            Ok(Response::new(Box::pin(stream)))
+        }
+    }
+
     /// etcd's Alarm: GET lists the alarms (of one type, or all for NONE), ACTIVATE and
     /// DEACTIVATE raise and clear one through raft, answering what they changed.
     async fn alarm(

@@ -28,6 +28,7 @@ pub mod mutation;
 pub mod node;
 pub mod proto;
 pub mod snapshot_files;
+pub mod snapshot_save;
 #[cfg(not(madsim))]
 pub mod tls;
 pub mod transport;

@@ -167,6 +167,7 @@ pub const GRPC_METHODS: &[(&str, &str, &str)] = &[
     ("etcdserverpb.Maintenance", "Defragment", "unary"),
     ("etcdserverpb.Maintenance", "Hash", "unary"),
     ("etcdserverpb.Maintenance", "HashKV", "unary"),
+    ("etcdserverpb.Maintenance", "Snapshot", "server_stream"),
     ("etcdserverpb.Maintenance", "MoveLeader", "unary"),
     ("v3lockpb.Lock", "Lock", "unary"),
     ("v3lockpb.Lock", "Unlock", "unary"),

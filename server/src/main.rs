@@ -9,6 +9,7 @@ mod config_file;
 mod gateway;
 mod inert_flags;
 mod logging;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -16,6 +17,10 @@ use cli::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // etcdctl's `snapshot restore|status`, for detcd's saved snapshots (no member flags).
+    if std::env::args().nth(1).as_deref() == Some("snapshot") {
+        return ExitCode::from(snapshot::run(std::env::args().skip(2).collect()));
+    }
     let (cli, warnings) = match cli::parse_with_warnings(std::env::args(), std::env::vars()) {
         Ok(parsed) => parsed,
         Err(e) if e.exit_code() == 2 => {

@@ -102,6 +102,7 @@ pub mod subnet {
     // Maintenance calls (tests/tests/maintenance.rs): 127.0.70.x-127.0.72.x.
     pub const MAINTENANCE_MOVE_LEADER: u8 = 70;
     pub const MAINTENANCE_SNAPSHOT: u8 = 71;
+    pub const MAINTENANCE_RESTORED: u8 = 72;
 }
 
 pub mod dns;

@@ -1041,6 +1041,16 @@ fn move_leader_to_an_unreachable_member_times_out_with_etcds_error() {
     ));
 }
 
+/// Panics unless a [`propose_one`] applied.
+fn assert_applied(
+    answer: (
+        Result<Applied, RequestError>,
+        Vec<crate::proto::mvccpb::Event>,
+    ),
+) {
+    assert!(answer.0.is_ok(), "{:?}", answer.0);
+}
+
 /// The state copies of `outs`, by request id.
 fn state_copies(outs: Vec<Output>) -> Vec<(u64, Box<SnapshotSource>)> {
     outs.into_iter()
@@ -1057,7 +1067,7 @@ fn state_copies(outs: Vec<Output>) -> Vec<(u64, Box<SnapshotSource>)> {
 fn a_state_copy_waits_for_the_applied_state_to_be_durable_and_stays_put() {
     use crate::state::snapshot::SnapshotReader;
     let (mut s, mut file) = lone_leader();
-    propose_one(&mut s, &mut file, put("a"));
+    assert_applied(propose_one(&mut s, &mut file, put("a")));
     assert!(
         s.state().has_open_txn(),
         "the put is applied, not yet durable"
@@ -1084,7 +1094,7 @@ fn a_state_copy_waits_for_the_applied_state_to_be_durable_and_stays_put() {
     assert_eq!(hash, r.crc32c);
 
     // More writes apply and commit; the copy does not move.
-    propose_one(&mut s, &mut file, put("b"));
+    assert_applied(propose_one(&mut s, &mut file, put("b")));
     s.handle_tick().unwrap();
     run_outputs(&mut s, &mut file);
     assert_eq!(copy.write_copy(Vec::new()).unwrap().0, bytes);
@@ -1137,8 +1147,73 @@ fn a_leader_removing_itself_right_after_start_hands_over_to_a_fresh_peer() {
     }
     let mut ticks = 0;
     while c.leader() == leader {
-        assert!(ticks < 5, "the transfer to a caught-up voter takes no election timeout");
+        assert!(
+            ticks < 5,
+            "the transfer to a caught-up voter takes no election timeout"
+        );
         c.tick();
         ticks += 1;
     }
+}
+
+/// A saved snapshot (the state copy's file, zero-padded to 512 bytes) restores into a new
+/// cluster's data file: its keys and revision, with the new cluster's members; a damaged one
+/// is refused and leaves the data file as it was.
+#[test]
+fn a_saved_snapshot_restores_into_a_new_clusters_data_file() {
+    use crate::state::{restore_saved_snapshot, snapshot::SAVED_ALIGN};
+    let (mut s, mut file) = lone_leader();
+    for k in ["a", "b", "c"] {
+        assert_applied(propose_one(&mut s, &mut file, put(k)));
+    }
+    assert_applied(propose_one(
+        &mut s,
+        &mut file,
+        Request::DeleteRange(crate::proto::etcdserverpb::DeleteRangeRequest {
+            key: b"b".to_vec(),
+            ..Default::default()
+        }),
+    ));
+    let id = s.handle_state_copy().unwrap();
+    let copies = state_copies(run_outputs(&mut s, &mut file));
+    assert_eq!(copies[0].0, id);
+    let (mut saved, _) = copies[0].1.write_copy(Vec::new()).unwrap();
+    saved.resize((saved.len() as u64).div_ceil(SAVED_ALIGN) as usize * 512, 0);
+
+    let fresh = || {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        initialize_new_member(&db, &mut MemFile::default(), 99, 5, &[(5, vec![])]).unwrap();
+        db
+    };
+    let db = fresh();
+    let restored = restore_saved_snapshot(&db, saved.as_slice()).unwrap();
+    assert_eq!(restored.revision, 5, "three puts and a delete");
+    assert_eq!(restored.keys, 2);
+    let views = load_views(&db).unwrap();
+    assert_eq!(views.mvcc.current_revision(), 5);
+    assert_eq!(views.members.cluster_id(), 99, "the new cluster's identity");
+    assert!(views.members.get(5).is_some() && views.members.get(1).is_none());
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let got = views
+        .mvcc
+        .range_in(
+            &txn,
+            &crate::proto::etcdserverpb::RangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"z".to_vec(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let keys: Vec<_> = got.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, vec![b"a".to_vec(), b"c".to_vec()]);
+
+    let db = fresh();
+    let mut damaged = saved.clone();
+    damaged[saved.len() / 3] ^= 0x40;
+    let err = restore_saved_snapshot(&db, damaged.as_slice()).unwrap_err();
+    assert!(err.to_string().contains("damaged"), "{err}");
+    assert_eq!(load_views(&db).unwrap().mvcc.current_revision(), 1);
 }

@@ -357,6 +357,47 @@ pub fn initialize_new_member(
     )
 }
 
+/// What [`restore_saved_snapshot`] put in the data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// The store revision of the snapshot.
+    pub revision: i64,
+    /// Keys that exist at that revision.
+    pub keys: usize,
+    pub leases: usize,
+}
+
+/// `detcd snapshot restore` (etcd's clientv3/snapshot Restore, saveDB): writes the content of
+/// a client's saved snapshot (the file without its SHA-256 trailer;
+/// [`snapshot::SnapshotReader::open_padded`]) into the data file of a member just
+/// initialised for a new cluster ([`initialize_new_member`]): every MVCC row with the
+/// revisions, the leases and the alarms. The member table and removed IDs stay the new
+/// cluster's (etcd deletes the old members), and so does the v2 store (etcd's v3 snapshot
+/// has none). One durable transaction: a damaged file ([`SnapshotFileError::Damaged`], named
+/// in the error) leaves the data file as it was.
+pub fn restore_saved_snapshot(db: &redb::Database, content: impl Read) -> Result<Restored, Fatal> {
+    let damaged = |e: SnapshotFileError| Fatal::new("reading the snapshot", e);
+    let (reader, head) = SnapshotReader::open_padded(content).map_err(damaged)?;
+    let mut txn = db
+        .begin_write()
+        .map_err(|e| Fatal::new("beginning a write transaction", e))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| Fatal::new("setting durability", e))?;
+    let rows = reader.rows().map(|r| r.map_err(damaged));
+    let (mvcc, leased) = Mvcc::import_rows(&txn, &head, rows)?;
+    let leases =
+        Lessor::import(&txn, &head, leased).map_err(|e| Fatal::new("restoring the leases", e))?;
+    crate::alarms::Alarms::import(&txn, &head)
+        .map_err(|e| Fatal::new("restoring the alarms", e))?;
+    txn.commit()
+        .map_err(|e| Fatal::new("committing the restored data", e))?;
+    Ok(Restored {
+        revision: mvcc.current_revision(),
+        keys: mvcc.live_keys(),
+        leases: leases.len(),
+    })
+}
+
 /// Loads the in-memory halves of the state machine from a data file.
 pub fn load_views(db: &redb::Database) -> Result<Loaded, LogError> {
     let txn = db.begin_read()?;

@@ -25,6 +25,12 @@ pub const ROWS_FRAME_BYTES: usize = 1 << 20;
 /// limit; a row frame overshoots [`ROWS_FRAME_BYTES`] by at most one row).
 pub const MAX_FRAME_BYTES: u32 = 64 << 20;
 
+/// A snapshot saved by a client (Maintenance.Snapshot, `etcdctl snapshot save`) is the
+/// snapshot file padded with zero bytes to a multiple of this, then the SHA-256 of those
+/// bytes: etcd's clients (clientv3/snapshot `hasChecksum`) accept a saved file only if its
+/// size is a multiple of 512 plus the 32-byte digest, as bbolt files always are.
+pub const SAVED_ALIGN: u64 = 512;
+
 /// Why a snapshot file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotFileError {
@@ -144,16 +150,30 @@ pub struct SnapshotReader<R: Read> {
     offset: u64,
     rows_seen: u64,
     done: bool,
+    /// Zero bytes up to the next multiple of [`SAVED_ALIGN`] may follow the end frame.
+    padded: bool,
 }
 
 impl<R: Read> SnapshotReader<R> {
     /// Checks the magic and reads the head frame.
     pub fn open(input: R) -> Result<(Self, SnapshotData), SnapshotFileError> {
+        Self::open_with(input, false)
+    }
+
+    /// [`Self::open`] for the content of a client's saved snapshot (its SHA-256 trailer
+    /// already taken off): after the end frame, only zero padding up to the next multiple of
+    /// [`SAVED_ALIGN`] may follow.
+    pub fn open_padded(input: R) -> Result<(Self, SnapshotData), SnapshotFileError> {
+        Self::open_with(input, true)
+    }
+
+    fn open_with(input: R, padded: bool) -> Result<(Self, SnapshotData), SnapshotFileError> {
         let mut r = SnapshotReader {
             input,
             offset: 0,
             rows_seen: 0,
             done: false,
+            padded,
         };
         let mut magic = [0u8; MAGIC.len()];
         r.read_exact(&mut magic, "the file is shorter than its magic")?;
@@ -179,8 +199,14 @@ impl<R: Read> SnapshotReader<R> {
                 Ok(Some(rows))
             }
             Frame::End(count) if count == self.rows_seen => {
-                let mut extra = [0u8; 1];
-                if self.input.read(&mut extra)? != 0 {
+                let mut rest = Vec::new();
+                let limit = if self.padded { SAVED_ALIGN } else { 0 };
+                (&mut self.input).take(limit + 1).read_to_end(&mut rest)?;
+                let end = self.offset + rest.len() as u64;
+                let padding_ok = rest.iter().all(|b| *b == 0)
+                    && rest.len() as u64 <= limit
+                    && (rest.is_empty() || end.is_multiple_of(SAVED_ALIGN));
+                if !padding_ok {
                     return Err(self.damaged(self.offset, "bytes after the end frame"));
                 }
                 self.done = true;
@@ -195,6 +221,12 @@ impl<R: Read> SnapshotReader<R> {
             )),
             Frame::Head(_) => Err(self.damaged(at, "a second head frame")),
         }
+    }
+
+    /// Bytes read so far; after the end frame, the length of the snapshot file (any padding
+    /// after it not counted).
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     /// Every row, one at a time (frames are read as needed).
@@ -341,5 +373,34 @@ mod tests {
         missing.extend_from_slice(&bytes[head_end + frame_len..]);
         assert!(damaged(&missing));
         assert!(damaged(b"not a snapshot at all, just text"));
+    }
+
+    /// A saved snapshot's content: the file, then zeros to a multiple of 512, and nothing
+    /// else; a plain snapshot file takes no padding.
+    #[test]
+    fn padding_only_in_saved_content() {
+        let (bytes, _) = file(10, 100);
+        let padded_len = (bytes.len() as u64).div_ceil(SAVED_ALIGN) as usize * 512;
+        let mut padded = bytes.clone();
+        padded.resize(padded_len, 0);
+        let read_padded = |b: &[u8]| -> Result<usize, SnapshotFileError> {
+            let (r, _) = SnapshotReader::open_padded(b)?;
+            Ok(r.rows().collect::<Result<Vec<_>, _>>()?.len())
+        };
+        assert_eq!(read_padded(&padded).unwrap(), 10);
+        assert_eq!(read_padded(&bytes).unwrap(), 10, "no padding needed");
+        assert!(read_all(&padded).is_err(), "a plain file takes no padding");
+        let mut nonzero = padded.clone();
+        *nonzero.last_mut().unwrap() = 1;
+        assert!(read_padded(&nonzero).is_err());
+        let mut short = padded.clone();
+        short.pop();
+        assert!(read_padded(&short).is_err(), "padding stops short of 512");
+        let mut long = padded.clone();
+        long.resize(padded_len + 512, 0);
+        assert!(
+            read_padded(&long).is_err(),
+            "more than one block of padding"
+        );
     }
 }
