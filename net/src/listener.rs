@@ -149,6 +149,87 @@ impl AsyncWrite for Conn {
     }
 }
 
+impl crate::tls::RemoteAddr for Rewound {
+    fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.remote_addr()
+    }
+}
+
+/// A connection whose first byte has been read (to tell TLS from plaintext on a port that
+/// serves both) and is handed out again by the first read.
+pub struct Rewound {
+    first: Option<u8>,
+    inner: Conn,
+}
+
+impl Rewound {
+    /// Reads the connection's first byte. Errors: the read's, or `UnexpectedEof` when the
+    /// peer closes before sending anything.
+    pub async fn read_first(mut inner: Conn) -> io::Result<Rewound> {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 1];
+        if inner.read(&mut b).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(Rewound {
+            first: Some(b[0]),
+            inner,
+        })
+    }
+
+    /// The first byte, until it has been read again.
+    pub fn first(&self) -> Option<u8> {
+        self.first
+    }
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() > 0 {
+            if let Some(b) = this.first.take() {
+                buf.put_slice(&[b]);
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = ();
     fn connect_info(&self) -> Self::ConnectInfo {}
@@ -183,6 +264,34 @@ mod tests {
         drop(l);
         assert!(!path.exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The first byte read to sniff the scheme is read again, then the rest follows.
+    #[tokio::test]
+    async fn a_rewound_connection_hands_out_its_first_byte_again() {
+        let l = Listener::tcp("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr: std::net::SocketAddr = l.local_addr().parse().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"\x16hello").await.unwrap();
+        let (conn, _) = l.accept().await.unwrap();
+        let mut r = Rewound::read_first(conn).await.unwrap();
+        assert_eq!(r.first(), Some(0x16));
+        let mut buf = [0u8; 6];
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"\x16hello");
+        r.write_all(b"ok").await.unwrap();
+        let mut back = [0u8; 2];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ok");
+        drop(client);
+        let (conn, _) = {
+            let _c = TcpStream::connect(addr).await.unwrap();
+            l.accept().await.unwrap()
+        };
+        assert_eq!(
+            Rewound::read_first(conn).await.err().map(|e| e.kind()),
+            Some(io::ErrorKind::UnexpectedEof)
+        );
     }
 
     #[tokio::test]

@@ -761,25 +761,28 @@ pub async fn run_member_with_dns(
             }
         });
     }
-    for url in &cfg.listen_client_urls {
-        let insecure = !url.scheme.is_tls();
+    for port in client_ports(&cfg.listen_client_urls) {
         // Bound now (a taken port stops the start), served once this member has published
         // itself to the cluster, as etcd serves clients after ReadyNotify: a client that
         // connects earlier waits instead of reaching a member that cannot answer yet.
-        let listener = bind(url).await?;
+        let listener = bind(&port.url).await?;
         let errs = server_err_tx.clone();
         let api = api.clone();
-        let address = url.to_string();
-        let acceptor = tls_for(url, &client_acceptor);
+        let acceptor = if port.tls {
+            client_acceptor.clone()
+        } else {
+            None
+        };
+        let plain_too = port.tls && port.plain.is_some();
         tokio::spawn(async move {
             let mut ready = api.node.shared.ready.subscribe();
             if ready.wait_for(|r| *r).await.is_err() {
                 return;
             }
-            if insecure {
+            if let Some(address) = &port.plain {
                 tracing::warn!(address = %address, "serving client traffic insecurely; this is strongly discouraged!");
             }
-            if let Err(e) = serve_client(listener, api, acceptor).await {
+            if let Err(e) = serve_client(listener, api, acceptor, plain_too).await {
                 let _ = errs.send(e).await;
             }
         });
@@ -881,6 +884,47 @@ fn join_urls(urls: &[detcd_core::config::Url]) -> String {
 }
 
 /// A listener's TLS: the acceptor for `https://` URLs, None for `http://`.
+/// One client listening address and the schemes served on it.
+struct ClientPort {
+    /// The first listen URL with this address (what is bound).
+    url: detcd_core::config::Url,
+    /// A plaintext URL (`http://`, `unix://`) names this address.
+    plain: Option<String>,
+    /// A TLS URL (`https://`, `unixs://`) names this address.
+    tls: bool,
+}
+
+/// `--listen-client-urls` grouped by address: etcd serves `http://a:p` and `https://a:p`
+/// together on one port (its e2e "client TLS and non-TLS" configuration), telling each
+/// connection's scheme by its first byte.
+fn client_ports(urls: &[detcd_core::config::Url]) -> Vec<ClientPort> {
+    let mut ports: Vec<ClientPort> = Vec::new();
+    for url in urls {
+        let same = |p: &&mut ClientPort| {
+            p.url.host == url.host
+                && p.url.port == url.port
+                && p.url.scheme.is_unix() == url.scheme.is_unix()
+        };
+        let port = match ports.iter_mut().find(same) {
+            Some(p) => p,
+            None => {
+                ports.push(ClientPort {
+                    url: url.clone(),
+                    plain: None,
+                    tls: false,
+                });
+                ports.last_mut().expect("just pushed")
+            }
+        };
+        if url.scheme.is_tls() {
+            port.tls = true;
+        } else {
+            port.plain.get_or_insert_with(|| url.to_string());
+        }
+    }
+    ports
+}
+
 #[cfg(not(madsim))]
 type Acceptor = Option<crate::tls::TlsAcceptor>;
 #[cfg(madsim)]
@@ -1030,7 +1074,12 @@ fn tls_incoming(
 
 /// gRPC and etcd's HTTP endpoints (/health, /version) share the client port, as in etcd.
 #[cfg(not(madsim))]
-async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(), MemberError> {
+async fn serve_client(
+    listener: Listener,
+    api: Api,
+    tls: Acceptor,
+    plain_too: bool,
+) -> Result<(), MemberError> {
     let addr = listener.local_addr();
     let limit = api.max_request_bytes + 512 * 1024; // etcd's grpcOverheadBytes
     let kv = KvServer::new(api.clone()).max_decoding_message_size(limit);
@@ -1063,7 +1112,6 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
     // Our own accept loop rather than axum::serve: each connection's bytes go through
     // h2_authority::AuthorityFix, so `--endpoints=http://host:port` etcdctl requests
     // (`:authority: http://host:port`, which h2 resets) are served as etcd serves them.
-    use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -1083,38 +1131,79 @@ async fn serve_client(listener: Listener, api: Api, tls: Acceptor) -> Result<(),
             }
         };
         let service = TowerToHyperService::new(app.clone());
-        let Some(acceptor) = tls.clone() else {
-            let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
-            let builder = connection_builder(&http2);
-            tokio::spawn(async move {
-                if let Err(e) = builder.serve_connection(io, service).await {
-                    tracing::trace!("client connection: {e}");
-                }
-            });
-            continue;
-        };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::warn!("rejected connection from {peer} on the client port: {e}");
-                    return;
+            match (tls, plain_too) {
+                // etcd's cmux on a port with both schemes: a TLS ClientHello starts with a
+                // handshake record (0x16); anything else is plaintext HTTP.
+                (Some(acceptor), true) => {
+                    let first = tokio::time::timeout(
+                        TLS_HANDSHAKE_TIMEOUT,
+                        crate::listener::Rewound::read_first(stream),
+                    )
+                    .await;
+                    match first {
+                        Ok(Ok(s)) if s.first() == Some(0x16) => {
+                            serve_client_conn(s, peer, Some(acceptor), http2, service).await
+                        }
+                        Ok(Ok(s)) => serve_client_conn(s, peer, None, http2, service).await,
+                        Ok(Err(e)) => tracing::trace!("client connection from {peer}: {e}"),
+                        Err(_) => tracing::trace!("client connection from {peer}: idle"),
+                    }
                 }
-                Err(_) => {
-                    tracing::warn!("rejected connection from {peer} on the client port: TLS handshake timed out");
-                    return;
-                }
-            };
-            let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
-            if let Err(e) = connection_builder(&http2)
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::trace!("client connection: {e}");
+                (tls, _) => serve_client_conn(stream, peer, tls, http2, service).await,
             }
         });
+    }
+}
+
+/// Serves one client connection: the TLS handshake first when `tls` is given, then HTTP/1.1
+/// or HTTP/2 through [`crate::h2_authority::AuthorityFix`].
+#[cfg(not(madsim))]
+async fn serve_client_conn<S>(
+    stream: S,
+    peer: String,
+    tls: Acceptor,
+    http2: crate::api::Http2Settings,
+    service: hyper_util::service::TowerToHyperService<axum::Router>,
+) where
+    S: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + crate::tls::RemoteAddr
+        + Unpin
+        + Send
+        + 'static,
+{
+    use hyper_util::rt::TokioIo;
+    let Some(acceptor) = tls else {
+        let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
+        if let Err(e) = connection_builder(&http2)
+            .serve_connection(io, service)
+            .await
+        {
+            tracing::trace!("client connection: {e}");
+        }
+        return;
+    };
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!("rejected connection from {peer} on the client port: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(
+                "rejected connection from {peer} on the client port: TLS handshake timed out"
+            );
+            return;
+        }
+    };
+    let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
+    if let Err(e) = connection_builder(&http2)
+        .serve_connection(io, service)
+        .await
+    {
+        tracing::trace!("client connection: {e}");
     }
 }
 
@@ -1133,7 +1222,12 @@ fn connection_builder(
 }
 
 #[cfg(madsim)]
-async fn serve_client(addr: Listener, api: Api, _tls: Acceptor) -> Result<(), MemberError> {
+async fn serve_client(
+    addr: Listener,
+    api: Api,
+    _tls: Acceptor,
+    _plain_too: bool,
+) -> Result<(), MemberError> {
     // etcd's HTTP endpoints with production's routes (http.rs) over simulated TCP; gRPC over
     // madsim-tonic on the same address (its own simulated protocol).
     let http = tokio::net::TcpListener::bind(addr)
