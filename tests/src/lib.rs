@@ -74,6 +74,8 @@ pub mod subnet {
     /// `unix://` peer and client URLs (tests/tests/unix_sockets.rs).
     pub const UNIX_SOCKETS: u8 = 39;
     pub const V2_MEMBERS_VS_ETCD: u8 = 38;
+    /// `--max-concurrent-streams` and the gRPC keepalive on the client port.
+    pub const HTTP2_SETTINGS: u8 = 37;
     // TLS (tests/tests/tls.rs): 127.0.40.x-127.0.44.x.
     pub const TLS_GUIDE: u8 = 40;
     pub const TLS_PEER_OTHER_CA: u8 = 41;
