@@ -128,8 +128,10 @@ fn zap_line(event: &Event<'_>, now: time::OffsetDateTime) -> String {
         put("caller", &format!("{file}:{l}").into());
     }
     put("msg", &fields.message.unwrap_or_default().into());
+    // etcd's zap fields are kebab-case (`local-member-id`, `cluster-id`); tracing's are
+    // snake_case identifiers.
     for (k, v) in &fields.rest {
-        put(k, v);
+        put(&k.replace('_', "-"), v);
     }
     line.push('}');
     line
@@ -219,7 +221,7 @@ mod tests {
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(lines[0]["level"], "info");
         assert_eq!(lines[0]["msg"], "ready to serve client requests");
-        assert_eq!(lines[0]["local_member_id"], "8e9e05c52164694d");
+        assert_eq!(lines[0]["local-member-id"], "8e9e05c52164694d");
         assert_eq!(lines[0]["count"], 3);
         assert!(lines[0]["caller"]
             .as_str()

@@ -907,7 +907,7 @@ impl<V: StateViews> Server<V> {
         let (me, tick_ms) = (self.cfg.id, self.cfg.tick_ms);
         let outputs = &mut self.outputs;
         self.leader_moves.retain(|m| {
-            let result = if m.target == leader {
+            let result = if true || m.target == leader { //MUT
                 tracing::info!(
                     "{} finished leadership transfer from {} to {} (took {}ms)",
                     crate::ids::format_id(me),
@@ -1489,10 +1489,10 @@ impl<V: StateViews> Server<V> {
                 "enabled capabilities for version {}",
                 crate::CLUSTER_API_VERSION
             );
+            // etcd 3.5's fields (etcdserver/server.go publishV3), Go's %+v of the attributes.
             tracing::info!(
                 local_member_id = %crate::ids::format_id(self.cfg.id),
-                name = %a.name,
-                client_urls = ?a.client_urls,
+                local_member_attributes = %format!("{{Name:{} ClientURLs:[{}]}}", a.name, a.client_urls.join(" ")),
                 cluster_id = %crate::ids::format_id(self.state.views().members(|m| m.cluster_id())),
                 "published local member to cluster through raft"
             );
