@@ -74,6 +74,9 @@ pub struct Faults {
     pub colliding_elections: bool,
     /// Cut the leader off once, at this time (ms) for this long (ms).
     pub isolate_leader_once: Option<(u64, u64)>,
+    /// Now and then ask the leader to hand leadership to another member (Maintenance's
+    /// MoveLeader); an answer of success must come only once the target leads.
+    pub leader_moves: bool,
 }
 
 impl Faults {
@@ -89,6 +92,7 @@ impl Faults {
             crash_after_vote: rng.chance(300),
             colliding_elections: rng.chance(200),
             isolate_leader_once: None,
+            leader_moves: false,
         }
     }
 }
@@ -154,6 +158,8 @@ enum Event {
     Restart(usize),
     Isolate(usize),
     IsolateLeader,
+    /// Ask the leader to move leadership to another member (drawn from this number).
+    MoveLeader(usize),
     Heal,
 }
 
@@ -231,6 +237,8 @@ pub struct CoreSim {
     /// Members ever cut off, and the member each operation was sent to.
     isolated_ever: BTreeSet<u64>,
     op_members: BTreeMap<OpId, u64>,
+    /// MoveLeader requests in flight: (member, incarnation, request id) -> target ID.
+    leader_moves: BTreeMap<(usize, u64, u64), u64>,
 }
 
 fn member_id(i: usize) -> u64 {
@@ -286,6 +294,7 @@ impl CoreSim {
             last_put: BTreeMap::new(),
             isolated_ever: BTreeSet::new(),
             op_members: BTreeMap::new(),
+            leader_moves: BTreeMap::new(),
         };
         for i in 0..sim.members.len() {
             sim.start(i, false);
@@ -384,6 +393,10 @@ impl CoreSim {
                 self.schedule(t, Event::Crash(victim));
                 let down = self.rng.range(200, 2000);
                 self.schedule(t + down, Event::Restart(victim));
+            }
+            if f.leader_moves {
+                let drawn = self.rng.range(0, 1000) as usize;
+                self.schedule(t + 1000, Event::MoveLeader(drawn));
             }
             if f.partitions && self.rng.chance(500) {
                 let victim = self.rng.range(0, self.plan.members as u64) as usize;
@@ -529,6 +542,22 @@ impl CoreSim {
                     self.isolated_ever.insert(self.members[l].id);
                 }
             }
+            Event::MoveLeader(drawn) => {
+                if let (false, Some(l)) = (self.healed, self.leader()) {
+                    let others: Vec<usize> = (0..self.members.len()).filter(|i| *i != l).collect();
+                    let target = self.members[others[drawn % others.len()]].id;
+                    self.saw("leadership transfer asked");
+                    let incarnation = self.members[l].incarnation;
+                    let server = self.members[l].server.as_mut().expect("the leader runs");
+                    match server.handle_move_leader(target) {
+                        Ok(id) => {
+                            self.leader_moves.insert((l, incarnation, id), target);
+                        }
+                        Err(e) => self.fatal = Some(format!("member {l} stopped: {e}")),
+                    }
+                    self.carry_out(l);
+                }
+            }
             Event::Heal => {
                 self.isolated.clear();
                 if self.now >= self.plan.duration_ms {
@@ -595,7 +624,13 @@ impl CoreSim {
                 // This harness never asks for a defragmentation.
                 Output::Defragment(_) => panic!("a defragmentation nobody asked for"),
                 Output::StateCopy { .. } => panic!("a copy of the state nobody asked for"),
-                Output::Response { id, result } => self.respond(i, id, result),
+                Output::Response { id, result } => {
+                    let key = (i, self.members[i].incarnation, id);
+                    match self.leader_moves.remove(&key) {
+                        Some(target) => self.leader_moved(i, target, result),
+                        None => self.respond(i, id, result),
+                    }
+                }
                 Output::ReadReady { id, result } => self.read_ready(i, id, result),
                 // The in-memory network routes by member ID, and this harness makes no
                 // membership changes: the member list never changes here.
@@ -855,6 +890,28 @@ impl CoreSim {
         self.schedule(think, Event::ClientOp(c));
     }
 
+    /// A MoveLeader's answer: success only once its target leads, as this member sees it.
+    fn leader_moved(
+        &mut self,
+        i: usize,
+        target: u64,
+        result: Result<state::Applied, RequestError>,
+    ) {
+        match result {
+            Ok(state::Applied::LeaderMoved) => {
+                let leader = self.members[i].server.as_ref().map(|s| s.status().leader);
+                if leader != Some(target) {
+                    self.fatal = Some(format!(
+                        "member {i} answered MoveLeader to {target:x} while it saw {leader:x?} lead"
+                    ));
+                }
+                self.saw("leadership moved");
+            }
+            Ok(other) => self.fatal = Some(format!("MoveLeader answered with {other:?}")),
+            Err(_) => self.saw("leadership transfer failed"),
+        }
+    }
+
     fn respond(&mut self, i: usize, id: u64, result: Result<state::Applied, RequestError>) {
         let Some((_, _, _, op)) = self.members[i].waiting.get(&id).cloned() else {
             return;
@@ -1001,6 +1058,9 @@ impl CoreRun {
         let mut missing = Vec::new();
         if f.drop_per_mille > 0 && seen("message dropped") == 0 {
             missing.push("message dropped");
+        }
+        if f.leader_moves && seen("leadership moved") == 0 {
+            missing.push("leadership moved");
         }
         if f.duplicate_per_mille > 0 && seen("message duplicated") == 0 {
             missing.push("message duplicated");

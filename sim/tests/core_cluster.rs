@@ -85,6 +85,27 @@ fn crashes_and_partitions_aimed_at_the_leader() {
     }
 }
 
+/// MoveLeader now and then, on a lossy network with crashes: leadership moves (and a
+/// success is answered only once the target leads, or the run is fatal), and every checker
+/// still holds (one leader per term, linearizability, convergence).
+#[test]
+fn leadership_moves_under_faults() {
+    let seen = run_all("leadership_moves_under_faults", 4, |seed| Plan {
+        faults: Faults {
+            drop_per_mille: 20,
+            max_delay_ms: 10,
+            crashes: true,
+            leader_moves: true,
+            ..Faults::default()
+        },
+        ..Plan::new(seed)
+    });
+    assert!(
+        seen.get("leadership moved").copied().unwrap_or(0) > 0,
+        "{seen:?}"
+    );
+}
+
 #[test]
 fn swarm() {
     run_all("swarm", 8, |seed| {

@@ -52,7 +52,7 @@ async fn agreed_hash(endpoints: &[String]) -> (u32, i64) {
     loop {
         let mut seen = Vec::new();
         for ep in endpoints {
-            let mut c = connect(&[ep.clone()]).await;
+            let mut c = connect(std::slice::from_ref(ep)).await;
             let h = c.hash().await.unwrap();
             seen.push((h.hash(), h.header().unwrap().revision()));
         }
@@ -212,20 +212,23 @@ fn snapshot_save_status_restore_start() {
     // About 300 KiB of values: the stream takes several 32 KiB messages.
     let value = "x".repeat(1000);
     for i in 0..300 {
-        etcdctl_ok(&[ep.clone()], &["put", &format!("key{i:03}"), &value]);
+        etcdctl_ok(
+            std::slice::from_ref(&ep),
+            &["put", &format!("key{i:03}"), &value],
+        );
     }
-    etcdctl_ok(&[ep.clone()], &["del", "key007"]);
-    let lease = etcdctl_ok(&[ep.clone()], &["lease", "grant", "600"]);
+    etcdctl_ok(std::slice::from_ref(&ep), &["del", "key007"]);
+    let lease = etcdctl_ok(std::slice::from_ref(&ep), &["lease", "grant", "600"]);
     let lease_id = lease.stdout.split_whitespace().nth(1).unwrap().to_string();
     etcdctl_ok(
-        &[ep.clone()],
+        std::slice::from_ref(&ep),
         &["put", "leased", "yes", "--lease", &lease_id],
     );
     let source_id = member_and_leader(&ep).unwrap().0;
 
     let file = src.dir().join("saved.db");
     let file_s = file.to_string_lossy().to_string();
-    let out = etcdctl_ok(&[ep.clone()], &["snapshot", "save", &file_s]);
+    let out = etcdctl_ok(std::slice::from_ref(&ep), &["snapshot", "save", &file_s]);
     assert!(out.stdout.contains("Snapshot saved at"), "{out}");
     let saved = std::fs::read(&file).unwrap();
     assert_eq!(
@@ -235,7 +238,7 @@ fn snapshot_save_status_restore_start() {
     );
     assert!(saved.len() > 300 * 1000);
     // Writes after the save are not in it.
-    etcdctl_ok(&[ep.clone()], &["put", "after-save", "v"]);
+    etcdctl_ok(std::slice::from_ref(&ep), &["put", "after-save", "v"]);
 
     let (code, stdout, stderr) = detcd_snapshot(&["status", &file_s, "-w", "json"]);
     assert_eq!(code, 0, "{stderr}");
