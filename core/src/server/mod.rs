@@ -907,7 +907,7 @@ impl<V: StateViews> Server<V> {
         let (me, tick_ms) = (self.cfg.id, self.cfg.tick_ms);
         let outputs = &mut self.outputs;
         self.leader_moves.retain(|m| {
-            let result = if true || m.target == leader { //MUT
+            let result = if m.target == leader {
                 tracing::info!(
                     "{} finished leadership transfer from {} to {} (took {}ms)",
                     crate::ids::format_id(me),
