@@ -46,13 +46,24 @@ pub enum CertSource {
 }
 
 /// Which certificates a port accepts beyond the CA check (etcd's `TLSInfo.AllowedCN` and
-/// `AllowedHostname`, mutually exclusive there too).
+/// `AllowedHostname`, mutually exclusive there too). etcd 3.5 takes comma-separated lists
+/// (`AllowedCNs`, `AllowedHostnames`: one match admits); a 3.4 single value is a list of one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Allowed {
-    /// The subject CN must be exactly this.
-    Cn(String),
-    /// The certificate must be valid for this host name or IP address (Go's `VerifyHostname`).
-    Hostname(String),
+    /// The subject CN must be exactly one of these.
+    Cn(Vec<String>),
+    /// The certificate must be valid for one of these host names or IP addresses (Go's
+    /// `VerifyHostname`).
+    Hostname(Vec<String>),
+}
+
+/// A comma-separated flag value as etcd 3.5's `flags.StringsFromFlag` gives it.
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Whether a port asks the other side for a certificate.
@@ -306,8 +317,8 @@ fn client_auth(
                 hostname: info.allowed_hostname.clone(),
             })
         }
-        (false, true) => Some(Allowed::Cn(info.allowed_cn.clone())),
-        (true, false) => Some(Allowed::Hostname(info.allowed_hostname.clone())),
+        (false, true) => Some(Allowed::Cn(list(&info.allowed_cn))),
+        (true, false) => Some(Allowed::Hostname(list(&info.allowed_hostname))),
         (true, true) => None,
     };
     if !info.client_cert_auth {
@@ -514,7 +525,7 @@ mod tests {
             peer.client_auth,
             ClientAuth::Require {
                 ca: "ca-peer.crt".into(),
-                allowed: Some(Allowed::Cn("etcd".into())),
+                allowed: Some(Allowed::Cn(vec!["etcd".into()])),
                 crl: None
             }
         );
@@ -619,14 +630,17 @@ mod tests {
                 ..Default::default()
             };
         }
-        c.client_tls.allowed_hostname = "client.example".into();
+        c.client_tls.allowed_hostname = "client.example, 10.0.0.1".into();
         let p = plan(&c).unwrap();
         let (client, peer) = (p.client.unwrap(), p.peer.unwrap());
         assert_eq!(
             client.client_auth,
             ClientAuth::Require {
                 ca: "ca".into(),
-                allowed: Some(Allowed::Hostname("client.example".into())),
+                allowed: Some(Allowed::Hostname(vec![
+                    "client.example".into(),
+                    "10.0.0.1".into()
+                ])),
                 crl: Some("c.crl".into())
             }
         );

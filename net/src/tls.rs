@@ -145,6 +145,9 @@ impl Tls {
             None => builder.with_no_client_auth(),
         };
         dial.alpn_protocols = vec![b"h2".to_vec()];
+        // Full handshakes only (Go's etcd sets no ClientSessionCache): a rotated peer
+        // certificate is presented on the next connection.
+        dial.resumption = rustls::client::Resumption::disabled();
         Ok(Tls {
             client,
             peer,
@@ -277,6 +280,12 @@ fn server_acceptor(
     };
     let mut cfg = builder.with_cert_resolver(cert.clone());
     cfg.alpn_protocols = alpn.to_vec();
+    // No session resumption: a resumed session skips the client certificate checks (CA, CRL,
+    // allowed CN/hostname) and keeps the certificate presented first, so a revoked or replaced
+    // certificate would still get in. Every connection is a full handshake, as with etcd's Go
+    // clients, which keep no session cache.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     let acceptor = TlsAcceptor {
         inner: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
         side,
@@ -664,11 +673,17 @@ impl ClientCertVerifier for CnVerifier {
             // etcd's checkCRL: every certificate the other side presented.
             crl.check(std::iter::once(end_entity).chain(intermediates))?;
         }
-        if let Some(Allowed::Hostname(host)) = &self.allowed {
-            if let Err(e) = verify_hostname(end_entity, host) {
+        if let Some(Allowed::Hostname(hosts)) = &self.allowed {
+            let errors: Vec<String> = hosts
+                .iter()
+                .filter_map(|h| verify_hostname(end_entity, h).err())
+                .collect();
+            if hosts.is_empty() || errors.len() == hosts.len() {
+                let e = errors.join("; ");
                 // etcd's VerifyPeerCertificate error; the other side gets bad_certificate.
+                let hosts = hosts.join(",");
                 tracing::warn!(
-                    "client certificate authentication failed: certificate not valid for allowed hostname {host:?}: {e}"
+                    "client certificate authentication failed: certificate not valid for allowed hostname {hosts:?}: {e}"
                 );
                 return Err(rustls::Error::InvalidCertificate(
                     rustls::CertificateError::NotValidForName,
@@ -685,9 +700,10 @@ impl ClientCertVerifier for CnVerifier {
                         .and_then(|cn| cn.as_str().ok().map(str::to_string))
                 })
                 .unwrap_or_default();
-            if &cn != want {
+            if !want.contains(&cn) {
                 // etcd's words for the log; the peer gets Go's alert for a refused
                 // certificate (bad_certificate), which NotValidForName sends.
+                let want = want.join(",");
                 tracing::warn!(
                     "CommonName authentication failed: certificate CN {cn:?}, --peer-cert-allowed-cn {want:?}"
                 );
@@ -946,12 +962,17 @@ async fn is_host_in_dns(ip: std::net::IpAddr, dns_names: &[String]) -> (bool, Op
     (false, last_err)
 }
 
-/// The PTR names of `ip` through the system resolver configuration (hickory-resolver reads
-/// /etc/hosts too).
+/// The PTR names of `ip` through the system resolver configuration, read for each lookup as
+/// Go's resolver re-reads it (hickory-resolver consults /etc/hosts too, and answers
+/// `localhost` for loopback addresses itself).
 async fn reverse_lookup(ip: std::net::IpAddr) -> Result<Vec<String>, String> {
     use hickory_resolver::net::runtime::TokioRuntimeProvider;
-    let (config, opts) = hickory_resolver::system_conf::read_system_conf()
-        .map_err(|e| format!("lookup {ip}: {e}"))?;
+    // Reading /etc/resolv.conf is file I/O: off the async workers.
+    let (config, opts) =
+        tokio::task::spawn_blocking(hickory_resolver::system_conf::read_system_conf)
+            .await
+            .map_err(|e| format!("lookup {ip}: {e}"))?
+            .map_err(|e| format!("lookup {ip}: {e}"))?;
     let mut b =
         hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default());
     *b.options_mut() = opts;
@@ -1309,7 +1330,7 @@ mod tests {
                     }),
                 )
                 .unwrap(),
-                allowed: cn.map(|c| Allowed::Cn(c.to_string())),
+                allowed: cn.map(|c| Allowed::Cn(vec![c.to_string()])),
                 crl: None,
             }
         };
@@ -1486,7 +1507,10 @@ mod tests {
                 }),
             )
             .unwrap(),
-            allowed: Some(Allowed::Hostname("peer.example".into())),
+            allowed: Some(Allowed::Hostname(vec![
+                "10.9.9.9".into(),
+                "peer.example".into(),
+            ])),
             crl: None,
         };
         let now = UnixTime::now();

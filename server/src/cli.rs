@@ -1937,13 +1937,13 @@ mod tests {
     /// etcd's config-file keys for CRLs, allowed host names (3.5: a list) and TLS versions.
     #[test]
     fn config_file_crl_hostname_and_tls_versions() {
-        let file = "client-transport-security:\n  crl-file: /c.crl\n  allowed-hostname: [client.example]\n\
+        let file = "client-transport-security:\n  crl-file: /c.crl\n  allowed-hostname: [client.example, 10.0.0.1]\n\
                     peer-transport-security:\n  crl-file: /p.crl\n  allowed-hostname: peer.example\n  \
                     skip-client-san-verify: true\ntls-min-version: TLS1.2\ntls-max-version: TLS1.3\n";
         let (cli, _) = run_with_file(&["--config-file", "/etc/etcd.yml"], &[], file).unwrap();
         let Cli::Run(c) = cli else { panic!() };
         assert_eq!(c.client_tls.crl_file, "/c.crl");
-        assert_eq!(c.client_tls.allowed_hostname, "client.example");
+        assert_eq!(c.client_tls.allowed_hostname, "client.example,10.0.0.1");
         assert_eq!(c.peer_tls.crl_file, "/p.crl");
         assert_eq!(c.peer_tls.allowed_hostname, "peer.example");
         assert!(c.peer_tls.skip_client_san_verify);
