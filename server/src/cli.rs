@@ -2527,7 +2527,7 @@ mod tests {
         );
         assert_eq!(
             error(&[], &[("ETCD_LISTEN_PEER_URLS", "10.0.0.1:2380")]),
-            "invalid value \"10.0.0.1:2380\" for ETCD_LISTEN_PEER_URLS: URL scheme must be http or https: 10.0.0.1:2380"
+            "invalid value \"10.0.0.1:2380\" for ETCD_LISTEN_PEER_URLS: URL scheme must be http, https, unix, or unixs: 10.0.0.1:2380"
         );
         // ETCD_VERSION is a flag's variable (read by nobody, as in etcd).
         assert_eq!(
@@ -2659,8 +2659,8 @@ mod tests {
                 "invalid value \"http://10.0.1.10:2379/\" for flag -advertise-client-urls: URL must not contain a path: http://10.0.1.10:2379/",
             ),
             (
-                &["--initial-advertise-peer-urls", "unix://x:1"],
-                "invalid value \"unix://x:1\" for flag -initial-advertise-peer-urls: unix socket URLs are not supported by detcd (URL scheme must be http or https): unix://x:1",
+                &["--initial-advertise-peer-urls", "ftp://x:1"],
+                "invalid value \"ftp://x:1\" for flag -initial-advertise-peer-urls: URL scheme must be http, https, unix, or unixs: ftp://x:1",
             ),
             (
                 &["--initial-cluster", "infra0=http://10.0.1.10:2380,infra1"],
