@@ -95,7 +95,9 @@ pub fn routes(api: &Api) -> Router {
             "/maintenance/defragment",
             unary!(api, Maintenance::defragment),
         )
-        .route("/maintenance/hashkv", unary!(api, Maintenance::hash_kv))
+        // etcd 3.4's gateway registers Hash and HashKV on the same path; grpc-gateway 1.9
+        // takes the first, so `/v3/maintenance/hash` is Hash and HashKV has no route.
+        .route("/maintenance/hash", unary!(api, Maintenance::hash))
         .route(
             "/maintenance/transfer-leadership",
             unary!(api, Maintenance::move_leader),
@@ -134,6 +136,25 @@ pub fn routes(api: &Api) -> Router {
             }),
         )
         .route(
+            "/maintenance/snapshot",
+            post({
+                let api = api.clone();
+                move |body: Bytes| {
+                    let api = api.clone();
+                    async move {
+                        let req = match parse(&body) {
+                            Ok(r) => r,
+                            Err(s) => return error_response(&s),
+                        };
+                        match Maintenance::snapshot(&api, tonic::Request::new(req)).await {
+                            Ok(out) => stream_response(out.into_inner()),
+                            Err(s) => error_response(&s),
+                        }
+                    }
+                }
+            }),
+        )
+        .route(
             "/election/observe",
             post(move |body: Bytes| {
                 let conc = conc.clone();
@@ -152,7 +173,10 @@ pub fn routes(api: &Api) -> Router {
     let slots = Arc::new(Semaphore::new(
         (api.http2.max_concurrent_streams as usize).min(Semaphore::MAX_PERMITS),
     ));
-    let v3 = v3.layer(axum::middleware::from_fn_with_state(slots, limit_calls));
+    let v3 = v3
+        .layer(axum::middleware::from_fn_with_state(slots, limit_calls))
+        // grpc-gateway's answer to a path it has no call for (not the gRPC router's).
+        .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found\n") });
     Router::new().nest("/v3", v3.clone()).nest("/v3beta", v3)
 }
 

@@ -4,8 +4,8 @@
 
 use detcd_tests::etcd_client::{Client, ConnectOptions};
 use detcd_tests::{
-    connect, detcd_bin, etcdctl, etcdctl_ok, guide_args, have_etcdctl, ip, runtime, subnet,
-    Cluster, Deadline, HEALTHY_TIMEOUT,
+    connect, detcd_bin, etcdctl, etcdctl_ok, guide_args, have_etcdctl, http_request_with, ip,
+    runtime, subnet, Cluster, Deadline, HEALTHY_TIMEOUT,
 };
 use std::process::Command;
 use std::time::Duration;
@@ -147,6 +147,40 @@ fn move_leader_with_etcdctl_and_etcds_errors() {
             "the header carries the copy's revision"
         );
     });
+
+    // The JSON gateway as etcd 3.4's: `/v3/maintenance/hash` is Hash (grpc-gateway takes the
+    // first of Hash and HashKV, which share the path), `/hashkv` does not exist, and
+    // `/v3/maintenance/snapshot` streams the snapshot as `{"result":...}` lines.
+    let addr = c.members[lead].client_addr();
+    let post = |path: &str| {
+        http_request_with(
+            &addr,
+            "POST",
+            path,
+            Some(("application/json", "{}")),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    };
+    let (code, body) = post("/v3/maintenance/hash");
+    assert_eq!(code, 200, "{body}");
+    let hash: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        hash["hash"].as_u64().is_some() && hash.get("compact_revision").is_none(),
+        "{body}"
+    );
+    assert_eq!(post("/v3/maintenance/hashkv").0, 404);
+    let (code, body) = post("/v3/maintenance/snapshot");
+    assert_eq!(code, 200, "{body:.200}");
+    let lines: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:.200}: {e}")))
+        .collect();
+    assert!(lines.len() >= 2, "chunks and the SHA-256: {body:.300}");
+    assert!(
+        lines.iter().all(|l| l["result"]["blob"].is_string()),
+        "{body:.300}"
+    );
 
     // A target that is down never leads: etcd's timeout after the request timeout
     // (5 s plus two election timeouts), and the old leader stays.
