@@ -321,7 +321,9 @@ fn client_auth(
         (true, false) => Some(Allowed::Hostname(list(&info.allowed_hostname))),
         (true, true) => None,
     };
-    if !info.client_cert_auth {
+    // etcd's ServerConfig (pkg/transport/listener.go): a trusted CA file alone already
+    // requires a verified client certificate (etcd issue 11124 kept it so).
+    if !info.client_cert_auth && info.trusted_ca_file.is_empty() {
         return Ok(ClientAuth::None);
     }
     if info.trusted_ca_file.is_empty() {
@@ -461,6 +463,32 @@ mod tests {
             plan(&c).unwrap().peer_dial.verify,
             PeerVerify::Ca("ca.crt".into())
         );
+    }
+
+    /// etcd's ServerConfig: a trusted CA file requires a verified client certificate even
+    /// without `--client-cert-auth` (on both ports), so its CRL and allowed names apply.
+    #[test]
+    fn a_trusted_ca_alone_requires_client_certificates() {
+        let mut c = cfg("https://127.0.0.1:2379", "https://127.0.0.1:2380");
+        for tls in [&mut c.client_tls, &mut c.peer_tls] {
+            *tls = TlsInfo {
+                cert_file: "s.crt".into(),
+                key_file: "s.key".into(),
+                trusted_ca_file: "ca.crt".into(),
+                crl_file: "r.crl".into(),
+                ..TlsInfo::default()
+            };
+        }
+        let p = plan(&c).unwrap();
+        for side in [p.client.unwrap(), p.peer.unwrap()] {
+            assert!(
+                matches!(&side.client_auth, ClientAuth::Require { ca, crl: Some(_), .. } if ca == "ca.crt"),
+                "{:?}",
+                side.client_auth
+            );
+        }
+        c.client_tls.trusted_ca_file.clear();
+        assert_eq!(plan(&c).unwrap().client.unwrap().client_auth, ClientAuth::None);
     }
 
     #[test]

@@ -211,25 +211,6 @@ fn periodic_auto_compaction_compacts_on_its_own() {
     );
 }
 
-/// A flag whose absence of effect would weaken security stops the start (exit 1), naming it.
-#[test]
-fn a_crl_flag_is_refused_not_ignored() {
-    let mut c = Cluster::empty("refused_flag", subnet::OPERATOR_COMPACTION);
-    let mut args = guide_args(c.dir(), c.subnet, 1, 2, "refused");
-    args.extend(["--client-crl-file".to_string(), "/nonexistent.crl".into()]);
-    let i = c.add("infra1", ip(c.subnet, 1), args, vec![]);
-    c.members[i].start();
-    let status = c.members[i].wait_exit(Duration::from_secs(20));
-    assert_eq!(status.code(), Some(1), "{}", c.members[i].log_tail(10));
-    assert!(
-        c.members[i]
-            .stderr()
-            .contains("--client-crl-file=/nonexistent.crl is not supported"),
-        "{}",
-        c.members[i].log_tail(10)
-    );
-}
-
 /// etcd's recovery recipe for a full store, with unmodified etcdctl: writes fill the
 /// `--quota-backend-bytes` quota, the member raises NOSPACE (listed by `alarm list` and in
 /// `endpoint status`), writes are refused with etcd's error while reads and deletes go on;
