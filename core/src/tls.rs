@@ -310,15 +310,17 @@ fn client_auth(
     info: &TlsInfo,
     flags: (&'static str, &'static str),
 ) -> Result<ClientAuth, TlsError> {
-    let allowed = match (info.allowed_cn.is_empty(), info.allowed_hostname.is_empty()) {
+    // An empty list (also `","`) checks nothing, as etcd 3.5's len() tests.
+    let (cns, hostnames) = (list(&info.allowed_cn), list(&info.allowed_hostname));
+    let allowed = match (cns.is_empty(), hostnames.is_empty()) {
         (false, false) => {
             return Err(TlsError::AllowedCnAndHostname {
                 cn: info.allowed_cn.clone(),
                 hostname: info.allowed_hostname.clone(),
             })
         }
-        (false, true) => Some(Allowed::Cn(list(&info.allowed_cn))),
-        (true, false) => Some(Allowed::Hostname(list(&info.allowed_hostname))),
+        (false, true) => Some(Allowed::Cn(cns)),
+        (true, false) => Some(Allowed::Hostname(hostnames)),
         (true, true) => None,
     };
     // etcd's ServerConfig (pkg/transport/listener.go): a trusted CA file alone already
@@ -487,7 +489,14 @@ mod tests {
                 side.client_auth
             );
         }
+        // An allowed list of nothing but commas checks nothing (etcd 3.5).
+        c.client_tls.allowed_cn = ",".into();
+        assert!(matches!(
+            plan(&c).unwrap().client.unwrap().client_auth,
+            ClientAuth::Require { allowed: None, .. }
+        ));
         c.client_tls.trusted_ca_file.clear();
+        c.client_tls.allowed_cn.clear();
         assert_eq!(plan(&c).unwrap().client.unwrap().client_auth, ClientAuth::None);
     }
 

@@ -657,6 +657,17 @@ type SnapshotStream =
 /// Stream messages buffered between the thread writing a snapshot and the client.
 const SNAPSHOT_STREAM_BUFFER: usize = 4;
 
+/// Snapshot streams served at once per member (each holds a blocking thread).
+#[cfg(not(madsim))]
+const SNAPSHOT_STREAMS: usize = 8;
+
+#[cfg(not(madsim))]
+static SNAPSHOT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SNAPSHOT_STREAMS);
+
+/// How long a snapshot stream waits for its client to take the next chunk.
+#[cfg(not(madsim))]
+const SNAPSHOT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[tonic::async_trait]
 impl Maintenance for Api {
     type SnapshotStream = SnapshotStream;
@@ -680,18 +691,37 @@ impl Maintenance for Api {
         }
         #[cfg(not(madsim))]
         {
+            // Each stream holds a blocking thread and a read transaction: at most
+            // SNAPSHOT_STREAMS at once (more wait their turn), and a client that takes no
+            // chunk for SNAPSHOT_STALL_TIMEOUT is dropped, so stalled clients cannot use up
+            // the blocking pool that disk work needs.
+            let slot = SNAPSHOT_SLOTS
+                .acquire()
+                .await
+                .map_err(|_| Status::unavailable("detcd: shutting down"))?;
             let source = self.node.state_copy(self.request_timeout).await?;
             let mut header = self.header(Some(source.revision()));
             let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_STREAM_BUFFER);
+            let rt = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
+                let _slot = slot;
                 let sent = crate::snapshot_save::write_saved(&source, |blob, remaining| {
                     let msg = pb::SnapshotResponse {
                         header: header.take(),
                         remaining_bytes: remaining,
                         blob,
                     };
-                    tx.blocking_send(Ok(msg))
-                        .map_err(|_| std::io::Error::other("the client went away"))
+                    match rt.block_on(tokio::time::timeout(
+                        SNAPSHOT_STALL_TIMEOUT,
+                        tx.send(Ok(msg)),
+                    )) {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(_)) => Err(std::io::Error::other("the client went away")),
+                        Err(_) => Err(std::io::Error::other(format!(
+                            "the client took nothing for {} s",
+                            SNAPSHOT_STALL_TIMEOUT.as_secs()
+                        ))),
+                    }
                 });
                 if let Err(e) = sent {
                     tracing::warn!("sending a snapshot to a client failed: {e}");

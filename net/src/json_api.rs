@@ -96,8 +96,10 @@ pub fn routes(api: &Api) -> Router {
             unary!(api, Maintenance::defragment),
         )
         // etcd 3.4's gateway registers Hash and HashKV on the same path; grpc-gateway 1.9
-        // takes the first, so `/v3/maintenance/hash` is Hash and HashKV has no route.
+        // takes the first, so `/v3/maintenance/hash` is Hash. etcd 3.5 moved HashKV to
+        // `/v3/maintenance/hashkv`.
         .route("/maintenance/hash", unary!(api, Maintenance::hash))
+        .route("/maintenance/hashkv", unary!(api, Maintenance::hash_kv))
         .route(
             "/maintenance/transfer-leadership",
             unary!(api, Maintenance::move_leader),

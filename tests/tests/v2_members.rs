@@ -35,7 +35,9 @@ fn v2_members_answers_as_etcd_3_4_does() {
     let json = "application/json";
     // A peer URL on this test's subnet that no member listens on.
     let spare = format!(r#"{{"peerURLs":["http://{}:2380"]}}"#, ip(s, 3));
-    let steps: Vec<(&str, &str, Option<(&str, String)>)> = vec![
+    // (method, path, (content type, body))
+    type Step<'a> = (&'a str, &'a str, Option<(&'a str, String)>);
+    let steps: Vec<Step> = vec![
         ("GET", "/v2/members", None),
         ("GET", "/v2/members/", None),
         ("GET", "/v2/members/leader", None),
