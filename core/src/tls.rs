@@ -497,7 +497,10 @@ mod tests {
         ));
         c.client_tls.trusted_ca_file.clear();
         c.client_tls.allowed_cn.clear();
-        assert_eq!(plan(&c).unwrap().client.unwrap().client_auth, ClientAuth::None);
+        assert_eq!(
+            plan(&c).unwrap().client.unwrap().client_auth,
+            ClientAuth::None
+        );
     }
 
     #[test]
