@@ -165,6 +165,10 @@ pub struct PeerDial {
     pub verify: PeerVerify,
     /// The certificate presented to peers (the member's peer certificate), if any.
     pub cert: Option<CertSource>,
+    /// `--peer-cert-allowed-cn` / `--peer-cert-allowed-hostname`, checked on the certificates
+    /// of the members dialed too (etcd's VerifyPeerCertificate sits in baseConfig, which its
+    /// client config shares).
+    pub allowed: Option<Allowed>,
 }
 
 /// Every TLS decision of a member.
@@ -306,23 +310,28 @@ fn cert_source(
     Ok(None)
 }
 
+/// The allowed CNs or host names of one side (both set is refused by [`client_auth`]). An
+/// empty list (also `","`) checks nothing, as etcd 3.5's len() tests.
+fn allowed_names(info: &TlsInfo) -> Option<Allowed> {
+    let (cns, hostnames) = (list(&info.allowed_cn), list(&info.allowed_hostname));
+    match (cns.is_empty(), hostnames.is_empty()) {
+        (false, _) => Some(Allowed::Cn(cns)),
+        (true, false) => Some(Allowed::Hostname(hostnames)),
+        (true, true) => None,
+    }
+}
+
 fn client_auth(
     info: &TlsInfo,
     flags: (&'static str, &'static str),
 ) -> Result<ClientAuth, TlsError> {
-    // An empty list (also `","`) checks nothing, as etcd 3.5's len() tests.
-    let (cns, hostnames) = (list(&info.allowed_cn), list(&info.allowed_hostname));
-    let allowed = match (cns.is_empty(), hostnames.is_empty()) {
-        (false, false) => {
-            return Err(TlsError::AllowedCnAndHostname {
-                cn: info.allowed_cn.clone(),
-                hostname: info.allowed_hostname.clone(),
-            })
-        }
-        (false, true) => Some(Allowed::Cn(cns)),
-        (true, false) => Some(Allowed::Hostname(hostnames)),
-        (true, true) => None,
-    };
+    if !list(&info.allowed_cn).is_empty() && !list(&info.allowed_hostname).is_empty() {
+        return Err(TlsError::AllowedCnAndHostname {
+            cn: info.allowed_cn.clone(),
+            hostname: info.allowed_hostname.clone(),
+        });
+    }
+    let allowed = allowed_names(info);
     // etcd's ServerConfig (pkg/transport/listener.go): a trusted CA file alone already
     // requires a verified client certificate (etcd issue 11124 kept it so).
     if !info.client_cert_auth && info.trusted_ca_file.is_empty() {
@@ -423,6 +432,7 @@ pub fn plan(cfg: &Config) -> Result<TlsPlan, TlsError> {
         peer_dial: PeerDial {
             verify,
             cert: peer_cert,
+            allowed: allowed_names(&cfg.peer_tls),
         },
         cipher_suites: cfg.cipher_suites.clone(),
         versions: cfg.tls_versions,

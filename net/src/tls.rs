@@ -132,7 +132,10 @@ impl Tls {
                 )?;
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(PeerServerVerifier(inner)))
+                    .with_custom_certificate_verifier(Arc::new(PeerServerVerifier(
+                        inner,
+                        plan.peer_dial.allowed.clone(),
+                    )))
             }
             PeerVerify::SkipVerify => builder
                 .dangerous()
@@ -608,7 +611,7 @@ impl<T: ?Sized> CaReloader<T> {
 
 /// webpki's check of a dialed peer against `--peer-trusted-ca-file`, re-read when it changes.
 #[derive(Debug)]
-struct PeerServerVerifier(CaReloader<dyn ServerCertVerifier>);
+struct PeerServerVerifier(CaReloader<dyn ServerCertVerifier>, Option<Allowed>);
 
 impl ServerCertVerifier for PeerServerVerifier {
     fn verify_server_cert(
@@ -619,9 +622,12 @@ impl ServerCertVerifier for PeerServerVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0
-            .get()
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        let ok =
+            self.0
+                .get()
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        check_allowed(self.1.as_ref(), end_entity)?;
+        Ok(ok)
     }
     fn verify_tls12_signature(
         &self,
@@ -642,6 +648,56 @@ impl ServerCertVerifier for PeerServerVerifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.get().supported_verify_schemes()
     }
+}
+
+/// `--peer-cert-allowed-cn` / `--*-cert-allowed-hostname` on a certificate the other side
+/// presented (etcd's VerifyPeerCertificate in baseConfig: on the listener and, for peers,
+/// on the members dialed). Refusals are logged in etcd's words; the other side gets
+/// bad_certificate.
+fn check_allowed(
+    allowed: Option<&Allowed>,
+    end_entity: &CertificateDer<'_>,
+) -> Result<(), rustls::Error> {
+    if let Some(Allowed::Hostname(hosts)) = allowed {
+        let errors: Vec<String> = hosts
+            .iter()
+            .filter_map(|h| verify_hostname(end_entity, h).err())
+            .collect();
+        if hosts.is_empty() || errors.len() == hosts.len() {
+            let e = errors.join("; ");
+            // etcd's VerifyPeerCertificate error; the other side gets bad_certificate.
+            let hosts = hosts.join(",");
+            tracing::warn!(
+                "client certificate authentication failed: certificate not valid for allowed hostname {hosts:?}: {e}"
+            );
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ));
+        }
+    }
+    if let Some(Allowed::Cn(want)) = allowed {
+        let cn = x509_parser::parse_x509_certificate(end_entity)
+            .ok()
+            .and_then(|(_, c)| {
+                c.subject()
+                    .iter_common_name()
+                    .next()
+                    .and_then(|cn| cn.as_str().ok().map(str::to_string))
+            })
+            .unwrap_or_default();
+        if !want.contains(&cn) {
+            // etcd's words for the log; the peer gets Go's alert for a refused
+            // certificate (bad_certificate), which NotValidForName sends.
+            let want = want.join(",");
+            tracing::warn!(
+                "CommonName authentication failed: certificate CN {cn:?}, --peer-cert-allowed-cn {want:?}"
+            );
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The CA check of webpki (CAs re-read when the file changes), plus `--peer-cert-allowed-cn`
@@ -673,45 +729,7 @@ impl ClientCertVerifier for CnVerifier {
             // etcd's checkCRL: every certificate the other side presented.
             crl.check(std::iter::once(end_entity).chain(intermediates))?;
         }
-        if let Some(Allowed::Hostname(hosts)) = &self.allowed {
-            let errors: Vec<String> = hosts
-                .iter()
-                .filter_map(|h| verify_hostname(end_entity, h).err())
-                .collect();
-            if hosts.is_empty() || errors.len() == hosts.len() {
-                let e = errors.join("; ");
-                // etcd's VerifyPeerCertificate error; the other side gets bad_certificate.
-                let hosts = hosts.join(",");
-                tracing::warn!(
-                    "client certificate authentication failed: certificate not valid for allowed hostname {hosts:?}: {e}"
-                );
-                return Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForName,
-                ));
-            }
-        }
-        if let Some(Allowed::Cn(want)) = &self.allowed {
-            let cn = x509_parser::parse_x509_certificate(end_entity)
-                .ok()
-                .and_then(|(_, c)| {
-                    c.subject()
-                        .iter_common_name()
-                        .next()
-                        .and_then(|cn| cn.as_str().ok().map(str::to_string))
-                })
-                .unwrap_or_default();
-            if !want.contains(&cn) {
-                // etcd's words for the log; the peer gets Go's alert for a refused
-                // certificate (bad_certificate), which NotValidForName sends.
-                let want = want.join(",");
-                tracing::warn!(
-                    "CommonName authentication failed: certificate CN {cn:?}, --peer-cert-allowed-cn {want:?}"
-                );
-                return Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForName,
-                ));
-            }
-        }
+        check_allowed(self.allowed.as_ref(), end_entity)?;
         Ok(ok)
     }
     fn verify_tls12_signature(
@@ -783,7 +801,18 @@ impl TlsAcceptor {
         let tls = match self.inner.accept(stream).await {
             Ok(tls) => tls,
             Err(e) => {
-                log_rejected(self.side, remote, "", None, &e.to_string());
+                // An alert from the other side in Go's words (`remote error: tls: bad
+                // certificate`), which etcd's tests and operators look for.
+                let text = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    Some(rustls::Error::AlertReceived(alert)) => {
+                        format!(
+                            "remote error: tls: {}",
+                            go_alert_text(&format!("{alert:?}"))
+                        )
+                    }
+                    _ => e.to_string(),
+                };
+                log_rejected(self.side, remote, "", None, &text);
                 return Err(e);
             }
         };
@@ -805,6 +834,27 @@ impl TlsAcceptor {
 }
 
 /// etcd's "rejected connection" warning.
+/// Go's crypto/tls text for a TLS alert (alert.go), from rustls's name for it: etcd logs a
+/// refused handshake as `remote error: tls: <this>`, and tools look for it.
+pub(crate) fn go_alert_text(rustls_name: &str) -> String {
+    match rustls_name {
+        "BadCertificate" => "bad certificate",
+        "HandshakeFailure" => "handshake failure",
+        "UnknownCA" => "unknown certificate authority",
+        "CertificateExpired" => "expired certificate",
+        "CertificateRevoked" => "revoked certificate",
+        "CertificateUnknown" => "unknown certificate",
+        "UnsupportedCertificate" => "unsupported certificate",
+        "AccessDenied" => "access denied",
+        "DecryptError" => "error decrypting message",
+        "ProtocolVersion" => "protocol version not supported",
+        "InternalError" => "internal error",
+        "CertificateRequired" => "certificate required",
+        other => return format!("alert {other}"),
+    }
+    .to_string()
+}
+
 fn log_rejected(
     side: &str,
     remote: Option<std::net::SocketAddr>,

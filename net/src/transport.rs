@@ -574,7 +574,7 @@ impl PeerSender {
                         "peer {url} refused this member's TLS certificate (remote error: tls: {}): is \
                          --peer-cert-file signed by a CA in the other members' --peer-trusted-ca-file \
                          (and, with --peer-cert-allowed-cn, issued to that CN)?",
-                        go_alert_text(alert)
+                        crate::tls::go_alert_text(alert)
                     );
                 } else if why.contains("certificate") {
                     tracing::warn!(peer = %format_id(self.peer_id), "handshake with {url} failed: {why}");
@@ -1128,27 +1128,6 @@ pub async fn forward_member_change(
         };
     }
     Err(last)
-}
-
-/// Go's crypto/tls text for a TLS alert (alert.go), from rustls's name for it: etcd logs a
-/// refused handshake as `remote error: tls: <this>`, and tools look for it.
-fn go_alert_text(rustls_name: &str) -> String {
-    match rustls_name {
-        "BadCertificate" => "bad certificate",
-        "HandshakeFailure" => "handshake failure",
-        "UnknownCA" => "unknown certificate authority",
-        "CertificateExpired" => "expired certificate",
-        "CertificateRevoked" => "revoked certificate",
-        "CertificateUnknown" => "unknown certificate",
-        "UnsupportedCertificate" => "unsupported certificate",
-        "AccessDenied" => "access denied",
-        "DecryptError" => "error decrypting message",
-        "ProtocolVersion" => "protocol version not supported",
-        "InternalError" => "internal error",
-        "CertificateRequired" => "certificate required",
-        other => return format!("alert {other}"),
-    }
-    .to_string()
 }
 
 #[cfg(test)]
