@@ -655,6 +655,7 @@ type SnapshotStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
 /// Stream messages buffered between the thread writing a snapshot and the client.
+#[cfg(not(madsim))]
 const SNAPSHOT_STREAM_BUFFER: usize = 4;
 
 /// Snapshot streams served at once per member (each holds a blocking thread).

@@ -430,6 +430,7 @@ mod tests {
 
     /// With `--max-concurrent-streams 1`, an open stream holds the one slot: a unary call
     /// waits until the stream's body is dropped; unary answers give their slot back at once.
+    #[cfg(not(madsim))]
     #[tokio::test]
     async fn gateway_calls_beyond_the_stream_limit_wait_for_a_slot() {
         let slots = Arc::new(Semaphore::new(1));

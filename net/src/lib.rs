@@ -28,6 +28,7 @@ pub mod mutation;
 pub mod node;
 pub mod proto;
 pub mod snapshot_files;
+#[cfg(not(madsim))]
 pub mod snapshot_save;
 #[cfg(not(madsim))]
 pub mod tls;

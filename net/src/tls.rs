@@ -807,7 +807,7 @@ impl TlsAcceptor {
                     Some(rustls::Error::AlertReceived(alert)) => {
                         format!(
                             "remote error: tls: {}",
-                            go_alert_text(&format!("{alert:?}"))
+                            crate::transport::go_alert_text(&format!("{alert:?}"))
                         )
                     }
                     _ => e.to_string(),
@@ -834,27 +834,6 @@ impl TlsAcceptor {
 }
 
 /// etcd's "rejected connection" warning.
-/// Go's crypto/tls text for a TLS alert (alert.go), from rustls's name for it: etcd logs a
-/// refused handshake as `remote error: tls: <this>`, and tools look for it.
-pub(crate) fn go_alert_text(rustls_name: &str) -> String {
-    match rustls_name {
-        "BadCertificate" => "bad certificate",
-        "HandshakeFailure" => "handshake failure",
-        "UnknownCA" => "unknown certificate authority",
-        "CertificateExpired" => "expired certificate",
-        "CertificateRevoked" => "revoked certificate",
-        "CertificateUnknown" => "unknown certificate",
-        "UnsupportedCertificate" => "unsupported certificate",
-        "AccessDenied" => "access denied",
-        "DecryptError" => "error decrypting message",
-        "ProtocolVersion" => "protocol version not supported",
-        "InternalError" => "internal error",
-        "CertificateRequired" => "certificate required",
-        other => return format!("alert {other}"),
-    }
-    .to_string()
-}
-
 fn log_rejected(
     side: &str,
     remote: Option<std::net::SocketAddr>,

@@ -155,6 +155,27 @@ async fn open_channel(url: &str, tls: &PeerDialTls) -> Result<tonic::transport::
     endpoint.connect().await.map_err(|e| error_chain(&e))
 }
 
+/// Go's crypto/tls text for a TLS alert (alert.go), from rustls's name for it: etcd logs a
+/// refused handshake as `remote error: tls: <this>`, and tools look for it.
+pub(crate) fn go_alert_text(rustls_name: &str) -> String {
+    match rustls_name {
+        "BadCertificate" => "bad certificate",
+        "HandshakeFailure" => "handshake failure",
+        "UnknownCA" => "unknown certificate authority",
+        "CertificateExpired" => "expired certificate",
+        "CertificateRevoked" => "revoked certificate",
+        "CertificateUnknown" => "unknown certificate",
+        "UnsupportedCertificate" => "unsupported certificate",
+        "AccessDenied" => "access denied",
+        "DecryptError" => "error decrypting message",
+        "ProtocolVersion" => "protocol version not supported",
+        "InternalError" => "internal error",
+        "CertificateRequired" => "certificate required",
+        other => return format!("alert {other}"),
+    }
+    .to_string()
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -574,7 +595,7 @@ impl PeerSender {
                         "peer {url} refused this member's TLS certificate (remote error: tls: {}): is \
                          --peer-cert-file signed by a CA in the other members' --peer-trusted-ca-file \
                          (and, with --peer-cert-allowed-cn, issued to that CN)?",
-                        crate::tls::go_alert_text(alert)
+                        go_alert_text(alert)
                     );
                 } else if why.contains("certificate") {
                     tracing::warn!(peer = %format_id(self.peer_id), "handshake with {url} failed: {why}");

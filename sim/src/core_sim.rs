@@ -1059,9 +1059,9 @@ impl CoreRun {
         if f.drop_per_mille > 0 && seen("message dropped") == 0 {
             missing.push("message dropped");
         }
-        if f.leader_moves && seen("leadership moved") == 0 {
-            missing.push("leadership moved");
-        }
+        // MoveLeader requests need a leader at the moment they are drawn, and a move needs
+        // its target up: under crashes a seed may see neither. The scenario asserts both
+        // across its seeds (sim/tests/core_cluster.rs leadership_moves_under_faults).
         if f.duplicate_per_mille > 0 && seen("message duplicated") == 0 {
             missing.push("message duplicated");
         }

@@ -100,10 +100,12 @@ fn leadership_moves_under_faults() {
         },
         ..Plan::new(seed)
     });
-    assert!(
-        seen.get("leadership moved").copied().unwrap_or(0) > 0,
-        "{seen:?}"
-    );
+    for fault in ["leadership transfer asked", "leadership moved"] {
+        assert!(
+            seen.get(fault).copied().unwrap_or(0) > 0,
+            "{fault}: {seen:?}"
+        );
+    }
 }
 
 #[test]
