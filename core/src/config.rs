@@ -901,7 +901,7 @@ mod tests {
         assert_eq!(parse_urls("http://a:1,http://a:1").unwrap().len(), 2);
         assert_eq!(
             parse_urls("http://a:1,").unwrap_err().to_string(),
-            "URL scheme must be http or https: "
+            "URL scheme must be http, https, unix, or unixs: "
         );
         assert_eq!(
             parse_urls("http://a:1,http://b").unwrap_err().to_string(),
@@ -966,7 +966,7 @@ mod tests {
             ),
             (
                 "infra0=10.0.1.10:2380",
-                "invalid entry \"infra0=10.0.1.10:2380\": URL scheme must be http or https: 10.0.1.10:2380",
+                "invalid entry \"infra0=10.0.1.10:2380\": URL scheme must be http, https, unix, or unixs: 10.0.1.10:2380",
             ),
             (
                 "a=http://a:1/p",
