@@ -3,7 +3,6 @@
 //!
 //! Replay one run: `CORE_SIM_SEED=<seed> cargo test -p detcd-sim --test core_cluster -- <test>`.
 //! More seeds: `CORE_SIM_SEEDS=5000 cargo test --release -p detcd-sim --test core_cluster`.
-#![cfg(not(madsim))]
 
 use detcd_sim::core_sim::{CoreRun, CoreSim, Faults, Plan, Rng};
 
