@@ -19,6 +19,10 @@ pub const V2_NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("v2_node
 pub const V2_EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("v2_events");
 /// MVCC key-value history, owned by `mvcc`.
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+/// The rows of a snapshot being installed (`Mvcc::stage_rows`), written in bounded commits and
+/// renamed to `kv` by the install's last commit. Left over only by a crash or a damaged file
+/// mid-install; the next install drops it first.
+pub const KV_INSTALL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv_install");
 
 pub mod meta_keys {
     pub const HARD_STATE: &str = "hard_state";

@@ -1435,6 +1435,58 @@ fn export_import_round_trip() {
     assert!(matches!(Mvcc::import(&w, &bad), Err(MvccError::Corrupt(_))));
 }
 
+/// The live install path: rows staged over many small commits, then swapped in, give the same
+/// store as the one-transaction import; a staging table left by an earlier failed install is
+/// dropped first; a malformed row stops staging without touching the KV table.
+#[test]
+fn staged_import_matches_the_one_transaction_import() {
+    let mut h = H::new();
+    busy(&mut h);
+    let mut snap = SnapshotData::default();
+    h.m.export(&h.db.begin_read().unwrap(), &mut snap).unwrap();
+    assert!(snap.rows.len() > 10, "enough rows for several commits");
+
+    let mut g = H::new();
+    g.put_kv("old", "v");
+    // A failed install: a bad row after good ones. KV keeps "old"; the good rows stay staged.
+    let stray = MvccRow {
+        revision: revision_key(
+            Revision {
+                main: 1 << 40,
+                sub: 0,
+            },
+            false,
+        ),
+        value: snap.rows[0].value.clone(),
+    };
+    let mut bad_rows: Vec<MvccRow> = snap.rows[..5].to_vec();
+    bad_rows.push(stray);
+    bad_rows.push(MvccRow {
+        revision: b"not a revision".to_vec(),
+        value: Vec::new(),
+    });
+    let err = Mvcc::stage_rows(&g.db, bad_rows.into_iter().map(Ok::<_, MvccError>), 1);
+    assert!(matches!(err, Err(MvccError::Corrupt(_))), "{err:?}");
+    assert_eq!(g.reopen(), g.m, "the KV table is untouched");
+
+    // 1 byte per commit: one commit per row.
+    let rows = snap.rows.iter().cloned().map(Ok::<_, MvccError>);
+    let staged = Mvcc::stage_rows(&g.db, rows, 1).unwrap();
+    assert_eq!(staged, snap.rows.len() as u64);
+    let w = g.db.begin_write().unwrap();
+    let (m, _) = Mvcc::import_staged(&w, &snap, staged).unwrap();
+    w.commit().unwrap();
+    g.m = m;
+    assert_eq!(g.m, h.m);
+    assert_eq!(g.reopen(), h.m);
+    let mut again = SnapshotData::default();
+    g.m.export(&g.db.begin_read().unwrap(), &mut again).unwrap();
+    assert_eq!(
+        again.rows, snap.rows,
+        "no row of the failed install survived"
+    );
+}
+
 #[test]
 fn export_of_a_fresh_database() {
     let h = H::new();

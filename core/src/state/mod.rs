@@ -950,6 +950,22 @@ pub struct Installed {
     v2: V2Store,
 }
 
+/// Rows of a snapshot being installed are committed in batches of about this many bytes
+/// (see [`Mvcc::stage_rows`]): a few milliseconds of flushing on this machine's disk.
+pub const INSTALL_COMMIT_BYTES: usize = 4 << 20;
+
+/// Why staging a snapshot's rows stopped: the file or the data file.
+enum InstallError {
+    Damaged(SnapshotFileError),
+    Mvcc(MvccError),
+}
+
+impl From<MvccError> for InstallError {
+    fn from(e: MvccError) -> Self {
+        InstallError::Mvcc(e)
+    }
+}
+
 impl SnapshotInstall {
     /// Which snapshot file this install reads (raft's snapshot data), or why the leader's
     /// data is not one.
@@ -960,8 +976,9 @@ impl SnapshotInstall {
 
     /// Replaces the tables with the snapshot file's (read from `file` a frame at a time),
     /// durably (the raft log may drop entries once this returns), and rebuilds the in-memory
-    /// state from them. Reads and writes every row: run it off the driver. A damaged file is
-    /// [`Fatal`] and nothing of it is committed.
+    /// state from them. Reads and writes every row: run it off the driver. The rows are
+    /// staged in commits of [`INSTALL_COMMIT_BYTES`] and swapped in by the last commit, so a
+    /// damaged file ([`Fatal`]) or a crash leaves the tables as they were.
     pub fn run(self, file: impl Read) -> Result<Installed, Fatal> {
         let snap = &self.snap;
         let index = snap.get_metadata().index;
@@ -973,15 +990,13 @@ impl SnapshotInstall {
             check: &mut check,
         })
         .map_err(damaged)?;
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| Fatal::new("beginning a write transaction", e))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| Fatal::new("setting durability", e))?;
-        let rows = reader.rows().map(|r| r.map_err(damaged));
-        let (mvcc, leased) = Mvcc::import_rows(&txn, &head, rows)
-            .map_err(|e| Fatal(format!("installing snapshot: {e}")))?;
+        // The rows first, staged in bounded commits; then everything else in one commit.
+        let rows = reader.rows().map(|r| r.map_err(InstallError::Damaged));
+        let staged =
+            Mvcc::stage_rows(&self.db, rows, INSTALL_COMMIT_BYTES).map_err(|e| match e {
+                InstallError::Damaged(e) => damaged(e),
+                InstallError::Mvcc(e) => Fatal(format!("installing snapshot: {e}")),
+            })?;
         // The reader read to the end: the bytes must be the file raft's snapshot names.
         if !check.matches(&want) {
             return Err(Fatal(format!(
@@ -990,6 +1005,14 @@ impl SnapshotInstall {
                 check.size, check.crc32c, want.size, want.crc32c
             )));
         }
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| Fatal::new("beginning a write transaction", e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| Fatal::new("setting durability", e))?;
+        let (mvcc, leased) = Mvcc::import_staged(&txn, &head, staged)
+            .map_err(|e| Fatal(format!("installing snapshot: {e}")))?;
         let members = Membership::import(&txn, &head)
             .map_err(|e| Fatal::new("installing snapshot members", e))?;
         let leases = Lessor::import(&txn, &head, leased)
@@ -1236,6 +1259,8 @@ mod tests {
         }
         assert_eq!(value(&follower).as_deref(), Some(b"old".as_slice()));
 
+        // (A refused install stops the member; a staging table it left is dropped by the
+        // next install: mvcc's staged_import_matches_the_one_transaction_import.)
         let mut follower = new_state();
         let install = follower.begin_install(snap(&file));
         let installed = install.run(bytes.as_slice()).unwrap();
@@ -1243,5 +1268,13 @@ mod tests {
         assert_eq!(follower.applied(), 3);
         assert_eq!(value(&follower).as_deref(), Some(b"v3".as_slice()));
         assert_eq!(read_applied(follower.db()).unwrap(), 3);
+        let txn = follower.db().begin_read().unwrap();
+        assert!(
+            matches!(
+                txn.open_table(crate::tables::KV_INSTALL),
+                Err(redb::TableError::TableDoesNotExist(_))
+            ),
+            "the staging table became the KV table"
+        );
     }
 }
