@@ -763,7 +763,23 @@ impl Node {
                             .open(index)
                             .map_err(|e| Fatal::new(&format!("opening snapshot file {index}"), e))
                             .and_then(|f| {
-                                install.run(std::io::BufReader::with_capacity(1 << 20, f))
+                                let started = std::time::Instant::now();
+                                let file = std::io::BufReader::with_capacity(1 << 20, f);
+                                let installed = install.run_observed(file, |rows| {
+                                    tracing::info!(
+                                        index,
+                                        rows,
+                                        took_ms = started.elapsed().as_millis() as u64,
+                                        "staged the snapshot's rows"
+                                    )
+                                });
+                                tracing::info!(
+                                    index,
+                                    took_ms = started.elapsed().as_millis() as u64,
+                                    ok = installed.is_ok(),
+                                    "snapshot install finished"
+                                );
+                                installed
                             });
                         if installed.is_ok() {
                             // The data file holds it now; the copy would double the data dir.

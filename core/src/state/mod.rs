@@ -980,6 +980,16 @@ impl SnapshotInstall {
     /// staged in commits of [`INSTALL_COMMIT_BYTES`] and swapped in by the last commit, so a
     /// damaged file ([`Fatal`]) or a crash leaves the tables as they were.
     pub fn run(self, file: impl Read) -> Result<Installed, Fatal> {
+        self.run_observed(file, |_| {})
+    }
+
+    /// [`Self::run`], calling `rows_staged` with the number of rows once they are all staged
+    /// and only the last commit is left (the executor logs how long each half took).
+    pub fn run_observed(
+        self,
+        file: impl Read,
+        rows_staged: impl FnOnce(u64),
+    ) -> Result<Installed, Fatal> {
         let snap = &self.snap;
         let index = snap.get_metadata().index;
         let want = self.file_ref()?;
@@ -1005,6 +1015,7 @@ impl SnapshotInstall {
                 check.size, check.crc32c, want.size, want.crc32c
             )));
         }
+        rows_staged(staged);
         let mut txn = self
             .db
             .begin_write()
