@@ -3,6 +3,7 @@
 //! behind the `tokio` and `tonic` names).
 
 pub mod api;
+pub mod coalesce;
 pub mod compactor;
 pub mod concurrency;
 #[cfg(not(madsim))]

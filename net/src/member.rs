@@ -1176,7 +1176,9 @@ async fn serve_client_conn<S>(
 {
     use hyper_util::rt::TokioIo;
     let Some(acceptor) = tls else {
-        let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
+        let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(
+            crate::coalesce::CoalescedWrites::new(stream),
+        ));
         if let Err(e) = connection_builder(&http2)
             .serve_connection(io, service)
             .await
@@ -1198,7 +1200,9 @@ async fn serve_client_conn<S>(
             return;
         }
     };
-    let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(stream));
+    let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(
+        crate::coalesce::CoalescedWrites::new(stream),
+    ));
     if let Err(e) = connection_builder(&http2)
         .serve_connection(io, service)
         .await
