@@ -978,6 +978,18 @@ fn write_log_batch(
     let mut need_sync = false;
     let mut last = None;
     let mut after_sync = Vec::new();
+    // The records of consecutive appends, written with one call: a busy leader has a Ready,
+    // so an append job, per proposal (3,000 writes of 300 bytes a second at 64 clients).
+    let mut unwritten: Vec<u8> = Vec::new();
+    let write = |file: &mut dyn LogFile, bytes: &mut Vec<u8>| -> Result<(), String> {
+        if !bytes.is_empty() {
+            file.append(bytes)
+                .map_err(|e| format!("raft log write failed, stopping: {e}"))?;
+            metrics.wal_write_bytes.add(bytes.len() as i64);
+            bytes.clear();
+        }
+        Ok(())
+    };
     for job in jobs {
         match job {
             LogJob::Append {
@@ -986,16 +998,17 @@ fn write_log_batch(
                 sync,
                 then_send,
             } => {
-                if !records.is_empty() {
-                    file.append(&records)
-                        .map_err(|e| format!("raft log write failed, stopping: {e}"))?;
-                    metrics.wal_write_bytes.add(records.len() as i64);
+                if unwritten.is_empty() {
+                    unwritten = records;
+                } else {
+                    unwritten.extend_from_slice(&records);
                 }
                 need_sync |= sync;
                 last = Some(number);
                 after_sync.extend(then_send);
             }
             LogJob::Replace(image) => {
+                write(file, &mut unwritten)?;
                 // The image holds every record appended before it, durably.
                 file.replace(&image)
                     .map_err(|e| format!("raft log rewrite failed, stopping: {e}"))?;
@@ -1004,6 +1017,7 @@ fn write_log_batch(
             }
         }
     }
+    write(file, &mut unwritten)?;
     if need_sync {
         let fsync = std::time::Instant::now();
         file.sync()
@@ -1092,4 +1106,71 @@ fn unix_ms_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log file that records each call made to it.
+    #[derive(Default)]
+    struct CallLog {
+        calls: Vec<String>,
+        bytes: Vec<u8>,
+    }
+
+    impl LogFile for &mut CallLog {
+        fn read_all(&mut self) -> std::io::Result<Vec<u8>> {
+            Ok(self.bytes.clone())
+        }
+        fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            self.calls
+                .push(format!("append {}", String::from_utf8_lossy(bytes)));
+            self.bytes.extend_from_slice(bytes);
+            Ok(())
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            self.calls.push("sync".into());
+            Ok(())
+        }
+        fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            self.bytes.truncate(len as usize);
+            Ok(())
+        }
+        fn replace(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            self.calls
+                .push(format!("replace {}", String::from_utf8_lossy(bytes)));
+            self.bytes = bytes.to_vec();
+            Ok(())
+        }
+    }
+
+    fn append(number: u64, records: &str, sync: bool) -> LogJob {
+        LogJob::Append {
+            number,
+            records: records.as_bytes().to_vec(),
+            sync,
+            then_send: Vec::new(),
+        }
+    }
+
+    /// Consecutive appends leave in one write (a busy leader queues one per proposal), in
+    /// order around a rewrite of the file, with one sync for the batch.
+    #[test]
+    fn a_batch_of_appends_is_one_write_and_one_sync_in_order_around_a_rewrite() {
+        let mut log = CallLog::default();
+        let metrics = crate::metrics::Metrics::for_tests(1);
+        let jobs = vec![
+            append(1, "a", true),
+            append(2, "b", true),
+            LogJob::Replace(b"IMG".to_vec()),
+            append(3, "", false),
+            append(4, "c", false),
+            append(5, "d", true),
+        ];
+        let last = write_log_batch(&mut &mut log, jobs, &Transport::without_peers(), &metrics);
+        assert_eq!(last, Ok(Some(5)));
+        assert_eq!(log.calls, ["append ab", "replace IMG", "append cd", "sync"]);
+        assert_eq!(log.bytes, b"IMGcd");
+    }
 }

@@ -373,6 +373,17 @@ struct PeerSpawn {
 }
 
 impl Transport {
+    /// A transport with no peers (unit tests of what hands it messages).
+    #[cfg(test)]
+    pub(crate) fn without_peers() -> Transport {
+        Transport {
+            peers: Mutex::new(BTreeMap::new()),
+            next_sender: std::sync::atomic::AtomicU64::new(1),
+            events: mpsc::unbounded_channel().0,
+            spawn: None,
+        }
+    }
+
     /// Starts one sender task per peer. `shared` is set once the node exists (the tasks need
     /// the cluster ID and whether this member has joined yet).
     pub fn start(
