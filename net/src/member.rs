@@ -65,6 +65,10 @@ pub enum MemberError {
     /// fallback).
     #[error("failed to join discovery cluster ({0})")]
     DiscoveryV3(crate::discovery::V3Error),
+    /// SIGTERM or SIGINT stopped the member, after etcd's leadership transfer (the
+    /// signal's number: the binary ends by it again, as etcd's osutil.HandleInterrupts does).
+    #[error("received signal {0}")]
+    Signaled(i32),
 }
 
 fn discovery_failure(e: &detcd_core::discovery::DiscoveryError) -> String {
@@ -816,6 +820,13 @@ pub async fn run_member_with_dns(
         .auto_compaction
         .map(|mode| tokio::spawn(crate::compactor::run(api.clone(), mode)));
     let _stop_compactor = AbortOnDrop(compactor);
+    let unix_sockets: Vec<String> = cfg
+        .listen_peer_urls
+        .iter()
+        .chain(&cfg.listen_client_urls)
+        .chain(&cfg.listen_metrics_urls)
+        .filter_map(|u| u.unix_path())
+        .collect();
     tokio::select! {
         biased;
         res = &mut driver => match res {
@@ -826,6 +837,55 @@ pub async fn run_member_with_dns(
             driver.abort();
             Err(e)
         }
+        signal = stop_signal() => {
+            // etcd's interrupt handler: EtcdServer.Stop transfers leadership first, so the
+            // cluster need not wait an election timeout (etcdserver/server.go).
+            tracing::info!(signal = signal_name(signal), "received signal; shutting down");
+            if let Err(e) = handle.transfer_leadership_for_stop(request_timeout).await {
+                tracing::warn!(
+                    local_member_id = %format_id(member_id),
+                    error = %e,
+                    "leadership transfer failed"
+                );
+            }
+            driver.abort();
+            // etcd's listeners unlink their socket files as they close.
+            for path in &unix_sockets {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(MemberError::Signaled(signal))
+        }
+    }
+}
+
+/// Resolves with the number of the first SIGTERM or SIGINT (etcd's HandleInterrupts); never
+/// under madsim, or when the handlers cannot be installed.
+#[cfg(not(madsim))]
+async fn stop_signal() -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => SignalKind::terminate().as_raw_value(),
+            _ = int.recv() => SignalKind::interrupt().as_raw_value(),
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+#[cfg(madsim)]
+async fn stop_signal() -> i32 {
+    std::future::pending().await
+}
+
+/// Go's name for a signal, as etcd logs it (`os.Signal.String()`).
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        2 => "interrupt",
+        15 => "terminated",
+        _ => "signal",
     }
 }
 

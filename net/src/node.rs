@@ -203,7 +203,9 @@ struct Proposal {
 type MemberChangeJob = (MemberChange, bool, oneshot::Sender<ApplyResult>);
 
 /// A MoveLeader for the driver: its target, and who waits for the answer.
-type LeaderMoveJob = (u64, oneshot::Sender<ApplyResult>);
+/// A leader move: to that member (MoveLeader), or, with None, etcd's transfer before a stop
+/// (the driver picks the transferee).
+type LeaderMoveJob = (Option<u64>, oneshot::Sender<ApplyResult>);
 
 /// MoveLeader requests queued to the driver (rare: an operator's command).
 const LEADER_MOVE_QUEUE: usize = 16;
@@ -305,6 +307,10 @@ impl NodeHandle {
     /// until it leads (`Server::handle_move_leader` says how it is refused, and times out
     /// after the request timeout; `timeout` here is a last resort a little later).
     pub async fn move_leader(&self, target: u64, timeout: Duration) -> Result<(), ApiError> {
+        self.move_leader_to(Some(target), timeout).await
+    }
+
+    async fn move_leader_to(&self, target: Option<u64>, timeout: Duration) -> Result<(), ApiError> {
         let (tx, rx) = oneshot::channel();
         self.leader_moves
             .send((target, tx))
@@ -318,6 +324,13 @@ impl NodeHandle {
                 detcd_core::server::RefusedBy::leader_transfer_timeout(),
             )),
         }
+    }
+
+    /// etcd's TransferLeadership as this member stops (`Server::handle_transfer_for_stop`):
+    /// returns once another voter leads, at once off the leader, and with etcd's errors
+    /// when no voter is connected or the transfer does not finish within `timeout`.
+    pub async fn transfer_leadership_for_stop(&self, timeout: Duration) -> Result<(), ApiError> {
+        self.move_leader_to(None, timeout).await
     }
 
     /// A point-in-time copy of this member's applied state (`Server::handle_state_copy`):
@@ -702,7 +715,10 @@ impl Node {
                     self.waiting_writes.insert(id, respond);
                 }
                 Some((target, respond)) = self.leader_moves.recv() => {
-                    let id = self.server.handle_move_leader(target)?;
+                    let id = match target {
+                        Some(target) => self.server.handle_move_leader(target)?,
+                        None => self.server.handle_transfer_for_stop()?,
+                    };
                     self.waiting_writes.insert(id, respond);
                 }
                 Some(respond) = self.state_copy_requests.recv() => {

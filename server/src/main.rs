@@ -61,6 +61,10 @@ async fn main() -> ExitCode {
                     tracing::warn!("the data-dir used by this member must be removed");
                     ExitCode::SUCCESS
                 }
+                // etcd's osutil.HandleInterrupts: after the handlers, the signal again with
+                // its default action, so the process ends by it (systemd counts a SIGTERM
+                // death as a clean stop, unlike exit code 143).
+                Err(detcd_net::MemberError::Signaled(signal)) => end_by_signal(signal),
                 Err(e) if e.is_full_discovery_cluster() && fallback.is_some() => {
                     let cfg = fallback.expect("checked");
                     match detcd_net::discovery::run_fallback_proxy(cfg).await {
@@ -78,4 +82,16 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Ends the process by `signal` with its default action (for SIGTERM and SIGINT: terminate),
+/// or, should it survive that, with the shell's code for it (128 + the number).
+fn end_by_signal(signal: i32) -> ExitCode {
+    // SAFETY: resetting a signal's disposition and raising it touch no Rust state; the
+    // runtime's own handler for it is replaced first, so the default action (terminate) runs.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        libc::raise(signal);
+    }
+    ExitCode::from((128 + signal).clamp(0, 255) as u8)
 }

@@ -105,6 +105,8 @@ pub mod subnet {
     pub const MAINTENANCE_MOVE_LEADER: u8 = 70;
     pub const MAINTENANCE_SNAPSHOT: u8 = 71;
     pub const MAINTENANCE_RESTORED: u8 = 72;
+    /// SIGTERM and SIGINT (tests/tests/graceful_stop.rs).
+    pub const GRACEFUL_STOP: u8 = 73;
 }
 
 pub mod dns;
@@ -360,6 +362,18 @@ impl Member {
             let _ = child.kill();
             self.last_exit = child.wait().ok();
         }
+    }
+
+    /// Sends the signal `name` (`TERM`, `INT`, ...) with kill(1); the process keeps running
+    /// until it exits by itself ([`Member::wait_exit`]).
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("the member is running");
+        let ok = Command::new("kill")
+            .args(["-s", name, &child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -s {name} {} failed", self.name);
     }
 
     /// Whether the process is alive (reaps it if it has exited).

@@ -104,6 +104,15 @@ impl RefusedBy {
         }
     }
 
+    /// etcd's ErrUnhealthy: a stopping leader found no connected voter to hand leadership
+    /// to (etcdserver/errors.go, server.go TransferLeadership).
+    pub fn unhealthy() -> RefusedBy {
+        RefusedBy {
+            message: "etcdserver: unhealthy cluster".into(),
+            grpc_code: 2,
+        }
+    }
+
     /// etcd's ErrTimeoutLeaderTransfer, which its togRPCError does not map, so clients get it
     /// with code Unknown (etcdserver/errors.go, api/v3rpc/util.go).
     pub fn leader_transfer_timeout() -> RefusedBy {
@@ -821,6 +830,43 @@ impl<V: StateViews> Server<V> {
             }
             return;
         }
+    }
+
+    /// etcd's TransferLeadership as a member stops (etcdserver/server.go `Stop`): the leader
+    /// of a cluster with other voters hands leadership to the best connected of them
+    /// ([`Self::transfer_target`]; etcd's longestConnected) as
+    /// [`Self::handle_move_leader`] does, so the cluster need not wait an election timeout
+    /// for a new leader. Anywhere else the answer (the returned request id's
+    /// [`Output::Response`]) is `Applied::LeaderMoved` at once, with etcd's "skipped" log
+    /// line; a leader with no connected voter gets [`RefusedBy::unhealthy`].
+    pub fn handle_transfer_for_stop(&mut self) -> Result<u64, Fatal> {
+        let me = crate::ids::format_id(self.cfg.id);
+        let leader = crate::ids::format_id(self.raw.raft.leader_id);
+        let skipped = if self.status.removed || !self.status.is_leader {
+            tracing::info!(
+                local_member_id = %me,
+                current_leader_member_id = %leader,
+                "skipped leadership transfer; local server is not leader"
+            );
+            Some(Ok(crate::state::Applied::LeaderMoved))
+        } else if self.raw.raft.prs().conf().voters().ids().len() < 2 {
+            tracing::info!(
+                local_member_id = %me,
+                current_leader_member_id = %leader,
+                "skipped leadership transfer for single voting member cluster"
+            );
+            Some(Ok(crate::state::Applied::LeaderMoved))
+        } else {
+            match self.transfer_target() {
+                Some(target) => return self.handle_move_leader(target),
+                None => Some(Err(RequestError::Refused(RefusedBy::unhealthy()))),
+            }
+        };
+        let id = self.ids.next_id();
+        if let Some(result) = skipped {
+            self.outputs.push_back(Output::Response { id, result });
+        }
+        Ok(id)
     }
 
     /// etcd's MoveLeader (api/v3rpc/maintenance.go, etcdserver/server.go): on the leader,

@@ -954,6 +954,48 @@ fn move_leader_hands_leadership_to_the_target_and_answers_once_it_leads() {
     ));
 }
 
+/// etcd's Stop: a stopping leader hands over to a connected voter, a follower skips the
+/// transfer, and a leader with no connected voter gets etcd's "unhealthy cluster".
+#[test]
+fn a_stopping_leader_hands_over_and_a_follower_skips() {
+    let mut c = Three::new();
+    let leader = c.leader();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let id = c.server(follower).handle_transfer_for_stop().unwrap();
+    c.settle();
+    assert!(matches!(
+        c.answer(follower, id),
+        Some(Ok(Applied::LeaderMoved))
+    ));
+    assert_eq!(c.leader(), leader, "a follower's stop moves nothing");
+
+    let id = c.server(leader).handle_transfer_for_stop().unwrap();
+    c.settle();
+    let err = c.answer(leader, id).unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "etcdserver: unhealthy cluster");
+    assert_eq!(c.leader(), leader);
+
+    for peer in (1..=3u64).filter(|p| *p != leader) {
+        c.server(leader).handle_peer_active(peer, true);
+    }
+    let id = c.server(leader).handle_transfer_for_stop().unwrap();
+    c.settle();
+    let mut ticks = 0;
+    let answer = loop {
+        if let Some(a) = c.answer(leader, id) {
+            break a;
+        }
+        assert!(
+            ticks < 5,
+            "a transfer to a caught-up voter takes no election timeout"
+        );
+        c.tick();
+        ticks += 1;
+    };
+    assert!(matches!(answer, Ok(Applied::LeaderMoved)), "{answer:?}");
+    assert_ne!(c.leader(), leader, "another voter leads");
+}
+
 #[test]
 fn move_leader_refusals_are_etcds() {
     let mut c = Three::new();
