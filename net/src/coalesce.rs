@@ -8,10 +8,11 @@
 //! takes ~20, and a third of the leader's CPU was in `tcp_sendmsg`.
 //!
 //! How: writes are copied into a buffer (up to [`MAX_BUFFERED`] bytes). The first flush
-//! after new bytes does not write: it wakes its own task and returns `Pending`, which tokio
-//! treats as a yield, so the connection task runs again after the tasks already queued, the
-//! other streams' frames among them. The next flush writes the whole buffer. Each batch of
-//! bytes is held back for at most one scheduler round; nothing waits on a timer.
+//! after new bytes does not write, while fewer than [`YIELD_BELOW`] bytes wait: it wakes its
+//! own task and returns `Pending`, which tokio treats as a yield, so the connection task runs
+//! again after the tasks already queued, the other streams' frames among them. The next flush
+//! writes the whole buffer. Each batch of bytes is held back for at most one scheduler round;
+//! nothing waits on a timer.
 
 use std::io;
 use std::pin::Pin;
@@ -22,6 +23,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes held before a write goes out without waiting for the flush (and the size above which
 /// a write into an empty buffer goes straight through, uncopied).
 pub const MAX_BUFFERED: usize = 64 * 1024;
+/// A flush yields only while fewer bytes than this wait: small frames (watch events, unary
+/// answers) are worth batching, while a large answer goes out at once. h2 flushes after each
+/// DATA payload it cannot copy (over 256 bytes with vectored writes), so yielding there too
+/// would cost a scheduler round per 16 KiB frame of a large range.
+pub const YIELD_BELOW: usize = 16 * 1024;
 
 /// `inner` with its writes coalesced as the module docs say; reads pass straight through.
 pub struct CoalescedWrites<S> {
@@ -63,15 +69,23 @@ impl<S: AsyncWrite + Unpin> CoalescedWrites<S> {
             self.written += n;
         }
         self.buf.clear();
+        if self.buf.capacity() > 2 * MAX_BUFFERED {
+            self.buf = Vec::new(); // a large write came through a partial drain: give it back
+        }
         self.written = 0;
         self.yielded = false;
         Poll::Ready(Ok(()))
     }
 
-    /// Makes room for more bytes: drains first if the buffer is full.
+    /// Makes room for more bytes: drains first if the buffer is full. The bytes a partial
+    /// drain already wrote are dropped first, so the buffer stays within its bound.
     fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.pending() >= MAX_BUFFERED {
             ready!(self.poll_drain(cx))?;
+        }
+        if self.written > 0 {
+            self.buf.drain(..self.written);
+            self.written = 0;
         }
         Poll::Ready(Ok(MAX_BUFFERED - self.pending()))
     }
@@ -134,7 +148,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pending() > 0 {
-            if !this.yielded {
+            if !this.yielded && this.pending() < YIELD_BELOW {
                 // Let the tasks queued behind this one add their frames first.
                 this.yielded = true;
                 cx.waker().wake_by_ref();
@@ -284,6 +298,34 @@ mod tests {
         assert!(c.get_ref().shut);
         let out: Vec<u8> = c.get_ref().writes.concat();
         assert_eq!(out, [&data[..], b"last"].concat());
+    }
+
+    #[test]
+    fn a_flush_of_a_large_batch_writes_at_once() {
+        let (wakes, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        let mut c = CoalescedWrites::new(Recorder::default());
+        write_all(&mut c, &mut cx, &vec![3u8; YIELD_BELOW]);
+        assert_eq!(flush(&mut c, &mut cx), 1, "no yield");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        assert_eq!(c.get_ref().writes.len(), 1);
+    }
+
+    #[test]
+    fn partial_drains_keep_the_buffer_within_its_bound() {
+        let (_, w) = waker();
+        let mut cx = Context::from_waker(&w);
+        let mut c = CoalescedWrites::new(Recorder {
+            max_write: Some(MAX_BUFFERED / 3),
+            pending_every: Some(2),
+            ..Default::default()
+        });
+        for _ in 0..100 {
+            write_all(&mut c, &mut cx, &[5u8; 1000]);
+            assert!(c.buf.len() <= MAX_BUFFERED, "{} bytes held", c.buf.len());
+        }
+        flush(&mut c, &mut cx);
+        assert_eq!(c.get_ref().writes.concat(), vec![5u8; 100 * 1000]);
     }
 
     #[test]

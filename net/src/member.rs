@@ -862,16 +862,20 @@ pub async fn run_member_with_dns(
 /// under madsim, or when the handlers cannot be installed.
 #[cfg(not(madsim))]
 async fn stop_signal() -> i32 {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => SignalKind::terminate().as_raw_value(),
-            _ = int.recv() => SignalKind::interrupt().as_raw_value(),
-        },
-        _ => std::future::pending().await,
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    async fn next(s: &mut Option<Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    let (term, int) = (SignalKind::terminate(), SignalKind::interrupt());
+    let (mut on_term, mut on_int) = (signal(term).ok(), signal(int).ok());
+    tokio::select! {
+        _ = next(&mut on_term) => term.as_raw_value(),
+        _ = next(&mut on_int) => int.as_raw_value(),
     }
 }
 

@@ -85,8 +85,14 @@ async fn main() -> ExitCode {
 }
 
 /// Ends the process by `signal` with its default action (for SIGTERM and SIGINT: terminate),
-/// or, should it survive that, with the shell's code for it (128 + the number).
+/// or, should it survive that, with the shell's code for it (128 + the number); exit 0 as
+/// PID 1.
 fn end_by_signal(signal: i32) -> ExitCode {
+    // As the init process of a PID namespace (a container) a signal's default action would
+    // not end it: etcd exits 0 there (pkg/osutil/interrupt_unix.go).
+    if std::process::id() == 1 {
+        return ExitCode::SUCCESS;
+    }
     // SAFETY: resetting a signal's disposition and raising it touch no Rust state; the
     // runtime's own handler for it is replaced first, so the default action (terminate) runs.
     unsafe {
