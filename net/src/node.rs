@@ -202,9 +202,8 @@ struct Proposal {
 /// waits for its result.
 type MemberChangeJob = (MemberChange, bool, oneshot::Sender<ApplyResult>);
 
-/// A MoveLeader for the driver: its target, and who waits for the answer.
-/// A leader move: to that member (MoveLeader), or, with None, etcd's transfer before a stop
-/// (the driver picks the transferee).
+/// A leader move for the driver, and who waits for the answer: to that member (MoveLeader),
+/// or, with None, etcd's transfer before a stop (the driver picks the transferee).
 type LeaderMoveJob = (Option<u64>, oneshot::Sender<ApplyResult>);
 
 /// MoveLeader requests queued to the driver (rare: an operator's command).
