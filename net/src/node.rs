@@ -56,8 +56,8 @@ pub struct Shared {
     pub member_id: u64,
     pub cluster_id: u64,
     /// The data file; replaced by its compact copy after a defragmentation (a read holds
-    /// the `Arc` it began with).
-    pub db: RwLock<Arc<redb::Database>>,
+    /// the `Arc` it began with), taken out to be closed at a graceful stop (then `None`).
+    pub db: RwLock<Option<Arc<redb::Database>>>,
     /// Index and KV history. Held for writing only while an entry is applied, so a reader
     /// never sees an index entry whose row is not yet visible.
     pub mvcc: RwLock<Mvcc>,
@@ -112,7 +112,7 @@ impl Shared {
         Arc::new(Shared {
             member_id: 1,
             cluster_id: 7,
-            db: RwLock::new(Arc::new(db)),
+            db: RwLock::new(Some(Arc::new(db))),
             watch: crate::watch::WatchHub::new(loaded.mvcc.current_revision()),
             mvcc: RwLock::new(loaded.mvcc),
             members: RwLock::new(loaded.members),
@@ -139,10 +139,21 @@ impl Shared {
     /// the lock for no longer than that) and a redb read transaction begun after it, so every
     /// row the view's index names is either in the view's uncommitted rows or visible to the
     /// transaction. Apply never waits for a read that runs on it.
+    /// After [`Shared::take_data_file`], redb's `DatabaseClosed`.
     pub fn read_view(&self) -> Result<(Mvcc, redb::ReadTransaction), redb::TransactionError> {
         let mvcc = self.mvcc.read().unwrap().clone();
-        let txn = self.db.read().unwrap().clone().begin_read()?;
+        let db = self.db.read().unwrap().clone();
+        let db = db.ok_or(redb::TransactionError::Storage(
+            redb::StorageError::DatabaseClosed,
+        ))?;
+        let txn = db.begin_read()?;
         Ok((mvcc, txn))
+    }
+
+    /// Takes the data file out for closing (a graceful stop): reads begun later fail with
+    /// `DatabaseClosed`. `None` if it was taken already.
+    pub fn take_data_file(&self) -> Option<Arc<redb::Database>> {
+        self.db.write().unwrap().take()
     }
 
     /// A response header at the current revision.
@@ -524,7 +535,7 @@ impl Node {
         let shared = Arc::new(Shared {
             member_id: params.member_id,
             cluster_id: params.cluster_id,
-            db: RwLock::new(db.clone()),
+            db: RwLock::new(Some(db.clone())),
             watch: crate::watch::WatchHub::new(mvcc.current_revision()),
             mvcc: RwLock::new(mvcc),
             members: RwLock::new(members),
@@ -918,7 +929,7 @@ impl Node {
         let answer = match res {
             Ok(db) => {
                 let db = Arc::new(db);
-                *self.shared.db.write().unwrap() = db.clone();
+                *self.shared.db.write().unwrap() = Some(db.clone());
                 self.server.handle_defragmented(Some(db))?;
                 Ok(())
             }

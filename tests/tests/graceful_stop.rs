@@ -2,7 +2,8 @@
 //! (pkg/osutil/interrupt_unix.go, etcdserver/server.go Stop): it logs "received signal;
 //! shutting down", a leader hands leadership to another voter first so the cluster need not
 //! wait an election timeout, a follower skips that, its unix socket files go, and the
-//! process ends by the signal (which systemd counts as a clean stop).
+//! process ends by the signal (which systemd counts as a clean stop). It closes its data file,
+//! so the next start does not repair it.
 
 use detcd_tests::{
     etcdctl_ok, have_etcdctl, http_get, set_flag, subnet, Cluster, Deadline, HEALTHY_TIMEOUT,
@@ -112,4 +113,35 @@ fn sigterm_hands_leadership_over_and_ends_by_the_signal() {
     let skipped = log.contains("skipped leadership transfer; local server is not leader");
     assert!(unhealthy || skipped, "{log}");
     assert!(!dir.join(socket(last)).exists());
+
+    // Every member closed its data file, so none repairs it on the next start, and every
+    // write is there.
+    for m in &c.members {
+        assert!(
+            m.stderr().contains("closed the data file"),
+            "{}",
+            m.stderr()
+        );
+    }
+    c.start_all();
+    c.wait_healthy(HEALTHY_TIMEOUT);
+    for m in &c.members {
+        let log = m.stderr();
+        let this_start = log.rsplit("===== start #2").next().unwrap();
+        assert!(!this_start.contains(REPAIRING), "{log}");
+    }
+    let got = etcdctl_ok(&c.client_urls(), &["get", "after", "--print-value-only"]);
+    assert_eq!(got.stdout, "leader-stop\n");
+
+    // The check bites: after kill -9, the same log line says the file is repaired.
+    c.members[0].kill();
+    c.members[0].start();
+    c.members[0].wait_healthy(HEALTHY_TIMEOUT);
+    let log = c.members[0].stderr();
+    let this_start = log.rsplit("===== start #3").next().unwrap();
+    assert!(this_start.contains(REPAIRING), "{log}");
+    assert!(this_start.contains("repaired the data file"), "{log}");
 }
+
+/// What a member logs when it opens a data file that was not closed.
+const REPAIRING: &str = "the data file was not closed cleanly; repairing it";
