@@ -174,9 +174,7 @@ impl Api {
         let shared = self.node.shared.clone();
         let large = may_be_large(&r);
         let read = move || -> Result<pb::RangeResponse, Status> {
-            let (mvcc, txn) = shared
-                .read_view()
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let (mvcc, txn) = shared.read_view().map_err(Status::from)?;
             Ok(mvcc.range_in(&txn, &r).map_err(ApiError::Mvcc)?)
         };
         let mut resp = if large {
@@ -304,10 +302,7 @@ impl Kv for Api {
             if !txn_is_serializable(&r) {
                 self.node.read_barrier(self.request_timeout).await?;
             }
-            let (mvcc, txn) = self
-                .shared()
-                .read_view()
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let (mvcc, txn) = self.shared().read_view().map_err(Status::from)?;
             let mut resp = mvcc.txn_read_in(&txn, &r).map_err(ApiError::Mvcc)?;
             self.fill(&mut resp.header);
             return Ok(Response::new(resp));
@@ -798,9 +793,7 @@ impl Maintenance for Api {
         let rev = req.into_inner().revision;
         let shared = self.node.shared.clone();
         let (hash, current, compact_revision) = run_blocking(move || {
-            let (mvcc, txn) = shared
-                .read_view()
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let (mvcc, txn) = shared.read_view().map_err(Status::from)?;
             Ok(mvcc.hash_kv_in(&txn, rev).map_err(ApiError::Mvcc)?)
         })
         .await?;

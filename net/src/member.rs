@@ -882,7 +882,8 @@ pub async fn run_member_with_dns(
 }
 
 /// How long a graceful stop waits for the last users of the data file (a read beginning, a
-/// commit or snapshot install on a blocking thread) before leaving it unclosed.
+/// commit, snapshot install or defragmentation on a blocking thread) before leaving it
+/// unclosed.
 const DATA_FILE_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Closes the data file at a graceful stop, after the raft driver has ended: its pending
@@ -896,19 +897,21 @@ async fn close_data_file(shared: &crate::node::Shared) {
     };
     let deadline = tokio::time::Instant::now() + DATA_FILE_CLOSE_WAIT;
     let db = loop {
-        match Arc::try_unwrap(db) {
-            Ok(db) => break db,
-            Err(in_use) if tokio::time::Instant::now() < deadline => {
-                db = in_use;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "the data file is still in use; left unclosed, the next start repairs it"
-                );
-                return;
+        // No job starts any more (the driver has ended); the Arc is shared only while a
+        // read begins.
+        if shared.disk_jobs.running() == 0 {
+            match Arc::try_unwrap(db) {
+                Ok(db) => break db,
+                Err(in_use) => db = in_use,
             }
         }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "the data file is still in use; left unclosed, the next start repairs it"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     };
     // close() makes the last commits durable (an fsync): not on an async worker.
     let (tx, rx) = tokio::sync::oneshot::channel();

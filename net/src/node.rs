@@ -76,6 +76,36 @@ pub struct Shared {
     pub v2: RwLock<detcd_core::v2store::V2Store>,
     /// The channels of those waiting reads.
     pub v2_waiters: crate::v2_keys::Waiters,
+    /// Disk work the driver handed to blocking threads that has not ended.
+    pub disk_jobs: DiskJobs,
+}
+
+/// Counts the disk jobs (data file commits, snapshot builds and installs, defragmentations)
+/// running off the driver. A graceful stop waits for them before closing the data file: a
+/// commit in flight holds its write transaction, and redb defers a close past it.
+#[derive(Default)]
+pub struct DiskJobs(Arc<std::sync::atomic::AtomicUsize>);
+
+impl DiskJobs {
+    /// Counts one job until the returned guard drops.
+    fn start(&self) -> DiskJob {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        DiskJob(self.0.clone())
+    }
+
+    /// How many jobs have started and not ended.
+    pub fn running(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One running disk job (see [`DiskJobs`]).
+struct DiskJob(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for DiskJob {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -122,6 +152,7 @@ impl Shared {
             metrics: Arc::new(crate::metrics::Metrics::for_tests(1)),
             v2: RwLock::new(loaded.v2),
             v2_waiters: Default::default(),
+            disk_jobs: Default::default(),
         })
     }
 
@@ -139,14 +170,17 @@ impl Shared {
     /// the lock for no longer than that) and a redb read transaction begun after it, so every
     /// row the view's index names is either in the view's uncommitted rows or visible to the
     /// transaction. Apply never waits for a read that runs on it.
-    /// After [`Shared::take_data_file`], redb's `DatabaseClosed`.
-    pub fn read_view(&self) -> Result<(Mvcc, redb::ReadTransaction), redb::TransactionError> {
+    /// After [`Shared::take_data_file`] (the member is stopping), [`ApiError::Stopped`], which
+    /// clients retry elsewhere; a storage failure is [`ApiError::Internal`].
+    pub fn read_view(&self) -> Result<(Mvcc, redb::ReadTransaction), ApiError> {
         let mvcc = self.mvcc.read().unwrap().clone();
-        let db = self.db.read().unwrap().clone();
-        let db = db.ok_or(redb::TransactionError::Storage(
-            redb::StorageError::DatabaseClosed,
-        ))?;
-        let txn = db.begin_read()?;
+        let db = self.db.read().unwrap().clone().ok_or(ApiError::Stopped)?;
+        let txn = db.begin_read().map_err(|e| match e {
+            redb::TransactionError::Storage(redb::StorageError::DatabaseClosed) => {
+                ApiError::Stopped
+            }
+            e => ApiError::Internal(e.to_string()),
+        })?;
         Ok((mvcc, txn))
     }
 
@@ -545,6 +579,7 @@ impl Node {
             metrics: params.metrics.clone(),
             v2: RwLock::new(v2),
             v2_waiters: Default::default(),
+            disk_jobs: Default::default(),
         });
         let kv = KvState::new(db, SharedViews(shared.clone()), applied);
         let heartbeat_ms = params.heartbeat.as_millis().max(1) as u64;
@@ -779,11 +814,11 @@ impl Node {
                 Output::Commit(pending) => {
                     let done = self.disk_done_tx.clone();
                     let metrics = self.shared.metrics.clone();
-                    off_driver(move || commit_and_report(*pending, &done, &metrics));
+                    self.off_driver_counted(move || commit_and_report(*pending, &done, &metrics));
                 }
                 Output::InstallSnapshot(install) => {
                     let (done, files) = (self.disk_done_tx.clone(), self.snapshot_files.clone());
-                    off_driver(move || {
+                    self.off_driver_counted(move || {
                         let index = install.snap.get_metadata().index;
                         let installed = files
                             .open(index)
@@ -817,7 +852,7 @@ impl Node {
                 Output::Defragment(db) => {
                     let done = self.disk_done_tx.clone();
                     match self.defragmenter.clone() {
-                        Some(defragment) => off_driver(move || {
+                        Some(defragment) => self.off_driver_counted(move || {
                             let _ = done.send(DiskDone::Defragmented(defragment(&db)));
                         }),
                         None => {
@@ -827,7 +862,7 @@ impl Node {
                 }
                 Output::BuildSnapshot(source) => {
                     let (done, files) = (self.disk_done_tx.clone(), self.snapshot_files.clone());
-                    off_driver(move || {
+                    self.off_driver_counted(move || {
                         let _ =
                             done.send(DiskDone::SnapshotBuilt(build_snapshot(*source, &*files)));
                     });
@@ -923,6 +958,15 @@ fn timed<T>(step: &mut Duration, what: &str, f: impl FnOnce() -> T) -> T {
 }
 
 impl Node {
+    /// Runs `work` off the driver ([`off_driver`]), counted in [`Shared::disk_jobs`].
+    fn off_driver_counted(&self, work: impl FnOnce() + Send + 'static) {
+        let job = self.shared.disk_jobs.start();
+        off_driver(move || {
+            work();
+            drop(job);
+        });
+    }
+
     /// The copy made for a defragmentation replaces the data file (or the copy failed):
     /// readers and the state machine move to it, and the waiting clients are answered.
     fn defragmented(&mut self, res: Result<redb::Database, String>) -> Result<(), NodeError> {

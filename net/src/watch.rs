@@ -457,9 +457,7 @@ enum CatchUp {
 /// on a stream is past its progress revision.
 fn read_behind(shared: &Shared, b: &Behind) -> Result<CatchUp, Status> {
     let published = shared.watch.published();
-    let (mvcc, txn) = shared
-        .read_view()
-        .map_err(|e| Status::internal(e.to_string()))?;
+    let (mvcc, txn) = shared.read_view().map_err(Status::from)?;
     // etcd cancels a watcher whose next revision is below the compacted one.
     if b.next_rev < mvcc.compact_revision() {
         return Ok(CatchUp::Compacted(mvcc.compact_revision()));
