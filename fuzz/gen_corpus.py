@@ -2,6 +2,7 @@
 """Writes the seed corpora in corpus/<target>/ (small valid and invalid inputs for each target).
 Re-run after changing it; the fuzzer's own finds are not kept here, only these seeds and crash
 inputs worth replaying in `cargo test` (core/tests/fuzz_corpus.rs)."""
+import hashlib
 import os
 import struct
 
@@ -109,6 +110,15 @@ def snap_end(count):
 KV = field_bytes(1, b"foo") + field_varint(2, 2) + field_varint(3, 2) + field_varint(4, 1) + field_bytes(5, b"bar")
 SNAP_FILE = SNAP_MAGIC + snap_head(2, -1) + snap_rows([(mvcc_key(2, 0), KV)]) + snap_end(1)
 
+def pad512(data):
+    return data + b"\0" * (-len(data) % 512)
+
+def with_sha(data):
+    return data + hashlib.sha256(data).digest()
+
+def saved(snapshot_file):
+    return with_sha(pad512(snapshot_file))
+
 def snapshot_chunk(cluster, frm, message, data=b""):
     return field_varint(1, cluster) + field_varint(2, frm) + field_bytes(3, message) + field_bytes(4, data)
 
@@ -130,7 +140,8 @@ SEEDS = {
         "bad_path": "http://127.0.0.1:2380/",
         "bad_no_port": "http://127.0.0.1",
         "bad_scheme": "ftp://127.0.0.1:21",
-        "bad_unix": "unix://localhost:2379",
+        "ok_unix": "unix://localhost:2379",
+        "bad_unix_no_port": "unix://etcd.unix",
         "bad_userinfo": "http://user@host:1",
         "bad_ipv6_unbracketed": "http://::1:2380",
         "bad_port_range": "http://a:65536",
@@ -184,6 +195,19 @@ SEEDS = {
         "bad_rows_first": SNAP_MAGIC + snap_rows([(mvcc_key(2, 0), KV)]) + snap_end(1),
         "bad_huge_frame": SNAP_MAGIC + struct.pack("<II", 0xFFFFFFFF, 0),
         "bad_nested_groups": SNAP_MAGIC + snap_frame(NESTED_GROUPS),
+        "empty": b"",
+    },
+    # A saved snapshot (net/src/snapshot_save.rs): the snapshot file zero-padded to a multiple
+    # of 512 bytes, then its SHA-256.
+    "saved_snapshot": {
+        "ok_one_row": saved(SNAP_FILE),
+        "ok_no_rows": saved(SNAP_MAGIC + snap_head(1, -1) + snap_end(0)),
+        "bad_missing_hash": pad512(SNAP_FILE),
+        "bad_wrong_hash": saved(SNAP_FILE)[:-1] + bytes([saved(SNAP_FILE)[-1] ^ 1]),
+        "bad_flipped_content": bytes([SNAP_FILE[0] ^ 1]) + saved(SNAP_FILE)[1:],
+        "bad_nonzero_padding": with_sha(pad512(SNAP_FILE)[:-1] + b"\x01"),
+        "bad_damaged_file": saved(SNAP_FILE[:30] + bytes([SNAP_FILE[30] ^ 1]) + SNAP_FILE[31:]),
+        "bad_only_a_hash": with_sha(b""),
         "empty": b"",
     },
     "peer_snapshot": {

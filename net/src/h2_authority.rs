@@ -551,7 +551,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
     }
 }
 
-/// What the `h2_rewriter` fuzz target checks (and `net/tests/h2_corpus.rs` replays): the first
+/// What the `h2_rewriter` fuzz target checks (and `net/tests/fuzz_corpus.rs` replays): the first
 /// byte picks a read size, the rest is fed in reads of that size. Nothing may panic; a stream
 /// that does not open with the HTTP/2 preface comes out byte for byte; an HTTP/2 stream never
 /// comes out larger than a bounded re-encoding of what went in.

@@ -321,15 +321,40 @@ pub fn restore(cfg: &RestoreConfig) -> Result<RestoreSummary, String> {
 /// --skip-hash-check=false`, `expected sha256 [..], got [..]` (Go's `%v` of the digests).
 #[cfg(not(madsim))]
 pub fn check_saved_file(path: &str, skip_hash_check: bool) -> Result<u64, String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| format!("open {path}: {e}"))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("open {path}: {e}"))?;
     let size = file
         .metadata()
         .map_err(|e| format!("stat {path}: {e}"))?
         .len();
+    check_saved(file, size, skip_hash_check).map_err(|e| match e {
+        SavedCheckError::Read(e) => format!("read {path}: {e}"),
+        e => e.to_string(),
+    })
+}
+
+/// Why a saved file's trailer was refused ([`check_saved`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SavedCheckError {
+    #[error("snapshot missing hash but --skip-hash-check=false")]
+    MissingHash,
+    #[error("expected sha256 {}, got {}", go_bytes(.want), go_bytes(.got))]
+    Mismatch { want: Vec<u8>, got: Vec<u8> },
+    #[error("{0}")]
+    Read(io::Error),
+}
+
+/// [`check_saved_file`] on `size` bytes read from `saved`: the length of the content before
+/// the trailer (the whole `size` when there is none and `skip_hash_check` allows that). With
+/// `skip_hash_check` nothing is read.
+#[cfg(not(madsim))]
+pub fn check_saved(
+    mut saved: impl io::Read,
+    size: u64,
+    skip_hash_check: bool,
+) -> Result<u64, SavedCheckError> {
     let has_hash = has_checksum(size);
     if !has_hash && !skip_hash_check {
-        return Err("snapshot missing hash but --skip-hash-check=false".into());
+        return Err(SavedCheckError::MissingHash);
     }
     let content_len = if has_hash { size - SHA256_BYTES } else { size };
     if has_hash && !skip_hash_check {
@@ -338,24 +363,66 @@ pub fn check_saved_file(path: &str, skip_hash_check: bool) -> Result<u64, String
         let mut buf = vec![0u8; 1 << 20];
         while left > 0 {
             let n = (buf.len() as u64).min(left) as usize;
-            file.read_exact(&mut buf[..n])
-                .map_err(|e| format!("read {path}: {e}"))?;
+            saved
+                .read_exact(&mut buf[..n])
+                .map_err(SavedCheckError::Read)?;
             sha.update(&buf[..n]);
             left -= n as u64;
         }
-        let mut want = [0u8; SHA256_BYTES as usize];
-        file.read_exact(&mut want)
-            .map_err(|e| format!("read {path}: {e}"))?;
+        let mut want = vec![0u8; SHA256_BYTES as usize];
+        saved.read_exact(&mut want).map_err(SavedCheckError::Read)?;
         let got = sha.finish();
         if got != want {
-            return Err(format!(
-                "expected sha256 {}, got {}",
-                go_bytes(&want),
-                go_bytes(&got)
-            ));
+            return Err(SavedCheckError::Mismatch { want, got });
         }
     }
     Ok(content_len)
+}
+
+/// The `saved_snapshot` fuzz target's check: `data` as a saved file, through what `detcd
+/// snapshot restore` and `status` read (the trailer, then the padded snapshot file and its
+/// rows). No panic; a file is accepted only if its trailer is the SHA-256 of its content;
+/// and `data` zero-padded with a correct trailer appended passes the trailer check with
+/// exactly `data` and its padding as content.
+#[cfg(not(madsim))]
+pub fn fuzz_check_saved(data: &[u8]) {
+    use detcd_core::state::snapshot::SnapshotReader;
+    let size = data.len() as u64;
+    match check_saved(data, size, false) {
+        Ok(n) => {
+            assert!(has_checksum(size), "accepted without a trailer");
+            let mut sha = Sha256::new();
+            sha.update(&data[..n as usize]);
+            assert_eq!(sha.finish(), &data[n as usize..], "accepted a wrong hash");
+            if let Ok((mut reader, _head)) = SnapshotReader::open_padded(&data[..n as usize]) {
+                while let Ok(Some(_)) = reader.next_rows() {}
+            }
+        }
+        Err(SavedCheckError::MissingHash) => assert!(!has_checksum(size)),
+        Err(SavedCheckError::Mismatch { .. }) => assert!(has_checksum(size)),
+        Err(SavedCheckError::Read(e)) => panic!("reading memory failed: {e}"),
+    }
+    let skipped = check_saved(&[][..], size, true).expect("nothing is read when skipping");
+    assert_eq!(
+        skipped,
+        if has_checksum(size) {
+            size - SHA256_BYTES
+        } else {
+            size
+        }
+    );
+
+    let mut saved = data.to_vec();
+    saved.resize(
+        data.len().div_ceil(SAVED_ALIGN as usize) * SAVED_ALIGN as usize,
+        0,
+    );
+    let content = saved.len() as u64;
+    let mut sha = Sha256::new();
+    sha.update(&saved);
+    saved.extend(sha.finish());
+    let n = check_saved(&saved[..], saved.len() as u64, false).expect("a correct trailer");
+    assert_eq!(n, content);
 }
 
 /// Go's `%v` of a byte slice: `[1 2 3]`.
