@@ -328,8 +328,10 @@ async fn cluster_client_urls(
 ) -> Vec<String> {
     let mut urls: Vec<String> = Vec::new();
     if let Ok(plan) = detcd_core::tls::plan(cfg) {
+        let setup = crate::tls::Tls::setup(&plan).ok();
         let tls = crate::transport::PeerDialTls {
-            config: crate::tls::Tls::setup(&plan).ok().map(|t| t.peer_dial),
+            config: setup.as_ref().map(|t| t.peer_dial.clone()),
+            files: setup.map(|t| t.files).unwrap_or_default(),
             dns: None,
             server_name: None,
         };

@@ -489,6 +489,7 @@ pub async fn run_member_with_dns(
             tls.peer,
             PeerDialTls {
                 config: Some(tls.peer_dial),
+                files: tls.files,
                 dns: use_dns.then(|| dns.clone()),
                 server_name,
             },
@@ -1188,9 +1189,8 @@ fn tls_incoming(
                     Ok(Ok(tls)) => {
                         let _ = tx.send(crate::tls::ServerIo(tls)).await;
                     }
-                    Ok(Err(e)) => {
-                        tracing::warn!("rejected connection from {peer} on the peer port: {e}")
-                    }
+                    // Logged by the acceptor, in etcd's words.
+                    Ok(Err(_)) => {}
                     Err(_) => tracing::warn!(
                         "rejected connection from {peer} on the peer port: TLS handshake timed out"
                     ),
@@ -1322,10 +1322,8 @@ async fn serve_client_conn<S>(
     };
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!("rejected connection from {peer} on the client port: {e}");
-            return;
-        }
+        // Logged by the acceptor, in etcd's words.
+        Ok(Err(_)) => return,
         Err(_) => {
             tracing::warn!(
                 "rejected connection from {peer} on the client port: TLS handshake timed out"
@@ -1433,12 +1431,8 @@ async fn serve_http(
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
                         Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), service).await,
-                        Ok(Err(e)) => {
-                            tracing::warn!(
-                                "rejected connection from {peer} on the metrics port: {e}"
-                            );
-                            return;
-                        }
+                        // Logged by the acceptor, in etcd's words.
+                        Ok(Err(_)) => return,
                         Err(_) => {
                             tracing::warn!("rejected connection from {peer} on the metrics port: TLS handshake timed out");
                             return;

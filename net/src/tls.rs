@@ -37,6 +37,33 @@ pub struct Tls {
     pub peer: Option<TlsAcceptor>,
     /// For dialing `https://` peers.
     pub peer_dial: Arc<ClientConfig>,
+    /// Every file above that is re-read when it changes (dialers refresh them first).
+    pub files: TlsFiles,
+}
+
+/// A TLS file (a certificate and key, CA certificates, a CRL) cached in memory and re-read
+/// when it changes. The checks inside a handshake read only the cache.
+trait Reload: Send + Sync {
+    /// Re-reads the file if its modification time changed. Disk I/O: not on an async worker.
+    fn refresh(&self);
+}
+
+/// The reloading TLS files of a member. [`TlsFiles::refresh`] runs before every handshake,
+/// so a new connection sees the files as they are (etcd re-reads them for every connection)
+/// while the disk is touched on a blocking thread, never on an async worker.
+#[derive(Clone, Default)]
+pub struct TlsFiles(Arc<Vec<Arc<dyn Reload>>>);
+
+impl TlsFiles {
+    /// Looks at every file (a `stat` each; a read of those that changed) off the async
+    /// workers, and waits for that.
+    pub async fn refresh(&self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let files = self.0.clone();
+        let _ = tokio::task::spawn_blocking(move || files.iter().for_each(|f| f.refresh())).await;
+    }
 }
 
 fn provider(cipher_suites: &[String]) -> Arc<CryptoProvider> {
@@ -83,6 +110,7 @@ impl Tls {
         for w in &plan.warnings {
             tracing::warn!("{w}");
         }
+        let mut files: Vec<Arc<dyn Reload>> = Vec::new();
         let mut peer_cert = None;
         let client = match &plan.client {
             Some(s) => Some(
@@ -92,6 +120,7 @@ impl Tls {
                     &plan.versions,
                     &[b"h2".to_vec(), b"http/1.1".to_vec()],
                     "client",
+                    &mut files,
                 )?
                 .0,
             ),
@@ -99,8 +128,14 @@ impl Tls {
         };
         let peer = match &plan.peer {
             Some(s) => {
-                let (acceptor, cert) =
-                    server_acceptor(s, &provider, &plan.versions, &[b"h2".to_vec()], "peer")?;
+                let (acceptor, cert) = server_acceptor(
+                    s,
+                    &provider,
+                    &plan.versions,
+                    &[b"h2".to_vec()],
+                    "peer",
+                    &mut files,
+                )?;
                 peer_cert = Some(cert);
                 Some(acceptor)
             }
@@ -108,7 +143,9 @@ impl Tls {
         };
         if peer_cert.is_none() {
             if let Some(src) = &plan.peer_dial.cert {
-                peer_cert = Some(Arc::new(ReloadingCert::open(src, &provider)?));
+                let cert = Arc::new(ReloadingCert::open(src, &provider)?);
+                files.push(cert.clone());
+                peer_cert = Some(cert);
             }
         }
         let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -117,7 +154,7 @@ impl Tls {
         let builder = match &plan.peer_dial.verify {
             PeerVerify::Ca(ca) => {
                 let p = provider.clone();
-                let inner = CaReloader::new(
+                let inner = Arc::new(CaReloader::new(
                     ca,
                     "--peer-trusted-ca-file",
                     Box::new(move |roots| {
@@ -129,7 +166,8 @@ impl Tls {
                         .map(|v| v as Arc<dyn ServerCertVerifier>)
                         .map_err(|e| e.to_string())
                     }),
-                )?;
+                )?);
+                files.push(inner.clone());
                 builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(PeerServerVerifier(
@@ -151,10 +189,18 @@ impl Tls {
         // Full handshakes only (Go's etcd sets no ClientSessionCache): a rotated peer
         // certificate is presented on the next connection.
         dial.resumption = rustls::client::Resumption::disabled();
+        let files = TlsFiles(Arc::new(files));
+        let with_files = |a: Option<TlsAcceptor>| {
+            a.map(|a| TlsAcceptor {
+                files: files.clone(),
+                ..a
+            })
+        };
         Ok(Tls {
-            client,
-            peer,
+            client: with_files(client),
+            peer: with_files(peer),
             peer_dial: Arc::new(dial),
+            files,
         })
     }
 }
@@ -173,7 +219,7 @@ pub fn system_client_config() -> Result<Arc<ClientConfig>, TlsSetupError> {
 /// The TLS client configuration of etcd 3.6's v3 discovery client: the discovery service is
 /// verified against `--discovery-cacert` (else the system's CA certificates), or not at all
 /// with `--discovery-insecure-skip-tls-verify`; `--discovery-cert`/`--discovery-key` are
-/// presented when the server asks (re-read when the files change). ALPN `h2`, as gRPC needs.
+/// presented when the server asks (read once: discovery runs at start-up). ALPN `h2`, as gRPC needs.
 pub fn discovery_client_config(
     cacert: &str,
     cert: &str,
@@ -242,8 +288,10 @@ fn server_acceptor(
     versions: &TlsVersions,
     alpn: &[Vec<u8>],
     side: &'static str,
+    files: &mut Vec<Arc<dyn Reload>>,
 ) -> Result<(TlsAcceptor, Arc<ReloadingCert>), TlsSetupError> {
     let cert = Arc::new(ReloadingCert::open(&s.cert, provider)?);
+    files.push(cert.clone());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&protocol_versions(versions))
         .map_err(|e| err(format!("TLS configuration: {e}")))?;
@@ -261,11 +309,14 @@ fn server_acceptor(
                 "--client-crl-file"
             };
             let crl = match crl {
-                Some(path) => Some(CrlFile::open(path, crl_flag)?),
+                Some(path) => Some(Arc::new(CrlFile::open(path, crl_flag)?)),
                 None => None,
             };
+            if let Some(crl) = &crl {
+                files.push(crl.clone());
+            }
             let p = provider.clone();
-            let inner = CaReloader::new(
+            let inner = Arc::new(CaReloader::new(
                 ca,
                 flag,
                 Box::new(move |roots| {
@@ -273,7 +324,8 @@ fn server_acceptor(
                         .build()
                         .map_err(|e| e.to_string())
                 }),
-            )?;
+            )?);
+            files.push(inner.clone());
             builder.with_client_cert_verifier(Arc::new(CnVerifier {
                 inner,
                 allowed: allowed.clone(),
@@ -293,6 +345,7 @@ fn server_acceptor(
         inner: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
         side,
         check_san: s.check_san,
+        files: TlsFiles::default(),
     };
     Ok((acceptor, cert))
 }
@@ -409,7 +462,14 @@ impl ReloadingCert {
         })
     }
 
+    /// The pair as last loaded (no disk access: see [`TlsFiles`]).
     fn get(&self) -> Arc<CertifiedKey> {
+        self.current.lock().unwrap().2.clone()
+    }
+}
+
+impl Reload for ReloadingCert {
+    fn refresh(&self) {
         let mut cur = self.current.lock().unwrap();
         let times = (file_mtime(&self.cert), file_mtime(&self.key));
         if times != (cur.0, cur.1) {
@@ -424,7 +484,6 @@ impl ReloadingCert {
                 }
             }
         }
-        cur.2.clone()
     }
 }
 
@@ -591,7 +650,14 @@ impl<T: ?Sized> CaReloader<T> {
         })
     }
 
+    /// The verifier over the CAs as last loaded (no disk access: see [`TlsFiles`]).
     fn get(&self) -> Arc<T> {
+        self.current.lock().unwrap().1.clone()
+    }
+}
+
+impl<T: ?Sized + Send + Sync> Reload for CaReloader<T> {
+    fn refresh(&self) {
         let mut cur = self.current.lock().unwrap();
         let mtime = file_mtime(&self.path);
         if mtime != cur.0 {
@@ -605,13 +671,12 @@ impl<T: ?Sized> CaReloader<T> {
                 Err(e) => tracing::warn!("keeping the previous CA certificates: {e}"),
             }
         }
-        cur.1.clone()
     }
 }
 
 /// webpki's check of a dialed peer against `--peer-trusted-ca-file`, re-read when it changes.
 #[derive(Debug)]
-struct PeerServerVerifier(CaReloader<dyn ServerCertVerifier>, Option<Allowed>);
+struct PeerServerVerifier(Arc<CaReloader<dyn ServerCertVerifier>>, Option<Allowed>);
 
 impl ServerCertVerifier for PeerServerVerifier {
     fn verify_server_cert(
@@ -704,9 +769,9 @@ fn check_allowed(
 /// or `--{client,peer}-cert-allowed-hostname`, and the CRL file.
 #[derive(Debug)]
 struct CnVerifier {
-    inner: CaReloader<dyn ClientCertVerifier>,
+    inner: Arc<CaReloader<dyn ClientCertVerifier>>,
     allowed: Option<Allowed>,
-    crl: Option<CrlFile>,
+    crl: Option<Arc<CrlFile>>,
 }
 
 impl ClientCertVerifier for CnVerifier {
@@ -764,6 +829,8 @@ pub struct TlsAcceptor {
     side: &'static str,
     /// etcd's `checkSAN` (see [`check_cert_san`]).
     check_san: bool,
+    /// Refreshed before each handshake.
+    files: TlsFiles,
 }
 
 /// A connection's remote address, for etcd's SAN check and logs.
@@ -798,6 +865,7 @@ impl TlsAcceptor {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + RemoteAddr,
     {
         let remote = stream.remote_addr();
+        self.files.refresh().await;
         let tls = match self.inner.accept(stream).await {
             Ok(tls) => tls,
             Err(e) => {
@@ -1060,6 +1128,21 @@ fn read_crl(path: &str, flag: &str) -> Result<std::collections::HashSet<Vec<u8>>
         .collect())
 }
 
+impl Reload for CrlFile {
+    fn refresh(&self) {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mtime = file_mtime(&self.path);
+        if mtime != cur.0 {
+            let next = read_crl(&self.path, self.flag).map(Arc::new);
+            match &next {
+                Ok(_) => tracing::info!(file = %self.path, "reloaded {}", self.flag),
+                Err(e) => tracing::warn!("{e}; refusing certificates until it is fixed"),
+            }
+            *cur = (mtime, next);
+        }
+    }
+}
+
 impl CrlFile {
     /// Reads `path`. Errors (start-up): unreadable, or not a CRL; the message names `flag`.
     fn open(path: &str, flag: &'static str) -> Result<CrlFile, TlsSetupError> {
@@ -1078,19 +1161,13 @@ impl CrlFile {
         &self,
         certs: impl Iterator<Item = &'a CertificateDer<'a>>,
     ) -> Result<(), rustls::Error> {
-        let serials = {
-            let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            let mtime = file_mtime(&self.path);
-            if mtime != cur.0 {
-                let next = read_crl(&self.path, self.flag).map(Arc::new);
-                match &next {
-                    Ok(_) => tracing::info!(file = %self.path, "reloaded {}", self.flag),
-                    Err(e) => tracing::warn!("{e}; refusing certificates until it is fixed"),
-                }
-                *cur = (mtime, next);
-            }
-            cur.1.clone()
-        };
+        // The list as last read (no disk access: see [`TlsFiles`]).
+        let serials = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
         let serials = serials.map_err(|_| {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownRevocationStatus)
         })?;
@@ -1329,13 +1406,17 @@ mod tests {
         )
         .unwrap();
         let first = r.get().cert[0].clone();
+        r.refresh();
         assert_eq!(r.get().cert[0], first);
         // A half-written rotation (new cert, old key) keeps the old pair.
         let (c2, k2) = leaf(&ca, "two", false);
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&c, &c2).unwrap();
+        r.refresh();
         assert_eq!(r.get().cert[0], first);
         std::fs::write(&k, &k2).unwrap();
+        assert_eq!(r.get().cert[0], first, "read only on refresh");
+        r.refresh();
         assert_ne!(r.get().cert[0], first);
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -1349,16 +1430,18 @@ mod tests {
         let verifier = |cn: Option<&str>| {
             let p2 = p.clone();
             CnVerifier {
-                inner: CaReloader::new(
-                    &ca_path,
-                    "--peer-trusted-ca-file",
-                    Box::new(move |roots| {
-                        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p2.clone())
-                            .build()
-                            .map_err(|e| e.to_string())
-                    }),
-                )
-                .unwrap(),
+                inner: Arc::new(
+                    CaReloader::new(
+                        &ca_path,
+                        "--peer-trusted-ca-file",
+                        Box::new(move |roots| {
+                            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p2.clone())
+                                .build()
+                                .map_err(|e| e.to_string())
+                        }),
+                    )
+                    .unwrap(),
+                ),
                 allowed: cn.map(|c| Allowed::Cn(vec![c.to_string()])),
                 crl: None,
             }
@@ -1386,6 +1469,11 @@ mod tests {
         assert!(v.verify_client_cert(&der(&rotated), &[], now).is_err());
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&ca_path, format!("{}{}", ca.0.pem(), new_ca.0.pem())).unwrap();
+        assert!(
+            v.verify_client_cert(&der(&rotated), &[], now).is_err(),
+            "read only on refresh"
+        );
+        v.inner.refresh();
         assert!(v.verify_client_cert(&der(&rotated), &[], now).is_ok());
         assert!(v.verify_client_cert(&der(&etcd), &[], now).is_ok());
         let _ = std::fs::remove_dir_all(&d);
@@ -1446,18 +1534,22 @@ mod tests {
         let verifier = |crl_path: &str| {
             let p2 = p.clone();
             CnVerifier {
-                inner: CaReloader::new(
-                    &ca_path,
-                    "--trusted-ca-file",
-                    Box::new(move |roots| {
-                        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p2.clone())
-                            .build()
-                            .map_err(|e| e.to_string())
-                    }),
-                )
-                .unwrap(),
+                inner: Arc::new(
+                    CaReloader::new(
+                        &ca_path,
+                        "--trusted-ca-file",
+                        Box::new(move |roots| {
+                            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p2.clone())
+                                .build()
+                                .map_err(|e| e.to_string())
+                        }),
+                    )
+                    .unwrap(),
+                ),
                 allowed: None,
-                crl: Some(CrlFile::open(crl_path, "--client-crl-file").unwrap()),
+                crl: Some(Arc::new(
+                    CrlFile::open(crl_path, "--client-crl-file").unwrap(),
+                )),
             }
         };
         let now = UnixTime::now();
@@ -1493,10 +1585,16 @@ mod tests {
         let v = verifier(&crl_pem);
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&crl_pem, crl(&ca, &[0x99]).pem().unwrap()).unwrap();
+        assert!(
+            v.verify_client_cert(&good, &[], now).is_ok(),
+            "read only on refresh"
+        );
+        v.crl.as_ref().unwrap().refresh();
         assert!(v.verify_client_cert(&revoked, &[], now).is_ok());
         assert!(v.verify_client_cert(&good, &[], now).is_err());
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&crl_pem, "junk").unwrap();
+        v.crl.as_ref().unwrap().refresh();
         assert!(v.verify_client_cert(&revoked, &[], now).is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -1526,16 +1624,18 @@ mod tests {
         let ca_path = write(&d, "ca", &ca.0.pem());
         let p = provider();
         let v = CnVerifier {
-            inner: CaReloader::new(
-                &ca_path,
-                "--peer-trusted-ca-file",
-                Box::new(move |roots| {
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p.clone())
-                        .build()
-                        .map_err(|e| e.to_string())
-                }),
-            )
-            .unwrap(),
+            inner: Arc::new(
+                CaReloader::new(
+                    &ca_path,
+                    "--peer-trusted-ca-file",
+                    Box::new(move |roots| {
+                        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), p.clone())
+                            .build()
+                            .map_err(|e| e.to_string())
+                    }),
+                )
+                .unwrap(),
+            ),
             allowed: Some(Allowed::Hostname(vec![
                 "10.9.9.9".into(),
                 "peer.example".into(),

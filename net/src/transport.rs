@@ -57,6 +57,9 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 pub struct PeerDialTls {
     #[cfg(not(madsim))]
     pub config: Option<Arc<rustls::ClientConfig>>,
+    /// The files `config` reloads, refreshed before each handshake.
+    #[cfg(not(madsim))]
+    pub files: crate::tls::TlsFiles,
     /// Resolves peer host names before dialing (DNS SRV discovery and
     /// `--discovery-srv-resolver`: names the system resolver may not know); `None`: the
     /// system resolver resolves them while connecting.
@@ -85,6 +88,7 @@ async fn open_channel(url: &str, tls: &PeerDialTls) -> Result<tonic::transport::
     let parsed = detcd_core::config::Url::parse(url).map_err(|e| e.to_string())?;
     #[cfg(not(madsim))]
     if let Some(path) = parsed.unix_path() {
+        let files = tls.files.clone();
         let tls = match parsed.scheme.is_tls() {
             true => Some(
                 tls.config
@@ -103,6 +107,7 @@ async fn open_channel(url: &str, tls: &PeerDialTls) -> Result<tonic::transport::
             path,
             host: parsed.host,
             tls,
+            files,
         };
         return endpoint
             .connect_with_connector(connector)
@@ -129,6 +134,7 @@ async fn open_channel(url: &str, tls: &PeerDialTls) -> Result<tonic::transport::
             addr,
             server_name: tls.server_name.clone(),
             peer: true,
+            files: tls.files.clone(),
         };
         return endpoint
             .connect_with_connector(connector)
@@ -201,6 +207,8 @@ pub(crate) struct TlsDial {
     server_name: Option<String>,
     /// A peer: handshake failures are logged here (a discovery endpoint's reach its caller).
     peer: bool,
+    /// Refreshed before each handshake (see [`PeerDialTls::files`]).
+    files: crate::tls::TlsFiles,
 }
 
 #[cfg(not(madsim))]
@@ -214,6 +222,7 @@ impl TlsDial {
             addr: None,
             server_name: None,
             peer: false,
+            files: Default::default(),
         }
     }
 }
@@ -236,6 +245,7 @@ impl tower_service::Service<tonic::codegen::http::Uri> for TlsDial {
     fn call(&mut self, _uri: tonic::codegen::http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            this.files.refresh().await;
             let connected = crate::tls::connect_named(
                 this.config,
                 &this.host,
@@ -279,6 +289,7 @@ struct UnixDial {
     path: String,
     host: String,
     tls: Option<Arc<rustls::ClientConfig>>,
+    files: crate::tls::TlsFiles,
 }
 
 /// A dialed connection of any kind, as hyper takes it.
@@ -313,6 +324,7 @@ impl tower_service::Service<tonic::codegen::http::Uri> for UnixDial {
             };
             let name = rustls::pki_types::ServerName::try_from(this.host.clone())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            this.files.refresh().await;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, stream)
                 .await?;

@@ -189,7 +189,7 @@ fn guide_self_signed_certificates() {
         .unwrap_or(0)
             != 200
     );
-    wait_log(&c.members[0], "on the client port", 10);
+    wait_log(&c.members[0], "listener=\"client\"", 10);
 
     // Refused: a peer without a certificate (curl speaks TLS to the peer port, presents nothing).
     let peer_addr = format!("https://{}:{PEER_PORT}/", ip(subnet::TLS_GUIDE, 0));
@@ -198,7 +198,7 @@ fn guide_self_signed_certificates() {
         ..Default::default()
     };
     assert!(detcd_tests::tls::curl(&peer_addr, &anonymous).is_err());
-    wait_log(&c.members[0], "on the peer port", 10);
+    wait_log(&c.members[0], "listener=\"peer\"", 10);
 
     // Still serving after all that.
     assert_eq!(
@@ -250,7 +250,7 @@ fn peer_from_another_ca_cannot_join() {
     );
     wait_log(
         &c.members[0],
-        "on the peer port: invalid peer certificate: UnknownIssuer",
+        "error=invalid peer certificate: UnknownIssuer listener=\"peer\"",
         20,
     );
     // infra2 hears why its connections are closed.
