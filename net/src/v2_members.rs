@@ -253,8 +253,14 @@ async fn answer(
                 Ok(id) => id,
                 Err(r) => return r.into_response(),
             };
+            let was_removed = || api.node.shared.members.read().unwrap().is_removed(id);
             match Cluster::member_remove(api, Request::new(pb::MemberRemoveRequest { id })).await {
                 Ok(_) => StatusCode::NO_CONTENT.into_response(),
+                // etcd's v2 handler tells ErrIDRemoved from ErrIDNotFound (v3 does not).
+                Err(s) if s.message() == "etcdserver: member not found" && was_removed() => error(
+                    StatusCode::GONE,
+                    &format!("Member permanently removed: {}", format_id(id)),
+                ),
                 Err(s) => change_error(&s, id),
             }
         }
