@@ -157,11 +157,16 @@ impl RaftLog {
             ));
         }
         if scan.valid_len < bytes.len() as u64 {
-            // Only an unsynced (never acknowledged) tail can be torn.
-            tracing::warn!(
-                dropped_bytes = bytes.len() as u64 - scan.valid_len,
-                "raft log file ends in a torn record; cutting it off"
-            );
+            let tail = &bytes[scan.valid_len as usize..];
+            if tail.iter().any(|&b| b != 0) {
+                // Only an unsynced (never acknowledged) tail can be torn.
+                tracing::warn!(
+                    dropped_bytes = tail.len() as u64,
+                    "raft log file ends in a torn record; cutting it off"
+                );
+            }
+            // Zeros only: space the file allocated ahead (or an unsynced write that never
+            // reached the disk), nothing to tell the operator.
             file.truncate(scan.valid_len)?;
         }
         let (mut base_index, mut base_term) = (0, 0);

@@ -6,13 +6,14 @@ use detcd_tests::{etcdctl_ok, have_etcdctl, subnet, Cluster, GUIDE_TOKEN};
 use std::time::Duration;
 
 /// Byte offsets of the records of a detcd log file: an 8-byte magic, then records of
-/// `len: u32 LE | crc: u32 LE | kind: u8 | payload[len]`.
+/// `len: u32 LE | crc: u32 LE | kind: u8 | payload[len]` (kind never 0), then zeros (space
+/// allocated ahead).
 fn record_offsets(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut pos = 8;
     while pos + 9 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        if pos + 9 + len > bytes.len() {
+        if pos + 9 + len > bytes.len() || bytes[pos + 8] == 0 {
             break;
         }
         out.push((pos, len));
