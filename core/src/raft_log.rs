@@ -158,10 +158,11 @@ impl RaftLog {
         }
         if scan.valid_len < bytes.len() as u64 {
             let tail = &bytes[scan.valid_len as usize..];
-            if tail.iter().any(|&b| b != 0) {
-                // Only an unsynced (never acknowledged) tail can be torn.
+            if let Some(last) = tail.iter().rposition(|&b| b != 0) {
+                // Only an unsynced (never acknowledged) tail can be torn. (The zeros after
+                // it are space allocated ahead, not counted.)
                 tracing::warn!(
-                    dropped_bytes = tail.len() as u64,
+                    dropped_bytes = last as u64 + 1,
                     "raft log file ends in a torn record; cutting it off"
                 );
             }

@@ -43,6 +43,11 @@ pub enum ApiError {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
+        // A read that was running when a graceful stop closed the data file.
+        let e = match e {
+            ApiError::Mvcc(MvccError::Storage(redb::Error::DatabaseClosed)) => ApiError::Stopped,
+            e => e,
+        };
         let code = match &e {
             ApiError::Mvcc(m) => crate::errors::mvcc_code(m),
             ApiError::Refused(r) => Code::from(r.grpc_code),

@@ -887,11 +887,13 @@ pub async fn run_member_with_dns(
 /// unclosed.
 const DATA_FILE_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// Closes the data file at a graceful stop, after the raft driver has ended: its pending
-/// non-durable commits become durable and redb records a clean shutdown, so the next start
-/// need not repair the file (redb reads an unclosed file whole to rebuild its allocator
-/// state: seconds for a large store). Reads begun afterwards fail with `DatabaseClosed`.
-/// A file still in use after [`DATA_FILE_CLOSE_WAIT`] is left for the next start to repair.
+/// Closes the data file at a graceful stop, after the raft driver has ended: redb records a
+/// clean shutdown, so the next start need not repair the file (redb reads an unclosed file
+/// whole to rebuild its allocator state: a second for a million keys). The driver's open
+/// batch of applied entries is dropped with it, not committed: the next start applies them
+/// again from the raft log, as after a crash (etcd commits its batch as it stops). Reads
+/// begun afterwards fail with `etcdserver: server stopped`. A file still in use after
+/// [`DATA_FILE_CLOSE_WAIT`] is left for the next start to repair.
 async fn close_data_file(shared: &crate::node::Shared) {
     let Some(mut db) = shared.take_data_file() else {
         return;
@@ -914,7 +916,7 @@ async fn close_data_file(shared: &crate::node::Shared) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    // close() makes the last commits durable (an fsync): not on an async worker.
+    // close() writes and syncs redb's allocator state and header: not on an async worker.
     let (tx, rx) = tokio::sync::oneshot::channel();
     crate::node::off_driver(move || {
         let _ = tx.send(db.close());

@@ -185,7 +185,7 @@ impl Shared {
     }
 
     /// Takes the data file out for closing (a graceful stop): reads begun later fail with
-    /// `DatabaseClosed`. `None` if it was taken already.
+    /// [`ApiError::Stopped`]. `None` if it was taken already.
     pub fn take_data_file(&self) -> Option<Arc<redb::Database>> {
         self.db.write().unwrap().take()
     }

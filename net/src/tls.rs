@@ -470,19 +470,22 @@ impl ReloadingCert {
 
 impl Reload for ReloadingCert {
     fn refresh(&self) {
-        let mut cur = self.current.lock().unwrap();
+        // The files are looked at without the lock, which handshakes take to read the pair.
         let times = (file_mtime(&self.cert), file_mtime(&self.key));
-        if times != (cur.0, cur.1) {
-            match load_certified(&self.cert, &self.key, &self.provider) {
-                Ok(ck) => {
-                    tracing::info!(cert = %self.cert, key = %self.key, "reloaded TLS certificate");
-                    *cur = (times.0, times.1, Arc::new(ck));
-                }
-                Err(e) => {
-                    // Retry on the next connection (a rotation may be half written).
-                    tracing::warn!("keeping the previous TLS certificate: {e}");
-                }
+        let known = {
+            let cur = self.current.lock().unwrap();
+            (cur.0, cur.1)
+        };
+        if times == known {
+            return;
+        }
+        match load_certified(&self.cert, &self.key, &self.provider) {
+            Ok(ck) => {
+                tracing::info!(cert = %self.cert, key = %self.key, "reloaded TLS certificate");
+                *self.current.lock().unwrap() = (times.0, times.1, Arc::new(ck));
             }
+            // Retry on the next connection (a rotation may be half written).
+            Err(e) => tracing::warn!("keeping the previous TLS certificate: {e}"),
         }
     }
 }
@@ -658,18 +661,19 @@ impl<T: ?Sized> CaReloader<T> {
 
 impl<T: ?Sized + Send + Sync> Reload for CaReloader<T> {
     fn refresh(&self) {
-        let mut cur = self.current.lock().unwrap();
+        // The file is looked at without the lock, which handshakes take to read the CAs.
         let mtime = file_mtime(&self.path);
-        if mtime != cur.0 {
-            match load_roots(&self.path, self.flag).and_then(|r| {
-                (self.build)(r).map_err(|e| err(format!("{} {}: {e}", self.flag, self.path)))
-            }) {
-                Ok(v) => {
-                    tracing::info!(file = %self.path, "reloaded {}", self.flag);
-                    *cur = (mtime, v);
-                }
-                Err(e) => tracing::warn!("keeping the previous CA certificates: {e}"),
+        if mtime == self.current.lock().unwrap().0 {
+            return;
+        }
+        match load_roots(&self.path, self.flag).and_then(|r| {
+            (self.build)(r).map_err(|e| err(format!("{} {}: {e}", self.flag, self.path)))
+        }) {
+            Ok(v) => {
+                tracing::info!(file = %self.path, "reloaded {}", self.flag);
+                *self.current.lock().unwrap() = (mtime, v);
             }
+            Err(e) => tracing::warn!("keeping the previous CA certificates: {e}"),
         }
     }
 }
@@ -1130,16 +1134,18 @@ fn read_crl(path: &str, flag: &str) -> Result<std::collections::HashSet<Vec<u8>>
 
 impl Reload for CrlFile {
     fn refresh(&self) {
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        // The file is read without the lock, which handshakes take to check serials.
+        let lock = || self.current.lock().unwrap_or_else(|p| p.into_inner());
         let mtime = file_mtime(&self.path);
-        if mtime != cur.0 {
-            let next = read_crl(&self.path, self.flag).map(Arc::new);
-            match &next {
-                Ok(_) => tracing::info!(file = %self.path, "reloaded {}", self.flag),
-                Err(e) => tracing::warn!("{e}; refusing certificates until it is fixed"),
-            }
-            *cur = (mtime, next);
+        if mtime == lock().0 {
+            return;
         }
+        let next = read_crl(&self.path, self.flag).map(Arc::new);
+        match &next {
+            Ok(_) => tracing::info!(file = %self.path, "reloaded {}", self.flag),
+            Err(e) => tracing::warn!("{e}; refusing certificates until it is fixed"),
+        }
+        *lock() = (mtime, next);
     }
 }
 

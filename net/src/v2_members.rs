@@ -277,8 +277,13 @@ async fn answer(
                 id,
                 peer_ur_ls: urls,
             };
+            let was_removed = || api.node.shared.members.read().unwrap().is_removed(id);
             match Cluster::member_update(api, Request::new(req)).await {
                 Ok(_) => StatusCode::NO_CONTENT.into_response(),
+                // etcd's PUT names only ErrIDNotFound; ErrIDRemoved falls to its 500.
+                Err(s) if s.message() == "etcdserver: member not found" && was_removed() => {
+                    error(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+                }
                 Err(s) => change_error(&s, id),
             }
         }
