@@ -786,11 +786,14 @@ pub async fn run_member_with_dns(
             }
         });
     }
+    // A graceful stop closes the client listeners first (see `ClientStop`).
+    let (client_stop, mut clients_gone) = ClientStop::new();
     for port in client_ports(&cfg.listen_client_urls) {
         // Bound now (a taken port stops the start), served once this member has published
         // itself to the cluster, as etcd serves clients after ReadyNotify: a client that
         // connects earlier waits instead of reaching a member that cannot answer yet.
         let listener = bind(&port.url).await?;
+        let stop = client_stop.clone();
         let errs = server_err_tx.clone();
         let api = api.clone();
         let acceptor = if port.tls {
@@ -801,17 +804,21 @@ pub async fn run_member_with_dns(
         let plain_too = port.tls && port.plain.is_some();
         tokio::spawn(async move {
             let mut ready = api.node.shared.ready.subscribe();
-            if ready.wait_for(|r| *r).await.is_err() {
-                return;
+            let mut stopping = stop.signal.clone();
+            tokio::select! {
+                r = ready.wait_for(|r| *r) => if r.is_err() { return },
+                _ = stopping.wait_for(|s| *s) => return,
             }
             if let Some(address) = &port.plain {
                 tracing::warn!(address = %address, "serving client traffic insecurely; this is strongly discouraged!");
             }
-            if let Err(e) = serve_client(listener, api, acceptor, plain_too).await {
+            if let Err(e) = serve_client(listener, api, acceptor, plain_too, stop).await {
                 let _ = errs.send(e).await;
             }
         });
     }
+    let stop_clients = client_stop.signal_sender();
+    drop(client_stop);
     for url in &cfg.listen_metrics_urls {
         // etcd's serveMetrics: /metrics and the health endpoints, from the start (they say
         // how the member is doing before it serves clients too); https with the client TLS.
@@ -862,6 +869,12 @@ pub async fn run_member_with_dns(
             // etcd's interrupt handler: EtcdServer.Stop transfers leadership first, so the
             // cluster need not wait an election timeout (etcdserver/server.go).
             tracing::info!(signal = signal_name(signal), "received signal; shutting down");
+            // etcd's Etcd.Close: the client servers stop first. New connections are refused;
+            // open ones are told to go (HTTP/2 GOAWAY) and their requests in flight are
+            // answered, for up to the request timeout (a watch stream never ends by itself:
+            // those connections are cut at exit, as etcd's grpc.Stop cuts them).
+            let _ = stop_clients.send(true);
+            let _ = tokio::time::timeout(request_timeout, clients_gone.recv()).await;
             if let Err(e) = handle.transfer_leadership_for_stop(request_timeout).await {
                 tracing::warn!(
                     local_member_id = %format_id(member_id),
@@ -1214,6 +1227,7 @@ async fn serve_client(
     api: Api,
     tls: Acceptor,
     plain_too: bool,
+    stop: ClientStop,
 ) -> Result<(), MemberError> {
     let addr = listener.local_addr();
     let limit = api.max_request_bytes + 512 * 1024; // etcd's grpcOverheadBytes
@@ -1248,8 +1262,14 @@ async fn serve_client(
     // h2_authority::AuthorityFix, so `--endpoints=http://host:port` etcdctl requests
     // (`:authority: http://host:port`, which h2 resets) are served as etcd serves them.
     use hyper_util::service::TowerToHyperService;
+    let mut stopping = stop.signal.clone();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // The listener closes as this returns: new connections are refused.
+            _ = stopping.wait_for(|s| *s) => return Ok(()),
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 if !matches!(
@@ -1267,6 +1287,7 @@ async fn serve_client(
         };
         let service = TowerToHyperService::new(app.clone());
         let tls = tls.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             match (tls, plain_too) {
                 // etcd's cmux on a port with both schemes: a TLS ClientHello starts with a
@@ -1279,14 +1300,14 @@ async fn serve_client(
                     .await;
                     match first {
                         Ok(Ok(s)) if s.first() == Some(0x16) => {
-                            serve_client_conn(s, peer, Some(acceptor), http2, service).await
+                            serve_client_conn(s, peer, Some(acceptor), http2, service, stop).await
                         }
-                        Ok(Ok(s)) => serve_client_conn(s, peer, None, http2, service).await,
+                        Ok(Ok(s)) => serve_client_conn(s, peer, None, http2, service, stop).await,
                         Ok(Err(e)) => tracing::trace!("client connection from {peer}: {e}"),
                         Err(_) => tracing::trace!("client connection from {peer}: idle"),
                     }
                 }
-                (tls, _) => serve_client_conn(stream, peer, tls, http2, service).await,
+                (tls, _) => serve_client_conn(stream, peer, tls, http2, service, stop).await,
             }
         });
     }
@@ -1301,6 +1322,7 @@ async fn serve_client_conn<S>(
     tls: Acceptor,
     http2: crate::api::Http2Settings,
     service: hyper_util::service::TowerToHyperService<axum::Router>,
+    stop: ClientStop,
 ) where
     S: tokio::io::AsyncRead
         + tokio::io::AsyncWrite
@@ -1309,17 +1331,8 @@ async fn serve_client_conn<S>(
         + Send
         + 'static,
 {
-    use hyper_util::rt::TokioIo;
     let Some(acceptor) = tls else {
-        let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(
-            crate::coalesce::CoalescedWrites::new(stream),
-        ));
-        if let Err(e) = connection_builder(&http2)
-            .serve_connection(io, service)
-            .await
-        {
-            tracing::trace!("client connection: {e}");
-        }
+        serve_until_stop(stream, &http2, service, stop).await;
         return;
     };
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -1333,14 +1346,68 @@ async fn serve_client_conn<S>(
             return;
         }
     };
-    let io = TokioIo::new(crate::h2_authority::AuthorityFix::new(
+    serve_until_stop(stream, &http2, service, stop).await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one client connection (through
+/// [`crate::h2_authority::AuthorityFix`], its writes coalesced); when the member stops, asks
+/// it to end gracefully (HTTP/2 GOAWAY: no new requests, those in flight answered; HTTP/1.1:
+/// closed once idle).
+#[cfg(not(madsim))]
+async fn serve_until_stop<T>(
+    stream: T,
+    http2: &crate::api::Http2Settings,
+    service: hyper_util::service::TowerToHyperService<axum::Router>,
+    stop: ClientStop,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(crate::h2_authority::AuthorityFix::new(
         crate::coalesce::CoalescedWrites::new(stream),
     ));
-    if let Err(e) = connection_builder(&http2)
-        .serve_connection(io, service)
-        .await
-    {
+    let builder = connection_builder(http2);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut stopping = stop.signal.clone();
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        // (The guard wait_for returns is dropped before the await below.)
+        _ = async { drop(stopping.wait_for(|s| *s).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
         tracing::trace!("client connection: {e}");
+    }
+}
+
+/// The client side of a graceful stop: `signal` turns true when the member stops, and every
+/// client listener and connection holds `alive` until it has ended, so the stop can wait for
+/// them (`ClientStop::new`'s receiver yields `None` once all have).
+#[derive(Clone)]
+struct ClientStop {
+    signal: tokio::sync::watch::Receiver<bool>,
+    signal_tx: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Held, never sent on: its drop is the message.
+    _alive: mpsc::Sender<()>,
+}
+
+impl ClientStop {
+    fn new() -> (ClientStop, mpsc::Receiver<()>) {
+        let (signal_tx, signal) = tokio::sync::watch::channel(false);
+        let (alive, gone) = mpsc::channel(1);
+        let stop = ClientStop {
+            signal,
+            signal_tx: Arc::new(signal_tx),
+            _alive: alive,
+        };
+        (stop, gone)
+    }
+
+    /// What stops them (kept by the member's stop path; holding it keeps nothing alive).
+    fn signal_sender(&self) -> Arc<tokio::sync::watch::Sender<bool>> {
+        self.signal_tx.clone()
     }
 }
 
@@ -1364,6 +1431,8 @@ async fn serve_client(
     api: Api,
     _tls: Acceptor,
     _plain_too: bool,
+    // The simulated member never gets a stop signal.
+    _stop: ClientStop,
 ) -> Result<(), MemberError> {
     // etcd's HTTP endpoints with production's routes (http.rs) over simulated TCP; gRPC over
     // madsim-tonic on the same address (its own simulated protocol).

@@ -2,11 +2,13 @@
 //! (pkg/osutil/interrupt_unix.go, etcdserver/server.go Stop): it logs "received signal;
 //! shutting down", a leader hands leadership to another voter first so the cluster need not
 //! wait an election timeout, a follower skips that, its unix socket files go, and the
-//! process ends by the signal (which systemd counts as a clean stop). It closes its data file,
+//! process ends by the signal (which systemd counts as a clean stop). It closes its client
+//! listeners first (a watcher on it resumes through another member) and its data file last,
 //! so the next start does not repair it.
 
 use detcd_tests::{
-    etcdctl_ok, have_etcdctl, http_get, set_flag, subnet, Cluster, Deadline, HEALTHY_TIMEOUT,
+    etcdctl_ok, have_etcdctl, http_get, set_flag, subnet, Cluster, CtlProcess, Deadline,
+    HEALTHY_TIMEOUT,
 };
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -45,7 +47,24 @@ fn sigterm_hands_leadership_over_and_ends_by_the_signal() {
     let all = [0, 1, 2];
     let leader = leaders(&c, &all)[0];
 
-    // The leader: hands over, then ends by SIGTERM.
+    // A watcher connected to the leader (the other members listed after it).
+    let mut endpoints = vec![c.members[leader].client_url()];
+    for &i in all.iter().filter(|&&i| i != leader) {
+        endpoints.push(c.members[i].client_url());
+    }
+    let mut watch = CtlProcess::start(&endpoints, &["watch", "w"]);
+    let deadline = Deadline::new(Duration::from_secs(10), "the watcher to see w=1");
+    loop {
+        etcdctl_ok(&endpoints[..1], &["put", "w", "1"]);
+        if watch.stdout().contains("w\n1\n") {
+            break;
+        }
+        deadline.check(&watch.stderr());
+        deadline.pause();
+    }
+
+    // The leader: stops serving clients (its watch connection is told to go, then cut after
+    // the request timeout), hands over, then ends by SIGTERM.
     c.members[leader].signal("TERM");
     let status = c.members[leader].wait_exit(Duration::from_secs(20));
     let log = c.members[leader].stderr();
@@ -70,6 +89,10 @@ fn sigterm_hands_leadership_over_and_ends_by_the_signal() {
     );
     let new_leader = leaders(&c, &live);
     assert_eq!(new_leader.len(), 1, "{new_leader:?}");
+    // The watcher carried on through another member.
+    etcdctl_ok(&[c.members[live[0]].client_url()], &["put", "w", "2"]);
+    watch.wait_stdout(Duration::from_secs(20), "w=2", |out| out.contains("w\n2\n"));
+    drop(watch);
     let follower = *live.iter().find(|&&i| i != new_leader[0]).unwrap();
 
     // A follower: nothing to hand over.
