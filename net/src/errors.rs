@@ -73,3 +73,20 @@ impl From<ApiError> for Status {
 pub fn mvcc_code(e: &MvccError) -> Code {
     Code::from(e.grpc_code())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read cut off by a graceful stop's close of the data file is etcd's "server stopped"
+    /// (Unavailable: clients retry it on another member), not an internal error.
+    #[test]
+    fn a_read_cut_by_the_close_is_server_stopped() {
+        let closed = ApiError::Mvcc(MvccError::Storage(redb::Error::DatabaseClosed));
+        let status = Status::from(closed);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "etcdserver: server stopped");
+        let other = ApiError::Mvcc(MvccError::Corrupt("x".into()));
+        assert_eq!(Status::from(other).code(), Code::Internal);
+    }
+}

@@ -1182,6 +1182,18 @@ fn unix_ms_now() -> u64 {
 mod tests {
     use super::*;
 
+    /// After the data file is taken for closing, reads answer "server stopped" and a second
+    /// take finds nothing.
+    #[test]
+    fn reads_after_the_data_file_is_taken_are_server_stopped() {
+        let shared = Shared::for_tests();
+        assert!(shared.read_view().is_ok());
+        let db = shared.take_data_file().expect("the data file");
+        assert!(matches!(shared.read_view(), Err(ApiError::Stopped)));
+        assert!(shared.take_data_file().is_none());
+        drop(db);
+    }
+
     /// A log file that records each call made to it.
     #[derive(Default)]
     struct CallLog {
