@@ -57,6 +57,10 @@ const V2_SYNC_MS: u64 = 500;
 const MAX_LEASE_CHECKPOINTS: usize = 1000;
 /// Readies handled per input at most (each drains raft's queues, so this is rarely reached).
 const MAX_READIES_PER_INPUT: usize = 16;
+/// ReadIndex rounds in flight at once. etcd's linearizableReadLoop keeps one: the reads that
+/// arrive meanwhile share the next round, so a busy leader sends a heartbeat round per batch
+/// of reads, not per few reads (etcdserver/v3_server.go).
+const MAX_READ_ROUNDS_IN_FLIGHT: usize = 1;
 
 /// Why a proposal or read got no answer from the state machine. The texts are etcd's
 /// (api/v3rpc/rpctypes), clients match on them.
@@ -412,7 +416,8 @@ pub struct Server<V: StateViews> {
     /// Leader changes seen so far (a proposal records it, to tell a timeout after one).
     leader_epoch: u64,
     held: VecDeque<HeldProposal>,
-    /// Reads not yet sent to raft (no leader yet), with the tick they arrived.
+    /// Reads not yet sent to raft (no leader yet, or a round in flight before them), with the
+    /// tick they arrived.
     pending_reads: Vec<(u64, u64)>,
     /// Reads sent to raft, by the context's counter.
     read_batches: BTreeMap<u64, ReadBatch>,
@@ -594,7 +599,9 @@ impl<V: StateViews> Server<V> {
             return Ok(()); // see `drive`: raft is not driven any more
         }
         self.tick += 1;
-        self.raw.tick();
+        if !self.campaign_would_read_compacted_log() {
+            self.raw.tick();
+        }
         self.ticks_since_publish += 1;
         if !self.attributes_published
             && self.raw.raft.leader_id != 0
@@ -625,6 +632,14 @@ impl<V: StateViews> Server<V> {
             return Ok(());
         }
         for msg in msgs {
+            if msg.get_msg_type() == MessageType::MsgTimeoutNow
+                && self.campaign_would_read_compacted_log()
+            {
+                // The leader's transfer to this member times out instead (etcd's answer to
+                // a transfer that does not finish in time).
+                tracing::info!("leadership offered while a snapshot is being saved; declined");
+                continue;
+            }
             // raft rejects stale or odd messages itself; that is not the member's fault.
             let _ = self.raw.step(msg);
         }
@@ -1141,12 +1156,15 @@ impl<V: StateViews> Server<V> {
             return Ok(());
         }
         self.pin_election_timeout();
+        self.catch_up_raft_applied();
         self.flush_held();
         for _ in 0..MAX_READIES_PER_INPUT {
             if self.status.removed || !self.raw.has_ready() || self.must_defer_ready() {
                 break;
             }
             self.handle_ready()?;
+            // A round that ended in this Ready lets the reads waiting behind it go.
+            self.flush_reads();
         }
         self.release_reads();
         self.maybe_snapshot()?;
@@ -1156,6 +1174,30 @@ impl<V: StateViews> Server<V> {
         self.settle_leader_moves();
         self.pin_election_timeout();
         Ok(())
+    }
+
+    /// raft-rs learns the applied index only from `advance_apply_to`. After a snapshot
+    /// install nothing applies until the next entries commit, so raft's applied index stayed
+    /// below the log's first index, and a campaign then (an election timeout, or MoveLeader's
+    /// MsgTimeoutNow) read the "unapplied" entries from a compacted log and panicked (raft-rs
+    /// `hup`: "unexpected error getting unapplied entries ... Store(Compacted)"). raft's
+    /// applied index follows the state machine's as soon as raft allows it (at most the
+    /// committed and the persisted index).
+    /// Between a snapshot's install and its log write becoming durable, raft's applied index
+    /// cannot follow yet ([`Self::catch_up_raft_applied`]: at most the persisted index) while
+    /// the log already starts after the snapshot: a campaign must wait (ticks do not reach
+    /// raft's election timer, a MsgTimeoutNow is declined) until the write is durable.
+    fn campaign_would_read_compacted_log(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        log.unstable.snapshot.is_none() && log.applied < self.raw.store().compacted_index()
+    }
+
+    fn catch_up_raft_applied(&mut self) {
+        let log = &self.raw.raft.raft_log;
+        let applied = self.state.applied();
+        if applied > log.applied && applied <= log.committed.min(log.persisted) {
+            self.raw.advance_apply_to(applied);
+        }
     }
 
     /// A client asked this member to defragment its data file (etcd's Maintenance.Defragment,
@@ -1398,10 +1440,20 @@ impl<V: StateViews> Server<V> {
         for p in held {
             self.propose(p);
         }
-        if !self.pending_reads.is_empty() {
-            let ids = self.pending_reads.drain(..).map(|(id, _)| id).collect();
-            self.send_read_batch(ids);
+        self.flush_reads();
+    }
+
+    /// Sends the reads waiting to be sent as one ReadIndex round, unless the rounds in
+    /// flight are at [`MAX_READ_ROUNDS_IN_FLIGHT`] (they go when one ends or is retried).
+    fn flush_reads(&mut self) {
+        if self.raw.raft.leader_id == 0
+            || self.pending_reads.is_empty()
+            || self.read_batches.len() >= MAX_READ_ROUNDS_IN_FLIGHT
+        {
+            return;
         }
+        let ids = self.pending_reads.drain(..).map(|(id, _)| id).collect();
+        self.send_read_batch(ids);
     }
 
     fn send_read_batch(&mut self, ids: Vec<u64>) {
@@ -1441,8 +1493,10 @@ impl<V: StateViews> Server<V> {
             .collect();
         for counter in stale {
             self.status.read_retries += 1;
-            let batch = self.read_batches.remove(&counter).unwrap();
-            self.send_read_batch(batch.ids);
+            let mut ids = self.read_batches.remove(&counter).unwrap().ids;
+            // The reads waiting behind the lost round go with it.
+            ids.extend(self.pending_reads.drain(..).map(|(id, _)| id));
+            self.send_read_batch(ids);
         }
     }
 
@@ -1508,14 +1562,21 @@ impl<V: StateViews> Server<V> {
             });
         }
         let outputs = &mut self.outputs;
+        let has_leader = self.raw.raft.leader_id != 0;
         self.pending_reads.retain(|(id, since)| {
             if tick - since < hold {
                 return true;
             }
-            outputs.push_back(Output::ReadReady {
-                id: *id,
-                result: Err(RequestError::NoLeader),
-            });
+            // With a leader, a read waits here only behind a round in flight, which is
+            // retried (taking it along) long before this.
+            let result = if has_leader {
+                Err(RequestError::TimedOut {
+                    leader_failed: false,
+                })
+            } else {
+                Err(RequestError::NoLeader)
+            };
+            outputs.push_back(Output::ReadReady { id: *id, result });
             false
         });
     }
