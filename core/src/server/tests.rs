@@ -915,6 +915,51 @@ impl Three {
     }
 }
 
+/// Reads that arrive while a ReadIndex round is out wait for it and go together in the next
+/// round, as etcd's linearizableReadLoop keeps one round in flight: a busy leader sends a
+/// heartbeat round per batch of reads, not per read.
+#[test]
+fn reads_arriving_during_a_read_round_share_the_next_one() {
+    let mut c = Three::new();
+    let leader = c.leader();
+    let read_rounds = |sent: &[Message]| {
+        sent.iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeat && !m.context.is_empty())
+            .count()
+    };
+    let (s, file) = &mut c.members[leader as usize - 1];
+    let mut ids = s.handle_reads(1).unwrap();
+    let mut first = Vec::new();
+    c.answers[leader as usize - 1].extend(carry_out(s, file, None, &mut first));
+    assert_eq!(
+        read_rounds(&first),
+        2,
+        "a round: a heartbeat to each follower"
+    );
+    ids.extend(s.handle_reads(2).unwrap());
+    let mut second = Vec::new();
+    c.answers[leader as usize - 1].extend(carry_out(s, file, None, &mut second));
+    assert_eq!(
+        read_rounds(&second),
+        0,
+        "the later reads wait for the round out"
+    );
+    assert!(second.is_empty(), "{second:?}");
+    // The followers answer the first round; the waiting reads then go in one more round.
+    for m in first {
+        c.server(m.to).handle_messages(vec![m]).unwrap();
+    }
+    c.settle();
+    let ready: Vec<u64> = c.answers[leader as usize - 1]
+        .iter()
+        .filter_map(|o| match o {
+            Output::ReadReady { id, result: Ok(()) } => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ready, ids, "every read answered, in order");
+}
+
 #[test]
 fn move_leader_hands_leadership_to_the_target_and_answers_once_it_leads() {
     let mut c = Three::new();
