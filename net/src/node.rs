@@ -595,7 +595,8 @@ impl Node {
         cfg.start_unix_ms = params.start_unix_ms;
         cfg.election_seed = params.member_id ^ params.start_unix_ms.rotate_left(17);
         cfg.hold_ticks = (params.request_timeout.as_millis() as u64 / heartbeat_ms).max(1);
-        cfg.read_retry_ticks = (500 / heartbeat_ms).max(1);
+        // At least two ticks: a round sent just before a tick is not retried at once.
+        cfg.read_retry_ticks = (500 / heartbeat_ms).max(2);
         cfg.strict_reconfig_check = params.strict_reconfig_check;
         cfg.max_learners = params.max_learners;
         cfg.auto_promote_learners = params.auto_promote_learners;

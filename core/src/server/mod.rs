@@ -246,7 +246,8 @@ pub struct ServerConfig {
     /// Applied rows held in the open transaction before it is committed ahead of the next
     /// tick (etcd's backend batch limit, 10,000).
     pub max_uncommitted_rows: usize,
-    /// A proposal or read waits this long for a leader before it fails with `NoLeader`.
+    /// A proposal or read waits this long for a leader before it fails with `NoLeader` (a
+    /// read waiting to be sent while there is a leader: `TimedOut`).
     pub hold_ticks: u64,
     /// A ReadIndex not answered within this many ticks is sent again with a fresh context
     /// (etcd's readIndexRetryTime, 500 ms).
@@ -421,6 +422,9 @@ pub struct Server<V: StateViews> {
     pending_reads: Vec<(u64, u64)>,
     /// Reads sent to raft, by the context's counter.
     read_batches: BTreeMap<u64, ReadBatch>,
+    /// A leadership offer (MsgTimeoutNow) that came while a snapshot install's log write was
+    /// not durable yet ([`Self::campaign_would_read_compacted_log`]).
+    held_timeout_now: Option<Message>,
     /// Reads whose read index is known, waiting for apply to reach it.
     indexed_reads: Vec<(u64, Vec<u64>)>,
     next_read_ctx: u64,
@@ -529,6 +533,7 @@ impl<V: StateViews> Server<V> {
             held: VecDeque::new(),
             pending_reads: Vec::new(),
             read_batches: BTreeMap::new(),
+            held_timeout_now: None,
             indexed_reads: Vec::new(),
             next_read_ctx: 1,
             persisting: VecDeque::new(),
@@ -635,9 +640,9 @@ impl<V: StateViews> Server<V> {
             if msg.get_msg_type() == MessageType::MsgTimeoutNow
                 && self.campaign_would_read_compacted_log()
             {
-                // The leader's transfer to this member times out instead (etcd's answer to
-                // a transfer that does not finish in time).
-                tracing::info!("leadership offered while a snapshot is being saved; declined");
+                // Taken up once the install's log write is durable (`drive`): raft-rs's
+                // leader would not send it again before its transfer times out.
+                self.held_timeout_now = Some(msg);
                 continue;
             }
             // raft rejects stale or odd messages itself; that is not the member's fault.
@@ -1157,6 +1162,11 @@ impl<V: StateViews> Server<V> {
         }
         self.pin_election_timeout();
         self.catch_up_raft_applied();
+        if !self.campaign_would_read_compacted_log() {
+            if let Some(m) = self.held_timeout_now.take() {
+                let _ = self.raw.step(m);
+            }
+        }
         self.flush_held();
         for _ in 0..MAX_READIES_PER_INPUT {
             if self.status.removed || !self.raw.has_ready() || self.must_defer_ready() {
@@ -1445,10 +1455,14 @@ impl<V: StateViews> Server<V> {
 
     /// Sends the reads waiting to be sent as one ReadIndex round, unless the rounds in
     /// flight are at [`MAX_READ_ROUNDS_IN_FLIGHT`] (they go when one ends or is retried).
+    /// Nor before this member has seen an entry of the leader's term committed: a raft-rs
+    /// leader drops a ReadIndex until then (raft.rs, MsgReadIndex), and the round, with every
+    /// read behind it, would wait for the retry.
     fn flush_reads(&mut self) {
         if self.raw.raft.leader_id == 0
             || self.pending_reads.is_empty()
             || self.read_batches.len() >= MAX_READ_ROUNDS_IN_FLIGHT
+            || !self.raw.raft.commit_to_current_term()
         {
             return;
         }
@@ -1461,14 +1475,9 @@ impl<V: StateViews> Server<V> {
         if !self.cfg.mutations.reuse_read_context {
             self.next_read_ctx += 1;
         }
-        if let Some(mut earlier) = self.read_batches.remove(&counter) {
-            // Only under the mutation: the reads share the context's one answer.
-            earlier.ids.extend(ids);
-            self.raw.read_index(self.read_ctx(counter));
-            earlier.sent_tick = self.tick;
-            self.read_batches.insert(counter, earlier);
-            return;
-        }
+        // Under the mutation a retried round reuses its context: raft-rs's leader ignores a
+        // context it still holds, and the first attempt's late answer, taken before the reads
+        // that joined the retry arrived, releases them all.
         self.raw.read_index(self.read_ctx(counter));
         self.read_batches.insert(
             counter,
@@ -1529,8 +1538,9 @@ impl<V: StateViews> Server<V> {
         }
     }
 
-    /// Proposals and reads that waited `hold_ticks` for a leader fail with `NoLeader`;
-    /// proposals whose entry did not apply within `hold_ticks` of their arrival time out.
+    /// Proposals and reads that waited `hold_ticks` for a leader fail with `NoLeader` (reads
+    /// still unsent with a leader known time out); proposals whose entry did not apply
+    /// within `hold_ticks` of their arrival time out.
     fn expire_held(&mut self) {
         let (tick, hold) = (self.tick, self.cfg.hold_ticks);
         let expired: Vec<(u64, Waiting)> = self

@@ -839,6 +839,8 @@ struct Three {
     /// Each member's answers (its `Output::Response`s and the like), by index.
     answers: Vec<Vec<Output>>,
     cut: Vec<u64>,
+    /// Messages of this type to this member are dropped too.
+    dropped: Option<(u64, MessageType)>,
 }
 
 impl Three {
@@ -850,6 +852,7 @@ impl Three {
             members,
             answers: vec![Vec::new(), Vec::new(), Vec::new()],
             cut: Vec::new(),
+            dropped: None,
         }
     }
 
@@ -865,7 +868,7 @@ impl Three {
                 return;
             }
             for m in sent {
-                if self.cut.contains(&m.to) {
+                if self.cut.contains(&m.to) || self.dropped == Some((m.to, m.get_msg_type())) {
                     continue;
                 }
                 let (s, _) = &mut self.members[m.to as usize - 1];
@@ -958,6 +961,36 @@ fn reads_arriving_during_a_read_round_share_the_next_one() {
         })
         .collect();
     assert_eq!(ready, ids, "every read answered, in order");
+}
+
+/// A raft-rs leader drops a ReadIndex until an entry of its term commits: a new leader's
+/// reads wait for that commit and then go at once, not behind a dropped round until its
+/// retry (5 ticks).
+#[test]
+fn reads_at_a_new_leader_go_once_its_term_has_a_commit() {
+    let mut c = Three::new();
+    let old = c.leader();
+    let target = (1..=3).find(|id| *id != old).unwrap();
+    // The target wins, but the acknowledgements of its first entry are lost.
+    c.dropped = Some((target, MessageType::MsgAppendResponse));
+    c.server(old).handle_move_leader(target).unwrap();
+    c.settle();
+    assert!(c.server(target).status().is_leader);
+    let ids = c.server(target).handle_reads(1).unwrap();
+    c.settle();
+    c.dropped = None;
+    let mut ticks = 0;
+    loop {
+        let answered = c.answers[target as usize - 1]
+            .iter()
+            .any(|o| matches!(o, Output::ReadReady { id, result: Ok(()) } if *id == ids[0]));
+        if answered {
+            break;
+        }
+        assert!(ticks < 3, "the read waited for a retry");
+        c.tick();
+        ticks += 1;
+    }
 }
 
 #[test]
