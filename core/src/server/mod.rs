@@ -1186,6 +1186,15 @@ impl<V: StateViews> Server<V> {
         Ok(())
     }
 
+    /// Between a snapshot's install and its log write becoming durable, raft's applied index
+    /// cannot follow yet ([`Self::catch_up_raft_applied`]: at most the persisted index) while
+    /// the log already starts after the snapshot: a campaign must wait (ticks do not reach
+    /// raft's election timer, a MsgTimeoutNow is held) until the write is durable.
+    fn campaign_would_read_compacted_log(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        log.unstable.snapshot.is_none() && log.applied < self.raw.store().compacted_index()
+    }
+
     /// raft-rs learns the applied index only from `advance_apply_to`. After a snapshot
     /// install nothing applies until the next entries commit, so raft's applied index stayed
     /// below the log's first index, and a campaign then (an election timeout, or MoveLeader's
@@ -1193,15 +1202,6 @@ impl<V: StateViews> Server<V> {
     /// `hup`: "unexpected error getting unapplied entries ... Store(Compacted)"). raft's
     /// applied index follows the state machine's as soon as raft allows it (at most the
     /// committed and the persisted index).
-    /// Between a snapshot's install and its log write becoming durable, raft's applied index
-    /// cannot follow yet ([`Self::catch_up_raft_applied`]: at most the persisted index) while
-    /// the log already starts after the snapshot: a campaign must wait (ticks do not reach
-    /// raft's election timer, a MsgTimeoutNow is declined) until the write is durable.
-    fn campaign_would_read_compacted_log(&self) -> bool {
-        let log = &self.raw.raft.raft_log;
-        log.unstable.snapshot.is_none() && log.applied < self.raw.store().compacted_index()
-    }
-
     fn catch_up_raft_applied(&mut self) {
         let log = &self.raw.raft.raft_log;
         let applied = self.state.applied();
@@ -1577,8 +1577,8 @@ impl<V: StateViews> Server<V> {
             if tick - since < hold {
                 return true;
             }
-            // With a leader, a read waits here only behind a round in flight, which is
-            // retried (taking it along) long before this.
+            // With a leader, a read waits here only behind a round in flight (retried,
+            // taking it along, long before this) or for the leader's first commit of its term.
             let result = if has_leader {
                 Err(RequestError::TimedOut {
                     leader_failed: false,
